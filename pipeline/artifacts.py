@@ -1,0 +1,158 @@
+"""Artifacts: where outputs go, atomic writes, content hashes and the JSON record every stage writes.
+
+Every write goes to a temporary file in the destination's own directory and is renamed over the
+destination only once it is complete, so a failed or interrupted stage never leaves a half-written
+file where a good one was (rename within one file system is atomic on POSIX).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ArtifactError
+
+SCHEMA_VERSION = 1
+ARTIFACTS_ENV = "BNPIPE_ARTIFACTS"
+DEFAULT_ARTIFACTS = "artifacts"
+# The packages whose versions decide the numbers bnpipe reports.
+TRACKED_PACKAGES = (
+    "bnpipe", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
+    "tflite-micro", "numpy", "scikit-learn",
+)
+TMP_PREFIX = ".bnpipe-tmp-"
+
+
+def artifacts_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The artifacts directory: `explicit`, else $BNPIPE_ARTIFACTS, else ./artifacts. Not created."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS)
+
+
+def ensure_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"cannot create the artifacts directory {path}: {exc.strerror}") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on normal exit rename it over `dest`.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and `dest` is left
+    as it was. `suffix` defaults to dest's own, for writers that insist on an extension (Keras).
+    """
+    dest = Path(dest)
+    ensure_dir(dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix or dest.suffix, dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes(dest: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
+def write_text(dest: str | os.PathLike, text: str) -> Path:
+    return write_bytes(dest, text.encode("utf-8"))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages that decide the numbers (None: not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
+            "system": platform.system(), "python": sys.version.split()[0]}
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars and arrays, Paths and dataclasses into plain JSON values."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars
+        return obj.tolist()
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    return obj
+
+
+def write_json(dest: str | os.PathLike, record: dict[str, Any], inputs: dict[str, str] | None = None) -> Path:
+    """Write a stage record with schema_version, versions and the sha256 of its inputs.
+
+    `inputs` maps a name to the sha256 of what the record was computed from.
+    """
+    full = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": tool_versions(), "machine": machine_info(), "inputs": inputs or {}}
+    full.update(record)
+    return write_text(dest, json.dumps(_jsonable(full), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not readable JSON: {exc}") from None
+
+
+def require_file(path: Path, what: str, hint: str) -> Path:
+    """`path` if it is a file, else an ArtifactError that says what to run to make it."""
+    if not path.is_file():
+        raise ArtifactError(f"{what} {path} does not exist; {hint}")
+    return path

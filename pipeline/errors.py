@@ -1,0 +1,41 @@
+"""The exception hierarchy the CLI turns into exit codes.
+
+    BnpipeError          exit 2: bad input or usage; the message is one line, no traceback
+      DataError          a data set that cannot be read or does not fit
+      ModelError         a model file that cannot be read, or a model bnpipe cannot handle
+      ArtifactError      an artifact missing, stale or tampered with
+      TargetUnavailable  a requested runtime target that is not set up here
+    GateFailed           exit 1: the model was measured and is not fit to ship
+"""
+
+
+class BnpipeError(Exception):
+    """Bad input or usage. The CLI prints `Error: <message>` and exits 2."""
+
+    exit_code = 2
+
+
+class DataError(BnpipeError):
+    """A data set that cannot be read, is malformed, or does not fit the model."""
+
+
+class ModelError(BnpipeError):
+    """A model file that cannot be read, or a model bnpipe cannot process."""
+
+
+class ArtifactError(BnpipeError):
+    """An artifact that is missing, stale, or does not match the manifest."""
+
+
+class TargetUnavailable(BnpipeError):
+    """A runtime target that was asked for but is not set up on this machine."""
+
+
+class GateFailed(Exception):
+    """A verification gate failed: the candidate is not fit to ship. Exit 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, failures: list[str] | None = None):
+        super().__init__(message)
+        self.failures = list(failures or [])

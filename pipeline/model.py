@@ -1,0 +1,203 @@
+"""The seed article's network, its custom BatchNormalization layer made correct, and safe loading.
+
+The article's `CustomBatchNorm` normalized with the current batch's mean and variance even at
+inference, so a prediction depended on which other samples shared its batch (one sample alone is
+normalized to exactly β). `CustomBatchNorm` here keeps the article's learnable γ and β and adds
+what BatchNormalization needs to be a deterministic function at inference: moving mean and
+variance, updated during training and used in inference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ModelError
+from .tfenv import keras, tf
+
+BN_KINDS = ("keras", "custom")
+
+_custom_bn_class = None
+
+
+def custom_bn_class():
+    """The CustomBatchNorm class, created (and registered for loading) on first use.
+
+    Defined lazily because subclassing a Keras layer needs TensorFlow imported.
+    """
+    global _custom_bn_class
+    if _custom_bn_class is not None:
+        return _custom_bn_class
+    k, t = keras(), tf()
+
+    @k.saving.register_keras_serializable(package="bnpipe", name="CustomBatchNorm")
+    class CustomBatchNorm(k.layers.Layer):
+        """Batch normalization over the last axis with learnable γ, β and moving statistics.
+
+        Training: y = γ·(x − mean_B)/√(var_B + ε) + β with the batch's statistics, and the moving
+        statistics move toward them: m ← momentum·m + (1 − momentum)·stat_B.
+        Inference: the same with the moving mean and variance, so y depends on x alone.
+        The variance is the biased batch variance, as in keras.layers.BatchNormalization.
+        """
+
+        def __init__(self, momentum=0.99, epsilon=1e-3, center=True, scale=True, **kwargs):
+            super().__init__(**kwargs)
+            if not 0.0 <= momentum < 1.0:
+                raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+            if epsilon <= 0:
+                raise ValueError(f"epsilon must be > 0, got {epsilon}")
+            self.momentum, self.epsilon = float(momentum), float(epsilon)
+            self.center, self.scale = bool(center), bool(scale)
+            self.axis = -1
+
+        def build(self, input_shape):
+            dim = int(input_shape[-1])
+            self.gamma = (self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+                          if self.scale else None)
+            self.beta = (self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+                         if self.center else None)
+            self.moving_mean = self.add_weight(name="moving_mean", shape=(dim,),
+                                               initializer="zeros", trainable=False)
+            self.moving_variance = self.add_weight(name="moving_variance", shape=(dim,),
+                                                   initializer="ones", trainable=False)
+            super().build(input_shape)
+
+        def _normalize(self, x, mean, variance):
+            y = (x - mean) * t.math.rsqrt(variance + self.epsilon)
+            if self.gamma is not None:
+                y = y * self.gamma
+            if self.beta is not None:
+                y = y + self.beta
+            return y
+
+        def _train(self, x):
+            axes = list(range(len(x.shape) - 1))
+            mean, variance = t.nn.moments(x, axes=axes)
+            m = self.momentum
+            self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
+            self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * variance)
+            return self._normalize(x, mean, variance)
+
+        def _infer(self, x):
+            return self._normalize(x, self.moving_mean, self.moving_variance)
+
+        def call(self, inputs, training=None):
+            if training is None:
+                training = False
+            if isinstance(training, bool):
+                return self._train(inputs) if training else self._infer(inputs)
+            return t.cond(t.cast(training, t.bool), lambda: self._train(inputs),
+                          lambda: self._infer(inputs))
+
+        def get_config(self):
+            return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
+                    "center": self.center, "scale": self.scale}
+
+    _custom_bn_class = CustomBatchNorm
+    return CustomBatchNorm
+
+
+def build_mlp(n_features: int, num_classes: int = 10, hidden: Sequence[int] = (64, 64),
+              bn: str = "keras"):
+    """The article's MLP: [Dense(h) → BatchNormalization → ReLU] per hidden width → Dense(softmax).
+
+    Input (batch, n_features) float32 in [0, 1]; output (batch, num_classes) probabilities.
+    The hidden Dense layers keep their bias (as in the article); folding absorbs it into the BN.
+    """
+    if bn not in BN_KINDS:
+        raise ValueError(f"bn must be one of {BN_KINDS}, got {bn!r}")
+    if n_features < 1 or num_classes < 2 or not hidden or min(hidden) < 1:
+        raise ValueError(f"bad shape: n_features={n_features}, num_classes={num_classes}, "
+                         f"hidden={tuple(hidden)}")
+    k = keras()
+    layers = [k.Input(shape=(n_features,), name="pixels")]
+    for i, width in enumerate(hidden, start=1):
+        layers.append(k.layers.Dense(width, name=f"dense_{i}"))
+        if bn == "keras":
+            layers.append(k.layers.BatchNormalization(name=f"bn_{i}"))
+        else:
+            layers.append(custom_bn_class()(name=f"bn_{i}"))
+        layers.append(k.layers.ReLU(name=f"relu_{i}"))
+    layers.append(k.layers.Dense(num_classes, activation="softmax", name="classes"))
+    return k.Sequential(layers, name="bn_mlp")
+
+
+def compile_model(model, learning_rate: float = 1e-3):
+    """Adam and sparse categorical cross-entropy, with accuracy: the article's recipe."""
+    k = keras()
+    model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def load_model(path: str | Path):
+    """Load a `.keras` model in safe mode (no arbitrary code). Refuses what safe mode cannot guard.
+
+    Legacy HDF5 (`.h5`) and SavedModel directories bypass Keras's safe mode, and Lambda layers
+    carry Python bytecode: all three are refused with a ModelError. Returns a new, uncompiled model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory (SavedModel?); bnpipe loads only .keras files, "
+                         "which Keras can load in safe mode")
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        raise ModelError(f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
+                         "model as .keras (model.save('model.keras'))")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is not a Keras .keras file (expected a zip archive holding "
+                         "config.json and model.weights.h5)")
+    _refuse_lambda(path)
+    k = keras()
+    custom_bn_class()  # registers bnpipe>CustomBatchNorm for deserialization
+    try:
+        return k.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a malformed archive
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {path}: {msg[:300]}") from None
+
+
+def _refuse_lambda(path: Path) -> None:
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+    except KeyError:
+        raise ModelError(f"{path} has no config.json; it is not a Keras .keras file") from None
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ModelError(f"{path} is damaged: {exc}") from None
+    names = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                names.append(node.get("config", {}).get("name", "?"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(config)
+    if names:
+        raise ModelError(f"{path} holds Lambda layer(s) {', '.join(names)}, which carry Python "
+                         "code; bnpipe refuses them (replace them with built-in layers)")
+
+
+def is_batch_norm(layer) -> bool:
+    """True for keras.layers.BatchNormalization and bnpipe's CustomBatchNorm."""
+    k = keras()
+    return isinstance(layer, (k.layers.BatchNormalization, custom_bn_class()))
+
+
+def save_model(model, dest: str | Path) -> Path:
+    """Save atomically in the .keras format (a temporary .keras beside dest, then rename)."""
+    from .artifacts import atomic_path
+
+    with atomic_path(dest, suffix=".keras") as tmp:
+        model.save(tmp, overwrite=True)
+    return Path(dest)
