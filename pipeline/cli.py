@@ -134,6 +134,187 @@ def fold(model_path, data, strict, artifacts):
                f"{r.rtol:g}) on {r.sample_source}; wrote {result.folded_path}")
 
 
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The folded .keras model [default: folded.keras in the artifacts dir].")
+@click.option("--mode", "modes", multiple=True, default=("int8",), show_default=True,
+              help="int8 (QAT) | float32 | ptq-dynamic | ptq-float16 | ptq-int8 | ptq-int16x8 | all. Repeatable.")
+@click.option("--data", default=None, help="Training data [default: the data recorded at training].")
+@click.option("--qat-epochs", default=2, show_default=True, type=int)
+@click.option("--qat-learning-rate", default=1e-4, show_default=True, type=float)
+@click.option("--qat-target", type=click.Choice(["distill", "labels"]), default="distill", show_default=True,
+              help="distill: fit the float model's probabilities (keeps its predictions); labels: fit the labels.")
+@click.option("--calibration-samples", default=500, show_default=True, type=int,
+              help="Training samples for the representative dataset (int8, int16x8).")
+@click.option("--float-io", is_flag=True, help="Keep float32 input and output (QUANTIZE/DEQUANTIZE at the edges).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--quiet", "-q", is_flag=True)
+@artifacts_option
+def export(model_path, modes, data, qat_epochs, qat_learning_rate, qat_target, calibration_samples,
+           float_io, seed, quiet, artifacts):
+    """Convert the folded model to TFLite: int8 by quantization-aware training, and other modes.
+
+    Writes model_<mode>.tflite and export.json; every file passes a graph check (int8: only
+    FULLY_CONNECTED and SOFTMAX on int8 tensors, nothing left of a BatchNormalization).
+
+    Example: bnpipe export --mode int8 --mode ptq-int8
+    """
+    from .artifacts import require_file
+    from .config import ExportConfig
+    from .export import run_export
+
+    out = _artifacts(artifacts)
+    modes = tuple(m for text in modes for m in text.split(",") if m)
+    config = ExportConfig(modes=modes, qat_epochs=qat_epochs, qat_learning_rate=qat_learning_rate,
+                          qat_target=qat_target, calibration_samples=calibration_samples,
+                          float_io=float_io, seed=seed)
+    src = model_path or require_file(out / "folded.keras", "folded model", "run `bnpipe fold` first or pass --model")
+    say = (lambda m: None) if quiet else (lambda m: click.echo(f"… {m}", err=True))
+    result = run_export(src, out, config=config, data=data, progress=say)
+    click.echo(f"{'mode':<12} {'bytes':>8} {'keras acc':>9} {'tflite acc':>10} {'agree':>7}  operators")
+    for r in result.modes:
+        ops = ", ".join(f"{k}×{v}" for k, v in sorted(r.operators.items()))
+        click.echo(f"{r.mode:<12} {r.size_bytes:>8} {r.keras_accuracy:>9.4f} {r.tflite_accuracy:>10.4f} "
+                   f"{r.agreement_with_float:>7.2%}  {ops}")
+    click.echo(f"wrote {', '.join(r.file for r in result.modes)} and export.json to {out} "
+               f"({result.seconds:.1f} s)")
+
+
+@cli.command()
+@click.argument("tflite", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(tflite, as_json):
+    """Show a .tflite file's operators, tensors (shape, dtype, quantization) and size.
+
+    The file is parsed and checked structurally in Python; no interpreter loads it.
+
+    Example: bnpipe inspect artifacts/model_int8.tflite --json
+    """
+    import dataclasses
+    import json
+
+    from .tflite_file import read_tflite
+
+    info = read_tflite(tflite)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(info) | {"op_counts": info.op_counts()}, indent=2))
+        return
+    click.echo(f"{tflite}: {info.size_bytes} bytes, schema v{info.version}, "
+               f"{len(info.operators)} operators, {len(info.tensors)} tensors")
+    if info.metadata:
+        pre = info.metadata.get("preprocessing", {})
+        click.echo(f"bnpipe metadata: mode {info.metadata.get('mode')}, inputs divided by "
+                   f"{pre.get('divisor')}, {info.metadata.get('num_classes')} classes")
+    click.echo("operators: " + ", ".join(f"{o.index}:{o.op}" for o in info.operators))
+    click.echo(f"{'#':>3} {'name':<44} {'shape':<12} {'dtype':<8} quantization")
+    for t in info.tensors:
+        role = " (input)" if t.index in info.inputs else " (output)" if t.index in info.outputs else ""
+        q = ""
+        if t.scale:
+            q = (f"scale={t.scale[0]:.6g} zp={t.zero_point[0]}" if len(t.scale) == 1
+                 else f"per-channel ×{len(t.scale)}")
+        name = (t.name[:40] + "…") if len(t.name) > 41 else t.name
+        click.echo(f"{t.index:>3} {name + role:<44} {str(t.shape):<12} {t.dtype:<8} {q}")
+
+
+@cli.command()
+@click.option("--targets", default=None,
+              help="Comma-separated: host, host-ref, tflm, arm64, ssh:USER@HOST[:PORT] [default: every one available].")
+@click.option("--tflite", "tflite", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A .tflite file to verify (repeatable) [default: model_*.tflite in the artifacts dir].")
+@click.option("--data", default=None, help="Test data [default: the data and split recorded at training].")
+@click.option("--max-drop", default=0.5, show_default=True, type=float,
+              help="Gate: largest accuracy drop vs the original, percentage points.")
+@click.option("--min-agreement", default=0.99, show_default=True, type=float,
+              help="Gate: least share of test samples with the original's top-1 class.")
+@click.option("--max-lsb", default=1, show_default=True, type=int,
+              help="Gate: largest difference of integer outputs from host-ref, in quantization steps.")
+@click.option("--max-samples", default=None, type=int, help="Use at most this many test samples.")
+@click.option("--quiet", "-q", is_flag=True)
+@artifacts_option
+def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples, quiet, artifacts):
+    """Check that the folded and quantized models match the original, on every target runtime.
+
+    Exit 0 when every gate passes, 1 when one fails (the model is not fit to ship), 2 on bad input.
+    Writes verify.json, verify.md and verify_*.png.
+
+    Example: bnpipe verify --targets host,host-ref,tflm,arm64 --max-drop 0.3
+    """
+    from .config import VerifyConfig
+    from .errors import GateFailed
+    from .verify import run_verify
+
+    out = _artifacts(artifacts)
+    config = VerifyConfig(targets=tuple(t for t in targets.split(",") if t) if targets else None,
+                          max_drop=max_drop, min_agreement=min_agreement, max_lsb=max_lsb,
+                          max_samples=max_samples)
+    say = (lambda m: None) if quiet else (lambda m: click.echo(f"… {m}", err=True))
+    try:
+        result = run_verify(out, config=config, tflite=list(tflite) or None, data=data, progress=say)
+    except GateFailed:
+        click.echo((out / "verify.md").read_text() if (out / "verify.md").is_file() else "", err=False)
+        raise
+    click.echo(result.report_path.read_text())
+    click.echo(f"PASS: every gate holds on {result.n} samples ({result.seconds:.1f} s); "
+               f"wrote {result.record_path.name}, {result.report_path.name}")
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BnpipeError(f"{option} takes comma-separated integers; got {text!r}") from None
+
+
+@cli.command()
+@click.option("--tflite", "tflite", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A .tflite file (repeatable) [default: model_*.tflite in the artifacts dir].")
+@click.option("--batch-sizes", default="1,32,1024", show_default=True)
+@click.option("--threads", default="1,0", show_default=True, help="0 means every core.")
+@click.option("--warmup", default=20, show_default=True, type=int)
+@click.option("--runs", default=200, show_default=True, type=int)
+@click.option("--targets", default="host", show_default=True,
+              help="host, plus arm64 (emulated: functional only, not device timing) or ssh:USER@HOST[:PORT] (a real board).")
+@click.option("--quiet", "-q", is_flag=True)
+@artifacts_option
+def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts):
+    """Benchmark latency, throughput, size and memory of every .tflite model against Keras.
+
+    Writes bench.json, bench.md, bench_latency.png and bench_throughput.png.
+
+    Example: bnpipe bench --batch-sizes 1,32,1024 --threads 1,0 --runs 200
+    """
+    from .bench import run_bench
+    from .config import BenchConfig
+
+    out = _artifacts(artifacts)
+    config = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), threads=_ints(threads, "--threads"),
+                         warmup=warmup, runs=runs, targets=tuple(t for t in targets.split(",") if t))
+    show = not quiet and sys.stderr.isatty()
+    total = 64
+    with click.progressbar(length=total, label="bench", file=sys.stderr, show_pos=False) if show else _NoBar() as bar:
+        def progress(label, n=1):
+            bar.label = f"bench: {label}"
+            bar.update(n)
+
+        result = run_bench(out, config=config, tflite=list(tflite) or None, progress=progress)
+    click.echo(result.report_path.read_text().split("## Every configuration")[0].rstrip())
+    click.echo(f"\nwrote bench.json, bench.md and plots to {out} ({result.seconds:.1f} s)")
+
+
+class _NoBar:
+    label = ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
 def main():
     cli(prog_name="bnpipe")
 

@@ -91,3 +91,46 @@ class ExportConfig:
         _check(self.qat_target in QAT_TARGETS, f"--qat-target must be one of {', '.join(QAT_TARGETS)}, got {self.qat_target!r}")
         _check(self.calibration_samples >= 1, f"--calibration-samples must be ≥ 1, got {self.calibration_samples}")
         _check(self.qat_batch_size >= 1, f"qat batch size must be ≥ 1, got {self.qat_batch_size}")
+
+
+# Verification gates. The defaults are what a model fit to ship must meet on the test split.
+MAX_DROP_PP = 0.5  # accuracy may fall at most 0.5 percentage points below the original
+MIN_AGREEMENT = 0.99  # at least 99 % of test samples get the original model's top-1 class
+MAX_LSB = 1  # one integer model's raw outputs may differ across targets by one quantization step
+# (XNNPACK and the reference kernels round the requantization differently: ±1 step is expected,
+# 2 or more means a kernel computes something else).
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    targets: tuple[str, ...] | None = None  # None: every target available here
+    max_drop: float = MAX_DROP_PP
+    min_agreement: float = MIN_AGREEMENT
+    max_lsb: int = MAX_LSB
+    max_samples: int | None = None  # cap on test samples (None: the whole test split)
+
+    def __post_init__(self):
+        _check(self.max_drop >= 0, f"--max-drop must be ≥ 0 percentage points, got {self.max_drop}")
+        _check(0 <= self.min_agreement <= 1, f"--min-agreement must be in [0, 1], got {self.min_agreement}")
+        _check(self.max_lsb >= 0, f"--max-lsb must be ≥ 0, got {self.max_lsb}")
+        _check(self.max_samples is None or self.max_samples >= 1,
+               f"--max-samples must be ≥ 1, got {self.max_samples}")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 32, 1024)  # one request; a small batch; bulk scoring
+    threads: tuple[int, ...] = (1, 0)  # 0 = every core of this machine; 1 = what a phone app often gets
+    warmup: int = 20  # untimed invokes per configuration before timing (caches, XNNPACK packing)
+    runs: int = 200  # timed invokes per configuration, split across the interleaved rounds
+    rounds: int = 5  # the models take turns this many times, so drift hits every model alike
+    keras_runs: int = 30  # Keras calls take milliseconds: fewer runs give as stable a median
+    targets: tuple[str, ...] = ("host",)  # where to time; arm64 is emulated (not device timing)
+
+    def __post_init__(self):
+        _check(bool(self.batch_sizes) and min(self.batch_sizes) >= 1,
+               f"--batch-sizes must be positive integers, got {self.batch_sizes}")
+        _check(bool(self.threads) and min(self.threads) >= 0, f"--threads must be ≥ 0, got {self.threads}")
+        _check(self.warmup >= 0, f"--warmup must be ≥ 0, got {self.warmup}")
+        _check(self.runs >= self.rounds >= 1, f"--runs must be ≥ rounds ({self.rounds}) ≥ 1, got {self.runs}")
+        _check(self.keras_runs >= 1, f"keras_runs must be ≥ 1, got {self.keras_runs}")

@@ -1,0 +1,296 @@
+"""Stage 5: latency, throughput, size and memory of every .tflite model, with Keras as the baseline.
+
+How it measures (so the figures can be trusted):
+- Cold start and memory: each model is loaded in a fresh child process (the standalone runner),
+  which reports the time to construct and allocate the interpreter, the first invoke, and the
+  peak resident memory added by loading and running the model.
+- Steady state: every (model, threads, batch size) configuration gets its own interpreter, is
+  warmed up, and then the configurations take turns for `rounds` rounds, each timing its share of
+  `runs` invokes. A machine that drifts (turbo, a noisy neighbour) so hits every model alike.
+  Latency is per invoke (one batch); throughput is samples per second of timed invoke time.
+- Keras baseline: `model(x)` and `model.predict(x)` on one sample, and `model(x)` on each batch size.
+- Ratios are to `model_float32.tflite` on the same configuration, measured in the same run.
+- arm64 is emulated by QEMU: its timings describe the emulator, not a phone, and are reported as
+  such (never as device timings). `ssh:` targets report the board's own timings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import artifacts
+from .config import BenchConfig
+from .errors import BnpipeError, ModelError
+from .quantize import to_input
+from .tflite_file import quant_params, read_tflite
+
+RECORD_FILE = "bench.json"
+REPORT_FILE = "bench.md"
+BASELINE = "model_float32.tflite"
+SAMPLE_ROWS = 1024  # distinct test samples fed (repeated to fill larger batches)
+
+
+@dataclass
+class Config:
+    model: str
+    threads: int
+    batch: int
+    latencies_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BenchResult:
+    record: dict[str, Any]
+    record_path: Path
+    report_path: Path
+    plots: list[Path]
+    seconds: float
+
+
+def _percentiles(lat: list[float]) -> dict[str, float]:
+    a = np.asarray(lat) * 1e6
+    med, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"median": float(med), "p90": float(p90), "p99": float(p99), "mean": float(a.mean()),
+            "min": float(a.min()), "n": int(a.size)}
+
+
+# Runs in a fresh interpreter process: resets the kernel's peak-RSS mark after the imports, then
+# loads and runs the model, so VmHWM − VmRSS(before) is the memory the model itself added.
+_COLD_START = r"""
+import json, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import device_runner as dr
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+x = np.load(sys.argv[3], allow_pickle=False)
+try:
+    open("/proc/self/clear_refs", "w").write("5")
+    rss0 = status("VmRSS:")
+except OSError:
+    rss0 = None
+t0 = time.perf_counter()
+interp = dr.load_interpreter(sys.argv[2], threads=1)
+inp = interp.get_input_details()[0]
+interp.resize_tensor_input(inp["index"], list(x.shape))
+interp.allocate_tensors()
+t1 = time.perf_counter()
+interp.set_tensor(inp["index"], x)
+interp.invoke()
+t2 = time.perf_counter()
+for _ in range(20):
+    interp.invoke()
+peak = status("VmHWM:") if rss0 is not None else None
+print(json.dumps({"init_ms": 1e3 * (t1 - t0), "first_invoke_us": 1e6 * (t2 - t1),
+                  "peak_rss_added_kb": None if peak is None else peak - rss0}))
+"""
+
+
+def _cold_start(path: Path, sample: np.ndarray) -> dict[str, Any]:
+    """Fresh-process init, first invoke and peak memory added (batch 1, one thread)."""
+    from .runtimes import device_runner
+
+    with tempfile.TemporaryDirectory(prefix="bnpipe-bench-") as tmp:
+        np.save(Path(tmp) / "x.npy", np.ascontiguousarray(sample[:1]))
+        cmd = [sys.executable, "-c", _COLD_START, str(Path(device_runner.__file__).parent),
+               str(path), str(Path(tmp) / "x.npy")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"{path.name} failed to run in a fresh process: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
+              tflite: list[Path] | None = None, progress: Callable[[str, int], None] | None = None) -> BenchResult:
+    """Benchmark every model; write bench.json, bench.md and plots. `progress(label, steps_done)`."""
+    from .runtimes import device_runner
+    from .train import recorded_dataset
+
+    t0 = time.perf_counter()
+    out = artifacts_dir
+    files = [Path(p) for p in tflite] if tflite else sorted(out.glob("model_*.tflite"))
+    if not files:
+        raise BnpipeError(f"no .tflite files in {out}; run `bnpipe export --mode all` first or pass --tflite")
+    infos = {p: read_tflite(p) for p in files}
+    keras_path = out / "model.keras"
+    tick = progress or (lambda label, n=1: None)
+
+    try:
+        ds, _ = recorded_dataset([out])
+        x = ds.x_test[:SAMPLE_ROWS]
+        sample_source = f"{len(x)} test samples of {ds.name}"
+    except BnpipeError:
+        n_in = infos[files[0]].input_tensor().shape[-1]
+        x = np.random.default_rng(0).random((SAMPLE_ROWS, n_in), dtype=np.float32)
+        sample_source = f"{SAMPLE_ROWS} uniform random inputs (no training record)"
+    threads = [t if t > 0 else (os.cpu_count() or 1) for t in config.threads]
+    threads = list(dict.fromkeys(threads))
+    inputs = {p: to_input(x, quant_params(info.input_tensor())) for p, info in infos.items()}
+
+    models: dict[str, dict[str, Any]] = {}
+    for p, info in infos.items():
+        tick(f"cold start {p.name}", 1)
+        models[p.name] = {"file": p.name, "bytes": info.size_bytes, "sha256": artifacts.sha256_file(p),
+                          "input_dtype": info.input_tensor().dtype, **_cold_start(p, inputs[p])}
+
+    # Steady state, interleaved.
+    configs: list[tuple[Config, Any, np.ndarray]] = []
+    for p in files:
+        for th in threads:
+            for b in config.batch_sizes:
+                interp = device_runner.load_interpreter(str(p), threads=th)
+                inp = interp.get_input_details()[0]
+                interp.resize_tensor_input(inp["index"], [b] + list(inputs[p].shape[1:]))
+                interp.allocate_tensors()
+                interp.set_tensor(inp["index"], device_runner._fill(inputs[p], b))
+                for _ in range(config.warmup):
+                    interp.invoke()
+                configs.append((Config(p.name, th, b), interp, None))
+    keras = _keras_baseline_setup(keras_path, x, config) if keras_path.is_file() else None
+    per_round = max(1, config.runs // config.rounds)
+    for r in range(config.rounds):
+        tick(f"round {r + 1}/{config.rounds}", 1)
+        order = configs[r % len(configs):] + configs[:r % len(configs)]  # rotate who goes first
+        for cfg, interp, _ in order:
+            lat = cfg.latencies_s
+            for _ in range(per_round):
+                s = time.perf_counter()
+                interp.invoke()
+                lat.append(time.perf_counter() - s)
+        if keras:
+            keras.round(max(1, config.keras_runs // config.rounds))
+
+    rows = []
+    for cfg, _, _ in configs:
+        lat = _percentiles(cfg.latencies_s)
+        rows.append({"model": cfg.model, "runtime": "litert (host, XNNPACK)", "threads": cfg.threads,
+                     "batch": cfg.batch, "latency_us": lat,
+                     "throughput_per_s": cfg.batch * len(cfg.latencies_s) / float(sum(cfg.latencies_s))})
+    if keras:
+        rows += keras.rows()
+    _add_ratios(rows, models)
+
+    arena = _tflm_arenas(files, infos, inputs)
+    for name, a in arena.items():
+        models[name]["tflm_arena"] = a
+    remote = _remote_targets(config, files, inputs, tick)
+
+    record = {"stage": "bench", "machine": artifacts.machine_info(), "config": dataclasses.asdict(config), "threads_used": threads,
+              "sample": sample_source, "models": models, "rows": rows, "remote": remote,
+              "baseline": BASELINE, "timings": {"total_s": time.perf_counter() - t0}}
+    if keras_path.is_file():
+        record["models"]["model.keras"] = {"file": "model.keras", "bytes": keras_path.stat().st_size}
+    from .report import bench_markdown, bench_plots
+
+    plots = bench_plots(record, out)
+    inputs_sha = {p.name: models[p.name]["sha256"] for p in files}
+    record_path = artifacts.write_json(out / RECORD_FILE, record, inputs=inputs_sha)
+    report_path = artifacts.write_text(out / REPORT_FILE, bench_markdown(record, plots))
+    return BenchResult(record, record_path, report_path, plots, time.perf_counter() - t0)
+
+
+class _keras_baseline_setup:
+    """The original Keras model timed the way Keras users call it, interleaved with the rounds."""
+
+    def __init__(self, path: Path, x: np.ndarray, config: BenchConfig):
+        from .model import load_model
+
+        self.model = load_model(path)
+        self.config = config
+        self.x1 = x[:1]
+        self.batches = {b: np.take(x, np.arange(b) % len(x), axis=0) for b in config.batch_sizes}
+        self.call_lat: dict[int, list[float]] = {b: [] for b in config.batch_sizes}
+        self.predict_lat: list[float] = []
+        for _ in range(3):  # warm up: the first calls trace functions
+            self.model(self.x1, training=False)
+            self.model.predict(self.x1, verbose=0)
+            for xb in self.batches.values():
+                self.model(xb, training=False)
+
+    def round(self, n: int) -> None:
+        for _ in range(n):
+            for b, xb in self.batches.items():
+                s = time.perf_counter()
+                self.model(xb, training=False)
+                self.call_lat[b].append(time.perf_counter() - s)
+            s = time.perf_counter()
+            self.model.predict(self.x1, verbose=0)
+            self.predict_lat.append(time.perf_counter() - s)
+
+    def rows(self) -> list[dict]:
+        rows = [{"model": "model.keras", "runtime": "keras model(x)", "threads": None, "batch": b,
+                 "latency_us": _percentiles(lat), "throughput_per_s": b * len(lat) / float(sum(lat))}
+                for b, lat in self.call_lat.items()]
+        rows.append({"model": "model.keras", "runtime": "keras predict", "threads": None, "batch": 1,
+                     "latency_us": _percentiles(self.predict_lat),
+                     "throughput_per_s": len(self.predict_lat) / float(sum(self.predict_lat))})
+        return rows
+
+
+def _add_ratios(rows: list[dict], models: dict) -> None:
+    """latency / throughput / size as ratios to the float32 TFLite model on the same configuration."""
+    base = {(r["threads"], r["batch"]): r for r in rows if r["model"] == BASELINE}
+    base_size = models.get(BASELINE, {}).get("bytes")
+    for r in rows:
+        b = base.get((r["threads"], r["batch"])) or base.get((1, r["batch"]))
+        if b:
+            r["latency_ratio"] = r["latency_us"]["median"] / b["latency_us"]["median"]
+            r["throughput_ratio"] = r["throughput_per_s"] / b["throughput_per_s"]
+    for m in models.values():
+        if base_size:
+            m["size_ratio"] = m["bytes"] / base_size
+
+
+def _tflm_arenas(files, infos, inputs) -> dict[str, Any]:
+    """The tensor arena TFLM needed for each model (one sample); the reason where it cannot run."""
+    try:
+        from .runtimes.tflm import TflmRuntime
+    except ImportError as exc:
+        return {p.name: {"error": str(exc)} for p in files}
+    out = {}
+    for p in files:
+        try:
+            res = TflmRuntime().run(str(p), inputs[p][:1])
+            out[p.name] = {k: v for k, v in res.info.items() if "arena" in k}
+        except BnpipeError as exc:
+            out[p.name] = {"error": " ".join(str(exc).split())[:200]}
+    return out
+
+
+def _remote_targets(config: BenchConfig, files, inputs, tick) -> list[dict]:
+    """arm64 (emulated: not device timing) and ssh boards (device timing), via the runner's bench."""
+    results = []
+    for target in config.targets:
+        if target == "host":
+            continue
+        from .runtimes.registry import get_runtime
+
+        rt = get_runtime(target)
+        ok, why = rt.available()
+        if not ok:
+            from .errors import TargetUnavailable
+
+            raise TargetUnavailable(why)
+        for p in files:
+            tick(f"{p.name} on {target}", 1)
+            rep = rt.bench(str(p), inputs[p][:64], batch_sizes=config.batch_sizes,
+                           threads=[1], warmup=config.warmup, runs=max(10, config.runs // 4))
+            emulated = target == "arm64"
+            results.append({"target": target, "model": p.name, "emulated": emulated,
+                            "timing_meaning": ("QEMU user-mode emulation on the host: NOT a device "
+                                               "timing" if emulated else "measured on the device"),
+                            "report": rep})
+    return results

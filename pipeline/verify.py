@@ -1,0 +1,211 @@
+"""Stage 4: evidence that what ships is as accurate as what was trained, on the runtimes it ships to.
+
+Reference: the original float model with BN (`model.keras`) run by TensorFlow on the host, on the
+test split. Candidates: `folded.keras` (TensorFlow, host) and every `.tflite` file on every target.
+Each candidate × target row gets its accuracy with a 95 % interval, its paired difference from the
+reference with a 95 % interval and an exact McNemar p-value, its top-1 agreement with the
+reference, and for integer models the distance of its raw outputs from the `host-ref` outputs in
+quantization steps. Gates turn these into a verdict (exit 1 when any fails).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifacts
+from .config import VerifyConfig
+from .errors import DataError, GateFailed, ModelError
+from .stats import compare
+from .tflite_file import quant_params, read_tflite
+
+RECORD_FILE = "verify.json"
+REPORT_FILE = "verify.md"
+REFERENCE_TARGET = "host-ref"
+
+
+@dataclass
+class Row:
+    candidate: str
+    target: str
+    n: int
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    diff_pp: float
+    diff_ci_pp: tuple[float, float]
+    mcnemar_p: float
+    agreement: float
+    only_candidate_right: int
+    only_reference_right: int
+    lsb_max: int | None = None  # largest |raw − raw(host-ref)| in output quantization steps
+    lsb_share: float | None = None  # share of output values that differ from host-ref at all
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    disagreement_by_class: list[int] = field(default_factory=list)  # indexed by reference class
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Skipped:
+    candidate: str
+    target: str
+    reason: str
+
+
+@dataclass
+class VerifyResult:
+    rows: list[Row]
+    skipped: list[Skipped]
+    reference_accuracy: float
+    n: int
+    passed: bool
+    failures: list[str]
+    record_path: Path
+    report_path: Path
+    plots: list[Path]
+    seconds: float
+
+
+def _candidate_files(out: Path, tflite: list[Path] | None) -> list[Path]:
+    if tflite:
+        return [Path(p) for p in tflite]
+    return sorted(out.glob("model_*.tflite"))
+
+
+def _integer(tensor: dict) -> bool:
+    return tensor["dtype"] in ("int8", "uint8", "int16")
+
+
+def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
+               tflite: list[Path] | None = None, data: str | None = None, progress=None) -> VerifyResult:
+    """Verify every candidate on every target; write verify.json, verify.md and plots.
+
+    Raises GateFailed (after writing the reports) when a gate fails; ModelError / DataError /
+    TargetUnavailable for bad input, before anything is written.
+    """
+    from .model import load_model
+    from .runtimes.registry import parse_targets, resolve
+    from .train import recorded_dataset
+
+    t0 = time.perf_counter()
+    say = progress or (lambda m: None)
+    out = artifacts_dir
+    ref_path = artifacts.require_file(out / "model.keras", "reference model",
+                                      "run `bnpipe train` first (verify compares against it)")
+    files = _candidate_files(out, tflite)
+    infos = {p: read_tflite(p) for p in files}  # structural check before any interpreter
+    explicit = config.targets is not None
+    runtimes, unavailable = resolve(parse_targets(",".join(config.targets) if explicit else None), explicit)
+
+    reference = load_model(ref_path)
+    ds, preprocessing = recorded_dataset([out], data, reference)
+    x, y = ds.x_test, ds.y_test
+    if config.max_samples:
+        x, y = x[:config.max_samples], y[:config.max_samples]
+    n_classes = int(reference.outputs[0].shape[-1])
+    for p, info in infos.items():
+        shape = info.input_tensor().shape
+        if shape[-1] != x.shape[1]:
+            raise DataError(f"{p.name} takes {shape[-1]} features per sample but the data has {x.shape[1]}")
+        if info.output_tensor().shape[-1] != n_classes:
+            raise ModelError(f"{p.name} outputs {info.output_tensor().shape[-1]} classes but the "
+                             f"reference model outputs {n_classes}")
+        pre = info.metadata.get("preprocessing")
+        if pre and abs(float(pre.get("divisor", 0)) - preprocessing["divisor"]) > 0:
+            raise DataError(f"{p.name} was exported for inputs divided by {pre['divisor']} but the "
+                            f"data is divided by {preprocessing['divisor']}")
+
+    say("reference: model.keras on TensorFlow (host)")
+    ref_pred = np.argmax(reference.predict(x, batch_size=1024, verbose=0), axis=1)
+    rows: list[Row] = []
+    skipped = [Skipped("*", name, reason) for name, reason in unavailable]
+
+    folded_path = out / "folded.keras"
+    if folded_path.is_file() and not tflite:
+        say("folded.keras on TensorFlow (host)")
+        t1 = time.perf_counter()
+        pred = np.argmax(load_model(folded_path).predict(x, batch_size=1024, verbose=0), axis=1)
+        rows.append(_row("folded.keras", "tensorflow", pred, ref_pred, y, n_classes,
+                         time.perf_counter() - t1, {}))
+
+    for p, info in infos.items():
+        in_q, out_q = quant_params(info.input_tensor()), quant_params(info.output_tensor())
+        from .quantize import to_input
+
+        xin = to_input(x, in_q)
+        raw_ref = None
+        ordered = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
+        for rt in ordered:
+            say(f"{p.name} on {rt.name}")
+            try:
+                res = rt.run(str(p), xin)
+            except ModelError as exc:
+                skipped.append(Skipped(p.name, rt.name, f"failed: {exc}"))
+                continue
+            raw = res.outputs.reshape(len(x), -1)
+            if rt.name == REFERENCE_TARGET:
+                raw_ref = raw
+            row = _row(p.name, rt.name, np.argmax(raw, axis=1), ref_pred, y, n_classes,
+                       res.invoke_seconds, res.info)
+            if _integer(out_q) and raw_ref is not None:
+                diff = np.abs(raw.astype(np.int64) - raw_ref.astype(np.int64))
+                row.lsb_max, row.lsb_share = int(diff.max()), float(np.mean(diff > 0))
+            rows.append(row)
+
+    failures = _apply_gates(rows, config)
+    passed = not failures
+    result_rows = rows
+    record = {"stage": "verify", "machine": artifacts.machine_info(), "config": dataclasses.asdict(config), "passed": passed,
+              "failures": failures, "reference": {"model": "model.keras", "runtime": "tensorflow (host)",
+                                                   "accuracy": float(np.mean(ref_pred == y))},
+              "n": int(len(y)), "dataset": ds.summary(), "preprocessing": preprocessing,
+              "rows": result_rows, "skipped": skipped,
+              "models": {p.name: artifacts.sha256_file(p) for p in files},
+              "timings": {"total_s": time.perf_counter() - t0}}
+    inputs = {"model.keras": artifacts.sha256_file(ref_path), "data": ds.fingerprint()}
+    inputs.update(record["models"])
+    if folded_path.is_file():
+        inputs["folded.keras"] = artifacts.sha256_file(folded_path)
+    artifacts.ensure_dir(out)
+    from .report import verify_markdown, verify_plots
+
+    plots = verify_plots(record, out)
+    record_path = artifacts.write_json(out / RECORD_FILE, record, inputs=inputs)
+    report_path = artifacts.write_text(out / REPORT_FILE, verify_markdown(record, plots))
+    result = VerifyResult(rows, skipped, float(np.mean(ref_pred == y)), int(len(y)), passed,
+                          failures, record_path, report_path, plots, time.perf_counter() - t0)
+    if failures:
+        raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
+    return result
+
+
+def _row(candidate, target, pred, ref_pred, y, n_classes, seconds, info) -> Row:
+    c = compare(pred, ref_pred, y)
+    dis = np.bincount(ref_pred[pred != ref_pred], minlength=n_classes)
+    return Row(candidate, target, c.n, c.accuracy, c.accuracy_ci, c.diff_pp, c.diff_ci_pp,
+               c.mcnemar_p, c.agreement, c.only_candidate_right, c.only_reference_right,
+               seconds=float(seconds), info=info, disagreement_by_class=[int(v) for v in dis])
+
+
+def _apply_gates(rows: list[Row], config: VerifyConfig) -> list[str]:
+    """Every failing row × gate, each as one readable clause (all of them, not only the first)."""
+    failures = []
+    for r in rows:
+        where = f"{r.candidate} on {r.target}"
+        if -r.diff_pp > config.max_drop:
+            r.failures.append("max-drop")
+            failures.append(f"{where}: accuracy {-r.diff_pp:.2f} pp below the original "
+                            f"(allowed {config.max_drop:g})")
+        if r.agreement < config.min_agreement:
+            r.failures.append("min-agreement")
+            failures.append(f"{where}: agrees with the original on {r.agreement:.2%} "
+                            f"(required {config.min_agreement:.2%})")
+        if r.lsb_max is not None and r.lsb_max > config.max_lsb:
+            r.failures.append("max-lsb")
+            failures.append(f"{where}: outputs differ from {REFERENCE_TARGET} by {r.lsb_max} "
+                            f"quantization steps (allowed {config.max_lsb})")
+    return failures
