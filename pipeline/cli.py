@@ -315,6 +315,30 @@ class _NoBar:
         pass
 
 
+@cli.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A TOML file with tables [train] [fold] [export] [verify] [bench]; keys are the options' names.")
+@click.option("--data", default=None, help="Overrides [train] data.")
+@click.option("--force", is_flag=True, help="Rerun every stage, even those that are up to date.")
+@click.option("--quiet", "-q", is_flag=True)
+@artifacts_option
+def run_cmd(config_path, data, force, quiet, artifacts):
+    """Run train → fold → export → verify → bench; skip stages whose inputs and options are unchanged.
+
+    Prints one summary table and exits with verify's code (0 pass, 1 a gate failed).
+
+    Example: bnpipe run --config bnpipe.toml
+    """
+    from .run import load_run_config, run_all
+
+    config = load_run_config(config_path, {"train": {"data": data}} if data else None)
+    say = (lambda m: None) if quiet else (lambda m: click.echo(f"… {m}", err=True))
+    result = run_all(_artifacts(artifacts), config, force=force, say=say, quiet=quiet)
+    click.echo(result.summary)
+    if result.exit_code:
+        raise GateFailed("verification failed: " + "; ".join(result.failures), result.failures)
+
+
 def main():
     cli(prog_name="bnpipe")
 

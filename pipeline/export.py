@@ -197,8 +197,11 @@ def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
                 metrics=[] if config.qat_target == "distill" else ["accuracy"])
     history = {}
     if config.qat_epochs:
-        h = qat.fit(ds.x_train, y_fit, epochs=config.qat_epochs, batch_size=config.qat_batch_size,
-                    shuffle=True, verbose=verbose)
+        from .tfenv import muted_stderr
+
+        with muted_stderr():
+            h = qat.fit(ds.x_train, y_fit, epochs=config.qat_epochs, batch_size=config.qat_batch_size,
+                        shuffle=True, verbose=verbose)
         history = {kk: [float(v) for v in vals] for kk, vals in h.history.items()}
     return qat, history
 

@@ -46,12 +46,14 @@ def verify_markdown(record: dict, plots: list[Path]) -> str:
     lines += [f"Reference: `model.keras` (float, with BN) on TensorFlow, host CPU — accuracy "
               f"**{ref['accuracy']:.2%}** on {rec['n']} test samples of {rec['dataset']['name']}.",
               f"Gates: accuracy drop ≤ {cfg['max_drop']:g} pp, agreement ≥ {cfg['min_agreement']:.2%}, "
-              f"integer outputs within {cfg['max_lsb']} step(s) of host-ref.", ""]
+              f"integer outputs within {cfg['max_lsb']} logit step(s) of host-ref (carried through "
+              f"SOFTMAX: ≤ the row's allowed output steps).", ""]
     rows = []
     for r in rec["rows"]:
         lo, hi = r["accuracy_ci"]
         dlo, dhi = r["diff_ci_pp"]
-        lsb = "—" if r["lsb_max"] is None else f"{r['lsb_max']} ({r['lsb_share']:.1%})"
+        lsb = ("—" if r["lsb_max"] is None
+               else f"{r['lsb_max']} of ≤{r['lsb_allowed']} ({r['lsb_share']:.1%})")
         status = "✗ " + ",".join(r["failures"]) if r["failures"] else "✓"
         rows.append([f"`{r['candidate']}`", r["target"], f"{r['accuracy']:.2%} [{lo:.1%}, {hi:.1%}]",
                      f"{r['diff_pp']:+.2f} [{dlo:+.2f}, {dhi:+.2f}]", f"{r['mcnemar_p']:.3g}",

@@ -45,8 +45,11 @@ def train(config: TrainConfig, artifacts_dir: Path, *, quiet: bool = False) -> T
     verbose = 0 if quiet else (1 if sys.stdout.isatty() else 2)
     validation = (ds.x_val, ds.y_val) if len(ds.y_val) else None
     t1 = time.perf_counter()
-    history = model.fit(ds.x_train, ds.y_train, epochs=config.epochs, batch_size=config.batch_size,
-                        validation_data=validation, shuffle=True, verbose=verbose)
+    from .tfenv import muted_stderr
+
+    with muted_stderr():  # tf.data's C++ notices ("NodeDef mentions attribute …"); progress is on stdout
+        history = model.fit(ds.x_train, ds.y_train, epochs=config.epochs, batch_size=config.batch_size,
+                            validation_data=validation, shuffle=True, verbose=verbose)
     t_fit = time.perf_counter() - t1
     _, test_acc = model.evaluate(ds.x_test, ds.y_test, batch_size=1024, verbose=0)
 

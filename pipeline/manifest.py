@@ -1,0 +1,81 @@
+"""Lineage: what each stage read, with which parameters, and what it wrote (manifest.json).
+
+    {"schema_version": 1, "stages": {"train": {"inputs": {name: sha256}, "params": {...},
+      "outputs": {file: sha256}, "versions": {...}, "machine": {...}, "started": ..., "ended": ...}}}
+
+A stage is up to date when its inputs and parameters are what the manifest recorded and its
+outputs are still the files it wrote. A file a stage reads that another stage wrote must still be
+what that stage wrote: anything else (edited by hand, copied from another run) is refused.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import artifacts
+from .errors import ArtifactError
+
+MANIFEST_FILE = "manifest.json"
+
+
+class Manifest:
+    def __init__(self, out: Path):
+        self.out = out
+        self.path = out / MANIFEST_FILE
+        self.stages: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            data = artifacts.read_json(self.path)
+            self.stages = data.get("stages", {})
+
+    def writer_of(self, file: str) -> tuple[str, str] | None:
+        """(stage, sha256) of the stage that last wrote `file`, if any."""
+        for stage, entry in self.stages.items():
+            if file in entry.get("outputs", {}):
+                return stage, entry["outputs"][file]
+        return None
+
+    def check_input(self, file: str) -> str:
+        """sha256 of artifacts/`file`; ArtifactError if it is not what its writer recorded."""
+        path = self.out / file
+        if not path.is_file():
+            raise ArtifactError(f"{path} does not exist")
+        sha = artifacts.sha256_file(path)
+        writer = self.writer_of(file)
+        if writer and writer[1] != sha:
+            raise ArtifactError(f"{path} is not the file `bnpipe {writer[0]}` wrote (sha256 "
+                                f"{sha[:12]}…, manifest {writer[1][:12]}…): edited or copied from "
+                                f"another run; rerun `bnpipe {writer[0]}`, or pass the file "
+                                "explicitly to use it anyway")
+        return sha
+
+    def up_to_date(self, stage: str, inputs: dict[str, str], params: dict[str, Any]) -> bool:
+        entry = self.stages.get(stage)
+        if not entry or entry.get("inputs") != inputs or entry.get("params") != _plain(params):
+            return False
+        for file, sha in entry.get("outputs", {}).items():
+            p = self.out / file
+            if not p.is_file() or artifacts.sha256_file(p) != sha:
+                return False
+        return True
+
+    def record(self, stage: str, inputs: dict[str, str], params: dict[str, Any],
+               outputs: list[str], started: float) -> None:
+        self.stages[stage] = {
+            "inputs": inputs, "params": _plain(params),
+            "outputs": {f: artifacts.sha256_file(self.out / f) for f in outputs if (self.out / f).is_file()},
+            "versions": artifacts.tool_versions(), "machine": artifacts.machine_info(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "ended": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self.save()
+
+    def invalidate(self, stage: str) -> None:
+        self.stages.pop(stage, None)
+
+    def save(self) -> None:
+        artifacts.write_json(self.path, {"stages": self.stages})
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(artifacts._jsonable(obj)))

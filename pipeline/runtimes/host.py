@@ -1,0 +1,114 @@
+"""The `host` and `host-ref` targets: LiteRT in this process, on this CPU.
+
+    host      the default op resolver, which applies the XNNPACK delegate (the fast path a phone
+              app gets by default)
+    host-ref  OpResolverType.BUILTIN_REF: LiteRT's reference kernels, the numerical truth every
+              other target is compared with
+
+Both call the standalone runner's functions (runtimes/device_runner.py) in-process, so the host
+runs exactly the code a board runs. Every model file is parsed by `pipeline.tflite_file` first: a
+malformed flatbuffer is a ModelError in Python, never a crash in LiteRT's C++ loader.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ModelError, TargetUnavailable
+from pipeline.runtimes import RunResult
+from pipeline.tflite_file import read_tflite
+
+INSTALL_HINT = "pip install ai-edge-litert"
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _runner():
+    """device_runner, imported on first use (it imports LiteRT at module level)."""
+    from pipeline.runtimes import device_runner
+
+    return device_runner
+
+
+class HostRuntime:
+    """LiteRT on the host CPU, in-process.
+
+    reference=False: the default kernels (XNNPACK delegate), target name "host".
+    reference=True: the builtin reference kernels, target name "host-ref".
+    threads=None lets LiteRT choose; batch is the rows per invoke (inputs are run in batches,
+    never one Python call per sample).
+    """
+
+    def __init__(self, reference: bool = False, threads: int | None = None, batch: int | None = None):
+        if threads is not None and int(threads) < 0:
+            raise ValueError(f"threads must be None or >= 0, got {threads}")
+        if batch is not None and int(batch) < 1:
+            raise ValueError(f"batch must be None or >= 1, got {batch}")
+        self.reference = bool(reference)
+        self.threads = int(threads) if threads else None
+        self.batch = int(batch) if batch is not None else None
+        self.name = "host-ref" if self.reference else "host"
+
+    @property
+    def kernels(self) -> str:
+        return "builtin_ref" if self.reference else "default (XNNPACK delegate)"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import ai_edge_litert  # noqa: F401
+            from ai_edge_litert.interpreter import OpResolverType  # noqa: F401
+        except ImportError as err:
+            return False, f"{self.name}: LiteRT is not importable ({err}): {INSTALL_HINT}"
+        return True, ""
+
+    def _check(self, model_path) -> Path:
+        """Structural check of the file before any interpreter sees it (ModelError if bad)."""
+        ok, why = self.available()
+        if not ok:
+            raise TargetUnavailable(why)
+        path = Path(model_path)
+        read_tflite(path)
+        return path
+
+    def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
+        """Run every row of `inputs` (model input dtype) in batched invokes. Copies; mutates nothing.
+
+        outputs: (N, *output features), the raw output tensor values (int8 codes for an int8 model).
+        """
+        runner = _runner()
+        path = self._check(model_path)
+        batch = self.batch or runner.DEFAULT_BATCH
+        try:
+            interp = runner.load_interpreter(path, reference=self.reference, threads=self.threads)
+            outputs, seconds = runner.run_batched(interp, np.asarray(inputs), batch=batch)
+        except ValueError as err:  # the runner's one message for a bad file, dtype or shape
+            raise ModelError(f"{self.name}: {_one_line(err)}") from None
+        info = {
+            **runner.environment(),
+            "kernels": self.kernels,
+            "reference": self.reference,
+            "threads": self.threads,
+            "batch": batch,
+            "n": int(outputs.shape[0]),
+            "emulated": False,
+        }
+        return RunResult(target=self.name, outputs=outputs, invoke_seconds=float(seconds), info=info)
+
+    def bench(self, model_path: str, sample: np.ndarray, **kw) -> dict:
+        """device_runner.bench for this target's kernels; keyword arguments pass through.
+
+        threads defaults to (self.threads,) when the runtime was given a thread count.
+        """
+        runner = _runner()
+        path = self._check(model_path)
+        if self.threads and "threads" not in kw:
+            kw["threads"] = (self.threads,)
+        try:
+            result = runner.bench(path, np.asarray(sample), reference=self.reference, **kw)
+        except ValueError as err:
+            raise ModelError(f"{self.name}: {_one_line(err)}") from None
+        result.update(target=self.name, kernels=self.kernels, emulated=False)
+        return result

@@ -1,0 +1,92 @@
+"""Target names → runtime objects, and which of them can run here.
+
+    host  host-ref  tflm  arm64     fixed names (TARGETS)
+    ssh:USER@HOST[:PORT]            a board over ssh
+
+Each runtime module is imported only when its target is asked for: arm64 and ssh are plain
+subprocess wrappers, but host and tflm import LiteRT / TFLM when they run.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from pipeline.errors import BnpipeError, TargetUnavailable
+
+TARGETS = ("host", "host-ref", "tflm", "arm64")
+DEFAULT_TARGETS = ("host", "host-ref", "tflm", "arm64")  # every target that needs no address
+SSH_PREFIX = "ssh:"
+_VALID = ", ".join(TARGETS) + f", {SSH_PREFIX}USER@HOST[:PORT]"
+
+
+def _unknown(name: str) -> BnpipeError:
+    return BnpipeError(f"unknown target {name!r}: expected one of {_VALID}")
+
+
+def get_runtime(name: str):
+    """A new runtime object for the target `name`. BnpipeError for an unknown name or a bad
+    ssh address."""
+    name = (name or "").strip()
+    if name == "host":
+        from pipeline.runtimes.host import HostRuntime
+
+        return HostRuntime()
+    if name == "host-ref":
+        from pipeline.runtimes.host import HostRuntime
+
+        return HostRuntime(reference=True)
+    if name == "tflm":
+        from pipeline.runtimes.tflm import TflmRuntime
+
+        return TflmRuntime()
+    if name == "arm64":
+        from pipeline.runtimes.arm64 import Arm64Runtime
+
+        return Arm64Runtime()
+    if name.startswith(SSH_PREFIX):
+        from pipeline.runtimes.ssh import SshRuntime
+
+        return SshRuntime(name[len(SSH_PREFIX):])
+    raise _unknown(name)
+
+
+def parse_targets(text: str | None) -> list[str]:
+    """Target names from a comma-separated list, in order, without duplicates.
+
+    None or "" (or only commas and blanks) → DEFAULT_TARGETS. Every name is checked here, so a
+    typo fails before any model is run: BnpipeError naming it and listing the valid targets.
+    """
+    names: list[str] = []
+    for part in (text or "").split(","):
+        name = part.strip()
+        if not name or name in names:
+            continue
+        if name.startswith(SSH_PREFIX):
+            from pipeline.runtimes.ssh import parse_spec
+
+            parse_spec(name[len(SSH_PREFIX):])  # BnpipeError for a malformed address
+        elif name not in TARGETS:
+            raise _unknown(name)
+        names.append(name)
+    return names or list(DEFAULT_TARGETS)
+
+
+def resolve(targets: Iterable[str] | str | None, explicit: bool):
+    """(runtimes available here, [(name, reason)] of those skipped), in the order given.
+
+    targets: names (or a comma-separated string, or None for the defaults). explicit=True means
+    the user named these targets: an unavailable one is then an error (TargetUnavailable with
+    its set-up instructions), not a silent skip.
+    """
+    names = parse_targets(targets) if targets is None or isinstance(targets, str) else \
+        parse_targets(",".join(targets))
+    runtimes, skipped = [], []
+    for name in names:
+        runtime = get_runtime(name)
+        ok, reason = runtime.available()
+        if ok:
+            runtimes.append(runtime)
+        elif explicit:
+            raise TargetUnavailable(f"target {name} is not available: {reason}")
+        else:
+            skipped.append((name, reason))
+    return runtimes, skipped

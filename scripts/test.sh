@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: what README's quickstart (b) and CI (.ci/run) run.
+#
+#   bash scripts/test.sh [pytest args…]
+#
+# 1. a virtual environment .venv with bnpipe and its test extras (pip, from pyproject.toml);
+# 2. the arm64 emulator (qemu-user + an arm64 Python sysroot + aarch64 LiteRT) in the user's
+#    cache dir — no root needed, idempotent, seconds when already built;
+# 3. openssh-server when `sshd` is missing (apt-get, as root) for the ssh target's loopback tests;
+# 4. pytest, everything included: nothing is skipped in CI (CI=true).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+    echo "== creating .venv"
+    "$PY" -m venv .venv
+fi
+echo "== installing bnpipe and its test dependencies"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+echo "== arm64 emulator"
+bash scripts/setup_arm64_emulator.sh
+
+if ! command -v sshd >/dev/null 2>&1 && [[ ! -x /usr/sbin/sshd ]]; then
+    if [[ "$(id -u)" == 0 ]]; then
+        echo "== installing openssh-server (for the ssh target's tests on 127.0.0.1)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+    else
+        echo "note: sshd is missing and this is not root; install openssh-server for the ssh tests" >&2
+    fi
+fi
+
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"

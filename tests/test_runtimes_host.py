@@ -1,0 +1,240 @@
+"""The host and host-ref targets (LiteRT in-process) and the target registry, on tiny real models.
+
+The tiny models are built here once per test session (`tiny_models`) and reused by
+tests/test_tflm.py and tests/test_quantize.py.
+"""
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+
+import warnings
+
+import numpy as np
+import pytest
+
+from pipeline.errors import BnpipeError, ModelError, TargetUnavailable
+from pipeline.quantize import quantize
+from pipeline.runtimes import device_runner
+from pipeline.runtimes.host import HostRuntime
+from pipeline.runtimes.registry import DEFAULT_TARGETS, get_runtime, parse_targets, resolve
+from pipeline.tflite_file import quant_params, read_tflite
+
+N_FEATURES, N_HIDDEN, N_CLASSES = 16, 8, 4
+SEED = 0
+# XNNPACK requantizes int8 accumulators with its own fixed-point rounding, not the reference
+# kernels' gemmlowp-style one; the two can land on either side of a rounding tie, i.e. one step
+# apart. (On this model and these inputs they agree exactly; 1 LSB is what may legitimately differ.)
+INT8_LSB_TOLERANCE = 1
+# Float32 softmax scores in [0, 1]: LiteRT and TensorFlow sum the 16 and 8 products in different
+# orders (and XNNPACK uses FMA), so they differ in the last bits of float32; measured ≤ 1.2e-7.
+FLOAT_ATOL = 1e-6
+
+_BUILT: dict = {}
+
+
+def build_tiny_models(directory):
+    """A 16→8→4 softmax MLP (tf_keras, fixed seed, untrained) and three .tflite conversions.
+
+    Returns {"keras": model, "float32": path, "int8": path, "int8_float_in": path}: "int8" is
+    full-int8 with int8 input and output; "int8_float_in" keeps a float32 input (so its first
+    operator is QUANTIZE) and an int8 output. Calibration: 200 uniform [0, 1) rows, like bnpipe's
+    scaled pixels.
+    """
+    from pipeline.tfenv import keras, tf
+
+    tf, keras = tf(), keras()
+    keras.utils.set_random_seed(SEED)
+    model = keras.Sequential([
+        keras.layers.Input((N_FEATURES,)),
+        keras.layers.Dense(N_HIDDEN, activation="relu"),
+        keras.layers.Dense(N_CLASSES, activation="softmax"),
+    ])
+    calibration = np.random.default_rng(SEED).random((200, N_FEATURES), dtype=np.float32)
+    paths = {"keras": model}
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    paths["float32"] = directory / "tiny_float32.tflite"
+    paths["float32"].write_bytes(converter.convert())
+
+    for name, input_type in (("int8", tf.int8), ("int8_float_in", tf.float32)):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([row[None]] for row in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = input_type
+        converter.inference_output_type = tf.int8
+        paths[name] = directory / f"tiny_{name}.tflite"
+        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": the
+            warnings.simplefilter("ignore")  # int8 input takes its range from the calibration
+            paths[name].write_bytes(converter.convert())
+    return paths
+
+
+def tiny_models(tmp_path_factory):
+    """build_tiny_models, built once per session whichever test file asks first."""
+    if not _BUILT:
+        _BUILT.update(build_tiny_models(tmp_path_factory.mktemp("tiny_mlp")))
+    return _BUILT
+
+
+def features(n, seed=1):
+    """(n, 16) float32 uniform in [0, 1): preprocessed inputs."""
+    return np.random.default_rng(seed).random((n, N_FEATURES), dtype=np.float32)
+
+
+def model_inputs(model_path, x):
+    """x quantized for the model's input tensor exactly as bnpipe does (float models: x)."""
+    q = quant_params(read_tflite(model_path).input_tensor())
+    return x if q["scale"] is None else quantize(x, q["scale"], q["zero_point"], q["dtype"])
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    return tiny_models(tmp_path_factory)
+
+
+# -- host / host-ref ------------------------------------------------------------------------------
+
+
+def test_names_and_availability():
+    assert HostRuntime().name == "host"
+    assert HostRuntime(reference=True).name == "host-ref"
+    assert HostRuntime().available() == (True, "")
+    assert HostRuntime(reference=True).available() == (True, "")
+
+
+def test_int8_host_and_host_ref_agree_within_one_lsb(models):
+    x = model_inputs(models["int8"], features(2000))
+    fast = HostRuntime().run(models["int8"], x)
+    ref = HostRuntime(reference=True).run(models["int8"], x)
+    assert fast.outputs.dtype == ref.outputs.dtype == np.int8
+    assert fast.outputs.shape == ref.outputs.shape == (2000, N_CLASSES)
+    diff = np.abs(fast.outputs.astype(np.int16) - ref.outputs.astype(np.int16))
+    assert diff.max() <= INT8_LSB_TOLERANCE, f"{int((diff > INT8_LSB_TOLERANCE).sum())} outputs differ by more"
+    assert fast.info["kernels"] == "default (XNNPACK delegate)"
+    assert ref.info["kernels"] == "builtin_ref"
+    assert ref.info["litert_version"] == device_runner.LITERT_VERSION
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_float_outputs_match_keras(models, reference):
+    x = features(500)
+    expected = models["keras"].predict(x, batch_size=500, verbose=0)
+    result = HostRuntime(reference=reference).run(models["float32"], x)
+    assert result.outputs.dtype == np.float32
+    np.testing.assert_allclose(result.outputs, expected, rtol=0, atol=FLOAT_ATOL)
+
+
+def test_run_is_batched_not_per_sample(models, monkeypatch):
+    """2500 rows with batch 1024 → exactly three invokes (1024, 1024, 452)."""
+    invokes = []
+    real = device_runner.load_interpreter
+
+    def counting(*args, **kwargs):
+        interp = real(*args, **kwargs)
+        wrapped = interp.invoke
+        # LiteRT's Interpreter is a Python class, so one instance's method can be wrapped.
+        interp.invoke = lambda: (invokes.append(1), wrapped())[1]
+        return interp
+
+    monkeypatch.setattr(device_runner, "load_interpreter", counting)
+    result = HostRuntime(reference=True).run(models["int8"], model_inputs(models["int8"], features(2500)))
+    assert len(invokes) == 3
+    assert result.info["batch"] == 1024 and result.info["n"] == 2500
+    assert result.invoke_seconds > 0
+
+
+def test_wrong_input_dtype_is_a_model_error(models):
+    with pytest.raises(ModelError, match=r"^host: inputs have dtype float32 but .* is int8"):
+        HostRuntime().run(models["int8"], features(3))
+
+
+def test_bench_passes_through(models):
+    x = model_inputs(models["int8"], features(8))
+    report = HostRuntime(reference=True, threads=1).bench(
+        models["int8"], x, batch_sizes=(1, 4), warmup=1, runs=3)
+    assert report["target"] == "host-ref" and report["reference"] is True
+    assert [(r["threads"], r["batch"]) for r in report["results"]] == [(1, 1), (1, 4)]
+
+
+def _malformed(model_bytes):
+    rng = np.random.default_rng(SEED)
+    return {
+        "random bytes": rng.integers(0, 256, 2000, dtype=np.uint8).tobytes(),
+        "truncated model": model_bytes[: len(model_bytes) // 2],
+        "truncated tail": model_bytes[:-16],
+        "header only": model_bytes[:8],
+        "empty": b"",
+    }
+
+
+@pytest.mark.parametrize("case", ["random bytes", "truncated model", "truncated tail", "header only", "empty"])
+@pytest.mark.parametrize("reference", [False, True])
+def test_malformed_file_is_a_model_error_before_litert_sees_it(models, tmp_path, monkeypatch,
+                                                                case, reference):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a malformed file reached LiteRT")
+
+    monkeypatch.setattr(device_runner, "load_interpreter", must_not_load)
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(_malformed(models["int8"].read_bytes())[case])
+    runtime = HostRuntime(reference=reference)
+    with pytest.raises(ModelError, match="bad.tflite"):
+        runtime.run(path, np.zeros((2, N_FEATURES), dtype=np.int8))
+    with pytest.raises(ModelError, match="bad.tflite"):
+        runtime.bench(path, np.zeros((2, N_FEATURES), dtype=np.int8), runs=1, warmup=0)
+
+
+def test_missing_file_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        HostRuntime().run(tmp_path / "nope.tflite", np.zeros((1, N_FEATURES), dtype=np.int8))
+
+
+# -- registry -------------------------------------------------------------------------------------
+
+
+def test_parse_targets_defaults_order_and_duplicates():
+    assert parse_targets(None) == parse_targets("") == parse_targets(" , ") == list(DEFAULT_TARGETS)
+    assert DEFAULT_TARGETS == ("host", "host-ref", "tflm", "arm64")
+    assert parse_targets(" tflm,host ,tflm,ssh:pi@board.local:2222") == [
+        "tflm", "host", "ssh:pi@board.local:2222"]
+
+
+def test_unknown_target_lists_the_valid_ones():
+    expected = (r"^unknown target 'gpu': expected one of host, host-ref, tflm, arm64, "
+                r"ssh:USER@HOST\[:PORT\]$")
+    with pytest.raises(BnpipeError, match=expected):
+        parse_targets("host,gpu")
+    with pytest.raises(BnpipeError, match=expected):
+        get_runtime("gpu")
+
+
+def test_bad_ssh_address_is_rejected():
+    with pytest.raises(BnpipeError, match="bad ssh target 'nobody'"):
+        parse_targets("ssh:nobody")
+
+
+def test_get_runtime_names():
+    for name in ("host", "host-ref", "tflm", "arm64", "ssh:pi@board.local"):
+        assert get_runtime(name).name == name
+    assert get_runtime("host-ref").reference is True
+
+
+class _Unavailable:
+    name = "arm64"
+
+    def available(self):
+        return False, "the arm64 emulator is not set up: run the set-up script"
+
+
+def test_resolve_skips_or_raises_for_an_unavailable_target(monkeypatch):
+    from pipeline.runtimes import registry
+
+    real = registry.get_runtime
+    monkeypatch.setattr(registry, "get_runtime",
+                        lambda name: _Unavailable() if name == "arm64" else real(name))
+    runtimes, skipped = resolve(None, explicit=False)
+    assert [r.name for r in runtimes] == ["host", "host-ref", "tflm"]
+    assert skipped == [("arm64", "the arm64 emulator is not set up: run the set-up script")]
+    assert [r.name for r in resolve("host,tflm", explicit=True)[0]] == ["host", "tflm"]
+    with pytest.raises(TargetUnavailable, match=r"^target arm64 is not available: the arm64 "
+                                                r"emulator is not set up: run the set-up script$"):
+        resolve(["host", "arm64"], explicit=True)
