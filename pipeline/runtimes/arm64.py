@@ -1,0 +1,197 @@
+"""The `arm64` target: LiteRT's aarch64 build under QEMU user-mode emulation.
+
+`scripts/setup_arm64_emulator.sh` unpacks qemu-aarch64, an arm64 Debian python3.11 sysroot and
+the aarch64 wheels of numpy and ai-edge-litert into a cache dir. This runtime writes the inputs
+to a temporary .npy, runs `device_runner.py run` with the emulated python and reads the raw
+outputs back, so the numbers come from the same aarch64 kernels (XNNPACK's NEON paths, or the
+reference kernels) that a Cortex-A phone or board would run. Timings are of the emulator, not of
+any real chip: use them only to compare models with each other inside one emulated run.
+
+Only the standard library and numpy are imported here (no TensorFlow, no LiteRT).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ModelError, TargetUnavailable
+from pipeline.runtimes import RunResult
+
+# The standalone runner, copied or executed as it is by every device target.
+RUNNER = Path(__file__).with_name("device_runner.py")
+SETUP_SCRIPT = "scripts/setup_arm64_emulator.sh"
+# The emulated core. qemu's default (`max`) offers SVE/SME, which XNNPACK then picks and qemu
+# emulates slowly: float32 MLP 784-256-128-10 on 2000 rows took 98-190 s of invoke under `max`,
+# 11.7 s under cortex-a76 and 6.8 s under cortex-a72 (int8: 1.05 / 0.58 / 0.39 s), with identical
+# int8 outputs. Cortex-A76 (Raspberry Pi 5, many phones; has the int8 dot-product instructions)
+# is the Cortex-A class bnpipe targets. Override with $BNPIPE_QEMU_CPU or cpu=.
+DEFAULT_CPU = "cortex-a76"
+DEFAULT_TIMEOUT_S = 900  # qemu is ~50x slower than the host; a big bench can take minutes
+# device_runner.py exit codes (kept in step with EXIT_BAD_INPUT / EXIT_NO_LITERT there).
+RUNNER_EXIT_BAD_INPUT = 2
+RUNNER_EXIT_NO_LITERT = 3
+
+
+def cache_dir() -> Path:
+    """The dir the set-up script fills; the same rule as in the script."""
+    root = os.environ.get("BNPIPE_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "bnpipe")
+    return Path(root) / "arm64"
+
+
+def last_error_line(stderr: str) -> str:
+    """The runner's own `error: ...` line if there is one, else the last non-empty line."""
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line[len("error: "):]
+    return lines[-1] if lines else "no message on stderr"
+
+
+def runner_json(proc: subprocess.CompletedProcess, target: str) -> dict:
+    """The JSON line a successful runner printed; raise the bnpipe error for a failed one.
+
+    Exit 2 (the runner refused the model or the inputs) → ModelError; anything else (no LiteRT,
+    a crash of the emulator, a lost connection) → TargetUnavailable. Messages are one line.
+    """
+    if proc.returncode == RUNNER_EXIT_BAD_INPUT:
+        raise ModelError(f"{target}: {last_error_line(proc.stderr)}")
+    if proc.returncode != 0:
+        raise TargetUnavailable(
+            f"{target}: the device runner failed (exit {proc.returncode}): "
+            f"{last_error_line(proc.stderr)}"
+        )
+    lines = [line for line in (proc.stdout or "").splitlines() if line.strip()]
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise TargetUnavailable(
+            f"{target}: the device runner printed no JSON result (stdout: {proc.stdout[-200:]!r})"
+        ) from None
+
+
+class Arm64Runtime:
+    """Runs a .tflite model with aarch64 LiteRT under qemu-user. See the module docstring.
+
+    reference=True selects the builtin reference kernels instead of XNNPACK; threads=None lets
+    LiteRT choose; batch is the rows per invoke; cpu is the qemu core model (see DEFAULT_CPU).
+    """
+
+    name = "arm64"
+
+    def __init__(self, reference: bool = False, threads: int | None = None, batch: int = 1024,
+                 timeout: float = DEFAULT_TIMEOUT_S, directory: str | os.PathLike | None = None,
+                 cpu: str | None = None):
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.cpu = cpu or os.environ.get("BNPIPE_QEMU_CPU") or DEFAULT_CPU
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.cpu):
+            raise TargetUnavailable(
+                f"arm64: bad qemu cpu model {self.cpu!r}: expected a name such as {DEFAULT_CPU} "
+                f"(qemu-aarch64 -cpu help lists them)")
+        self.reference = reference
+        self.threads = threads
+        self.batch = batch
+        self.timeout = timeout
+        self.dir = Path(directory) if directory is not None else cache_dir()
+        self.stamp = self.dir / "READY"
+        self.qemu = self.dir / "qemu" / "usr" / "bin" / "qemu-aarch64"
+        self.sysroot = self.dir / "sysroot"
+        self.python = self.sysroot / "usr" / "bin" / "python3.11"
+        self.site_packages = self.dir / "site-packages"
+
+    def available(self) -> tuple[bool, str]:
+        if not self.stamp.is_file():
+            return False, (f"the arm64 emulator is not set up in {self.dir}: run "
+                           f"`bash {SETUP_SCRIPT}` (no root needed; about a minute)")
+        missing = [str(p) for p in (self.qemu, self.python, self.site_packages) if not p.exists()]
+        if missing:
+            return False, (f"the arm64 emulator in {self.dir} is incomplete "
+                           f"(missing {missing[0]}): delete {self.stamp} and run `bash {SETUP_SCRIPT}` again")
+        return True, ""
+
+    def setup_info(self) -> dict[str, str]:
+        """The key=value facts the set-up script wrote into its stamp (versions, paths)."""
+        info = {}
+        for line in self.stamp.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                info[key.strip()] = value.strip()
+        return info
+
+    def _require(self) -> None:
+        ok, why = self.available()
+        if not ok:
+            raise TargetUnavailable(why)
+
+    def _invoke_runner(self, args: list[str]) -> subprocess.CompletedProcess:
+        self._require()
+        cmd = [str(self.qemu), "-cpu", self.cpu, "-L", str(self.sysroot), str(self.python),
+               str(RUNNER), *args]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONPATH", "VIRTUAL_ENV")}
+        env.update(PYTHONPATH=str(self.site_packages), PYTHONNOUSERSITE="1")
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                  timeout=self.timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise TargetUnavailable(
+                f"arm64: the emulated runner did not finish within {self.timeout:g} s") from None
+        except OSError as err:
+            raise TargetUnavailable(f"arm64: cannot start {self.qemu}: {err}") from None
+
+    def _kernel_args(self) -> list[str]:
+        args = ["--reference"] if self.reference else []
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        return args
+
+    def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
+        """Run every row of `inputs` (model input dtype) under emulation. Mutates nothing."""
+        self._require()
+        model = Path(model_path)
+        if not model.is_file():
+            raise ModelError(f"arm64: model file not found: {str(model)!r}")
+        inputs = np.asarray(inputs)
+        with tempfile.TemporaryDirectory(prefix="bnpipe-arm64-") as tmp:
+            x_path, y_path = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
+            np.save(x_path, inputs, allow_pickle=False)
+            proc = self._invoke_runner([
+                "run", "--model", str(model.resolve()), "--inputs", str(x_path),
+                "--outputs", str(y_path), "--batch", str(self.batch), *self._kernel_args(),
+            ])
+            result = runner_json(proc, "arm64")
+            outputs = np.load(y_path, allow_pickle=False)
+        info = {**result, "emulated": True, "machine": "aarch64", "qemu_cpu": self.cpu,
+                "qemu_version": self.setup_info().get("qemu_version", "unknown")}
+        return RunResult(target=self.name, outputs=outputs,
+                         invoke_seconds=float(result["invoke_seconds"]), info=info)
+
+    def bench(self, model_path: str, sample: np.ndarray, batch_sizes=(1, 32, 1024),
+              threads=(1, None), warmup: int = 20, runs: int = 200) -> dict:
+        """device_runner.bench under emulation; the runner's dict plus "emulated": True."""
+        self._require()
+        model = Path(model_path)
+        if not model.is_file():
+            raise ModelError(f"arm64: model file not found: {str(model)!r}")
+        with tempfile.TemporaryDirectory(prefix="bnpipe-arm64-") as tmp:
+            x_path = Path(tmp) / "sample.npy"
+            np.save(x_path, np.asarray(sample), allow_pickle=False)
+            args = ["bench", "--model", str(model.resolve()), "--inputs", str(x_path),
+                    "--batch-sizes", ",".join(str(int(b)) for b in batch_sizes),
+                    "--threads", ",".join(str(int(t or 0)) for t in threads),
+                    "--warmup", str(int(warmup)), "--runs", str(int(runs))]
+            if self.reference:
+                args.append("--reference")
+            result = runner_json(self._invoke_runner(args), "arm64")
+        result.update(emulated=True, qemu_cpu=self.cpu,
+                      qemu_version=self.setup_info().get("qemu_version", "unknown"))
+        return result

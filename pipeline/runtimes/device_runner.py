@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Run or benchmark one .tflite model with LiteRT: bnpipe's standalone device runner.
+
+This one file is copied as it is to wherever the model runs: the arm64 emulator, a board over
+ssh, or imported in-process by the host runtimes. So it imports only the standard library, numpy
+and LiteRT (`ai_edge_litert`, else the older `tflite_runtime`), never `pipeline`, and keeps to
+Python 3.7 syntax, which older board images still ship.
+
+Inputs are already preprocessed and quantized to the model's input dtype by bnpipe on the host;
+outputs are the raw output tensor values (int8 codes for an int8 model), so that every target can
+be compared with every other one exactly.
+
+Command line (one JSON line on stdout; errors as one `error: ...` line on stderr):
+
+    python3 device_runner.py run --model M.tflite --inputs X.npy --outputs Y.npy [--reference]
+                                 [--threads N] [--batch 1024]
+    python3 device_runner.py bench --model M.tflite --inputs X.npy [--batch-sizes 1,32,1024]
+                                   [--threads 1,0] [--warmup 20] [--runs 200] [--reference]
+
+Exit codes: 0 success; 2 bad input (a missing or unreadable file, a dtype or shape that does not
+fit the model); 3 LiteRT is not installed for this python.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+try:
+    import ai_edge_litert as _litert_pkg
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    LITERT_VERSION = "ai-edge-litert " + str(getattr(_litert_pkg, "__version__", "unknown"))
+except ImportError:  # a board that only has the older standalone package
+    try:
+        import tflite_runtime as _litert_pkg
+        from tflite_runtime.interpreter import Interpreter
+
+        try:
+            from tflite_runtime.interpreter import OpResolverType
+        except ImportError:  # tflite_runtime < 2.5: no choice of kernels
+            OpResolverType = None
+        LITERT_VERSION = "tflite_runtime " + str(getattr(_litert_pkg, "__version__", "unknown"))
+    except ImportError:
+        Interpreter = None
+        OpResolverType = None
+        LITERT_VERSION = None
+
+EXIT_BAD_INPUT = 2
+EXIT_NO_LITERT = 3
+DEFAULT_BATCH = 1024  # rows per invoke: large enough that per-invoke overhead vanishes
+
+
+class LiteRtMissing(RuntimeError):
+    """Neither ai_edge_litert nor tflite_runtime can be imported by this python."""
+
+
+def _one_line(err: BaseException) -> str:
+    # LiteRT's messages span lines; the caller shows exactly one.
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def load_interpreter(model_path, reference=False, threads=None):
+    """A new Interpreter for `model_path` (tensors not yet allocated).
+
+    reference=True selects LiteRT's builtin reference kernels (no XNNPACK; the numerical truth);
+    otherwise the default resolver, which applies the XNNPACK delegate. threads=None (or 0) lets
+    LiteRT choose.
+    """
+    if Interpreter is None:
+        raise LiteRtMissing(
+            "neither ai_edge_litert nor tflite_runtime is importable by %s "
+            "(pip install ai-edge-litert)" % sys.executable
+        )
+    model_path = os.fspath(model_path)
+    if not os.path.isfile(model_path):
+        raise ValueError("model file not found: %r" % model_path)
+    kwargs = {"model_path": model_path, "num_threads": threads or None}
+    if reference:
+        if OpResolverType is None:
+            raise ValueError("this tflite_runtime cannot select the reference kernels")
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_REF
+    try:
+        return Interpreter(**kwargs)
+    except (ValueError, RuntimeError) as err:
+        raise ValueError("cannot load %r as a TFLite model: %s" % (model_path, _one_line(err)))
+
+
+def _io_details(interp):
+    """(input details, output details) of a single-input, single-output model."""
+    inputs, outputs = interp.get_input_details(), interp.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(
+            "expected a model with 1 input and 1 output, got %d inputs and %d outputs"
+            % (len(inputs), len(outputs))
+        )
+    return inputs[0], outputs[0]
+
+
+def _check_inputs(x, inp):
+    """Raise ValueError unless x is (N, *feature shape) in the input tensor's dtype."""
+    want_dtype = np.dtype(inp["dtype"])
+    feature_shape = tuple(int(d) for d in inp["shape"][1:])
+    if x.dtype != want_dtype:
+        raise ValueError(
+            "inputs have dtype %s but the model's input tensor %r is %s "
+            "(quantize on the host first)" % (x.dtype, inp["name"], want_dtype)
+        )
+    if x.ndim < 1 or tuple(x.shape[1:]) != feature_shape:
+        raise ValueError(
+            "inputs have shape %s but the model's input tensor %r wants (N, %s)"
+            % (tuple(x.shape), inp["name"], ", ".join(str(d) for d in feature_shape))
+        )
+    return feature_shape
+
+
+def run_batched(interp, x, batch=DEFAULT_BATCH):
+    """Run every row of x through interp, `batch` rows per invoke.
+
+    x: (N, *input feature shape) in the input tensor dtype. Returns (outputs, invoke_seconds):
+    outputs is a new (N, *output feature shape) array in the output dtype; invoke_seconds sums
+    the wall time of the invoke calls only. The interpreter's input is resized (and its tensors
+    re-allocated) only when the chunk size changes, i.e. at most twice.
+    """
+    batch = int(batch)
+    if batch < 1:
+        raise ValueError("batch must be >= 1, got %d" % batch)
+    x = np.asarray(x)
+    inp, out = _io_details(interp)
+    feature_shape = _check_inputs(x, inp)
+    n = x.shape[0]
+    if n == 0:
+        out_features = tuple(int(d) for d in out["shape"][1:])
+        return np.empty((0,) + out_features, dtype=out["dtype"]), 0.0
+
+    outputs = None
+    seconds = 0.0
+    allocated_rows = None
+    for start in range(0, n, batch):
+        chunk = np.ascontiguousarray(x[start:start + batch])
+        rows = chunk.shape[0]
+        if rows != allocated_rows:
+            interp.resize_tensor_input(inp["index"], [rows] + list(feature_shape))
+            interp.allocate_tensors()
+            allocated_rows = rows
+        interp.set_tensor(inp["index"], chunk)
+        t0 = time.perf_counter()
+        interp.invoke()
+        seconds += time.perf_counter() - t0
+        y = interp.get_tensor(out["index"])  # a copy, safe to keep past the next invoke
+        if outputs is None:
+            outputs = np.empty((n,) + tuple(y.shape[1:]), dtype=y.dtype)
+        outputs[start:start + rows] = y
+    return outputs, seconds
+
+
+def _peak_rss_kb():
+    """Peak resident set size of this process so far, in KiB (None where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak // 1024) if sys.platform == "darwin" else int(peak)  # macOS counts bytes
+
+
+def _fill(sample, rows):
+    """(rows, *features): the rows of `sample` repeated in order until there are `rows`."""
+    return np.ascontiguousarray(np.take(sample, np.arange(rows) % sample.shape[0], axis=0))
+
+
+def environment():
+    """Where this runner runs: JSON-serialisable facts for reports."""
+    return {
+        "litert_version": LITERT_VERSION,
+        "numpy_version": np.__version__,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def bench(model_path, sample, batch_sizes=(1, 32, 1024), threads=(1, None), warmup=20, runs=200,
+          reference=False):
+    """Latency and throughput of `model_path` for every (threads, batch size) pair.
+
+    sample: (M, *input feature shape) in the input dtype, repeated to fill each batch. Each pair
+    gets a fresh interpreter (timed: construct + allocate), one timed first invoke, `warmup`
+    untimed invokes, then `runs` timed invokes. Returns a JSON-serialisable dict; latencies are
+    per invoke (one whole batch) in microseconds.
+    """
+    if int(warmup) < 0 or int(runs) < 1:
+        raise ValueError("need warmup >= 0 and runs >= 1, got warmup=%s runs=%s" % (warmup, runs))
+    batch_sizes = [int(b) for b in batch_sizes]
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError("batch sizes must be >= 1, got %s" % (batch_sizes,))
+    threads = [int(t) if t else None for t in threads] or [None]
+    sample = np.asarray(sample)
+    if sample.ndim < 1 or sample.shape[0] == 0:
+        raise ValueError("the bench sample is empty (shape %s)" % (tuple(sample.shape),))
+    rss_before = _peak_rss_kb()
+
+    results = []
+    for n_threads in threads:
+        for rows in batch_sizes:
+            t0 = time.perf_counter()
+            interp = load_interpreter(model_path, reference=reference, threads=n_threads)
+            inp, _ = _io_details(interp)
+            feature_shape = _check_inputs(sample, inp)
+            interp.resize_tensor_input(inp["index"], [rows] + list(feature_shape))
+            interp.allocate_tensors()
+            init_seconds = time.perf_counter() - t0
+
+            interp.set_tensor(inp["index"], _fill(sample, rows))
+            t0 = time.perf_counter()
+            interp.invoke()
+            first_seconds = time.perf_counter() - t0
+            for _ in range(int(warmup)):
+                interp.invoke()
+            latencies = np.empty(int(runs))
+            for i in range(int(runs)):
+                t0 = time.perf_counter()
+                interp.invoke()
+                latencies[i] = time.perf_counter() - t0
+            median, p90, p99 = np.percentile(latencies, [50, 90, 99]) * 1e6
+            results.append({
+                "threads": n_threads,  # None: LiteRT's default
+                "batch": rows,
+                "init_seconds": init_seconds,
+                "first_invoke_seconds": first_seconds,
+                "latency_us": {
+                    "median": float(median), "p90": float(p90), "p99": float(p99),
+                    "mean": float(latencies.mean() * 1e6), "min": float(latencies.min() * 1e6),
+                },
+                "throughput_per_s": rows * int(runs) / float(latencies.sum()),
+            })
+            del interp
+
+    report = {
+        "model": os.path.basename(os.fspath(model_path)),
+        "model_bytes": os.path.getsize(model_path),
+        "reference": bool(reference),
+        "warmup": int(warmup),
+        "runs": int(runs),
+        "peak_rss_kb_before": rss_before,
+        "peak_rss_kb_after": _peak_rss_kb(),
+        "results": results,
+    }
+    report.update(environment())
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _load_npy(path, what):
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError("%s file not found: %r" % (what, path))
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError("cannot read %s %r as a .npy array: %s" % (what, path, _one_line(err)))
+
+
+def _int_list(text):
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated integers, got %r" % text)
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="device_runner.py",
+        description="Run or benchmark a .tflite model with LiteRT (bnpipe's device runner).",
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run every row of an .npy file through the model")
+    run.add_argument("--model", required=True, help=".tflite file")
+    run.add_argument("--inputs", required=True, help=".npy, (N, *features) in the input dtype")
+    run.add_argument("--outputs", required=True, help=".npy to write the raw outputs to")
+    run.add_argument("--reference", action="store_true", help="builtin reference kernels")
+    run.add_argument("--threads", type=int, default=None, help="0 or absent: LiteRT's default")
+    run.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="rows per invoke")
+
+    bench_p = sub.add_parser("bench", help="latency and throughput per (threads, batch size)")
+    bench_p.add_argument("--model", required=True, help=".tflite file")
+    bench_p.add_argument("--inputs", required=True, help=".npy sample in the input dtype")
+    bench_p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 1024])
+    bench_p.add_argument("--threads", type=_int_list, default=[1, 0],
+                         help="comma-separated; 0 means LiteRT's default")
+    bench_p.add_argument("--warmup", type=int, default=20)
+    bench_p.add_argument("--runs", type=int, default=200)
+    bench_p.add_argument("--reference", action="store_true", help="builtin reference kernels")
+    return parser
+
+
+def _cmd_run(args):
+    x = _load_npy(args.inputs, "inputs")
+    interp = load_interpreter(args.model, reference=args.reference, threads=args.threads)
+    outputs, seconds = run_batched(interp, x, batch=args.batch)
+    with open(args.outputs, "wb") as f:  # exactly this path (np.save would append .npy)
+        np.save(f, outputs, allow_pickle=False)
+    info = {"n": int(x.shape[0]), "invoke_seconds": seconds, "reference": bool(args.reference),
+            "threads": args.threads or None, "batch": args.batch,
+            "output_dtype": str(outputs.dtype), "output_shape": list(outputs.shape)}
+    info.update(environment())
+    return info
+
+
+def _cmd_bench(args):
+    sample = _load_npy(args.inputs, "inputs")
+    return bench(args.model, sample, batch_sizes=args.batch_sizes, threads=args.threads,
+                 warmup=args.warmup, runs=args.runs, reference=args.reference)
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        result = _cmd_run(args) if args.command == "run" else _cmd_bench(args)
+    except LiteRtMissing as err:
+        print("error: %s" % err, file=sys.stderr)
+        return EXIT_NO_LITERT
+    except (ValueError, OSError) as err:
+        print("error: %s" % _one_line(err), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(result, sort_keys=True))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
