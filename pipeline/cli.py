@@ -140,8 +140,8 @@ def fold(model_path, data, strict, artifacts):
 @click.option("--mode", "modes", multiple=True, default=("int8",), show_default=True,
               help="int8 (QAT) | float32 | ptq-dynamic | ptq-float16 | ptq-int8 | ptq-int16x8 | all. Repeatable.")
 @click.option("--data", default=None, help="Training data [default: the data recorded at training].")
-@click.option("--qat-epochs", default=2, show_default=True, type=int)
-@click.option("--qat-learning-rate", default=1e-4, show_default=True, type=float)
+@click.option("--qat-epochs", default=3, show_default=True, type=int)
+@click.option("--qat-learning-rate", default=1e-5, show_default=True, type=float)
 @click.option("--qat-target", type=click.Choice(["distill", "labels"]), default="distill", show_default=True,
               help="distill: fit the float model's probabilities (keeps its predictions); labels: fit the labels.")
 @click.option("--calibration-samples", default=500, show_default=True, type=int,

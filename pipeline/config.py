@@ -71,8 +71,11 @@ QAT_TARGETS = ("distill", "labels")
 @dataclass(frozen=True)
 class ExportConfig:
     modes: tuple[str, ...] = ("int8",)  # int8 = quantization-aware training, full integer
-    qat_epochs: int = 2  # measured (scripts/measure_qat.py): 2 distillation epochs match PTQ
-    qat_learning_rate: float = 1e-4  # 10× below training's: QAT nudges, it does not retrain
+    # Measured with scripts/measure_qat.py on digits (64 inputs) and digits28 (784 inputs), 360
+    # test samples each: 3 distillation epochs at 1e-5 kept 100 % top-1 agreement on both (PTQ
+    # int8: 100 % and 99.72 %); fitting labels reached 97.5–99.4 % agreement.
+    qat_epochs: int = 3
+    qat_learning_rate: float = 1e-5  # 100× below training's: QAT nudges the ranges, it does not retrain
     qat_target: str = "distill"  # fit the float model's probabilities, not the labels: keeps its predictions
     qat_batch_size: int = 32  # as in training
     calibration_samples: int = 500  # representative data: enough for stable min/max on 64 units

@@ -50,6 +50,17 @@ class Manifest:
                                 "explicitly to use it anyway")
         return sha
 
+    def check_outputs(self) -> None:
+        """ArtifactError naming the first recorded output that exists but is not what was written.
+
+        A missing output is not an error (its stage simply reruns); a changed one is, because a
+        later stage would otherwise read a file no stage of this run produced.
+        """
+        for stage, entry in self.stages.items():
+            for file in entry.get("outputs", {}):
+                if (self.out / file).is_file():
+                    self.check_input(file)
+
     def up_to_date(self, stage: str, inputs: dict[str, str], params: dict[str, Any]) -> bool:
         entry = self.stages.get(stage)
         if not entry or entry.get("inputs") != inputs or entry.get("params") != _plain(params):

@@ -83,6 +83,8 @@ def run_all(out: Path, config: RunConfig = RunConfig(), *, force: bool = False,
 
     out = artifacts.ensure_dir(out)
     man = Manifest(out)
+    if not force:
+        man.check_outputs()  # a file a stage wrote and someone changed since: refuse, name it
     outcomes: list[StageOutcome] = []
 
     def stage(name, inputs, params, outputs_of, body):

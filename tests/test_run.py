@@ -1,0 +1,118 @@
+"""bnpipe run end to end: lineage, skipping, tamper refusal, config files — through the CLI."""
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+[train]
+hidden = [8, 8]
+epochs = {epochs}
+[export]
+modes = ["int8", "float32"]
+qat_epochs = 1
+[verify]
+targets = ["host-ref"]
+min_agreement = 0.0
+max_drop = 100.0
+[bench]
+batch_sizes = [1]
+threads = [1]
+warmup = 1
+runs = 4
+rounds = 2
+keras_runs = 2
+"""
+
+
+def _run(tmp_path, epochs=1, *extra):
+    cfg = tmp_path / "bnpipe.toml"
+    cfg.write_text(TINY.format(epochs=epochs))
+    return CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q", *extra])
+
+
+def _snapshot(d):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(d.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    result = _run(tmp)
+    assert result.exit_code == 0, result.output
+    return tmp, result
+
+
+def test_first_run_writes_every_stage_and_a_summary(first_run):
+    tmp, result = first_run
+    out = tmp / "a"
+    for f in ["model.keras", "train.json", "folded.keras", "fold.json", "model_int8.tflite",
+              "model_float32.tflite", "export.json", "verify.json", "verify.md", "bench.json",
+              "bench.md", "manifest.json"]:
+        assert (out / f).is_file(), f
+    assert "verdict: PASS" in result.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert list(stages) == ["train", "fold", "export", "verify", "bench"]
+    assert stages["fold"]["inputs"]["model.keras"] == stages["train"]["outputs"]["model.keras"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".bnpipe-tmp-")]
+
+
+def test_unchanged_second_run_rewrites_nothing(first_run):
+    tmp, _ = first_run
+    out = tmp / "a"
+    before = _snapshot(out)
+    result = _run(tmp)
+    assert result.exit_code == 0, result.output
+    after = _snapshot(out)
+    changed = sorted(n for n in before if before[n] != after.get(n))
+    assert changed == []
+    assert "stages: train skipped, fold skipped, export skipped, verify skipped, bench skipped" in result.output
+
+
+def test_tampered_tflite_is_refused_with_its_name(first_run, tmp_path):
+    import shutil
+
+    src, _ = first_run
+    shutil.copytree(src / "a", tmp_path / "a")
+    victim = tmp_path / "a" / "model_int8.tflite"
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    result = _run(tmp_path)
+    assert result.exit_code == 2
+    assert "model_int8.tflite is not the file `bnpipe export` wrote" in result.output
+
+
+def test_changed_parameter_reruns_that_stage_and_downstream_only(first_run, tmp_path):
+    import shutil
+
+    src, _ = first_run
+    shutil.copytree(src / "a", tmp_path / "a")
+    cfg = tmp_path / "bnpipe.toml"
+    cfg.write_text(TINY.format(epochs=1).replace("qat_epochs = 1", "qat_epochs = 2"))
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"])
+    assert result.exit_code == 0, result.output
+    line = [l for l in result.output.splitlines() if l.startswith("stages:")][0]
+    assert "train skipped" in line and "fold skipped" in line
+    assert "export skipped" not in line and "verify skipped" not in line
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[trian]\nepochs = 1\n", "unknown table(s) trian"),
+    ("[train]\nepoch = 1\n", "[train] has unknown key(s) epoch"),
+    ("[train\n", "is not valid TOML"),
+    ("[train]\nepochs = 0\n", "--epochs must be ≥ 1, got 0"),
+])
+def test_bad_config_file_is_one_line_exit_2(tmp_path, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a")])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "a" / "model.keras").exists()
