@@ -58,6 +58,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix or dest.suffix, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes the file owner-only (0600); an artifact gets the mode of any new file (umask).
+    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
@@ -65,6 +67,12 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it, so set it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes) -> Path:

@@ -203,6 +203,12 @@ def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
             h = qat.fit(ds.x_train, y_fit, epochs=config.qat_epochs, batch_size=config.qat_batch_size,
                         shuffle=True, verbose=verbose)
         history = {kk: [float(v) for v in vals] for kk, vals in h.history.items()}
+    else:
+        # No fine-tuning, but the fake-quant ranges are only learnt in training mode: without this
+        # pass they keep their initial values and the int8 model predicts one class (10 % on
+        # digits). Forward passes only (no optimizer step): the weights stay the folded ones.
+        for i in range(0, len(ds.x_train), config.qat_batch_size):
+            qat(ds.x_train[i:i + config.qat_batch_size], training=True)
     return qat, history
 
 

@@ -128,7 +128,35 @@ def _bn_blocker(bn_entry: dict) -> str | None:
 
 
 def plan_fold(model) -> tuple[list[tuple[str, str]], list[SkippedBN]]:
-    """Which (dense, bn) pairs can be folded exactly, and which BNs cannot, with the reason."""
+    """Which (dense, bn) pairs can be folded exactly, and which BNs cannot, with the reason.
+
+    Every BN-like layer of the model, nested models included, ends up in one of the two lists:
+    none is kept silently (nor would `strict` let one through).
+    """
+    pairs, skipped = _plan_top_level(model)
+    return pairs, skipped + _other_bns(model, None)
+
+
+def _other_bns(model, nested_in: str | None) -> list[SkippedBN]:
+    """A SkippedBN for each BN the config-level plan does not see: inside a nested model, or of
+    a class (a BatchNormalization subclass) whose behaviour bnpipe cannot vouch for."""
+    from .model import is_batch_norm
+
+    found = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):  # a Model used as a layer
+            found += _other_bns(layer, nested_in or layer.name)
+        elif nested_in is not None and is_batch_norm(layer):
+            found.append(SkippedBN(layer.name, f"is inside the nested model {nested_in!r}; bnpipe "
+                                               "folds only the outer model's own layers"))
+        elif is_batch_norm(layer) and type(layer).__name__ not in BN_CLASSES:
+            found.append(SkippedBN(layer.name, f"is a {type(layer).__name__}, which bnpipe does "
+                                               "not fold"))
+    return found
+
+
+def _plan_top_level(model) -> tuple[list[tuple[str, str]], list[SkippedBN]]:
+    """plan_fold on the model's own layers, read from its config."""
     config = model.get_config()
     entries = config["layers"]
     sequential = "input_layers" not in config
@@ -136,6 +164,12 @@ def plan_fold(model) -> tuple[list[tuple[str, str]], list[SkippedBN]]:
     skipped: list[SkippedBN] = []
     by_name = {e.get("name", e["config"].get("name")): e for e in entries}
     layer_objs = {layer.name: layer for layer in model.layers}
+    from .model import is_batch_norm
+
+    def is_bn(entry, name):
+        # The class name alone is not enough: another package's layer may be called
+        # "CustomBatchNorm" (the article's is) and have no moving statistics to fold.
+        return entry["class_name"] in BN_CLASSES and is_batch_norm(layer_objs[name])
 
     def rank_of(name):
         shape = layer_objs[name].output_shape
@@ -144,7 +178,7 @@ def plan_fold(model) -> tuple[list[tuple[str, str]], list[SkippedBN]]:
     if sequential:
         names = [e["config"]["name"] for e in entries]
         for i, e in enumerate(entries):
-            if e["class_name"] not in BN_CLASSES:
+            if not is_bn(e, names[i]):
                 continue
             bn = names[i]
             prev = entries[i - 1] if i > 0 else None
@@ -162,7 +196,7 @@ def plan_fold(model) -> tuple[list[tuple[str, str]], list[SkippedBN]]:
             consumers.setdefault(ref[0], []).append(name)
     outputs = {ref[0] for ref in _node_refs(config["output_layers"])}
     for name, e in by_name.items():
-        if e["class_name"] not in BN_CLASSES:
+        if not is_bn(e, name):
             continue
         refs = list(_node_refs(e.get("inbound_nodes", [])))
         reason = _bn_blocker(e)
@@ -294,16 +328,29 @@ def check_fold(original, folded, pairs: list[FoldedPair], x: np.ndarray, rtol: f
             if p.max_rel_diff > rtol:
                 failures.append(f"{p.dense}+{p.bn}: relative difference {p.max_rel_diff:.3g} > {rtol:g}")
     a, b = _predict(original, x), _predict(folded, x)
-    d = float(np.max(np.abs(a.astype(np.float64) - b)))
-    rel = _rel(d, float(np.max(np.abs(a))))
-    if rel > rtol:
-        failures.append(f"model output: relative difference {rel:.3g} > {rtol:g}")
+    # A Functional model may have several outputs: each is compared, the largest difference kept.
+    outs_a, outs_b = (a, b) if isinstance(a, list) else ([a], [b])
+    d = rel = 0.0
+    for i, (oa, ob) in enumerate(zip(outs_a, outs_b)):
+        di = float(np.max(np.abs(oa.astype(np.float64) - ob)))
+        reli = _rel(di, float(np.max(np.abs(oa))))
+        d, rel = max(d, di), max(rel, reli)
+        if reli > rtol:
+            where = "model output" if len(outs_a) == 1 else f"model output {i}"
+            failures.append(f"{where}: relative difference {reli:.3g} > {rtol:g}")
     return d, rel, failures
 
 
 def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig):
-    """(x, description): test data from `data`, else the data recorded at training, else random."""
-    n_features = int(model.inputs[0].shape[-1])
+    """(x, description): test data from `data`, else the data recorded at training, else random.
+
+    x has the model's input shape (batch, *input_shape); flat data is reshaped to it.
+    """
+    if len(model.inputs) != 1 or any(d is None for d in model.inputs[0].shape[1:]):
+        raise ModelError(f"the fold is checked on models with one input of fixed shape; this model "
+                         f"takes {[tuple(t.shape) for t in model.inputs]}")
+    input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    n_features = int(np.prod(input_shape, dtype=np.int64))
     spec, kwargs = data, {}
     record = model_path.parent / "train.json"
     if spec is None and record.is_file():
@@ -316,7 +363,7 @@ def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig)
         test_spec = None
     if spec is None:
         rng = np.random.default_rng(0)
-        x = rng.random((config.random_samples, n_features), dtype=np.float32)
+        x = rng.random((config.random_samples, *input_shape), dtype=np.float32)
         return x, f"{config.random_samples} uniform random inputs (no data known)"
     from .data import load_dataset
 
@@ -324,7 +371,7 @@ def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig)
     if ds.preprocessing.n_features != n_features:
         raise DataError(f"data {spec!r} has {ds.preprocessing.n_features} features but the model "
                         f"takes {n_features}")
-    x = ds.x_test[:config.check_samples]
+    x = ds.x_test[:config.check_samples].reshape((-1, *input_shape))
     return x, f"{len(x)} test samples of {ds.name}"
 
 

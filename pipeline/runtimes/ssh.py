@@ -170,7 +170,9 @@ class SshRuntime:
         except TargetUnavailable as err:
             return False, str(err)
         if proc.returncode == SSH_EXIT_CONNECTION:
-            return False, f"cannot reach {self.name}: {last_error_line(proc.stderr)}"
+            return False, (f"cannot reach {self.name}: {last_error_line(proc.stderr)}; check that the "
+                           "board is up, that `ssh -o BatchMode=yes USER@HOST` logs in with a key, "
+                           "and that its python3 has numpy and ai-edge-litert")
         if proc.returncode == 127:  # the remote shell found no such command
             return False, (f"remote python {self.remote_python!r} not found on {self.name} "
                            f"(set BNPIPE_SSH_PYTHON): {last_error_line(proc.stderr)}")

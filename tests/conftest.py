@@ -1,0 +1,94 @@
+"""Shared fixtures: one tiny model per BN kind, trained once per test session on `digits`.
+
+Training is the slow part of these tests (≈ 2 s per model on 2 cores), so the models every test
+file needs are trained once here and reused; a test that must train (determinism, the article's
+flawed layer) trains the same tiny configuration.
+"""
+from __future__ import annotations
+
+import pytest
+
+# The tiny recipe: Dense(16) → BN → ReLU → Dense(16) → BN → ReLU → Dense(10), 2 epochs of batch 16
+# at learning rate 1e-2. On digits (seed 0) it reaches ≈ 0.94 test accuracy with either BN kind,
+# and the ≈ 160 training steps move the BN's moving statistics (momentum 0.99) most of the way to
+# the data's, so inference-mode outputs are meaningful.
+TINY = dict(hidden=(16, 16), epochs=2, batch_size=16, learning_rate=1e-2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The TINY recipe as a dict of TrainConfig fields (a copy: tests may not change the shared one)."""
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def keras():
+    from pipeline.tfenv import keras as get_keras
+
+    return get_keras()
+
+
+@pytest.fixture(scope="session")
+def tf(keras):
+    from pipeline.tfenv import tf as get_tf
+
+    return get_tf()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits split every stage uses with the default fractions and seed 0."""
+    from pipeline.data import load_dataset
+
+    return load_dataset("digits", seed=0, val_fraction=0.1, test_fraction=0.2)
+
+
+def _train(tmp_path_factory, name: str, **overrides):
+    from pipeline.config import TrainConfig
+    from pipeline.train import train
+
+    config = TrainConfig(**{**TINY, **overrides})
+    return config, train(config, tmp_path_factory.mktemp(name), quiet=True)
+
+
+@pytest.fixture(scope="session")
+def trained(keras, tmp_path_factory):
+    """(TrainConfig, TrainResult) of the tiny model with keras BatchNormalization, seed 0.
+
+    Its artifacts dir holds model.keras and train.json. Tests must not write into it: copy the
+    files they need elsewhere.
+    """
+    return _train(tmp_path_factory, "trained_keras", bn="keras")
+
+
+@pytest.fixture(scope="session")
+def trained_custom(keras, tmp_path_factory):
+    """(TrainConfig, TrainResult) of the tiny model with bnpipe's CustomBatchNorm, seed 0."""
+    return _train(tmp_path_factory, "trained_custom", bn="custom")
+
+
+# --- exported pipeline (tests/test_export, test_verify, test_bench, test_inspect, test_tflite_file)
+# One model taken through train → fold → export (every mode) once per session; ≈ 25 s on 2 cores.
+# The recipe is TINY's (learning rate 1e-2, batch 16: BN moving statistics close to the data's)
+# with 3 epochs. The default learning rate 1e-3 / batch 32 leaves this net at ≈ 0.52 test accuracy
+# after 3 epochs, where so many samples sit near a decision boundary that int8 and float disagree
+# on ≈ 4 % of them: the export and verify tests would then measure underfitting, not bnpipe.
+EXPORTED_TRAIN = dict(hidden=(16, 16), epochs=3, batch_size=16, learning_rate=1e-2, seed=0)
+EXPORTED_QAT_EPOCHS = 1  # one distillation epoch: enough to calibrate the fake-quant ranges
+
+
+@pytest.fixture(scope="session")
+def exported(keras, tmp_path_factory):
+    """The artifacts dir holding model.keras, train.json, folded.keras, fold.json, export.json and
+    model_<mode>.tflite for every export mode. Read-only: copy it (shutil.copytree) to modify it."""
+    from pipeline.config import ExportConfig, TrainConfig
+    from pipeline.export import run_export
+    from pipeline.fold import run_fold
+    from pipeline.train import train
+
+    out = tmp_path_factory.mktemp("exported")
+    train(TrainConfig(**EXPORTED_TRAIN), out, quiet=True)
+    run_fold(out / "model.keras", out, warn=lambda message: None)
+    run_export(out / "folded.keras", out,
+               config=ExportConfig(modes=("all",), qat_epochs=EXPORTED_QAT_EPOCHS))
+    return out

@@ -1,0 +1,207 @@
+"""cli.py in-process with CliRunner: help, exit codes, one-line errors, where artifacts go."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.artifacts import ARTIFACTS_ENV
+from pipeline.cli import cli
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    """Invoke bnpipe in-process from an empty working directory, $BNPIPE_ARTIFACTS unset."""
+    monkeypatch.delenv(ARTIFACTS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*args, env=None):
+        return CliRunner().invoke(cli, [str(a) for a in args], env=env, prog_name="bnpipe")
+
+    return invoke
+
+
+def assert_one_line_error(result, message=None, code=2):
+    """Exit `code`, stderr is exactly one line `Error: <message>`, no traceback anywhere."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught error
+    assert "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    if message is not None:
+        assert result.stderr == f"Error: {message}\n"
+
+
+# --- help -------------------------------------------------------------------------------------
+
+def test_every_command_has_help_ending_with_an_example(run):
+    assert sorted(cli.commands) and {"train", "fold"} <= set(cli.commands)
+    for name, command in [("bnpipe", cli), *sorted(cli.commands.items())]:
+        doc = (command.help or "").strip()
+        assert doc, f"{name} has no help"
+        last = doc.splitlines()[-1].strip()
+        prog = "bnpipe" if name == "bnpipe" else f"bnpipe {name}"
+        assert last.startswith(f"Example: {prog}"), f"{name}: last help line is {last!r}"
+        args = ["--help"] if command is cli else [name, "--help"]
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert "Example: " in result.output and result.stderr == ""
+
+
+def test_help_does_not_import_tensorflow():
+    # A fresh interpreter: in this one TensorFlow is long imported by other tests.
+    script = (
+        "import sys\n"
+        "from pipeline.cli import cli\n"
+        "for args in [['--help'], *([name, '--help'] for name in cli.commands)]:\n"
+        "    try:\n"
+        "        cli.main(args, prog_name='bnpipe')\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (args, exc.code)\n"
+        "heavy = sorted(m for m in ('tensorflow', 'tf_keras', 'keras', 'ai_edge_litert') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "print('OK', len(cli.commands))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != ARTIFACTS_ENV}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"OK {len(cli.commands)}"
+
+
+# --- bad input: exit 2, one line, no traceback ------------------------------------------------
+
+def test_fold_missing_model_path(run, tmp_path):
+    missing = tmp_path / "nowhere" / "model.keras"
+    assert_one_line_error(run("fold", "--model", missing), f"model file {missing} does not exist")
+
+
+def test_fold_without_model_says_to_train_first(run, tmp_path):
+    out = tmp_path / "art"
+    assert_one_line_error(run("fold", "--artifacts", out),
+                          f"model {out / 'model.keras'} does not exist; run `bnpipe train` first "
+                          "or pass --model")
+    assert not out.exists()
+
+
+def test_fold_on_a_file_that_is_not_a_model(run, tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_text("not a model")
+    assert_one_line_error(run("fold", "--model", bad),
+                          f"{bad} is not a Keras .keras file (expected a zip archive holding "
+                          "config.json and model.weights.h5)")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--hidden", "a,b"], "--hidden takes comma-separated integers such as 64,64; got 'a,b'"),
+    (["--hidden", "16,0"], "--hidden needs one or more positive widths, got 16,0"),
+    (["--epochs", "0"], "--epochs must be ≥ 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
+])
+def test_train_bad_values(run, tmp_path, args, message):
+    assert_one_line_error(run("train", *args, "--artifacts", tmp_path / "art"), message)
+    assert not (tmp_path / "art").exists()
+
+
+def test_train_bad_data_path(run, tmp_path):
+    missing = tmp_path / "missing.npz"
+    result = run("train", "--data", missing, "--epochs", "1", "--artifacts", tmp_path / "art")
+    assert_one_line_error(result)
+    assert str(missing) in result.stderr
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("args", [["train", "--bn", "torch"], ["train", "--epochs", "many"],
+                                  ["fold", "--no-such-option"], ["no-such-command"]])
+def test_usage_errors_exit_2_without_traceback(run, args):
+    result = run(*args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and result.stderr.rstrip("\n").splitlines()[-1] == errors[0]
+
+
+# --- commands that work, and where their outputs go -------------------------------------------
+
+def test_train_command_writes_into_artifacts_dir(run, tmp_path):
+    out = tmp_path / "art"
+    result = run("train", "--epochs", "1", "--hidden", "4", "--batch-size", "64", "--quiet",
+                 "--artifacts", out)
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(rf"test accuracy 0\.\d{{4}} on 360 samples; wrote {re.escape(str(out))}/model\.keras "
+                        r"and train\.json \(\d+\.\d s\)\n", result.stdout), result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "train.json"]
+    rec = json.loads((out / "train.json").read_text())
+    assert rec["config"]["hidden"] == [4] and rec["config"]["epochs"] == 1
+
+
+def _fold_lines_ok(result, out):
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines[:2]] == ["folded bn_1 into dense_1", "folded bn_2 into dense_2"]
+    assert lines[-1].endswith(f"on 360 test samples of digits; wrote {out / 'folded.keras'}")
+    assert result.stderr == ""
+
+
+def test_fold_respects_artifacts_flag(run, trained, tmp_path):
+    _, result_train = trained
+    out = tmp_path / "flag"
+    _fold_lines_ok(run("fold", "--model", result_train.model_path, "--artifacts", out), out)
+    assert sorted(p.name for p in out.iterdir()) == ["fold.json", "folded.keras"]
+
+
+def test_fold_respects_env_and_flag_beats_env(run, trained, tmp_path):
+    _, result_train = trained
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    for name in ("model.keras", "train.json"):
+        shutil.copy(result_train.model_path.parent / name, env_dir / name)
+
+    _fold_lines_ok(run("fold", env={ARTIFACTS_ENV: str(env_dir)}), env_dir)
+    assert sorted(p.name for p in env_dir.iterdir()) == ["fold.json", "folded.keras", "model.keras",
+                                                        "train.json"]
+
+    flag_dir = tmp_path / "flag"
+    before = {p.name: p.stat().st_mtime_ns for p in env_dir.iterdir()}
+    result = run("fold", "--model", env_dir / "model.keras", "--artifacts", flag_dir,
+                 env={ARTIFACTS_ENV: str(env_dir)})
+    _fold_lines_ok(result, flag_dir)
+    assert {p.name: p.stat().st_mtime_ns for p in env_dir.iterdir()} == before
+    assert not (tmp_path / "artifacts").exists()  # the default ./artifacts was never used
+
+
+def test_fold_strict_refuses_with_one_line_and_warns_otherwise(run, keras, tmp_path):
+    from pipeline.model import save_model
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu", name="d"),
+                              keras.layers.BatchNormalization(name="bn")])
+    src = save_model(model, tmp_path / "m.keras")
+    reason = "follows Dense 'd' which has its own activation 'relu'"
+    assert_one_line_error(run("fold", "--model", src, "--strict", "--artifacts", tmp_path / "s"),
+                          f"cannot fold exactly: bn {reason}")
+    assert not (tmp_path / "s").exists()
+
+    result = run("fold", "--model", src, "--artifacts", tmp_path / "w")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"Warning: BatchNormalization 'bn' stays in the model: it {reason}\n"
+    assert (tmp_path / "w" / "folded.keras").is_file()
+
+
+def test_interrupt_exits_130_and_says_artifacts_are_unchanged(run, monkeypatch, tmp_path):
+    # Fault injection into bnpipe's own stage function (not TensorFlow): Ctrl-C mid-stage.
+    import pipeline.fold
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.fold, "run_fold", interrupted)
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"x")
+    result = run("fold", "--model", model, "--artifacts", tmp_path / "art")
+    assert result.exit_code == 130
+    assert result.stderr == "Interrupted: artifacts are as they were before this stage.\n"

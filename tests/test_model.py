@@ -1,0 +1,320 @@
+"""model.py: the article's flaw and our fix, CustomBatchNorm's maths and moving statistics,
+saving and loading, and the files load_model refuses."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ModelError
+
+# Float32 round-off for one BN over values of order 1: a handful of ulps (2⁻²³ ≈ 1.2e-7 each).
+# 1e-5 relative leaves headroom for reductions over a batch yet is far below any real error
+# (a missing ε or a wrong momentum moves values by 1e-3 or more).
+F32_RTOL = 1e-5
+# Our CustomBatchNorm after the TINY recipe: measured 0.936 test accuracy on digits (seed 0).
+# The bound leaves room for a different CPU's float order but is far above the 0.10 of chance.
+OURS_MIN_ACCURACY = 0.85
+# The article's layer with the batch of the whole test split (360 samples): measured 0.93;
+# with batch 1 it is exactly the share of one class (≤ 0.103 on this split).
+ARTICLE_BATCH_ALL_MIN_ACCURACY = 0.80
+CHANCE_PLUS_SLACK = 0.15
+
+
+def _article_bn_class(keras, tf):
+    """The article's CustomBatchNorm, verbatim in spirit: batch moments in `call`, always.
+
+    There is no moving mean or variance and `training` is ignored, so at inference a sample is
+    normalized with the statistics of whatever batch it arrives in; alone, (x − mean_B) = 0 and
+    the layer outputs β for every input.
+    """
+
+    class ArticleCustomBatchNorm(keras.layers.Layer):
+        def __init__(self, epsilon=1e-3, **kwargs):
+            super().__init__(**kwargs)
+            self.epsilon = epsilon
+
+        def build(self, input_shape):
+            self.gamma = self.add_weight(name="gamma", shape=(input_shape[-1],), initializer="ones")
+            self.beta = self.add_weight(name="beta", shape=(input_shape[-1],), initializer="zeros")
+
+        def call(self, inputs, training=None):
+            mean, variance = tf.nn.moments(inputs, axes=[0])
+            return self.gamma * (inputs - mean) / tf.sqrt(variance + self.epsilon) + self.beta
+
+    return ArticleCustomBatchNorm
+
+
+def _fit_tiny(model, ds, tiny):
+    """Compile and fit as `train` does with the TINY recipe (conftest.py)."""
+    from pipeline.model import compile_model
+
+    compile_model(model, tiny["learning_rate"])
+    model.fit(ds.x_train, ds.y_train, epochs=tiny["epochs"], batch_size=tiny["batch_size"],
+              shuffle=True, verbose=0)
+    return model
+
+
+def _predict_one_by_one(model, x):
+    return np.concatenate([np.asarray(model(x[i:i + 1], training=False)) for i in range(len(x))])
+
+
+# --- the article's flaw, and ours free of it --------------------------------------------------
+
+def test_article_custom_bn_collapses_at_batch_size_1(keras, tf, digits, tiny):
+    from pipeline.tfenv import set_determinism
+
+    set_determinism(tiny["seed"])
+    article_bn = _article_bn_class(keras, tf)
+    layers = [keras.Input((digits.preprocessing.n_features,))]
+    for width in tiny["hidden"]:
+        layers += [keras.layers.Dense(width), article_bn(), keras.layers.ReLU()]
+    layers.append(keras.layers.Dense(digits.num_classes, activation="softmax"))
+    model = _fit_tiny(keras.Sequential(layers), digits, tiny)
+    x, y = digits.x_test, digits.y_test
+
+    batch_all = np.asarray(model(x, training=False))
+    assert np.mean(batch_all.argmax(1) == y) >= ARTICLE_BATCH_ALL_MIN_ACCURACY
+
+    one_by_one = _predict_one_by_one(model, x)
+    # Every sample alone is normalized to β: one and the same output whatever the input.
+    assert np.ptp(one_by_one, axis=0).max() == 0.0
+    constant = int(one_by_one[0].argmax())
+    accuracy_1 = np.mean(one_by_one.argmax(1) == y)
+    assert accuracy_1 == np.mean(y == constant) <= CHANCE_PLUS_SLACK
+    np.testing.assert_array_equal(np.asarray(model(np.zeros((1, x.shape[1]), np.float32))),
+                                  one_by_one[:1])
+
+
+def test_our_custom_bn_is_independent_of_batch_size(trained_custom, digits):
+    from pipeline.model import custom_bn_class, load_model
+
+    config, result = trained_custom
+    assert config.bn == "custom"
+    model = load_model(result.model_path)
+    assert [type(layer).__name__ for layer in model.layers].count(custom_bn_class().__name__) == 2
+    x, y = digits.x_test, digits.y_test
+    batch_all = np.asarray(model(x, training=False))
+    one_by_one = _predict_one_by_one(model, x)
+    # Inference is x ↦ affine(x) per sample: the same float32 ops whatever the batch holds.
+    np.testing.assert_array_equal(one_by_one, batch_all)
+    accuracy = np.mean(batch_all.argmax(1) == y)
+    assert accuracy >= OURS_MIN_ACCURACY
+    assert accuracy == pytest.approx(result.test_accuracy, abs=0.5 / len(y))  # same count
+
+
+# --- CustomBatchNorm's maths ------------------------------------------------------------------
+
+def _numpy_bn(x, gamma, beta, mean, variance, epsilon):
+    return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta
+
+
+def test_custom_bn_training_step_uses_batch_moments_and_moves_statistics(keras):
+    from pipeline.model import custom_bn_class
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, size=(32, 5)).astype(np.float32)
+    layer = custom_bn_class()(momentum=0.9, epsilon=1e-3)
+    y = np.asarray(layer(x, training=True))
+    gamma, beta = np.ones(5), np.zeros(5)
+    mean, var = x.astype(np.float64).mean(0), x.astype(np.float64).var(0)  # biased variance
+    np.testing.assert_allclose(y, _numpy_bn(x, gamma, beta, mean, var, 1e-3), rtol=F32_RTOL, atol=F32_RTOL)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, rtol=F32_RTOL)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.9 + 0.1 * var, rtol=F32_RTOL)
+
+    # Inference: the moving statistics, not the batch's; training=None means inference.
+    mm, mv = layer.moving_mean.numpy(), layer.moving_variance.numpy()
+    for flag in (False, None):
+        np.testing.assert_allclose(np.asarray(layer(x, training=flag)),
+                                   _numpy_bn(x, gamma, beta, mm, mv, 1e-3), rtol=F32_RTOL, atol=F32_RTOL)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), mm)  # inference does not move them
+
+
+def test_custom_bn_matches_keras_batch_normalization(keras):
+    from pipeline.model import custom_bn_class
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    ours = custom_bn_class()(momentum=0.8, epsilon=1e-2)
+    ref = keras.layers.BatchNormalization(momentum=0.8, epsilon=1e-2)
+    ours.build((None, 4))
+    ref.build((None, 4))
+    weights = [rng.uniform(-2, 2, 4), rng.normal(size=4), rng.normal(size=4), rng.uniform(0.1, 3, 4)]
+    ours.set_weights([w.astype(np.float32) for w in weights])  # gamma, beta, mean, variance
+    ref.set_weights([w.astype(np.float32) for w in weights])
+    for training in (False, True):
+        np.testing.assert_allclose(np.asarray(ours(x, training=training)),
+                                   np.asarray(ref(x, training=training)), rtol=F32_RTOL, atol=F32_RTOL)
+    for a, b in zip(ours.get_weights(), ref.get_weights()):  # one training step moved both alike
+        np.testing.assert_allclose(a, b, rtol=F32_RTOL, atol=F32_RTOL)
+
+
+def test_custom_bn_moving_statistics_move_during_fit(keras, digits):
+    from pipeline.model import build_mlp, compile_model, custom_bn_class
+    from pipeline.tfenv import set_determinism
+
+    set_determinism(0)
+    model = compile_model(build_mlp(digits.preprocessing.n_features, digits.num_classes, (4,), "custom"))
+    bn = model.get_layer("bn_1")
+    assert isinstance(bn, custom_bn_class())
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.zeros(4))
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), np.ones(4))
+    model.fit(digits.x_train[:256], digits.y_train[:256], epochs=1, batch_size=64, verbose=0)
+    assert np.all(bn.moving_mean.numpy() != 0.0)
+    assert np.all(bn.moving_variance.numpy() != 1.0)
+    assert np.all(bn.moving_variance.numpy() > 0.0)
+    assert [w.name.split("/")[-1].split(":")[0] for w in bn.non_trainable_weights] == [
+        "moving_mean", "moving_variance"]
+
+
+def test_custom_bn_rejects_bad_arguments(keras):
+    from pipeline.model import custom_bn_class
+
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
+        custom_bn_class()(momentum=1.0)
+    with pytest.raises(ValueError, match="epsilon must be > 0, got 0"):
+        custom_bn_class()(epsilon=0)
+
+
+# --- building, saving and loading -------------------------------------------------------------
+
+@pytest.mark.parametrize("bn", ["keras", "custom"])
+def test_build_mlp_is_the_articles_network(keras, bn):
+    from pipeline.model import build_mlp, is_batch_norm
+
+    model = build_mlp(64, 10, (64, 64), bn)
+    assert [layer.name for layer in model.layers] == [
+        "dense_1", "bn_1", "relu_1", "dense_2", "bn_2", "relu_2", "classes"]
+    assert [is_batch_norm(layer) for layer in model.layers] == [False, True, False] * 2 + [False]
+    assert model.get_layer("classes").activation.__name__ == "softmax"
+    assert model.get_layer("dense_1").activation.__name__ == "linear"
+    assert model.input_shape == (None, 64) and model.output_shape == (None, 10)
+    # 64·64+64 + 4·64 (BN) + 64·64+64 + 4·64 + 64·10+10
+    assert model.count_params() == 4160 + 256 + 4160 + 256 + 650
+
+
+def test_build_mlp_rejects_bad_arguments():
+    from pipeline.model import build_mlp
+
+    with pytest.raises(ValueError, match="bn must be one of"):
+        build_mlp(64, bn="torch")
+    with pytest.raises(ValueError, match=r"bad shape: n_features=64, num_classes=10, hidden=\(0,\)"):
+        build_mlp(64, 10, (0,))
+
+
+def test_custom_bn_save_load_round_trip(keras, tmp_path):
+    from pipeline.model import custom_bn_class, load_model, save_model
+
+    CBN = custom_bn_class()
+    model = keras.Sequential([
+        keras.Input((6,)), keras.layers.Dense(5, name="d1"),
+        CBN(momentum=0.9, epsilon=0.5, center=False, name="bn_a"),
+        keras.layers.Dense(4, name="d2"), CBN(scale=False, name="bn_b"),
+        keras.layers.Dense(3, name="d3"), CBN(name="bn_c")])
+    rng = np.random.default_rng(2)
+    model.set_weights([rng.uniform(0.1, 2, w.shape).astype(np.float32) for w in model.get_weights()])
+    path = save_model(model, tmp_path / "m.keras")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]  # no temporary file left
+    loaded = load_model(path)
+    for name in ("bn_a", "bn_b", "bn_c"):
+        a, b = model.get_layer(name), loaded.get_layer(name)
+        assert type(b) is CBN
+        assert b.get_config() == a.get_config()
+        assert (b.gamma is None, b.beta is None) == (a.gamma is None, a.beta is None)
+    assert len(loaded.get_weights()) == len(model.get_weights())
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = rng.normal(size=(8, 6)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(loaded(x)))
+
+
+# --- what load_model refuses ------------------------------------------------------------------
+
+def test_load_model_refuses_missing_file(tmp_path):
+    from pipeline.model import load_model
+
+    with pytest.raises(ModelError) as info:
+        load_model(tmp_path / "nope.keras")
+    assert str(info.value) == f"model file {tmp_path / 'nope.keras'} does not exist"
+
+
+def test_load_model_refuses_directory(tmp_path):
+    from pipeline.model import load_model
+
+    with pytest.raises(ModelError) as info:
+        load_model(tmp_path)
+    assert str(info.value) == (f"{tmp_path} is a directory (SavedModel?); bnpipe loads only .keras "
+                               "files, which Keras can load in safe mode")
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+def test_load_model_refuses_h5(keras, tmp_path):
+    from pipeline.model import load_model
+
+    path = tmp_path / "legacy.h5"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    assert str(info.value) == (f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save "
+                               "the model as .keras (model.save('model.keras'))")
+
+
+def test_load_model_refuses_lambda_layers(keras, tmp_path):
+    from pipeline.model import load_model
+
+    path = tmp_path / "lambda.keras"
+    keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2, name="double"),
+                      keras.layers.Dense(2)]).save(path)
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    assert str(info.value) == (f"{path} holds Lambda layer(s) double, which carry Python code; "
+                               "bnpipe refuses them (replace them with built-in layers)")
+
+
+def test_load_model_refuses_non_zip_file(tmp_path):
+    from pipeline.model import load_model
+
+    path = tmp_path / "model.keras"
+    path.write_text("this is not a model\n")
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    assert str(info.value) == (f"{path} is not a Keras .keras file (expected a zip archive holding "
+                               "config.json and model.weights.h5)")
+
+
+def test_load_model_refuses_truncated_file(trained, tmp_path):
+    from pipeline.model import load_model
+
+    _, result = trained
+    data = result.model_path.read_bytes()
+    path = tmp_path / "truncated.keras"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=r"truncated\.keras is not a Keras \.keras file"):
+        load_model(path)
+
+
+def _zip(path, **members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in members.items():
+            zf.writestr(name.replace("_json", ".json"), text)
+    return path
+
+
+def test_load_model_refuses_zip_without_config_or_with_unknown_layer(keras, tmp_path):
+    from pipeline.model import load_model
+
+    empty = _zip(tmp_path / "empty.keras", metadata_json="{}")
+    with pytest.raises(ModelError) as info:
+        load_model(empty)
+    assert str(info.value) == f"{empty} has no config.json; it is not a Keras .keras file"
+
+    garbled = _zip(tmp_path / "garbled.keras", config_json="{not json")
+    with pytest.raises(ModelError, match=r"garbled\.keras is damaged: "):
+        load_model(garbled)
+
+    unknown = _zip(tmp_path / "unknown.keras", config_json=json.dumps(
+        {"class_name": "EvilLayer", "module": "evil", "config": {"name": "x"}}))
+    with pytest.raises(ModelError, match=r"^cannot load .*unknown\.keras: "):
+        load_model(unknown)

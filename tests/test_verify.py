@@ -1,0 +1,283 @@
+"""verify: the gates pass on the exported models, fail (exit 1, naming the row) on a model trained
+differently, and bad input is exit 2; the LSB columns match a direct computation."""
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.config import EXPORT_MODES, ExportConfig, TrainConfig, VerifyConfig
+from pipeline.errors import GateFailed
+from pipeline.export import run_export, tflite_name
+from pipeline.fold import run_fold
+from pipeline.quantize import to_input
+from pipeline.runtimes.host import HostRuntime
+from pipeline.runtimes.tflm import TflmRuntime
+from pipeline.tflite_file import quant_params, read_tflite
+from pipeline.train import train
+from pipeline.verify import run_verify, softmax_gain
+
+TARGETS = "host,host-ref,tflm"
+INTEGER_MODES = ("int8", "ptq-int8", "ptq-int16x8")
+NOT_ON_TFLM = ("ptq-dynamic", "ptq-float16")  # hybrid FULLY_CONNECTED and float16 DEQUANTIZE
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _copy(exported, tmp_path):
+    out = tmp_path / "art"
+    shutil.copytree(exported, out)
+    return out
+
+
+def _one_error_line(result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and data[-8:-4] == b"IEND"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def verified(exported, tmp_path_factory):
+    """(artifacts dir, CliRunner result) of `bnpipe verify` on every exported model."""
+    out = _copy(exported, tmp_path_factory.mktemp("verify"))
+    result = CliRunner().invoke(cli, ["verify", "--targets", TARGETS, "-q", "--artifacts", str(out)])
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def record(verified):
+    return json.loads((verified[0] / "verify.json").read_text())
+
+
+def test_verify_passes_on_the_exported_models(verified, record):
+    out, result = verified
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("# bnpipe verify: **PASS — fit to ship**\n")
+    assert record["passed"] is True and record["failures"] == []
+
+
+def test_verify_record_and_report(verified, record):
+    out, result = verified
+    assert result.exit_code == (0 if record["passed"] else 1)
+    verdict = "PASS — fit to ship" if record["passed"] else "FAIL — not fit to ship"
+    assert (out / "verify.md").read_text().splitlines()[0] == f"# bnpipe verify: **{verdict}**"
+    assert result.stdout.startswith(f"# bnpipe verify: **{verdict}**\n")
+    assert record["n"] == 360 and record["dataset"]["name"] == "digits"
+    assert record["schema_version"] == 1 and set(record["inputs"]) >= {"model.keras", "folded.keras", "data"}
+    assert record["config"]["targets"] == TARGETS.split(",")
+
+
+def test_verify_rows_cover_every_candidate_and_target(record):
+    got = [(r["candidate"], r["target"]) for r in record["rows"]]
+    expected = [("folded.keras", "tensorflow")]
+    for mode in sorted(EXPORT_MODES):
+        targets = ["host-ref", "host"] + ([] if mode in NOT_ON_TFLM else ["tflm"])
+        expected += [(tflite_name(mode), t) for t in targets]
+    assert got == expected
+    assert sorted((s["candidate"], s["target"]) for s in record["skipped"]) == \
+        [(tflite_name(m), "tflm") for m in NOT_ON_TFLM]
+    assert all(s["reason"].startswith("failed: tflm: ") for s in record["skipped"])
+    for r in record["rows"]:
+        # Accuracy and agreement hold on every row; the LSB gate is as its own columns say.
+        lsb_fails = r["lsb_max"] is not None and r["lsb_max"] > r["lsb_allowed"]
+        assert r["n"] == 360 and r["failures"] == (["max-lsb"] if lsb_fails else [])
+        assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
+        assert r["diff_ci_pp"][0] <= r["diff_pp"] <= r["diff_ci_pp"][1]
+        assert r["agreement"] >= VerifyConfig().min_agreement
+        assert sum(r["disagreement_by_class"]) == round((1 - r["agreement"]) * 360)
+
+
+def test_lsb_columns_filled_for_integer_models_only(record):
+    for r in record["rows"]:
+        mode = r["candidate"].removeprefix("model_").removesuffix(".tflite")
+        if mode in INTEGER_MODES:
+            assert isinstance(r["lsb_max"], int) and 0 <= r["lsb_share"] <= 1, r
+            if r["target"] == "host-ref":
+                assert (r["lsb_max"], r["lsb_share"]) == (0, 0.0)
+        else:
+            assert r["lsb_max"] is None and r["lsb_share"] is None, r
+
+
+@pytest.mark.parametrize("mode", INTEGER_MODES)
+def test_tflm_lsb_matches_a_direct_computation(exported, digits, record, mode):
+    """verify's tflm column is max |TFLM − host-ref| over the raw outputs, computed here directly."""
+    path = exported / tflite_name(mode)
+    x = to_input(digits.x_test, quant_params(read_tflite(path).input_tensor()))
+    diff = np.abs(TflmRuntime().run(str(path), x).outputs.astype(np.int64)
+                  - HostRuntime(reference=True).run(str(path), x).outputs.astype(np.int64))
+    row = next(r for r in record["rows"] if r["candidate"] == path.name and r["target"] == "tflm")
+    print(f"{mode} on tflm: max {diff.max()} steps from host-ref on {np.mean(diff > 0):.2%} of "
+          f"values (allowed {row['lsb_allowed']})")
+    assert (row["lsb_max"], row["lsb_share"]) == (int(diff.max()), float(np.mean(diff > 0)))
+
+
+def test_verify_writes_two_valid_pngs(verified):
+    out, _ = verified
+    for name in ("verify_accuracy.png", "verify_disagreement.png"):
+        width, height = _png_size(out / name)
+        assert width > 100 and height > 100
+        assert f"![{name[:-4]}]({name})" in (out / "verify.md").read_text()
+
+
+def test_same_int8_file_under_two_names_gives_identical_rows(exported, tmp_path):
+    """Known answer: a file compared with itself on host-ref is 0 steps away; XNNPACK (host) is
+    within the 1-step rounding the default gate allows, and identically so under both names."""
+    out = _copy(exported, tmp_path)
+    a, b = out / "a_int8.tflite", out / "b_int8.tflite"
+    shutil.copy(out / tflite_name("int8"), a)
+    shutil.copy(out / tflite_name("int8"), b)
+    result = CliRunner().invoke(cli, ["verify", "--tflite", str(a), "--tflite", str(b), "--targets",
+                                      "host,host-ref", "-q", "--artifacts", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("# bnpipe verify: **PASS — fit to ship**\n")
+    assert result.stdout.rstrip().splitlines()[-1].startswith("PASS: every gate holds on 360 samples")
+    record = json.loads((out / "verify.json").read_text())
+    assert record["passed"] is True and record["failures"] == []
+    rows = {(r["candidate"], r["target"]): r for r in record["rows"]}
+    assert set(rows) == {(n, t) for n in (a.name, b.name) for t in ("host-ref", "host")}
+    for name in (a.name, b.name):
+        assert (rows[name, "host-ref"]["lsb_max"], rows[name, "host-ref"]["lsb_share"]) == (0, 0.0)
+        assert rows[name, "host"]["lsb_max"] <= 1
+    for t in ("host-ref", "host"):
+        ra, rb = rows[a.name, t], rows[b.name, t]
+        assert [ra[k] for k in ("accuracy", "agreement", "lsb_max", "lsb_share", "lsb_allowed")] == \
+            [rb[k] for k in ("accuracy", "agreement", "lsb_max", "lsb_share", "lsb_allowed")]
+
+
+def _tflm_steps(path, x) -> int:
+    return int(np.abs(TflmRuntime().run(str(path), x).outputs.astype(np.int64)
+                      - HostRuntime(reference=True).run(str(path), x).outputs.astype(np.int64)).max())
+
+
+@pytest.mark.parametrize("mode", INTEGER_MODES)
+def test_lsb_allowance_is_the_softmax_gain(exported, record, mode):
+    """The gate counts --max-lsb in logit steps: allowed output steps = max_lsb · ceil(s_logits /
+    (4 · s_out)) + slack (SOFTMAX's slope is at most 1/4; slack: 1/256 of probability for the
+    softmax kernels' own differences, i.e. 1 int8 step or 128 int16 steps), from the scales."""
+    info = read_tflite(exported / tflite_name(mode))
+    softmax = info.operators[-1]
+    assert softmax.op == "SOFTMAX"
+    s_in, s_out = info.tensors[softmax.inputs[0]].scale[0], info.tensors[softmax.outputs[0]].scale[0]
+    gain = max(1, int(np.ceil(s_in / (4 * s_out) - 1e-9)))
+    assert softmax_gain(info) == gain
+    for r in record["rows"]:
+        if r["candidate"] == info.path.split("/")[-1]:
+            slack = max(1, int(np.floor((1 / 256) / s_out + 1e-6)))
+            assert slack == (1 if mode != "ptq-int16x8" else 128)
+            assert r["lsb_allowed"] == VerifyConfig().max_lsb * gain + slack
+
+
+def test_lsb_gate_fails_naming_the_row_and_the_distance(exported, digits, tmp_path):
+    """--max-lsb 0 allows one output step (the softmax's own rounding): TFLM's distance from
+    host-ref on this int8 model (measured: 3 steps) fails it on tflm, and only there."""
+    out = _copy(exported, tmp_path)
+    path = out / tflite_name("int8")
+    steps = _tflm_steps(path, to_input(digits.x_test, quant_params(read_tflite(path).input_tensor())))
+    assert steps > 1
+    with pytest.raises(GateFailed) as info:
+        run_verify(out, config=VerifyConfig(targets=("host-ref", "tflm"), max_lsb=0), tflite=[path])
+    assert info.value.failures == [f"model_int8.tflite on tflm: outputs differ from host-ref by {steps} "
+                                   "quantization steps (allowed 1)"]
+    rec = json.loads((out / "verify.json").read_text())
+    assert rec["passed"] is False
+    assert [r["failures"] for r in rec["rows"]] == [[], ["max-lsb"]]
+
+
+@pytest.fixture(scope="module")
+def other_int8(tmp_path_factory):
+    """model_int8.tflite of a model trained differently: seed 1 and a single epoch."""
+    out = tmp_path_factory.mktemp("other")
+    train(TrainConfig(hidden=(16, 16), epochs=1, seed=1), out, quiet=True)
+    run_fold(out / "model.keras", out, warn=lambda message: None)
+    run_export(out / "folded.keras", out, config=ExportConfig(modes=("int8",), qat_epochs=1))
+    return out / tflite_name("int8")
+
+
+def test_a_model_trained_differently_fails_the_gate(exported, other_int8, tmp_path):
+    out = _copy(exported, tmp_path)
+    candidate = out / "other_int8.tflite"
+    shutil.copy(other_int8, candidate)
+    result = CliRunner().invoke(cli, ["verify", "--tflite", str(candidate), "--targets", "host,host-ref",
+                                      "-q", "--artifacts", str(out)])
+    assert result.exit_code == 1, result.output
+    line = _one_error_line(result)
+    assert "other_int8.tflite on host-ref: agrees with the original on " in line
+    assert "other_int8.tflite on host: agrees with the original on " in line
+    assert result.stdout.startswith("# bnpipe verify: **FAIL — not fit to ship**")
+    rec = json.loads((out / "verify.json").read_text())
+    assert rec["passed"] is False
+    assert [(r["candidate"], r["target"]) for r in rec["rows"]] == \
+        [("other_int8.tflite", "host-ref"), ("other_int8.tflite", "host")]
+    for r in rec["rows"]:
+        assert "min-agreement" in r["failures"]
+        assert r["agreement"] < VerifyConfig().min_agreement
+    assert rec["failures"] and all(f.startswith("other_int8.tflite on host") for f in rec["failures"])
+
+
+def _crafted(tmp_path, exported):
+    rng = np.random.default_rng(0)
+    good = (exported / tflite_name("int8")).read_bytes()
+    return {
+        "random.tflite": rng.integers(0, 256, 2048, dtype=np.uint8).tobytes(),
+        "truncated.tflite": good[: len(good) - 100],
+        "header-only.tflite": good[:8] + rng.integers(0, 256, 40, dtype=np.uint8).tobytes(),
+    }
+
+
+def test_crafted_tflite_files_exit_2_before_writing(exported, tmp_path):
+    out = _copy(exported, tmp_path)
+    for name, data in _crafted(tmp_path, exported).items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        result = CliRunner().invoke(cli, ["verify", "--tflite", str(path), "--targets", "host-ref",
+                                          "-q", "--artifacts", str(out)])
+        assert result.exit_code == 2, (name, result.output)
+        assert _one_error_line(result).startswith(f"Error: {path} "), name
+        assert not (out / "verify.json").exists()
+
+
+def test_data_with_another_feature_count_exits_2_with_both_numbers(exported, tmp_path):
+    out = _copy(exported, tmp_path)
+    rng = np.random.default_rng(0)
+    csv = tmp_path / "ten.csv"
+    rows = [[i % 10] + list(rng.integers(0, 256, 10)) for i in range(200)]
+    csv.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    result = CliRunner().invoke(cli, ["verify", "--data", str(csv), "--targets", "host-ref", "-q",
+                                      "--artifacts", str(out)])
+    assert result.exit_code == 2, result.output
+    assert _one_error_line(result) == "Error: the data has 10 features per sample but the model takes 64"
+    assert not (out / "verify.json").exists()
+
+
+def test_unreachable_ssh_target_asked_for_exits_2(exported, tmp_path):
+    out = _copy(exported, tmp_path)
+    result = CliRunner().invoke(cli, ["verify", "--targets", "ssh:nobody@127.0.0.1:1", "-q",
+                                      "--artifacts", str(out)])
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result)
+    assert line.startswith("Error: target ssh:nobody@127.0.0.1:1 is not available: cannot reach "
+                           "ssh:nobody@127.0.0.1:1: ")
+    assert "port 1: Connection refused" in line
+    assert not (out / "verify.json").exists()
+
+
+def test_arm64_target_not_set_up_exits_2_with_the_set_up_command(exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("BNPIPE_CACHE", str(tmp_path / "empty-cache"))
+    out = _copy(exported, tmp_path)
+    result = CliRunner().invoke(cli, ["verify", "--targets", "host,arm64", "-q", "--artifacts", str(out)])
+    assert result.exit_code == 2, result.output
+    assert _one_error_line(result) == (
+        f"Error: target arm64 is not available: the arm64 emulator is not set up in "
+        f"{tmp_path / 'empty-cache' / 'arm64'}: run `bash scripts/setup_arm64_emulator.sh` "
+        "(no root needed; about a minute)")
