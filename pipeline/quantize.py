@@ -31,8 +31,17 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") 
     _check_scale(scale)
     lo, hi = _RANGES[dtype]
     v = np.asarray(x, dtype=np.float32) / np.float32(scale)
-    q = round_half_away(v.astype(np.float64)) + int(zero_point)
-    return np.clip(q, lo, hi).astype(dtype)
+    # Round half away from zero in float32, without a float64 copy (this is verify's hot path):
+    # rint rounds ties to even; where v sits exactly halfway and rint went toward zero, step away.
+    # v − r is exact in float32 (|v − r| ≤ 0.5, Sterbenz), so the tie test is exact.
+    r = np.rint(v)
+    tie = np.abs(v - r) == 0.5
+    if tie.any():
+        toward_zero = tie & (np.abs(r) < np.abs(v))
+        r[toward_zero] += np.sign(v[toward_zero])
+    r += np.float32(zero_point)
+    np.clip(r, lo, hi, out=r)
+    return r.astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
