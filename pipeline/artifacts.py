@@ -119,16 +119,16 @@ def machine_info() -> dict[str, Any]:
             "system": platform.system(), "python": sys.version.split()[0]}
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """numpy scalars and arrays, Paths and dataclasses into plain JSON values."""
     import dataclasses
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+        return {k: jsonable(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):  # numpy arrays and scalars
@@ -146,7 +146,7 @@ def write_json(dest: str | os.PathLike, record: dict[str, Any], inputs: dict[str
     full = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": tool_versions(), "machine": machine_info(), "inputs": inputs or {}}
     full.update(record)
-    return write_text(dest, json.dumps(_jsonable(full), indent=2, allow_nan=False) + "\n")
+    return write_text(dest, json.dumps(jsonable(full), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

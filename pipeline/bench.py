@@ -147,7 +147,7 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
                           "input_dtype": info.input_tensor().dtype, **_cold_start(p, inputs[p])}
 
     # Steady state, interleaved.
-    configs: list[tuple[Config, Any, np.ndarray]] = []
+    configs: list[tuple[Config, Any]] = []  # (what is timed, its interpreter)
     for p in files:
         for th in threads:
             for b in config.batch_sizes:
@@ -158,13 +158,13 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
                 interp.set_tensor(inp["index"], device_runner._fill(inputs[p], b))
                 for _ in range(config.warmup):
                     interp.invoke()
-                configs.append((Config(p.name, th, b), interp, None))
-    keras = _keras_baseline_setup(keras_path, x, config) if keras_path.is_file() else None
+                configs.append((Config(p.name, th, b), interp))
+    keras = _KerasBaseline(keras_path, x, config) if keras_path.is_file() else None
     per_round = max(1, config.runs // config.rounds)
     for r in range(config.rounds):
         tick(f"round {r + 1}/{config.rounds}", 1)
         order = configs[r % len(configs):] + configs[:r % len(configs)]  # rotate who goes first
-        for cfg, interp, _ in order:
+        for cfg, interp in order:
             lat = cfg.latencies_s
             for _ in range(per_round):
                 s = time.perf_counter()
@@ -174,7 +174,7 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
             keras.round(max(1, config.keras_runs // config.rounds))
 
     rows = []
-    for cfg, _, _ in configs:
+    for cfg, _ in configs:
         lat = _percentiles(cfg.latencies_s)
         rows.append({"model": cfg.model, "runtime": "litert (host, XNNPACK)", "threads": cfg.threads,
                      "batch": cfg.batch, "latency_us": lat,
@@ -202,7 +202,7 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
     return BenchResult(record, record_path, report_path, plots, time.perf_counter() - t0)
 
 
-class _keras_baseline_setup:
+class _KerasBaseline:
     """The original Keras model timed the way Keras users call it, interleaved with the rounds."""
 
     def __init__(self, path: Path, x: np.ndarray, config: BenchConfig):

@@ -5,7 +5,7 @@ A stage saves its config beside its outputs (in its JSON record), so a result ca
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import BnpipeError
 

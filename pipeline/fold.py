@@ -351,25 +351,15 @@ def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig)
                          f"takes {[tuple(t.shape) for t in model.inputs]}")
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     n_features = int(np.prod(input_shape, dtype=np.int64))
-    spec, kwargs = data, {}
-    record = model_path.parent / "train.json"
-    if spec is None and record.is_file():
-        cfg = artifacts.read_json(record).get("config", {})
-        spec = cfg.get("data")
-        kwargs = {"seed": cfg.get("seed", 0), "val_fraction": cfg.get("val_fraction", 0.1),
-                  "test_fraction": cfg.get("test_fraction", 0.2)}
-        test_spec = cfg.get("test_data")
-    else:
-        test_spec = None
-    if spec is None:
+    from .train import RECORD_FILE as TRAIN_RECORD, recorded_dataset
+
+    if data is None and not (model_path.parent / TRAIN_RECORD).is_file():
         rng = np.random.default_rng(0)
         x = rng.random((config.random_samples, *input_shape), dtype=np.float32)
         return x, f"{config.random_samples} uniform random inputs (no data known)"
-    from .data import load_dataset
-
-    ds = load_dataset(spec, test_spec, **kwargs)
+    ds, _ = recorded_dataset([model_path.parent], data)
     if ds.preprocessing.n_features != n_features:
-        raise DataError(f"data {spec!r} has {ds.preprocessing.n_features} features but the model "
+        raise DataError(f"data {ds.name!r} has {ds.preprocessing.n_features} features but the model "
                         f"takes {n_features}")
     x = ds.x_test[:config.check_samples].reshape((-1, *input_shape))
     return x, f"{len(x)} test samples of {ds.name}"

@@ -89,4 +89,4 @@ class Manifest:
 
 
 def _plain(obj: Any) -> Any:
-    return json.loads(json.dumps(artifacts._jsonable(obj)))
+    return json.loads(json.dumps(artifacts.jsonable(obj)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .artifacts import _jsonable, atomic_path
+from .artifacts import jsonable, atomic_path
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
@@ -36,7 +36,7 @@ def save_figure(fig, dest: Path) -> Path:
 # --- verify -----------------------------------------------------------------------------------
 
 def verify_markdown(record: dict, plots: list[Path]) -> str:
-    rec = _jsonable(record)
+    rec = jsonable(record)
     verdict = "PASS — fit to ship" if rec["passed"] else "FAIL — not fit to ship"
     ref = rec["reference"]
     cfg = rec["config"]
@@ -74,7 +74,7 @@ def verify_markdown(record: dict, plots: list[Path]) -> str:
 def verify_plots(record: dict, out: Path) -> list[Path]:
     """verify_accuracy.png (accuracy ± 95 % CI per candidate × target) and
     verify_disagreement.png (which reference classes each candidate disagrees on)."""
-    rec = _jsonable(record)
+    rec = jsonable(record)
     rows = rec["rows"]
     if not rows:
         return []
@@ -125,7 +125,7 @@ def _fmt_us(v: float) -> str:
 
 
 def bench_markdown(record: dict, plots: list[Path]) -> str:
-    rec = _jsonable(record)
+    rec = jsonable(record)
     rows, models = rec["rows"], rec["models"]
     t1 = 1
     tmax = max(rec["threads_used"])
@@ -197,7 +197,7 @@ def bench_markdown(record: dict, plots: list[Path]) -> str:
 
 def bench_plots(record: dict, out: Path) -> list[Path]:
     """bench_latency.png and bench_throughput.png: median latency / throughput against batch size."""
-    rec = _jsonable(record)
+    rec = jsonable(record)
     plt = _pyplot()
     paths = []
     for key, fname, ylabel in (("latency", "bench_latency.png", "median latency per invoke (µs)"),

@@ -95,7 +95,8 @@ def run_all(out: Path, config: RunConfig = RunConfig(), *, force: bool = False,
         say(f"{name}: running")
         t0 = time.time()
         man.invalidate(name)
-        note = body() or ""
+        note = body()
+        note = note if isinstance(note, str) else ""
         man.record(name, inputs, params, outputs_of(), t0)
         outcomes.append(StageOutcome(name, True, time.time() - t0, note))
 
@@ -105,20 +106,20 @@ def run_all(out: Path, config: RunConfig = RunConfig(), *, force: bool = False,
     from .train import train as do_train
 
     stage("train", {"data": ds.fingerprint()}, tc, lambda: ["model.keras", "train.json"],
-          lambda: do_train(tc, out, quiet=quiet) and None)
+          lambda: do_train(tc, out, quiet=quiet))
 
     from .fold import run_fold
 
     stage("fold", {"model.keras": man.check_input("model.keras")}, config.fold,
           lambda: ["folded.keras", "fold.json"],
-          lambda: run_fold(out / "model.keras", out, config=config.fold, warn=say) and None)
+          lambda: run_fold(out / "model.keras", out, config=config.fold, warn=say))
 
     from .export import run_export, tflite_name
 
     ec = config.export
     stage("export", {"folded.keras": man.check_input("folded.keras"), "data": ds.fingerprint()}, ec,
           lambda: [tflite_name(m) for m in ec.modes] + ["export.json"],
-          lambda: run_export(out / "folded.keras", out, config=ec, progress=say) and None)
+          lambda: run_export(out / "folded.keras", out, config=ec, progress=say))
 
     from .verify import run_verify
 
@@ -141,7 +142,7 @@ def run_all(out: Path, config: RunConfig = RunConfig(), *, force: bool = False,
 
     stage("bench", {f: v_inputs[f] for f in ["model.keras", *tflites]}, config.bench,
           lambda: ["bench.json", "bench.md", "bench_latency.png", "bench_throughput.png"],
-          lambda: run_bench(out, config=config.bench) and None)
+          lambda: run_bench(out, config=config.bench))
 
     record = artifacts.read_json(out / "verify.json")
     failures = gate_failures or record.get("failures", [])

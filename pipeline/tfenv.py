@@ -16,7 +16,6 @@ import sys
 def tf():
     import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before the first TensorFlow import)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow's C++ side logs start-up notices (oneDNN, "no CUDA drivers") through absl before
     # its log level applies; they would bury bnpipe's output, so stderr is muted while it starts.
     with muted_stderr():

@@ -20,6 +20,7 @@ import numpy as np
 from . import artifacts
 from .config import VerifyConfig
 from .errors import DataError, GateFailed, ModelError
+from .quantize import to_input
 from .stats import compare
 from .tflite_file import quant_params, read_tflite
 
@@ -138,8 +139,6 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
 
     for p, info in infos.items():
         in_q, out_q = quant_params(info.input_tensor()), quant_params(info.output_tensor())
-        from .quantize import to_input
-
         xin = to_input(x, in_q)
         raw_ref = None
         ordered = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
@@ -163,12 +162,11 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
 
     failures = _apply_gates(rows, config)
     passed = not failures
-    result_rows = rows
     record = {"stage": "verify", "machine": artifacts.machine_info(), "config": dataclasses.asdict(config), "passed": passed,
               "failures": failures, "reference": {"model": "model.keras", "runtime": "tensorflow (host)",
                                                    "accuracy": float(np.mean(ref_pred == y))},
               "n": int(len(y)), "dataset": ds.summary(), "preprocessing": preprocessing,
-              "rows": result_rows, "skipped": skipped,
+              "rows": rows, "skipped": skipped,
               "models": {p.name: artifacts.sha256_file(p) for p in files},
               "timings": {"total_s": time.perf_counter() - t0}}
     inputs = {"model.keras": artifacts.sha256_file(ref_path), "data": ds.fingerprint()}

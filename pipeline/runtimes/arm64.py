@@ -47,6 +47,21 @@ def cache_dir() -> Path:
     return Path(root) / "arm64"
 
 
+def model_file(model_path: str, target: str) -> Path:
+    """The model's path, or a ModelError naming the target when there is no such file."""
+    model = Path(model_path)
+    if not model.is_file():
+        raise ModelError(f"{target}: model file not found: {str(model)!r}")
+    return model
+
+
+def bench_options(batch_sizes, threads, warmup: int, runs: int) -> list[str]:
+    """The runner's `bench` options for these settings (threads None or 0: LiteRT's default)."""
+    return ["--batch-sizes", ",".join(str(int(b)) for b in batch_sizes),
+            "--threads", ",".join(str(int(t or 0)) for t in threads),
+            "--warmup", str(int(warmup)), "--runs", str(int(runs))]
+
+
 def last_error_line(stderr: str) -> str:
     """The runner's own `error: ...` line if there is one, else the last non-empty line."""
     lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
@@ -157,9 +172,7 @@ class Arm64Runtime:
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
         """Run every row of `inputs` (model input dtype) under emulation. Mutates nothing."""
         self._require()
-        model = Path(model_path)
-        if not model.is_file():
-            raise ModelError(f"arm64: model file not found: {str(model)!r}")
+        model = model_file(model_path, "arm64")
         inputs = np.asarray(inputs)
         with tempfile.TemporaryDirectory(prefix="bnpipe-arm64-") as tmp:
             x_path, y_path = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
@@ -179,16 +192,12 @@ class Arm64Runtime:
               threads=(1, None), warmup: int = 20, runs: int = 200) -> dict:
         """device_runner.bench under emulation; the runner's dict plus "emulated": True."""
         self._require()
-        model = Path(model_path)
-        if not model.is_file():
-            raise ModelError(f"arm64: model file not found: {str(model)!r}")
+        model = model_file(model_path, "arm64")
         with tempfile.TemporaryDirectory(prefix="bnpipe-arm64-") as tmp:
             x_path = Path(tmp) / "sample.npy"
             np.save(x_path, np.asarray(sample), allow_pickle=False)
             args = ["bench", "--model", str(model.resolve()), "--inputs", str(x_path),
-                    "--batch-sizes", ",".join(str(int(b)) for b in batch_sizes),
-                    "--threads", ",".join(str(int(t or 0)) for t in threads),
-                    "--warmup", str(int(warmup)), "--runs", str(int(runs))]
+                    *bench_options(batch_sizes, threads, warmup, runs)]
             if self.reference:
                 args.append("--reference")
             result = runner_json(self._invoke_runner(args), "arm64")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import BnpipeError, ModelError, TargetUnavailable
+from pipeline.errors import BnpipeError, TargetUnavailable
 from pipeline.runtimes import RunResult
-from pipeline.runtimes.arm64 import RUNNER, last_error_line, runner_json
+from pipeline.runtimes.arm64 import RUNNER, bench_options, last_error_line, model_file, runner_json
 
 DEFAULT_CONNECT_TIMEOUT_S = 10  # a board on the LAN answers in well under a second
 DEFAULT_TIMEOUT_S = 600  # a whole run or bench on a slow board
@@ -184,9 +184,7 @@ class SshRuntime:
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
         """Run every row of `inputs` (model input dtype) on the board. Copies; mutates nothing."""
-        model = Path(model_path)
-        if not model.is_file():
-            raise ModelError(f"{self.name}: model file not found: {str(model)!r}")
+        model = model_file(model_path, self.name)
         with tempfile.TemporaryDirectory(prefix="bnpipe-ssh-") as tmp:
             x_path = Path(tmp) / "inputs.npy"
             np.save(x_path, np.asarray(inputs), allow_pickle=False)
@@ -203,16 +201,12 @@ class SshRuntime:
     def bench(self, model_path: str, sample: np.ndarray, batch_sizes=(1, 32, 1024),
               threads=(1, None), warmup: int = 20, runs: int = 200) -> dict:
         """device_runner.bench on the board; the runner's dict plus "emulated": False."""
-        model = Path(model_path)
-        if not model.is_file():
-            raise ModelError(f"{self.name}: model file not found: {str(model)!r}")
+        model = model_file(model_path, self.name)
         with tempfile.TemporaryDirectory(prefix="bnpipe-ssh-") as tmp:
             x_path = Path(tmp) / "sample.npy"
             np.save(x_path, np.asarray(sample), allow_pickle=False)
             args = ["bench", "--model", "model.tflite", "--inputs", "sample.npy",
-                    "--batch-sizes", ",".join(str(int(b)) for b in batch_sizes),
-                    "--threads", ",".join(str(int(t or 0)) for t in threads),
-                    "--warmup", str(int(warmup)), "--runs", str(int(runs))]
+                    *bench_options(batch_sizes, threads, warmup, runs)]
             if self.reference:
                 args.append("--reference")
             result = self._with_remote_dir({"model.tflite": model, "sample.npy": x_path}, args,
