@@ -3,6 +3,11 @@
 Every write goes to a temporary file in the destination's own directory and is renamed over the
 destination only once it is complete, so a failed or interrupted stage never leaves a half-written
 file where a good one was (rename within one file system is atomic on POSIX).
+
+A stage writes several files (export: one per mode and export.json; run: those and the manifest).
+Inside `transaction()` the renames wait until the block ends without an exception, and then all of
+them happen with Ctrl-C held back, so an interrupted or failed stage leaves every file, and the
+manifest, as they were before it began: all of its files land, or none does.
 """
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -51,7 +58,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """Yield a temporary path beside `dest`; on normal exit rename it over `dest`.
 
     On any exception (KeyboardInterrupt included) the temporary file is removed and `dest` is left
-    as it was. `suffix` defaults to dest's own, for writers that insist on an extension (Keras).
+    as it was. Inside a `transaction()` the rename waits for the transaction's end. `suffix`
+    defaults to dest's own, for writers that insist on an extension (Keras).
     """
     dest = Path(dest)
     ensure_dir(dest.parent)
@@ -62,11 +70,127 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
-        os.replace(tmp_path, dest)
+        if _open_transactions:
+            _open_transactions[-1].add(dest, tmp_path)
+        else:
+            os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+class _Transaction:
+    """Files written but not yet renamed into place, and what to do once they are."""
+
+    def __init__(self):
+        self.pending: dict[Path, Path] = {}  # destination → its complete temporary file
+        self.after: list = []
+
+    def add(self, dest: Path, tmp: Path) -> None:
+        key = dest.absolute()
+        if key in self.pending:  # written twice in one stage: the second write wins
+            with contextlib.suppress(FileNotFoundError):
+                self.pending[key].unlink()
+        self.pending[key] = tmp
+
+    def discard(self) -> None:
+        for tmp in self.pending.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self.pending.clear()
+
+    def commit(self) -> None:
+        with interrupts_deferred():
+            for dest, tmp in self.pending.items():
+                os.replace(tmp, dest)
+            self.pending.clear()
+            for action in self.after:
+                action()
+
+
+_open_transactions: list[_Transaction] = []
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[None]:
+    """Hold back the renames of every atomic write in the block; do them all when it ends cleanly.
+
+    On an exception (Ctrl-C included) every file written in the block is deleted and the
+    destinations are untouched. Nested transactions join the outermost one. Code inside the block
+    that reads a file it wrote must go through `sha256_file` or `current` (the destination still
+    holds the old content until the commit).
+    """
+    tx = _Transaction()
+    _open_transactions.append(tx)
+    try:
+        yield
+    except BaseException:
+        _open_transactions.pop()
+        tx.discard()
+        raise
+    _open_transactions.pop()
+    if _open_transactions:  # nested: the outer transaction commits these too
+        outer = _open_transactions[-1]
+        for dest, tmp in tx.pending.items():
+            outer.add(dest, tmp)
+        outer.after.extend(tx.after)
+        return
+    try:
+        tx.commit()
+    except BaseException:
+        tx.discard()
+        raise
+
+
+def transactional(func):
+    """Run `func` inside a `transaction()`: the files it writes land together or not at all."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with transaction():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def on_success(action) -> None:
+    """Call `action()` once the open transaction's files are in place (at once if none is open)."""
+    if _open_transactions:
+        _open_transactions[-1].after.append(action)
+    else:
+        action()
+
+
+def current(path: str | os.PathLike) -> Path:
+    """Where `path`'s newest content is: its pending temporary file inside a transaction, else itself."""
+    for tx in reversed(_open_transactions):
+        tmp = tx.pending.get(Path(path).absolute())
+        if tmp is not None:
+            return tmp
+    return Path(path)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt if one came.
+
+    The commit of a transaction is a handful of renames; letting an interrupt land between two of
+    them would leave half a stage. Only the main thread can set signal handlers; elsewhere the
+    block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _umask() -> int:
@@ -90,8 +214,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of the file's newest content (see `current`)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(current(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

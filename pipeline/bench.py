@@ -113,6 +113,7 @@ def _cold_start(path: Path, sample: np.ndarray) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@artifacts.transactional
 def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
               tflite: list[Path] | None = None, progress: Callable[[str, int], None] | None = None) -> BenchResult:
     """Benchmark every model; write bench.json, bench.md and plots. `progress(label, steps_done)`."""

@@ -76,22 +76,32 @@ def cli():
 @click.option("--bn", type=click.Choice(["keras", "custom"]), default="keras", show_default=True,
               help="keras: tf.keras BatchNormalization; custom: the article's layer, made correct.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted training from its last completed epoch (same final weights).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @artifacts_option
-def train(data, test_data, hidden, epochs, batch_size, learning_rate, bn, seed, quiet, artifacts):
+def train(data, test_data, hidden, epochs, batch_size, learning_rate, bn, seed, resume, quiet, artifacts):
     """Train the BN MLP and write model.keras and train.json.
 
     Dense(64) → BN → ReLU → Dense(64) → BN → ReLU → Dense(10, softmax), Adam, sparse categorical
-    cross-entropy, 10 epochs of batch 32 by default. Same seed, same weights.
+    cross-entropy, 10 epochs of batch 32 by default. Same seed, same weights. After each epoch
+    a checkpoint goes to .resume/train/ in the artifacts dir, so that `--resume` can continue
+    a training that was stopped; it is removed when training ends.
 
     Example: bnpipe train --data digits --epochs 10 --seed 0
     """
     from .config import TrainConfig
+    from .run import OUTPUTS, recorded_stage
     from .train import train as run_train
 
     config = TrainConfig(data=data, test_data=test_data, hidden=_widths(hidden), epochs=epochs,
                          batch_size=batch_size, learning_rate=learning_rate, bn=bn, seed=seed)
-    result = run_train(config, _artifacts(artifacts), quiet=quiet)
+    out = _artifacts(artifacts)
+    done = {}
+    with recorded_stage(out, "train", config, lambda: OUTPUTS["train"], reads=[],
+                        inputs=lambda: {"data": done["result"].dataset["fingerprint"]}):
+        result = done["result"] = run_train(config, out, quiet=quiet, resume=resume,
+                                            say=lambda m: click.echo(m, err=True))
     click.echo(f"test accuracy {result.test_accuracy:.4f} on {result.dataset['sizes']['test']} "
                f"samples; wrote {result.model_path} and {result.record_path.name} "
                f"({result.seconds:.1f} s)")
@@ -122,11 +132,15 @@ def fold(model_path, data, strict, artifacts):
     from .artifacts import require_file
     from .config import FoldConfig
     from .fold import run_fold
+    from .run import OUTPUTS, recorded_stage, stage_reads
 
     out = _artifacts(artifacts)
     src = model_path or require_file(out / "model.keras", "model", "run `bnpipe train` first or pass --model")
-    result = run_fold(src, out, data=data, config=FoldConfig(strict=strict),
-                      warn=lambda m: click.echo(m, err=True))
+    config = FoldConfig(strict=strict)
+    explicit = model_path is not None or data is not None
+    with recorded_stage(out, "fold", config, lambda: OUTPUTS["fold"],
+                        reads=None if explicit else stage_reads("fold", out)):
+        result = run_fold(src, out, data=data, config=config, warn=lambda m: click.echo(m, err=True))
     r = result.report
     for p in r.pairs:
         click.echo(f"folded {p.bn} into {p.dense}: max relative difference {p.max_rel_diff:.2e}")
@@ -161,7 +175,8 @@ def export(model_path, modes, data, qat_epochs, qat_learning_rate, qat_target, c
     """
     from .artifacts import require_file
     from .config import ExportConfig
-    from .export import run_export
+    from .export import run_export, tflite_name
+    from .run import recorded_stage, stage_reads
 
     out = _artifacts(artifacts)
     modes = tuple(m for text in modes for m in text.split(",") if m)
@@ -170,7 +185,10 @@ def export(model_path, modes, data, qat_epochs, qat_learning_rate, qat_target, c
                           float_io=float_io, seed=seed)
     src = model_path or require_file(out / "folded.keras", "folded model", "run `bnpipe fold` first or pass --model")
     say = (lambda m: None) if quiet else (lambda m: click.echo(f"… {m}", err=True))
-    result = run_export(src, out, config=config, data=data, progress=say)
+    explicit = model_path is not None or data is not None
+    with recorded_stage(out, "export", config, lambda: [tflite_name(m) for m in config.modes] + ["export.json"],
+                        reads=None if explicit else stage_reads("export", out)):
+        result = run_export(src, out, config=config, data=data, progress=say)
     click.echo(f"{'mode':<12} {'bytes':>8} {'keras acc':>9} {'tflite acc':>10} {'agree':>7}  operators")
     for r in result.modes:
         ops = ", ".join(f"{k}×{v}" for k, v in sorted(r.operators.items()))
@@ -242,6 +260,7 @@ def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples,
     """
     from .config import VerifyConfig
     from .errors import GateFailed
+    from .run import OUTPUTS, recorded_stage, stage_reads
     from .verify import run_verify
 
     out = _artifacts(artifacts)
@@ -249,8 +268,11 @@ def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples,
                           max_drop=max_drop, min_agreement=min_agreement, max_lsb=max_lsb,
                           max_samples=max_samples)
     say = (lambda m: None) if quiet else (lambda m: click.echo(f"… {m}", err=True))
+    explicit = bool(tflite) or data is not None
     try:
-        result = run_verify(out, config=config, tflite=list(tflite) or None, data=data, progress=say)
+        with recorded_stage(out, "verify", config, lambda: OUTPUTS["verify"],
+                            reads=None if explicit else _existing(out, stage_reads("verify", out))):
+            result = run_verify(out, config=config, tflite=list(tflite) or None, data=data, progress=say)
     except GateFailed:
         click.echo((out / "verify.md").read_text() if (out / "verify.md").is_file() else "", err=False)
         raise
@@ -286,6 +308,7 @@ def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts)
     """
     from .bench import run_bench
     from .config import BenchConfig
+    from .run import OUTPUTS, recorded_stage, stage_reads
 
     out = _artifacts(artifacts)
     config = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), threads=_ints(threads, "--threads"),
@@ -297,9 +320,16 @@ def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts)
             bar.label = f"bench: {label}"
             bar.update(n)
 
-        result = run_bench(out, config=config, tflite=list(tflite) or None, progress=progress)
+        with recorded_stage(out, "bench", config, lambda: OUTPUTS["bench"],
+                            reads=None if tflite else _existing(out, stage_reads("bench", out))):
+            result = run_bench(out, config=config, tflite=list(tflite) or None, progress=progress)
     click.echo(result.report_path.read_text().split("## Every configuration")[0].rstrip())
     click.echo(f"\nwrote bench.json, bench.md and plots to {out} ({result.seconds:.1f} s)")
+
+
+def _existing(out: Path, names: list[str]) -> list[str]:
+    """The names of files that exist: verify and bench run without folded.keras or model.keras."""
+    return [n for n in names if (out / n).is_file()]
 
 
 class _NoBar:

@@ -232,6 +232,7 @@ def _tflite_predict(data: bytes, x: np.ndarray, info: TfliteInfo) -> np.ndarray:
     return np.argmax(y, axis=1)
 
 
+@artifacts.transactional
 def run_export(model_path: Path, artifacts_dir: Path, *, config: ExportConfig = ExportConfig(),
                data: str | None = None, progress=None, verbose: int = 0) -> ExportResult:
     """Write model_<mode>.tflite for each mode and export.json. Nothing is written on failure.

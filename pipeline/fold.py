@@ -365,6 +365,7 @@ def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig)
     return x, f"{len(x)} test samples of {ds.name}"
 
 
+@artifacts.transactional
 def run_fold(model_path: Path, artifacts_dir: Path, *, data: str | None = None,
              config: FoldConfig = FoldConfig(), warn=print) -> FoldResult:
     """Load, fold, check, and write folded.keras and fold.json (atomically). Raises on failure."""

@@ -6,11 +6,12 @@ The exit code is verify's: 0 every gate holds, 1 a gate failed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import artifacts
 from .config import BenchConfig, ExportConfig, FoldConfig, TrainConfig, VerifyConfig
@@ -77,54 +78,109 @@ class RunResult:
     failures: list[str] = field(default_factory=list)
 
 
+# What each stage writes (verify and bench: with their plots) and reads from the artifacts dir.
+OUTPUTS = {
+    "train": ["model.keras", "train.json"],
+    "fold": ["folded.keras", "fold.json"],
+    "verify": ["verify.json", "verify.md", "verify_accuracy.png", "verify_disagreement.png"],
+    "bench": ["bench.json", "bench.md", "bench_latency.png", "bench_throughput.png"],
+}
+
+
+def tflite_files(out: Path) -> list[str]:
+    return sorted(p.name for p in out.glob("model_*.tflite"))
+
+
+def stage_reads(stage: str, out: Path) -> list[str]:
+    """The artifacts a stage reads by default (their sha256 are its recorded inputs)."""
+    return {"train": [], "fold": ["model.keras"], "export": ["folded.keras"],
+            "verify": ["model.keras", "folded.keras", *tflite_files(out)],
+            "bench": ["model.keras", *tflite_files(out)]}[stage]
+
+
+@contextlib.contextmanager
+def recorded_stage(out: Path, stage: str, params: Any, outputs: Callable[[], list[str]], *,
+                   reads: list[str] | None, inputs: Callable[[], dict[str, str]] = dict) -> Iterator[None]:
+    """Run the block as one stage: its files and its manifest entry land together, or nothing does.
+
+    `reads`: the artifacts it reads by default; each must still be what the manifest says its
+    writer wrote (ArtifactError naming the file otherwise), and their sha256 become the stage's
+    recorded inputs with those of `inputs()` (called once the block is done, e.g. for a data set's
+    fingerprint). `reads=None`: the user passed files or data explicitly, so nothing is checked
+    and the stage's entry is dropped: its outputs have no lineage, and `bnpipe run` reruns it.
+    A GateFailed from the block is raised after the commit: a failed gate's report is a result.
+    """
+    man = Manifest(out)
+    read = None if reads is None else {f: man.check_input(f) for f in reads}
+    t0 = time.time()
+    gate: GateFailed | None = None
+
+    def record():
+        m = Manifest(out)  # read again: the stage may have run for minutes
+        if read is None:
+            if stage in m.stages:
+                m.invalidate(stage)
+                m.save()
+        else:
+            m.record(stage, {**read, **inputs()}, params, outputs(), t0)
+
+    with artifacts.transaction():
+        try:
+            yield
+        except GateFailed as exc:
+            gate = exc
+        artifacts.on_success(record)
+    if gate is not None:
+        raise gate
+
+
 def run_all(out: Path, config: RunConfig = RunConfig(), *, force: bool = False,
             say: Callable[[str], None] = print, quiet: bool = True) -> RunResult:
+    """Every stage in turn, each skipped when up to date, each committed as a whole (see
+    `recorded_stage`): Ctrl-C keeps the stages that finished and drops the one that was running."""
     from .data import load_dataset
 
     out = artifacts.ensure_dir(out)
-    man = Manifest(out)
     if not force:
-        man.check_outputs()  # a file a stage wrote and someone changed since: refuse, name it
+        Manifest(out).check_outputs()  # a file a stage wrote and someone changed since: refuse, name it
     outcomes: list[StageOutcome] = []
 
-    def stage(name, inputs, params, outputs_of, body):
+    def stage(name, extra_inputs, params, outputs_of, body):
+        man = Manifest(out)
+        inputs = {**{f: man.check_input(f) for f in stage_reads(name, out)}, **extra_inputs}
         if not force and man.up_to_date(name, inputs, params):
             outcomes.append(StageOutcome(name, False, 0.0, "up to date"))
             say(f"{name}: up to date, skipped")
             return
         say(f"{name}: running")
         t0 = time.time()
-        man.invalidate(name)
-        note = body()
-        note = note if isinstance(note, str) else ""
-        man.record(name, inputs, params, outputs_of(), t0)
-        outcomes.append(StageOutcome(name, True, time.time() - t0, note))
+        with recorded_stage(out, name, params, outputs_of, reads=stage_reads(name, out),
+                            inputs=lambda: extra_inputs):
+            note = body()
+        outcomes.append(StageOutcome(name, True, time.time() - t0, note if isinstance(note, str) else ""))
 
     tc = config.train
     ds = load_dataset(tc.data, tc.test_data, seed=tc.seed, val_fraction=tc.val_fraction,
                       test_fraction=tc.test_fraction)
     from .train import train as do_train
 
-    stage("train", {"data": ds.fingerprint()}, tc, lambda: ["model.keras", "train.json"],
-          lambda: do_train(tc, out, quiet=quiet))
+    # resume="auto": a run interrupted in training continues from its last epoch (same weights).
+    stage("train", {"data": ds.fingerprint()}, tc, lambda: OUTPUTS["train"],
+          lambda: do_train(tc, out, quiet=quiet, resume="auto", say=say))
 
     from .fold import run_fold
 
-    stage("fold", {"model.keras": man.check_input("model.keras")}, config.fold,
-          lambda: ["folded.keras", "fold.json"],
+    stage("fold", {}, config.fold, lambda: OUTPUTS["fold"],
           lambda: run_fold(out / "model.keras", out, config=config.fold, warn=say))
 
     from .export import run_export, tflite_name
 
     ec = config.export
-    stage("export", {"folded.keras": man.check_input("folded.keras"), "data": ds.fingerprint()}, ec,
-          lambda: [tflite_name(m) for m in ec.modes] + ["export.json"],
+    stage("export", {}, ec, lambda: [tflite_name(m) for m in ec.modes] + ["export.json"],
           lambda: run_export(out / "folded.keras", out, config=ec, progress=say))
 
     from .verify import run_verify
 
-    tflites = sorted(p.name for p in out.glob("model_*.tflite"))
-    v_inputs = {f: man.check_input(f) for f in ["model.keras", "folded.keras", *tflites]}
     gate_failures: list[str] = []
 
     def verify_body():
@@ -135,14 +191,11 @@ def run_all(out: Path, config: RunConfig = RunConfig(), *, force: bool = False,
             return "gate failed"
         return "passed"
 
-    stage("verify", v_inputs, config.verify,
-          lambda: ["verify.json", "verify.md", "verify_accuracy.png", "verify_disagreement.png"], verify_body)
+    stage("verify", {}, config.verify, lambda: OUTPUTS["verify"], verify_body)
 
     from .bench import run_bench
 
-    stage("bench", {f: v_inputs[f] for f in ["model.keras", *tflites]}, config.bench,
-          lambda: ["bench.json", "bench.md", "bench_latency.png", "bench_throughput.png"],
-          lambda: run_bench(out, config=config.bench))
+    stage("bench", {}, config.bench, lambda: OUTPUTS["bench"], lambda: run_bench(out, config=config.bench))
 
     record = artifacts.read_json(out / "verify.json")
     failures = gate_failures or record.get("failures", [])

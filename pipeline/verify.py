@@ -176,9 +176,10 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     artifacts.ensure_dir(out)
     from .report import verify_markdown, verify_plots
 
-    plots = verify_plots(record, out)
-    record_path = artifacts.write_json(out / RECORD_FILE, record, inputs=inputs)
-    report_path = artifacts.write_text(out / REPORT_FILE, verify_markdown(record, plots))
+    with artifacts.transaction():  # the reports land together, gate or no gate
+        plots = verify_plots(record, out)
+        record_path = artifacts.write_json(out / RECORD_FILE, record, inputs=inputs)
+        report_path = artifacts.write_text(out / REPORT_FILE, verify_markdown(record, plots))
     result = VerifyResult(rows, skipped, float(np.mean(ref_pred == y)), int(len(y)), passed,
                           failures, record_path, report_path, plots, time.perf_counter() - t0)
     if failures:

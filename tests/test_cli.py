@@ -135,7 +135,7 @@ def test_train_command_writes_into_artifacts_dir(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert re.fullmatch(rf"test accuracy 0\.\d{{4}} on 360 samples; wrote {re.escape(str(out))}/model\.keras "
                         r"and train\.json \(\d+\.\d s\)\n", result.stdout), result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["model.keras", "train.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.keras", "train.json"]
     rec = json.loads((out / "train.json").read_text())
     assert rec["config"]["hidden"] == [4] and rec["config"]["epochs"] == 1
 
@@ -163,8 +163,8 @@ def test_fold_respects_env_and_flag_beats_env(run, trained, tmp_path):
         shutil.copy(result_train.model_path.parent / name, env_dir / name)
 
     _fold_lines_ok(run("fold", env={ARTIFACTS_ENV: str(env_dir)}), env_dir)
-    assert sorted(p.name for p in env_dir.iterdir()) == ["fold.json", "folded.keras", "model.keras",
-                                                        "train.json"]
+    assert sorted(p.name for p in env_dir.iterdir()) == ["fold.json", "folded.keras", "manifest.json",
+                                                        "model.keras", "train.json"]
 
     flag_dir = tmp_path / "flag"
     before = {p.name: p.stat().st_mtime_ns for p in env_dir.iterdir()}

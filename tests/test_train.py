@@ -117,3 +117,114 @@ def test_train_config_validates_on_construction(kwargs, message):
     with pytest.raises(BnpipeError) as info:
         TrainConfig(**kwargs)
     assert str(info.value) == message
+
+
+# --- resume -------------------------------------------------------------------------------------
+# A child `bnpipe train` is stopped with SIGINT once its checkpoint after epoch RESUME_AT exists;
+# `train --resume` must then end with the weights of an uninterrupted run, bit for bit.
+RESUME = dict(hidden=(16, 16), epochs=12, batch_size=8, learning_rate=1e-2, seed=3)
+RESUME_AT = 2
+
+
+def _cli_args(cfg: dict) -> list[str]:
+    return ["--hidden", ",".join(map(str, cfg["hidden"])), "--epochs", str(cfg["epochs"]),
+            "--batch-size", str(cfg["batch_size"]), "--learning-rate", str(cfg["learning_rate"]),
+            "--seed", str(cfg["seed"]), "--quiet"]
+
+
+def _as_in_a_terminal():
+    """In the child: Ctrl-C's default action. A shell starts background jobs with SIGINT ignored,
+    and a child inherits that, so a test run from a script would otherwise test nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interrupt_when(proc, ready, timeout=120.0):
+    """Send SIGINT to `proc` as soon as `ready()` holds; return its exit code."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the child ended before the moment to interrupt it"
+        assert time.monotonic() < deadline, "the moment to interrupt never came"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=120)
+
+
+def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path):
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.train import RESUME_DIR, train
+
+    out = tmp_path / "interrupted"
+    ckpts = out / RESUME_DIR
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", *_cli_args(RESUME),
+                             "--artifacts", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_as_in_a_terminal)
+    code = _interrupt_when(proc, lambda: any(int(p.name.split("-")[1]) >= RESUME_AT
+                                             for p in ckpts.glob("epoch-*")))
+    stderr = proc.stderr.read().decode()
+    assert code == 130, stderr
+    assert "Interrupted" in stderr and "Traceback" not in stderr
+    # Nothing of the stage landed: no model, no record, no manifest, no temporary file.
+    assert sorted(p.name for p in out.iterdir()) == [".resume"]
+    assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
+    [ckpt] = list(ckpts.iterdir())
+    stopped_after = int(ckpt.name.split("-")[1])
+    assert RESUME_AT <= stopped_after < RESUME["epochs"]
+
+    result = CliRunner().invoke(
+        cli, ["train", *_cli_args(RESUME), "--resume", "--artifacts", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"resuming after epoch {stopped_after} of {RESUME['epochs']}" in result.stderr
+    assert not (out / ".resume").exists()  # removed once training ended
+    rec = json.loads((out / "train.json").read_text())
+    assert rec["resumed_from_epoch"] == stopped_after
+    assert len(rec["history"]["loss"]) == RESUME["epochs"]  # the checkpoint carried the history
+
+    whole = train(TrainConfig(**RESUME), tmp_path / "whole", quiet=True)
+    a, b = _weights(out / "model.keras"), _weights(whole.model_path)
+    assert [n for n, _ in a] == [n for n, _ in b]
+    for (name, wa), (_, wb) in zip(a, b):
+        assert np.array_equal(wa, wb), name
+    assert rec["history"] == json.loads(whole.record_path.read_text())["history"]
+
+
+def test_resume_refuses_a_checkpoint_of_other_options(tmp_path):
+    import dataclasses
+
+    from pipeline.errors import ArtifactError
+    from pipeline.train import RESUME_DIR, _save_checkpoint, train
+    from pipeline.data import load_dataset
+    from pipeline.model import build_mlp, compile_model
+
+    config = TrainConfig(**{**RESUME, "epochs": 2})
+    ds = load_dataset("digits", seed=config.seed)
+    model = compile_model(build_mlp(64, 10, config.hidden, "keras"), config.learning_rate)
+    _save_checkpoint(tmp_path / RESUME_DIR, model, 1, config, ds.fingerprint(), {})
+    other = dataclasses.replace(config, learning_rate=0.05)
+    with pytest.raises(ArtifactError) as info:
+        train(other, tmp_path, quiet=True, resume=True)
+    assert "learning_rate=0.01, now 0.05" in str(info.value)
+    assert not (tmp_path / "model.keras").exists()
+    # "auto" (what `bnpipe run` does) starts afresh instead, and the result is a plain run's.
+    res = train(other, tmp_path, quiet=True, resume="auto")
+    assert res.resumed_from == 0 and (tmp_path / "model.keras").is_file()
+
+
+def test_resume_without_a_checkpoint_trains_from_the_start(tmp_path):
+    from pipeline.train import train
+
+    notes = []
+    res = train(TrainConfig(**{**RESUME, "epochs": 1}), tmp_path, quiet=True, resume=True,
+                say=notes.append)
+    assert res.resumed_from == 0
+    assert notes == [f"no interrupted training to resume in {tmp_path / '.resume' / 'train'}; "
+                     "training from the start"]
