@@ -163,3 +163,92 @@ def test_artifacts_get_the_mode_of_a_new_file(tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE(dest.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+# --- transaction: a stage's files land together or not at all -------------------------------------
+
+def test_transaction_holds_every_rename_until_it_ends(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
+    done = []
+    with artifacts.transaction():
+        artifacts.write_text(a, "new a")
+        artifacts.write_text(b, "new b")
+        assert a.read_text() == "old a" and not b.exists()  # nothing visible yet
+        assert artifacts.sha256_file(a) == artifacts.sha256_bytes(b"new a")  # hashes see the new
+        artifacts.on_success(lambda: done.append(a.read_text()))
+        assert done == []
+    assert a.read_text() == "new a" and b.read_text() == "new b"
+    assert done == ["new a"]  # after the renames
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, RuntimeError])
+def test_transaction_interrupted_between_two_files_keeps_both_old(tmp_path, exc_type):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
+    b.write_text("old b")
+    done = []
+    with pytest.raises(exc_type):
+        with artifacts.transaction():
+            artifacts.write_text(a, "new a")
+            artifacts.on_success(lambda: done.append(1))
+            raise exc_type()  # Ctrl-C between the first file and the second
+    assert (a.read_text(), b.read_text()) == ("old a", "old b")
+    assert done == [] and _leftovers(tmp_path) == []
+
+
+def test_nested_transactions_commit_with_the_outermost(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    with pytest.raises(KeyboardInterrupt):
+        with artifacts.transaction():
+            with artifacts.transaction():
+                artifacts.write_text(a, "inner")
+            assert not a.exists()  # the inner block ended, but the stage has not
+            artifacts.write_text(b, "outer")
+            raise KeyboardInterrupt
+    assert not a.exists() and not b.exists() and _leftovers(tmp_path) == []
+    with artifacts.transaction():
+        with artifacts.transaction():
+            artifacts.write_text(a, "inner")
+            artifacts.write_text(a, "inner, again")  # the second write of a file wins
+    assert a.read_text() == "inner, again" and _leftovers(tmp_path) == []
+
+
+def test_interrupts_deferred_holds_sigint_to_the_end_of_the_block():
+    import signal
+
+    reached_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with artifacts.interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes: give it many chances
+                pass
+            reached_end = True
+    assert reached_end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_export_interrupted_between_its_files_leaves_every_file_as_it_was(exported, tmp_path, monkeypatch):
+    """Ctrl-C after the .tflite files were written and before export.json: none of them moves."""
+    import shutil
+
+    from pipeline.config import ExportConfig
+    from pipeline.export import run_export
+
+    out = tmp_path / "a"
+    shutil.copytree(exported, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = artifacts.write_json
+    written = []
+
+    def interrupted_write_json(dest, *args, **kwargs):
+        written.extend(p.name for p in out.iterdir() if p.name.startswith(TMP_PREFIX))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts, "write_json", interrupted_write_json)
+    with pytest.raises(KeyboardInterrupt):
+        run_export(out / "folded.keras", out, config=ExportConfig(modes=("float32", "ptq-int8")))
+    assert len(written) == 2  # both .tflite files had been written in full when Ctrl-C came
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.setattr(artifacts, "write_json", real)
