@@ -5,6 +5,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from pipeline.artifacts import sha256_file
 from pipeline.cli import cli
 
 pytestmark = pytest.mark.slow
@@ -116,3 +117,47 @@ def test_bad_config_file_is_one_line_exit_2(tmp_path, text, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "a" / "model.keras").exists()
+
+
+def test_single_stage_commands_keep_the_manifest(first_run, tmp_path):
+    """`bnpipe train` alone records its stage, so a later `run` reruns what follows and refuses
+    nothing; a stage command reading a tampered default input is refused, an explicit one is not."""
+    import shutil
+
+    src, _ = first_run
+    out = tmp_path / "a"
+    shutil.copytree(src / "a", out)
+    result = CliRunner().invoke(cli, ["train", "--hidden", "8,8", "--epochs", "1", "--seed", "4",
+                                      "-q", "--artifacts", str(out)])
+    assert result.exit_code == 0, result.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["train"]["params"]["seed"] == 4
+    assert stages["train"]["outputs"]["model.keras"] == sha256_file(out / "model.keras")
+
+    victim = out / "model.keras"
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    fold_before = (out / "fold.json").read_bytes()
+    refused = CliRunner().invoke(cli, ["fold", "--artifacts", str(out)])
+    assert refused.exit_code == 2
+    assert f"{victim} is not the file `bnpipe train` wrote" in refused.output
+    assert (out / "fold.json").read_bytes() == fold_before  # refused before writing anything
+    asked = CliRunner().invoke(cli, ["fold", "--model", str(victim), "--artifacts", str(out)])
+    assert asked.exit_code == 0, asked.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert "fold" not in stages  # outputs of an explicitly chosen input carry no lineage
+
+
+def test_train_alone_then_run_reruns_downstream_without_refusing(first_run, tmp_path):
+    import shutil
+
+    src, _ = first_run
+    shutil.copytree(src / "a", tmp_path / "a")
+    cfg = tmp_path / "bnpipe.toml"
+    cfg.write_text(TINY.format(epochs=1).replace("epochs = 1", "epochs = 1\nseed = 2", 1))
+    trained = CliRunner().invoke(cli, ["train", "--hidden", "8,8", "--epochs", "1", "--seed", "2",
+                                       "-q", "--artifacts", str(tmp_path / "a")])
+    assert trained.exit_code == 0, trained.output
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"])
+    assert result.exit_code == 0, result.output
+    line = [l for l in result.output.splitlines() if l.startswith("stages:")][0]
+    assert "train skipped" in line and "fold skipped" not in line
