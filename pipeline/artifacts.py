@@ -233,14 +233,26 @@ def tool_versions() -> dict[str, str | None]:
     return versions
 
 
+# CPU features that decide which kernels XNNPACK, TensorFlow and the reference code run (so two
+# machines with one model name but other features may give other timings, or other float bits).
+KERNEL_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "asimdhp", "i8mm", "sve", "sve2")
+
+
 def machine_info() -> dict[str, Any]:
+    """The machine that produced a figure: CPU model and the kernel-relevant CPU features."""
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "machine": platform.machine(), "cores": os.cpu_count(),
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and cpu in (platform.processor(), platform.machine()):
+                cpu = value.strip()
+            elif key in ("flags", "Features") and not flags:  # x86 / ARM spelling
+                present = set(value.split())
+                flags = [f for f in KERNEL_FLAGS if f in present]
+    return {"cpu": cpu, "cpu_flags": flags, "machine": platform.machine(), "cores": os.cpu_count(),
             "system": platform.system(), "python": sys.version.split()[0]}
 
 

@@ -141,9 +141,14 @@ def load_model(path: str | Path):
     if path.is_dir():
         raise ModelError(f"{path} is a directory (SavedModel?); bnpipe loads only .keras files, "
                          "which Keras can load in safe mode")
-    if path.suffix.lower() in (".h5", ".hdf5"):
+    if path.suffix.lower() in (".h5", ".hdf5") or _is_hdf5(path):
         raise ModelError(f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
                          "model as .keras (model.save('model.keras'))")
+    if not path.name.endswith(".keras"):
+        # tf_keras chooses its loader by this very test (case-sensitive): any other name goes to
+        # the legacy loader, which reads HDF5 found anywhere in the file without safe mode.
+        raise ModelError(f"{path} does not end in .keras; bnpipe loads only .keras files (Keras's "
+                         "safe format), so rename it if it is one")
     import zipfile
 
     if not zipfile.is_zipfile(path):
@@ -157,6 +162,21 @@ def load_model(path: str | Path):
     except Exception as exc:  # Keras raises many types for a malformed archive
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load {path}: {msg[:300]}") from None
+
+
+def _is_hdf5(path: Path) -> bool:
+    """True if the file carries an HDF5 signature at any offset HDF5 allows (0, 512, 1024, …),
+    which is where the legacy loader would find one even in a file that is also a zip."""
+    signature = b"\x89HDF\r\n\x1a\n"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        offset = 0
+        while offset + len(signature) <= size:
+            f.seek(offset)
+            if f.read(len(signature)) == signature:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
 
 
 def _refuse_lambda(path: Path) -> None:
@@ -194,10 +214,45 @@ def is_batch_norm(layer) -> bool:
     return isinstance(layer, (k.layers.BatchNormalization, custom_bn_class()))
 
 
+# The zip format's earliest date, which Keras already gives metadata.json and config.json.
+KERAS_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
 def save_model(model, dest: str | Path) -> Path:
-    """Save atomically in the .keras format (a temporary .keras beside dest, then rename)."""
+    """Save atomically in the .keras format (a temporary .keras beside dest, then rename).
+
+    The same model gives the same bytes: the time of saving is taken out of the archive (see
+    _without_save_time), so equal weights mean an equal sha256 in train.json and the manifest.
+    """
     from .artifacts import atomic_path
 
     with atomic_path(dest, suffix=".keras") as tmp:
         model.save(tmp, overwrite=True)
+        _without_save_time(tmp)
     return Path(dest)
+
+
+def _without_save_time(path: Path) -> None:
+    """Rewrite a .keras archive in place without the two clocks Keras puts into it.
+
+    tf_keras stamps the time of saving into metadata.json ("date_saved") and, because it adds
+    model.weights.h5 with ZipFile.writestr(name, …), into that entry's zip date; everything else
+    in the archive (config.json, the HDF5 weights) is a function of the model alone. The time a
+    model was saved is in the stage's JSON record ("created") and the manifest instead. Each
+    entry keeps its name, order, compression and attributes; Keras's loader reads neither
+    metadata.json nor the entry dates.
+    """
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w") as zf:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode("utf-8")
+            fixed = zipfile.ZipInfo(info.filename, date_time=KERAS_ZIP_DATE)
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            zf.writestr(fixed, data)

@@ -252,3 +252,15 @@ def test_export_interrupted_between_its_files_leaves_every_file_as_it_was(export
     assert len(written) == 2  # both .tflite files had been written in full when Ctrl-C came
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     monkeypatch.setattr(artifacts, "write_json", real)
+
+
+def test_machine_info_records_the_kernel_relevant_cpu_features():
+    from pathlib import Path
+
+    info = artifacts.machine_info()
+    assert info["cores"] == os.cpu_count() and info["cpu"]
+    text = Path("/proc/cpuinfo").read_text()
+    line = next(l for l in text.splitlines() if l.split(":")[0].strip() in ("flags", "Features"))
+    present = set(line.split(":", 1)[1].split())
+    assert info["cpu_flags"] == [f for f in artifacts.KERNEL_FLAGS if f in present]
+    assert info["cpu_flags"]  # any CPU this runs on has one of SSE4/AVX/ASIMD
