@@ -50,6 +50,7 @@ IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 MNIST_FILE = "mnist.npz"
 DIGITS_DIVISOR = 16.0   # load_digits pixels are counts 0..16 of a 4x4 block
 PIXEL_DIVISOR = 255.0   # 8-bit pixels
+PIXEL_CODES = 256       # integer pixels as uint8 codes 0..255 (digits use 0..16 of them)
 MNIST_HINT = ("supply MNIST locally instead: --data PATH.npz (keys x_train, y_train, x_test, "
               "y_test) or --data DIR holding train-images-idx3-ubyte[.gz], "
               "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
@@ -84,8 +85,15 @@ class Preprocessing:
         if flat.shape[1] != self.n_features:
             raise DataError(f"input has {flat.shape[1]} features per sample; "
                             f"the preprocessing expects {self.n_features}")
+        return self._scale(flat)
+
+    def _scale(self, raw: np.ndarray) -> np.ndarray:
         # Both operands float32 so that the division rounds as it will on a device.
-        return flat.astype(np.float32) / np.float32(self.divisor)
+        return raw.astype(np.float32) / np.float32(self.divisor)
+
+    def code_values(self) -> np.ndarray:
+        """float32 (256,): what each integer pixel 0..255 becomes, by exactly `apply`'s arithmetic."""
+        return self._scale(np.arange(PIXEL_CODES))
 
     def to_dict(self) -> dict:
         return {"divisor": float(self.divisor), "n_features": int(self.n_features)}
@@ -112,6 +120,10 @@ class Dataset:
     num_classes: int
     preprocessing: Preprocessing
     split: dict = field(default_factory=dict)   # seed, fractions, where the test split came from
+    # uint8 (n_test, n_features) when the test images are integer pixels: x_test is exactly
+    # preprocessing.code_values()[x_test_codes], so quantizing can look pixels up (quantize_codes)
+    # instead of dividing floats. None for other data. Not part of the fingerprint: it is x_test again.
+    x_test_codes: np.ndarray | None = None
 
     def fingerprint(self) -> str:
         """sha256 over dtype, shape and bytes of the six arrays, in a fixed order."""
@@ -235,7 +247,26 @@ def load_dataset(spec: str = "digits", test_spec: str | None = None, *, seed: in
 
     return Dataset(name=spec, source=source, x_train=x_train, y_train=y_train, x_val=x_val,
                    y_val=y_val, x_test=x_test, y_test=y_test, num_classes=num_classes,
-                   preprocessing=pre, split=split)
+                   preprocessing=pre, split=split, x_test_codes=pixel_codes(x_test, pre))
+
+
+def pixel_codes(x: np.ndarray, pre: Preprocessing) -> np.ndarray | None:
+    """uint8 codes with pre.code_values()[codes] == x bit for bit, or None if x is not such pixels.
+
+    Recovered from the scaled floats (round(x · divisor)) and then checked bit for bit (so a −0.0
+    is not taken for pixel 0), so the claim holds whatever the source was; a new array, x is not
+    modified.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.size == 0:
+        return None
+    k = np.rint(x * np.float32(pre.divisor))
+    if not (k.min() >= 0 and k.max() < PIXEL_CODES):  # NaN fails both: not pixels either
+        return None
+    codes = k.astype(np.uint8)
+    if not np.array_equal(pre._scale(codes).view(np.uint32), x.view(np.uint32)):
+        return None
+    return codes
 
 
 def _check_fraction(name: str, value: float) -> None:

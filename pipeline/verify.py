@@ -22,7 +22,7 @@ from .config import VerifyConfig
 from .errors import DataError, GateFailed, ModelError
 from .quantize import to_input
 from .stats import compare
-from .tflite_file import quant_params, read_tflite
+from .tflite_file import quant_params
 
 RECORD_FILE = "verify.json"
 REPORT_FILE = "verify.md"
@@ -82,6 +82,53 @@ def _integer(tensor: dict) -> bool:
     return tensor["dtype"] in ("int8", "uint8", "int16")
 
 
+class ModelInputs:
+    """The test inputs as each candidate's input tensor takes them, each form made once.
+
+    x: float32 (N, features), preprocessed. codes, values: optionally the uint8 pixels behind x and
+    the float32 (256,) value of each (x == values[codes] bit for bit: Dataset.x_test_codes and
+    Preprocessing.code_values), so that integer inputs are made by table lookup. Candidates often
+    share an input quantization (QAT and post-training int8 both take pixels ÷ 255 at scale 1/255,
+    zero point −128; float models take x itself) and every target of a candidate takes the same
+    array, so each distinct (dtype, scale, zero point) is quantized once per run. The arrays
+    returned are shared: runtimes only read them.
+    """
+
+    def __init__(self, x: np.ndarray, codes: np.ndarray | None = None,
+                 values: np.ndarray | None = None):
+        self.x, self.codes, self.values = x, codes, values
+        self._made: dict[tuple, np.ndarray] = {}
+
+    def for_tensor(self, tensor: dict) -> np.ndarray:
+        """(N, features) in the dtype of `tensor` (a quant_params dict), quantized as recorded."""
+        key = (tensor["dtype"], repr(tensor["scale"]), repr(tensor["zero_point"]))
+        if key not in self._made:
+            self._made[key] = to_input(self.x, tensor, self.codes, self.values)
+        return self._made[key]
+
+
+def run_row(rt, path: Path, info, xin: np.ndarray, ref_pred: np.ndarray, y: np.ndarray,
+            n_classes: int, raw_ref: np.ndarray | None, config: VerifyConfig) -> tuple[Row, np.ndarray]:
+    """One candidate on one target: its row, and its raw outputs (N, classes).
+
+    Runs `xin` (ModelInputs.for_tensor) on `rt`, scores the top-1 classes against the labels `y`
+    and the reference's `ref_pred`, and for an integer model measures the distance of the raw
+    outputs from `raw_ref` (the host-ref outputs; None before host-ref ran; on host-ref itself
+    its own outputs, distance 0) in quantization steps. ModelError from the runtime passes through.
+    """
+    res = rt.run(str(path), xin)
+    raw = res.outputs.reshape(len(y), -1)
+    if rt.name == REFERENCE_TARGET:
+        raw_ref = raw
+    row = _row(path.name, rt.name, np.argmax(raw, axis=1), ref_pred, y, n_classes,
+               res.invoke_seconds, res.info)
+    if _integer(quant_params(info.output_tensor())) and raw_ref is not None:
+        diff = np.abs(raw.astype(np.int64) - raw_ref.astype(np.int64))
+        row.lsb_max, row.lsb_share = int(diff.max()), float(np.mean(diff > 0))
+        row.lsb_allowed = config.max_lsb * softmax_gain(info) + softmax_slack(info)
+    return row, raw
+
+
 def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
                tflite: list[Path] | None = None, data: str | None = None, progress=None) -> VerifyResult:
     """Verify every candidate on every target; write verify.json, verify.md and plots.
@@ -90,6 +137,7 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     TargetUnavailable for bad input, before anything is written.
     """
     from .model import load_model
+    from .runtimes.host import checked_tflite
     from .runtimes.registry import parse_targets, resolve
     from .train import recorded_dataset
 
@@ -99,15 +147,16 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     ref_path = artifacts.require_file(out / "model.keras", "reference model",
                                       "run `bnpipe train` first (verify compares against it)")
     files = _candidate_files(out, tflite)
-    infos = {p: read_tflite(p) for p in files}  # structural check before any interpreter
+    infos = {p: checked_tflite(p) for p in files}  # structural check before any interpreter
     explicit = config.targets is not None
     runtimes, unavailable = resolve(parse_targets(",".join(config.targets) if explicit else None), explicit)
 
     reference = load_model(ref_path)
     ds, preprocessing = recorded_dataset([out], data, reference)
-    x, y = ds.x_test, ds.y_test
+    x, y, codes = ds.x_test, ds.y_test, ds.x_test_codes
     if config.max_samples:
         x, y = x[:config.max_samples], y[:config.max_samples]
+        codes = None if codes is None else codes[:config.max_samples]
     n_classes = int(reference.outputs[0].shape[-1])
     for p, info in infos.items():
         shape = info.input_tensor().shape
@@ -137,27 +186,20 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
         rows.append(_row("folded.keras", "tensorflow", pred, ref_pred, y, n_classes,
                          time.perf_counter() - t1, {}))
 
+    test_inputs = ModelInputs(x, codes, None if codes is None else ds.preprocessing.code_values())
+    ordered = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
     for p, info in infos.items():
-        in_q, out_q = quant_params(info.input_tensor()), quant_params(info.output_tensor())
-        xin = to_input(x, in_q)
+        xin = test_inputs.for_tensor(quant_params(info.input_tensor()))
         raw_ref = None
-        ordered = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
         for rt in ordered:
             say(f"{p.name} on {rt.name}")
             try:
-                res = rt.run(str(p), xin)
+                row, raw = run_row(rt, p, info, xin, ref_pred, y, n_classes, raw_ref, config)
             except ModelError as exc:
                 skipped.append(Skipped(p.name, rt.name, f"failed: {exc}"))
                 continue
-            raw = res.outputs.reshape(len(x), -1)
             if rt.name == REFERENCE_TARGET:
                 raw_ref = raw
-            row = _row(p.name, rt.name, np.argmax(raw, axis=1), ref_pred, y, n_classes,
-                       res.invoke_seconds, res.info)
-            if _integer(out_q) and raw_ref is not None:
-                diff = np.abs(raw.astype(np.int64) - raw_ref.astype(np.int64))
-                row.lsb_max, row.lsb_share = int(diff.max()), float(np.mean(diff > 0))
-                row.lsb_allowed = config.max_lsb * softmax_gain(info) + softmax_slack(info)
             rows.append(row)
 
     failures = _apply_gates(rows, config)
@@ -195,10 +237,11 @@ def softmax_gain(info) -> int:
     """Output steps that one step of the logits can move, when the model ends in SOFTMAX.
 
     --max-lsb counts steps of the last FULLY_CONNECTED's output (the logits), where kernels differ
-    by their rounding (TFLM requantizes in two roundings, LiteRT's reference in one: ±1 step).
-    SOFTMAX then magnifies: ∂p/∂z ≤ 1/4, so one logit step of scale s_in moves a probability by up
-    to s_in/4, which is ceil(s_in / (4·s_out)) output steps (digits, int8: 0.047·256/4 → 4 steps).
-    Without a final SOFTMAX the gain is 1.
+    by their rounding (TFLM requantizes in two roundings, LiteRT's reference in one: ±1 step), and
+    every logit may be off at once. SOFTMAX then magnifies: ∂p_i/∂z_j = p_i(δ_ij − p_j), whose
+    absolute values sum over j to 2·p_i(1 − p_i) ≤ 1/2, so logits each moved by at most δ move a
+    probability by at most δ/2 (mean value theorem, exact, not to first order). In output steps:
+    ceil(s_in / (2·s_out)) (digits, int8: 0.047·256/2 → 7 steps). Without a final SOFTMAX: 1.
     """
     ops = info.operators
     if not ops or ops[-1].op != "SOFTMAX":
@@ -208,7 +251,7 @@ def softmax_gain(info) -> int:
         return 1
     import math
 
-    return max(1, math.ceil(t_in.scale[0] / (4 * t_out.scale[0]) - 1e-9))
+    return max(1, math.ceil(t_in.scale[0] / (2 * t_out.scale[0]) - 1e-9))
 
 
 # Softmax kernels compute exp differently (LiteRT's reference: a float/LUT path; TFLM: fixed-point

@@ -461,6 +461,53 @@ def test_preprocessing_apply_and_round_trip():
     _raises("divisor must be a finite number > 0, got 0", Preprocessing, 0, 4)
 
 
+# --- integer pixel codes of the test split ------------------------------------------------------
+
+def _bits(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def test_code_values_are_apply_of_each_pixel():
+    for divisor in (16.0, 255.0, 1.0, 3.0):
+        pre = Preprocessing(divisor=divisor, n_features=256)
+        values = pre.code_values()
+        assert values.dtype == np.float32 and values.shape == (256,)
+        np.testing.assert_array_equal(_bits(values), _bits(pre.apply(np.arange(256)[None])[0]))
+
+
+def test_digits_test_codes_are_its_pixels(digits):
+    codes = digits.x_test_codes
+    assert codes.dtype == np.uint8 and codes.shape == digits.x_test.shape
+    assert codes.max() == 16
+    np.testing.assert_array_equal(_bits(digits.preprocessing.code_values()[codes]), _bits(digits.x_test))
+
+
+def test_npz_and_csv_test_codes_are_the_stored_pixels(tmp_path):
+    path = tmp_path / "small.npz"
+    arrays = _write_npz(path)
+    np.testing.assert_array_equal(load_dataset(str(path)).x_test_codes, arrays["x_test"].reshape(12, 16))
+    rows, x, y = _csv_rows()
+    _write_csv(tmp_path / "d.csv", rows)
+    ds = load_dataset(str(tmp_path / "d.csv"), seed=2)
+    assert ds.x_test_codes.dtype == np.uint8
+    np.testing.assert_array_equal(_bits(ds.preprocessing.code_values()[ds.x_test_codes]), _bits(ds.x_test))
+
+
+def test_no_codes_for_data_that_are_not_pixels(tmp_path):
+    path = tmp_path / "f.npz"
+    _write_npz(path, x_train=RNG.random((30, 6)).astype(np.float32),
+               x_test=RNG.random((12, 6)).astype(np.float32))
+    assert load_dataset(str(path)).x_test_codes is None
+    pre = Preprocessing(divisor=255.0, n_features=3)
+    pixels = pre.apply(np.array([[0, 7, 255]]))
+    np.testing.assert_array_equal(data.pixel_codes(pixels, pre), [[0, 7, 255]])
+    negative_zero, nan = pixels.copy(), pixels.copy()
+    negative_zero[0, 0], nan[0, 0] = -0.0, np.nan  # -0.0 == 0.0, but its bits are not pixel 0's
+    for x in (pixels + np.float32(1e-4), negative_zero, nan, pre.apply(np.array([[0, 7, 256]])),
+              pre.apply(np.array([[0, -1, 255]])), np.zeros((0, 3), np.float32)):
+        assert data.pixel_codes(x, pre) is None, x
+
+
 # --- mnist: only the cache path; tests never download -----------------------------------------
 
 def test_mnist_read_from_keras_home_cache(tmp_path, monkeypatch):

@@ -160,3 +160,107 @@ def test_bad_scale_is_a_value_error(scale):
 def test_bad_dtype_is_a_value_error(dtype):
     with pytest.raises(ValueError, match=rf"dtype must be one of \['int16', 'int8', 'uint8'\], got '{dtype}'"):
         quantize(np.zeros(3, np.float32), 0.1, 0, dtype)
+
+
+# -- the fast paths: slices, table lookup of pixel codes, the wrapping shift ----------------------
+
+
+def half_away_reference(x, scale, zero_point, dtype):
+    """quantize written the slow, obvious way: the float32 quotient (as the kernel divides), then
+    round half away from zero in float64, where |v| + 0.5 is exact, then shift and clamp."""
+    lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
+    v = (np.asarray(x, np.float32) / np.float32(scale)).astype(np.float64)
+    return np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5) + zero_point, lo, hi).astype(dtype)
+
+
+def test_quantize_is_the_same_in_every_slice():
+    """More values than one slice (CHUNK), with exact ties, huge values whose quotient overflows
+    to ±inf (v − rint(v) is NaN there) and a 2-D shape, placed in the first three slices."""
+    from pipeline.quantize import CHUNK
+
+    scale = 0.125  # x / scale = k + 0.5 exactly for x = (2k + 1) / 16
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-20, 20, 3 * CHUNK + 17).astype(np.float32)
+    ties = (2 * rng.integers(-200, 200, 600) + 1).astype(np.float32) / 16
+    for start in (0, CHUNK + 5, 3 * CHUNK - 300):
+        x[start:start + 300] = ties[:300]
+        x[start + 300] = np.float32(3e38)  # 3e38 / 0.125 overflows float32: +inf
+        x[start + 301] = -np.float32(3e38)
+    x = x.reshape(-1, 5)  # 2-D: 3·CHUNK + 17 is a multiple of 5
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = half_away_reference(x, scale, 3, "int8")
+        got = quantize(x, scale, 3)
+        half_even = np.clip(np.round(x / np.float32(scale)) + 3, -128, 127)
+    assert got.shape == x.shape and got.dtype == np.int8
+    np.testing.assert_array_equal(got, expected)
+    assert np.sum(half_even != got) >= 300  # the ties are real: half-to-even differs on half
+
+
+def test_quantize_reads_strided_input_and_empty_input():
+    x = np.random.default_rng(4).uniform(0, 1, (50, 40)).astype(np.float32)
+    np.testing.assert_array_equal(quantize(x[:, ::3], 1 / 255, -128),
+                                  half_away_reference(x[:, ::3], 1 / 255, -128, "int8"))
+    empty = quantize(np.zeros((0, 5), np.float32), 0.1, 0)
+    assert empty.shape == (0, 5) and empty.dtype == np.int8
+
+
+# (divisor of the preprocessing, scale, zero point, dtype): the QAT int8 input (1/255, −128: the
+# table is a plain shift), digits with the same input (a true table), a scale that puts every odd
+# pixel of digits on a tie (k/16 / 1/8 = k/2), int16 (ptq-int16x8's input) and uint8.
+TABLE_CASES = [(255.0, 1 / 255, -128, "int8"), (16.0, 1 / 255, -128, "int8"),
+               (16.0, 0.125, -5, "int8"), (255.0, 1 / 32767, 0, "int16"),
+               (255.0, 0.0041, 7, "uint8"), (1.0, 0.02, -128, "int8")]
+
+
+@pytest.mark.parametrize("divisor,scale,zero_point,dtype", TABLE_CASES)
+def test_quantize_codes_equals_quantize_of_the_floats(divisor, scale, zero_point, dtype):
+    from pipeline.data import Preprocessing
+    from pipeline.quantize import quantize_codes
+
+    pre = Preprocessing(divisor=divisor, n_features=28)
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (5000, 28)).astype(np.uint8)  # every code, in every slice
+    x = pre.apply(codes)
+    got = quantize_codes(codes, pre.code_values(), scale, zero_point, dtype)
+    assert got.dtype == np.dtype(dtype) and got.shape == codes.shape
+    np.testing.assert_array_equal(got, quantize(x, scale, zero_point, dtype))
+    np.testing.assert_array_equal(got, half_away_reference(x, scale, zero_point, dtype))
+
+
+def test_the_qat_input_table_is_a_shift():
+    """The premise of the wrapping-add path: pixels ÷ 255 at scale 1/255, zero point −128 map
+    pixel k to k − 128, for all 256 of them."""
+    from pipeline.data import Preprocessing
+
+    table = quantize(Preprocessing(divisor=255.0, n_features=1).code_values(), 1 / 255, -128)
+    np.testing.assert_array_equal(table, np.arange(256) - 128)
+
+
+def test_to_input_with_and_without_codes_agree():
+    from pipeline.data import Preprocessing
+    from pipeline.quantize import to_input
+
+    pre = Preprocessing(divisor=16.0, n_features=8)
+    codes = np.random.default_rng(6).integers(0, 17, (300, 8)).astype(np.uint8)
+    x = pre.apply(codes)
+    for tensor in ({"dtype": "int8", "scale": 0.0625, "zero_point": -128},
+                   {"dtype": "int16", "scale": 1 / 32767, "zero_point": 0}):
+        np.testing.assert_array_equal(to_input(x, tensor, codes, pre.code_values()), to_input(x, tensor))
+    same = to_input(x, {"dtype": "float32", "scale": None, "zero_point": None}, codes, pre.code_values())
+    assert same is x  # a float model takes the floats themselves
+    with pytest.raises(ValueError, match=r"codes have shape \(300, 4\) but the inputs \(300, 8\)"):
+        to_input(x, {"dtype": "int8", "scale": 0.1, "zero_point": 0}, codes[:, :4], pre.code_values())
+
+
+def test_quantize_codes_checks_its_arguments():
+    from pipeline.quantize import quantize_codes
+
+    values = np.arange(256, dtype=np.float32) / 255
+    with pytest.raises(ValueError, match="codes must be uint8 pixel codes, got dtype int16"):
+        quantize_codes(np.zeros(3, np.int16), values, 0.1, 0)
+    with pytest.raises(ValueError, match=r"values must be float32 of shape \(256,\), got float64 \(256,\)"):
+        quantize_codes(np.zeros(3, np.uint8), values.astype(np.float64), 0.1, 0)
+    with pytest.raises(ValueError, match=r"values must be float32 of shape \(256,\), got float32 \(17,\)"):
+        quantize_codes(np.zeros(3, np.uint8), values[:17], 0.1, 0)
+    with pytest.raises(ValueError, match="scale must be a finite number > 0, got 0.0"):
+        quantize_codes(np.zeros(3, np.uint8), values, 0.0, 0)

@@ -188,6 +188,51 @@ def test_missing_file_is_a_model_error(tmp_path):
         HostRuntime().run(tmp_path / "nope.tflite", np.zeros((1, N_FEATURES), dtype=np.int8))
 
 
+def test_a_checked_model_is_parsed_once_per_content(models, tmp_path, monkeypatch):
+    """checked_tflite remembers a check by the sha256 of the bytes: the same file (under any
+    name) is parsed once; new bytes at the same path are parsed again, and a damaged file is
+    refused even right after a good one was checked there."""
+    from pipeline.runtimes import host
+
+    parsed = []
+    real = host.parse_tflite
+    monkeypatch.setattr(host, "parse_tflite", lambda data, name: (parsed.append(name), real(data, name))[1])
+    host.forget_checked()
+    good = models["int8"].read_bytes()
+    a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    a.write_bytes(good)
+    b.write_bytes(good)
+    x = model_inputs(models["int8"], features(5))
+    first = host.checked_tflite(a)
+    HostRuntime(reference=True).run(a, x)
+    HostRuntime().run(b, x)
+    assert parsed == [str(a)]
+    assert first.path == str(a) and host.checked_tflite(b).path == str(b)
+    assert host.checked_tflite(b).tensors == first.tensors
+
+    a.write_bytes(models["int8_float_in"].read_bytes())
+    assert host.checked_tflite(a).input_tensor().dtype == "float32"
+    assert parsed == [str(a), str(a)]
+    a.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ModelError, match="a.tflite"):
+        HostRuntime().run(a, x)
+    host.forget_checked()
+    host.checked_tflite(b)
+    assert len(parsed) == 4
+
+
+def test_checked_models_are_remembered_up_to_a_bound(models, tmp_path):
+    from pipeline.runtimes import host
+
+    host.forget_checked()
+    good = models["int8"].read_bytes()
+    for i in range(host.CHECKED_CACHE_SIZE + 3):
+        path = tmp_path / f"m{i}.tflite"
+        path.write_bytes(good + bytes([i]))  # trailing bytes: another sha256, the same model
+        host.checked_tflite(path)
+    assert len(host._checked) == host.CHECKED_CACHE_SIZE
+
+
 # -- registry -------------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from pipeline.runtimes.host import HostRuntime
 from pipeline.runtimes.tflm import TflmRuntime
 from pipeline.tflite_file import quant_params, read_tflite
 from pipeline.train import train
-from pipeline.verify import run_verify, softmax_gain
+from pipeline.verify import ModelInputs, run_verify, softmax_gain
 
 TARGETS = "host,host-ref,tflm"
 INTEGER_MODES = ("int8", "ptq-int8", "ptq-int16x8")
@@ -155,21 +155,58 @@ def test_same_int8_file_under_two_names_gives_identical_rows(exported, tmp_path)
             [rb[k] for k in ("accuracy", "agreement", "lsb_max", "lsb_share", "lsb_allowed")]
 
 
+def test_model_inputs_are_the_float_path_bits_made_once_per_quantization(exported, digits):
+    """What verify feeds every target: for each exported model's input tensor, the table lookup of
+    the pixel codes gives exactly to_input's float path, and one quantization is made once."""
+    assert digits.x_test_codes is not None
+    inputs = ModelInputs(digits.x_test, digits.x_test_codes, digits.preprocessing.code_values())
+    made = {}
+    for mode in sorted(EXPORT_MODES):
+        tensor = quant_params(read_tflite(exported / tflite_name(mode)).input_tensor())
+        xin = inputs.for_tensor(tensor)
+        assert xin.dtype == np.dtype(tensor["dtype"]) and xin.shape == digits.x_test.shape
+        np.testing.assert_array_equal(xin, to_input(digits.x_test, tensor), err_msg=mode)
+        key = (tensor["dtype"], tensor["scale"], tensor["zero_point"])
+        assert made.setdefault(key, xin) is xin, f"{mode}: {key} quantized a second time"
+    assert made[("float32", None, None)] is digits.x_test  # float models take x itself
+    assert {k[0] for k in made} == {"float32", "int8", "int16"}
+
+
 def _tflm_steps(path, x) -> int:
     return int(np.abs(TflmRuntime().run(str(path), x).outputs.astype(np.int64)
                       - HostRuntime(reference=True).run(str(path), x).outputs.astype(np.int64)).max())
 
 
+def test_softmax_moves_a_probability_by_at_most_half_the_largest_logit_change():
+    """The bound behind softmax_gain, checked on the function itself: logits each moved by at most
+    δ move no probability by more than δ/2, and δ/2 is approached (so δ/4, the slope of one
+    logit alone, would be too tight when every logit moves)."""
+    def softmax(z):
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    rng = np.random.default_rng(0)
+    delta = 0.05
+    z = rng.normal(scale=3.0, size=(20_000, 10))
+    moves = rng.choice([-delta, 0.0, delta], size=z.shape)
+    assert np.abs(softmax(z + moves) - softmax(z)).max() <= delta / 2
+    # Two even classes pushed apart: p0 = σ(2δ) − 1/2 ≈ δ/2 − δ³/24.
+    worst = softmax(np.array([delta, -delta])) - softmax(np.zeros(2))
+    assert delta / 4 < worst[0] <= delta / 2
+    assert worst[0] > 0.99 * delta / 2
+
+
 @pytest.mark.parametrize("mode", INTEGER_MODES)
 def test_lsb_allowance_is_the_softmax_gain(exported, record, mode):
     """The gate counts --max-lsb in logit steps: allowed output steps = max_lsb · ceil(s_logits /
-    (4 · s_out)) + slack (SOFTMAX's slope is at most 1/4; slack: 1/256 of probability for the
+    (2 · s_out)) + slack (SOFTMAX moves a probability by at most half the largest logit change;
+    slack: 1/256 of probability for the
     softmax kernels' own differences, i.e. 1 int8 step or 128 int16 steps), from the scales."""
     info = read_tflite(exported / tflite_name(mode))
     softmax = info.operators[-1]
     assert softmax.op == "SOFTMAX"
     s_in, s_out = info.tensors[softmax.inputs[0]].scale[0], info.tensors[softmax.outputs[0]].scale[0]
-    gain = max(1, int(np.ceil(s_in / (4 * s_out) - 1e-9)))
+    gain = max(1, int(np.ceil(s_in / (2 * s_out) - 1e-9)))
     assert softmax_gain(info) == gain
     for r in record["rows"]:
         if r["candidate"] == info.path.split("/")[-1]:
