@@ -186,6 +186,11 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
         rows.append(_row("folded.keras", "tensorflow", pred, ref_pred, y, n_classes,
                          time.perf_counter() - t1, {}))
 
+    # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can be
+    # well formed and still abort a kernel) is bad input, exit 2, and never reaches this process.
+    from .runtimes.host import HostRuntime, probe_in_child
+
+    probe_in_child([(p, rt.reference) for p in files for rt in runtimes if isinstance(rt, HostRuntime)])
     test_inputs = ModelInputs(x, codes, None if codes is None else ds.preprocessing.code_values())
     ordered = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
     for p, info in infos.items():
@@ -202,7 +207,7 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
                 raw_ref = raw
             rows.append(row)
 
-    failures = _apply_gates(rows, config)
+    failures = _apply_gates(rows, config) + _run_failures(infos, rows, skipped)
     passed = not failures
     record = {"stage": "verify", "machine": artifacts.machine_info(), "config": dataclasses.asdict(config), "passed": passed,
               "failures": failures, "reference": {"model": "model.keras", "runtime": "tensorflow (host)",
@@ -281,6 +286,22 @@ def _row(candidate, target, pred, ref_pred, y, n_classes, seconds, info) -> Row:
     return Row(candidate, target, c.n, c.accuracy, c.accuracy_ci, c.diff_pp, c.diff_ci_pp,
                c.mcnemar_p, c.agreement, c.only_candidate_right, c.only_reference_right,
                seconds=float(seconds), info=info, disagreement_by_class=[int(v) for v in dis])
+
+
+def _run_failures(infos: dict, rows: list[Row], skipped: list[Skipped]) -> list[str]:
+    """A candidate that ran on no target proves nothing, and an integer model (what goes to a
+    phone or a microcontroller) that fails on an available target is not fit to ship there.
+    A float or hybrid model that a target does not support (TFLM and float16) is only reported."""
+    failures = []
+    ran = {r.candidate for r in rows}
+    for p, info in infos.items():
+        failed = [s for s in skipped if s.candidate == p.name and s.reason.startswith("failed:")]
+        if p.name not in ran:
+            why = "; ".join(f"{s.target}: {s.reason}" for s in failed) or "no target was available"
+            failures.append(f"{p.name} ran on no target ({why})")
+        elif _integer(quant_params(info.input_tensor())) and _integer(quant_params(info.output_tensor())):
+            failures.extend(f"{p.name} on {s.target}: {s.reason}" for s in failed)
+    return failures
 
 
 def _apply_gates(rows: list[Row], config: VerifyConfig) -> list[str]:

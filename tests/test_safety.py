@@ -366,10 +366,6 @@ def test_beta0_softmax_passes_the_structural_check(files):
     assert [o.op for o in info.operators] == ["FULLY_CONNECTED", "FULLY_CONNECTED", "SOFTMAX"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verify runs host-ref (LiteRT's reference kernels) in the CLI's own process; a SOFTMAX with "
-    "beta 0 passes tflite_file's structural check and the kernel aborts the process (SIGABRT) "
-    "instead of exit 2: the interpreter needs a child process, or the check a semantic rule"))
 def test_a_model_that_aborts_the_reference_kernels_is_exit_2(files, tmp_path):
     # A subprocess: in-process, the abort would take pytest down with it.
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
@@ -380,3 +376,31 @@ def test_a_model_that_aborts_the_reference_kernels_is_exit_2(files, tmp_path):
                           check=False, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
     assert f"Error: {path} " in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_probe_turns_the_abort_into_a_model_error_in_process(files):
+    """In this very process: the reference kernels would abort pytest, the probe's child dies
+    instead; the XNNPACK kernels accept the file, so that probe passes and is remembered."""
+    from pipeline.errors import ModelError
+    from pipeline.runtimes import host
+
+    path = files[0] / "beta0.tflite"
+    host.forget_checked()
+    with pytest.raises(ModelError) as info:
+        host.HostRuntime(reference=True).run(str(path), np.zeros((4, N_FEATURES), np.int8))
+    assert str(info.value).startswith(f"{path} crashes LiteRT's reference kernels when loaded and "
+                                      "run once on zeros (signal ")
+    host.probe_in_child([(path, False)])
+    assert len(host._probed) == 1  # the good pair only; the crashing one is never remembered
+
+
+def test_a_model_that_ran_on_no_target_fails_the_gate(files, tmp_path):
+    """TFLM crashes on the beta-0 softmax (in its child process); with no other target the file
+    ran nowhere, which is no evidence of anything: exit 1 naming it, never a PASS."""
+    out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
+    path = files[0] / "beta0.tflite"
+    result = invoke("verify", "--tflite", path, "--targets", "tflm", "--data", "digits", "-q",
+                    "--artifacts", out)
+    assert result.exit_code == 1, result.output
+    assert "beta0.tflite ran on no target (tflm: failed: tflm: " in result.stderr
+    assert "FAIL" in result.stdout

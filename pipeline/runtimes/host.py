@@ -7,12 +7,18 @@
 
 Both call the standalone runner's functions (runtimes/device_runner.py) in-process, so the host
 runs exactly the code a board runs. Every model file is parsed by `pipeline.tflite_file` first: a
-malformed flatbuffer is a ModelError in Python, never a crash in LiteRT's C++ loader.
+malformed flatbuffer is a ModelError in Python, never a crash in LiteRT's C++ loader. A file can be
+well formed and still abort a kernel (a SOFTMAX with beta 0 aborts the reference kernels), so
+before a model's first run in this process it is loaded and run once on zeros in a child process
+(`probe_in_child`): a crash there is a ModelError here, and the CLI's process lives on.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -54,8 +60,72 @@ def checked_tflite(path) -> TfliteInfo:
 
 
 def forget_checked() -> None:
-    """Drop every remembered check (the next checked_tflite parses again)."""
+    """Drop every remembered check and probe (the next use checks and probes again)."""
     _checked.clear()
+    _probed.clear()
+
+
+# Run by `sys.executable -c` with the runner's directory, then "R:PATH" per model (R = 1 for the
+# reference kernels): loads each, runs one sample of zeros, prints "ok" after each. A ValueError
+# (the runner's message for what LiteRT refuses cleanly) is left for the real run to report.
+_PROBE = (
+    "import sys\n"
+    "import numpy as np\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "import device_runner as runner\n"
+    "for arg in sys.argv[2:]:\n"
+    "    ref, path = arg.split(':', 1)\n"
+    "    try:\n"
+    "        interp = runner.load_interpreter(path, reference=ref == '1')\n"
+    "        d = interp.get_input_details()[0]\n"
+    "        runner.run_batched(interp, np.zeros((1, *d['shape'][1:]), d['dtype']), batch=1)\n"
+    "    except ValueError:\n"
+    "        pass\n"
+    "    print('ok', flush=True)\n"
+)
+PROBE_TIMEOUT_S = 120
+_probed: set[tuple[bytes, bool]] = set()  # (sha256 of the bytes, reference kernels) that ran
+
+
+def probe_in_child(models: list[tuple[str | os.PathLike, bool]]) -> None:
+    """Load and run each (model, reference kernels?) once, in one child process; ModelError naming
+    the first model that crashes it. Remembered by content, so each file is probed once per process.
+
+    One child serves them all (≈ 0.2 s: Python, numpy and LiteRT start once).
+    """
+    todo, keys = [], []
+    for path, reference in models:
+        key = (hashlib.sha256(Path(path).read_bytes()).digest(), bool(reference))
+        if key not in _probed and key not in keys:
+            todo.append((Path(path), bool(reference)))
+            keys.append(key)
+    if not todo:
+        return
+    runner_dir = os.path.dirname(os.path.abspath(_runner_file()))
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, runner_dir,
+                               *[f"{int(ref)}:{path}" for path, ref in todo]],
+                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"loading {', '.join(str(p) for p, _ in todo)} in LiteRT took more than "
+                         f"{PROBE_TIMEOUT_S} s") from None
+    done = proc.stdout.split().count("ok")
+    _probed.update(keys[:done])
+    if done < len(todo):
+        path, reference = todo[done]
+        kernels = "reference" if reference else "default (XNNPACK)"
+        how = (f"signal {-proc.returncode}" if proc.returncode < 0
+               else f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
+        raise ModelError(f"{path} crashes LiteRT's {kernels} kernels when loaded and run once on "
+                         f"zeros ({how}); the file is malformed or uses an operator in a way the "
+                         "kernels do not accept")
+
+
+def _runner_file() -> str:
+    from pipeline.runtimes import device_runner
+
+    return device_runner.__file__
 
 
 def _one_line(err: BaseException) -> str:
@@ -107,6 +177,7 @@ class HostRuntime:
             raise TargetUnavailable(why)
         path = Path(model_path)
         checked_tflite(path)
+        probe_in_child([(path, self.reference)])
         return path
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:

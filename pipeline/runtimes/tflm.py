@@ -101,6 +101,13 @@ def try_arena(model_path: str | os.PathLike, arena_size: int) -> tuple[bool, str
     return False, _last_lines(proc.stderr)
 
 
+def _kernel_refusal(why: str) -> bool:
+    """True when a kernel refused the model in Prepare for a reason other than memory (a type it
+    does not support, say): TFLM's "failed to prepare" without any "allocate" in the message.
+    A crash (signal) or an allocation failure may still be a too-small arena: keep doubling."""
+    return "failed to prepare" in why and "alloc" not in why.lower()
+
+
 def find_arena(model_path: str | os.PathLike, start: int = ARENA_START,
                limit: int = ARENA_LIMIT) -> tuple[int, list[dict]]:
     """The first of start, 2·start, 4·start … ≤ limit in which TFLM can build the model.
@@ -115,6 +122,8 @@ def find_arena(model_path: str | os.PathLike, start: int = ARENA_START,
         attempts.append({"arena_bytes": size, "ok": ok, **({} if ok else {"error": why})})
         if ok:
             return size, attempts
+        if _kernel_refusal(why):  # no arena will help: say what TFLM refused, at once
+            raise ModelError(f"tflm cannot run {model_path}: {why}")
         size *= 2
     last = attempts[-1]["error"] if attempts else "no size tried"
     raise ModelError(
