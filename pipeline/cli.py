@@ -78,9 +78,14 @@ def cli():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted training from its last completed epoch (same final weights).")
+@click.option("--strategy", type=click.Choice(["none", "mirrored", "multi-worker"]), default="none",
+              show_default=True,
+              help="none: one process; mirrored: this machine's devices; multi-worker: one process "
+                   "per worker, as $TF_CONFIG lists them (only the chief writes artifacts).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @artifacts_option
-def train(data, test_data, hidden, epochs, batch_size, learning_rate, bn, seed, resume, quiet, artifacts):
+def train(data, test_data, hidden, epochs, batch_size, learning_rate, bn, seed, resume, strategy,
+          quiet, artifacts):
     """Train the BN MLP and write model.keras and train.json.
 
     Dense(64) → BN → ReLU → Dense(64) → BN → ReLU → Dense(10, softmax), Adam, sparse categorical
@@ -95,8 +100,22 @@ def train(data, test_data, hidden, epochs, batch_size, learning_rate, bn, seed, 
     from .train import train as run_train
 
     config = TrainConfig(data=data, test_data=test_data, hidden=_widths(hidden), epochs=epochs,
-                         batch_size=batch_size, learning_rate=learning_rate, bn=bn, seed=seed)
+                         batch_size=batch_size, learning_rate=learning_rate, bn=bn, seed=seed,
+                         strategy=strategy)
     out = _artifacts(artifacts)
+    if strategy == "multi-worker":
+        from .distribute import current_cluster
+
+        cluster = current_cluster()  # exit 2 on a missing or malformed TF_CONFIG, before TensorFlow
+        if not cluster.is_chief:  # trains in lockstep with the chief, which alone writes artifacts
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="bnpipe-worker-") as scratch:
+                result = run_train(config, Path(scratch), quiet=quiet, resume=resume,
+                                   say=lambda m: click.echo(m, err=True))
+            click.echo(f"{cluster.describe()}: test accuracy {result.test_accuracy:.4f}; the chief, "
+                       f"{cluster.describe(0)}, writes the artifacts ({result.seconds:.1f} s)")
+            return
     done = {}
     with recorded_stage(out, "train", config, lambda: OUTPUTS["train"], reads=[],
                         inputs=lambda: {"data": done["result"].dataset["fingerprint"]}):

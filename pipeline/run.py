@@ -152,6 +152,12 @@ def run_all(out: Path, config: RunConfig = RunConfig(), *, force: bool = False,
             outcomes.append(StageOutcome(name, False, 0.0, "up to date"))
             say(f"{name}: up to date, skipped")
             return
+        if name == "train" and tc.strategy == "multi-worker":
+            # One `run` cannot start the other workers; it takes the training they did together.
+            raise BnpipeError("[train] strategy is multi-worker but this artifacts dir holds no "
+                              "training with these options; run `bnpipe train --strategy "
+                              "multi-worker` (same options) on every worker first, then `bnpipe "
+                              "run` on the chief's artifacts dir")
         say(f"{name}: running")
         t0 = time.time()
         with recorded_stage(out, name, params, outputs_of, reads=stage_reads(name, out),

@@ -60,10 +60,13 @@ def train(config: TrainConfig, artifacts_dir: Path, *, quiet: bool = False,
     interrupted run with the same config and data (ArtifactError if the checkpoint belongs to
     another config or data; a note and a fresh start if there is none); "auto" continues when a
     matching checkpoint exists and starts afresh otherwise (what `bnpipe run` does).
+    `config.strategy` other than "none" trains with tf.distribute instead (_train_distributed).
     """
     from .data import load_dataset
 
     say = say or (lambda message: None)
+    if config.strategy != "none":
+        return _train_distributed(config, artifacts_dir, quiet=quiet, resume=resume, say=say)
     t0 = time.perf_counter()
     ds = load_dataset(config.data, config.test_data, seed=config.seed,
                       val_fraction=config.val_fraction, test_fraction=config.test_fraction)
@@ -129,6 +132,48 @@ def train(config: TrainConfig, artifacts_dir: Path, *, quiet: bool = False,
     artifacts.on_success(lambda: _remove_checkpoints(ckpt_root))
     return TrainResult(model_path, record_path, float(test_acc), record["val_accuracy"],
                        config.epochs, time.perf_counter() - t0, ds.summary(), start)
+
+
+def _train_distributed(config: TrainConfig, artifacts_dir: Path, *, quiet: bool,
+                       resume: bool | str, say) -> TrainResult:
+    """--strategy mirrored|multi-worker: distribute.fit, then write what train() writes.
+
+    No per-epoch checkpoints: an explicit --resume is refused; "auto" (bnpipe run) trains from
+    the start. Every multi-worker process writes into the artifacts dir it is given; the CLI
+    gives the workers other than the chief a temporary one (see cli.train).
+    """
+    from . import distribute
+    from .errors import BnpipeError
+    from .model import save_model
+
+    if resume is True:
+        raise BnpipeError(f"--resume works only with --strategy none; --strategy {config.strategy} "
+                          "writes no per-epoch checkpoints (run it again without --resume)")
+    t0 = time.perf_counter()
+    # First of all: multi-worker must configure TensorFlow before its first operation.
+    strategy = distribute.make_strategy(config.strategy, config.to_dict())
+    run = distribute.fit(config, strategy, say=(lambda m: None) if quiet else say)
+    out = artifacts.ensure_dir(artifacts_dir)
+    model_path = save_model(run.model, out / MODEL_FILE)
+    hist = run.history
+    record = {
+        "stage": "train",
+        "config": config.to_dict(),
+        "dataset": run.dataset,
+        "preprocessing": run.preprocessing,
+        "history": hist,
+        "test_accuracy": run.test_accuracy,
+        "val_accuracy": hist["val_accuracy"][-1] if "val_accuracy" in hist else None,
+        "parameters": int(run.model.count_params()),
+        "resumed_from_epoch": 0,
+        "distribution": run.strategy,
+        "timings": {**run.timings, "total_s": time.perf_counter() - t0},
+        "outputs": {MODEL_FILE: artifacts.sha256_file(model_path)},
+    }
+    record_path = artifacts.write_json(out / RECORD_FILE, record,
+                                       inputs={"data": run.dataset["fingerprint"]})
+    return TrainResult(model_path, record_path, run.test_accuracy, record["val_accuracy"],
+                       config.epochs, time.perf_counter() - t0, run.dataset, 0)
 
 
 class _StopAfterOneEpoch:

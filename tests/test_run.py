@@ -161,3 +161,12 @@ def test_train_alone_then_run_reruns_downstream_without_refusing(first_run, tmp_
     assert result.exit_code == 0, result.output
     line = [l for l in result.output.splitlines() if l.startswith("stages:")][0]
     assert "train skipped" in line and "fold skipped" not in line
+
+
+def test_run_with_multi_worker_training_needs_the_workers_first(tmp_path):
+    cfg = tmp_path / "bnpipe.toml"
+    cfg.write_text(TINY.format(epochs=1).replace("epochs = 1", 'epochs = 1\nstrategy = "multi-worker"', 1))
+    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "run `bnpipe train --strategy multi-worker` (same options) on every worker first" in result.output
+    assert not (tmp_path / "a" / "model.keras").exists()
