@@ -81,7 +81,10 @@ def custom_bn_class():
             return self._normalize(x, self.moving_mean, self.moving_variance)
 
         def call(self, inputs, training=None):
-            if training is None:
+            if training is None or not self.trainable:
+                # Frozen (trainable=False), like keras's BatchNormalization since TF 2.0: run in
+                # inference mode, so fine-tuning a frozen BN neither uses batch statistics nor
+                # moves the moving ones.
                 training = False
             if isinstance(training, bool):
                 return self._train(inputs) if training else self._infer(inputs)

@@ -169,6 +169,26 @@ def test_custom_bn_moving_statistics_move_during_fit(keras, digits):
         "moving_mean", "moving_variance"]
 
 
+@pytest.mark.parametrize("bn_kind", ["keras", "custom"])
+def test_a_frozen_bn_keeps_its_statistics_in_fit_like_keras(keras, digits, bn_kind):
+    """trainable=False puts either BN kind in inference mode: fit moves neither γ, β nor the
+    moving statistics, and the layer's output is the moving-statistics one."""
+    from pipeline.model import build_mlp, compile_model
+    from pipeline.tfenv import set_determinism
+
+    set_determinism(0)
+    model = build_mlp(digits.preprocessing.n_features, digits.num_classes, (4,), bn_kind)
+    bn = model.get_layer("bn_1")
+    bn.trainable = False
+    compile_model(model)
+    before = [w.numpy().copy() for w in bn.weights]
+    model.fit(digits.x_train[:256], digits.y_train[:256], epochs=1, batch_size=64, verbose=0)
+    for w, b in zip(bn.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b, err_msg=w.name)
+    x = model.get_layer("dense_1")(digits.x_test[:8])
+    np.testing.assert_allclose(bn(x, training=True).numpy(), bn(x, training=False).numpy())
+
+
 def test_custom_bn_rejects_bad_arguments(keras):
     from pipeline.model import custom_bn_class
 
