@@ -43,7 +43,7 @@ class TrainConfig:
         _check(self.batch_size >= 1, f"--batch-size must be ≥ 1, got {self.batch_size}")
         _check(0 < self.learning_rate < 1, f"--learning-rate must be in (0, 1), got {self.learning_rate}")
         _check(self.bn in ("keras", "custom"), f"--bn must be keras or custom, got {self.bn!r}")
-        _check(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        _check(0 < self.val_fraction < 0.5, f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
         _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
         _check(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
         _check(self.strategy in TRAIN_STRATEGIES,

@@ -110,6 +110,7 @@ def test_train_bad_data_writes_nothing(tmp_path):
     (dict(hidden=(16, 0)), "--hidden needs one or more positive widths, got 16,0"),
     (dict(bn="torch"), "--bn must be keras or custom, got 'torch'"),
     (dict(batch_size=0), "--batch-size must be ≥ 1, got 0"),
+    (dict(val_fraction=0.0), "val_fraction must be in (0, 0.5), got 0.0"),  # data.py needs > 0
 ])
 def test_train_config_validates_on_construction(kwargs, message):
     from pipeline.errors import BnpipeError
