@@ -277,7 +277,7 @@ def _remote_targets(config: BenchConfig, files, inputs, tick) -> list[dict]:
     for target in config.targets:
         if target == "host":
             continue
-        from .runtimes.registry import get_runtime
+        from .runtimes.registry import close_all, get_runtime
 
         rt = get_runtime(target)
         ok, why = rt.available()
@@ -285,13 +285,17 @@ def _remote_targets(config: BenchConfig, files, inputs, tick) -> list[dict]:
             from .errors import TargetUnavailable
 
             raise TargetUnavailable(why)
-        for p in files:
-            tick(f"{p.name} on {target}", 1)
-            rep = rt.bench(str(p), inputs[p][:64], batch_sizes=config.batch_sizes,
-                           threads=[1], warmup=config.warmup, runs=max(10, config.runs // 4))
-            emulated = target == "arm64"
-            results.append({"target": target, "model": p.name, "emulated": emulated,
-                            "timing_meaning": ("QEMU user-mode emulation on the host: NOT a device "
-                                               "timing" if emulated else "measured on the device"),
-                            "report": rep})
+        try:  # one runtime for every model; arm64 keeps its emulator running until closed
+            for p in files:
+                tick(f"{p.name} on {target}", 1)
+                rep = rt.bench(str(p), inputs[p][:64], batch_sizes=config.batch_sizes,
+                               threads=[1], warmup=config.warmup, runs=max(10, config.runs // 4))
+                emulated = target == "arm64"
+                results.append({"target": target, "model": p.name, "emulated": emulated,
+                                "timing_meaning": ("QEMU user-mode emulation on the host: NOT a "
+                                                   "device timing" if emulated
+                                                   else "measured on the device"),
+                                "report": rep})
+        finally:
+            close_all([rt])
     return results

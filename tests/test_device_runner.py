@@ -5,6 +5,7 @@ import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +47,34 @@ def build_tiny_models(directory):
     paths["int8"] = directory / "tiny_int8.tflite"
     paths["int8"].write_bytes(converter.convert())
     return paths
+
+
+def build_crashing_model(directory):
+    """An int8 16→4 Dense + SOFTMAX model whose softmax has beta 0: a well-formed file that LiteRT's
+    reference SOFTMAX kernel aborts the process on (XNNPACK's accepts it). Returns its path."""
+    import tensorflow as tf
+    import tf_keras as keras
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    keras.utils.set_random_seed(SEED)
+    model = keras.Sequential([keras.layers.Input((N_FEATURES,)),
+                              keras.layers.Dense(N_CLASSES, activation="softmax")])
+    calibration = np.random.default_rng(SEED).random((50, N_FEATURES), dtype=np.float32)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([row[None]] for row in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    flat = fb.ModelT.InitFromPackedBuf(bytearray(converter.convert()), 0)
+    softmaxes = [op for op in flat.subgraphs[0].operators
+                 if isinstance(op.builtinOptions, fb.SoftmaxOptionsT)]
+    assert len(softmaxes) == 1
+    softmaxes[0].builtinOptions.beta = 0.0
+    path = directory / "beta0_softmax.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(flat)))
+    return path
 
 
 def quantized_inputs(model_path, n, seed=1):
@@ -213,3 +242,157 @@ def test_runner_imports_only_stdlib_numpy_and_litert():
             roots.add(node.module.split(".")[0])
     third_party = roots - set(sys.stdlib_module_names)
     assert third_party == {"numpy", "ai_edge_litert", "tflite_runtime"}
+
+
+# --- serve: many requests in one process -----------------------------------------------------
+
+
+class Server:
+    """`device_runner.py serve` under this test's python, spoken to line by line."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, str(dr.__file__), "serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.ready = json.loads(self.proc.stdout.readline())
+
+    def ask(self, request):
+        """The reply to `request` (a dict, sent as JSON, or a str, sent as it is)."""
+        line = request if isinstance(request, str) else json.dumps(request)
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        """Close stdin; (exit code, what was left on stdout, stderr)."""
+        self.proc.stdin.close()
+        rest, err = self.proc.stdout.read(), self.proc.stderr.read()
+        return self.proc.wait(timeout=60), rest, err
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    yield srv
+    if srv.proc.poll() is None:
+        srv.proc.kill()
+        srv.proc.wait()
+
+
+def test_serve_answers_like_the_one_shot_commands(server, models, tmp_path):
+    assert server.ready["ready"] is True and server.ready["pid"] == server.proc.pid
+    assert server.ready["litert_version"].startswith("ai-edge-litert ")
+    cases = [("int8", False, 1024), ("int8", True, 7), ("float32", False, 64),
+             ("float32", True, 1024)]
+    for i, (mode, reference, batch) in enumerate(cases):
+        x = quantized_inputs(models[mode], 300, seed=i)
+        np.save(tmp_path / f"x{i}.npy", x)
+        flags = ["--reference"] if reference else []
+        proc = run_cli("run", "--model", models[mode], "--inputs", tmp_path / f"x{i}.npy",
+                       "--outputs", tmp_path / f"once{i}.npy", "--batch", batch, *flags)
+        assert proc.returncode == 0, proc.stderr
+        reply = server.ask({"id": i, "command": "run", "model": str(models[mode]),
+                            "inputs": str(tmp_path / f"x{i}.npy"),
+                            "outputs": str(tmp_path / f"served{i}.npy"),
+                            "reference": reference, "batch": batch})
+        assert reply["ok"] is True and reply["id"] == i, reply
+        once = json.loads(proc.stdout)
+        served = reply["result"]
+        assert served.pop("invoke_seconds") > 0 and once.pop("invoke_seconds") > 0
+        assert served == once
+        a = np.load(tmp_path / f"once{i}.npy")
+        b = np.load(tmp_path / f"served{i}.npy")
+        assert a.dtype == b.dtype and a.shape == b.shape == (300, N_CLASSES)
+        assert a.tobytes() == b.tobytes(), f"{mode} reference={reference}: outputs differ"
+
+    reply = server.ask({"id": "b", "command": "bench", "model": str(models["int8"]),
+                        "inputs": str(tmp_path / "x0.npy"), "batch_sizes": [1, 4],
+                        "threads": [1, None], "warmup": 1, "runs": 3})
+    assert reply["ok"] is True and reply["id"] == "b", reply
+    report = reply["result"]
+    assert [(r["threads"], r["batch"]) for r in report["results"]] == [
+        (1, 1), (1, 4), (None, 1), (None, 4)]
+    assert report["served_before"] == len(cases) and report["runs"] == 3
+    assert server.close()[:2] == (0, "")
+
+
+@pytest.mark.parametrize("request_line, error", [
+    ("not json", "bad request: not JSON: "),
+    ('["run"]', "bad request: expected a JSON object, got list"),
+    ('{"command": "predict"}', "bad request: command must be 'run' or 'bench', got 'predict'"),
+    ('{"command": "run", "model": "m", "inputs": "x"}', "bad request: 'outputs' is missing"),
+    ('{"command": "run", "model": "m", "inputs": "x", "outputs": "y", "batch": "8"}',
+     "bad request: 'batch' must be an integer, got '8'"),
+    ('{"command": "bench", "model": "m", "inputs": "x", "threads": [1, "2"]}',
+     "bad request: 'threads' must be a list of integers"),
+    ('{"command": "run", "model": "m", "inputs": "x", "outputs": "y", "shuffle": true}',
+     "bad request: unknown field(s) shuffle"),
+    ('{"command": "run", "model": "MISSING", "inputs": "x", "outputs": "y"}',
+     "model file not found: "),
+])
+def test_serve_refuses_a_bad_request_and_keeps_serving(server, models, tmp_path, request_line,
+                                                       error):
+    if "MISSING" in request_line:
+        request_line = request_line.replace("MISSING", str(tmp_path / "nope.tflite"))
+        np.save(tmp_path / "x", np.zeros((1, N_FEATURES), np.int8))
+        request_line = request_line.replace('"x"', json.dumps(str(tmp_path / "x.npy")))
+    reply = server.ask(request_line)
+    assert reply["ok"] is False and reply["exit"] == dr.EXIT_BAD_INPUT
+    assert reply["error"].startswith(error), reply["error"]
+    # the same process answers the next, good request
+    x = quantized_inputs(models["int8"], 5)
+    np.save(tmp_path / "good.npy", x)
+    reply = server.ask({"command": "run", "model": str(models["int8"]),
+                        "inputs": str(tmp_path / "good.npy"), "outputs": str(tmp_path / "y.npy")})
+    assert reply["ok"] is True and reply["result"]["n"] == 5
+    code, rest, _ = server.close()
+    assert code == 0 and rest == ""
+
+
+def test_serve_dies_with_the_model_that_crashes_litert(server, tmp_path):
+    """The premise of the arm64 crash handling: the whole process goes, mid-request, by signal."""
+    bad = build_crashing_model(tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((2, N_FEATURES), np.int8))
+    request = {"command": "run", "model": str(bad), "inputs": str(tmp_path / "x.npy"),
+               "outputs": str(tmp_path / "y.npy"), "reference": True}
+    server.proc.stdin.write(json.dumps(request) + "\n")
+    server.proc.stdin.flush()
+    assert server.proc.stdout.readline() == ""  # stdout closed without an answer
+    assert server.proc.wait(timeout=60) < 0  # killed by a signal (SIGABRT)
+    # XNNPACK's softmax takes beta 0, so the file itself is readable
+    other = Server()
+    reply = other.ask({**request, "reference": False})
+    assert reply["ok"] is True
+    assert other.close()[:2] == (0, "")
+
+
+# Runs serve with run_file wrapped to write to file descriptor 1 first, as native code (a LiteRT
+# log line, a delegate's printf) may: that must land on stderr, not between the answers.
+_NOISY_SERVE = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import device_runner as dr
+real = dr.run_file
+def noisy(*args, **kwargs):
+    os.write(1, b"native noise on fd 1\\n")
+    print("python noise on sys.stdout")
+    return real(*args, **kwargs)
+dr.run_file = noisy
+sys.exit(dr.serve())
+"""
+
+
+def test_serve_keeps_writes_to_stdout_off_the_answer_pipe(models, tmp_path):
+    np.save(tmp_path / "x.npy", quantized_inputs(models["int8"], 3))
+    request = {"command": "run", "model": str(models["int8"]), "inputs": str(tmp_path / "x.npy"),
+               "outputs": str(tmp_path / "y.npy")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _NOISY_SERVE, str(Path(dr.__file__).parent)],
+        input=json.dumps(request) + "\n" + json.dumps(request) + "\n",
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["ready"] is True
+    assert [json.loads(line)["ok"] for line in lines[1:]] == [True, True]
+    assert proc.stderr.count("native noise on fd 1") == 2
+    assert proc.stderr.count("python noise on sys.stdout") == 2

@@ -2,15 +2,24 @@
 
 `scripts/setup_arm64_emulator.sh` unpacks qemu-aarch64, an arm64 Debian python3.11 sysroot and
 the aarch64 wheels of numpy and ai-edge-litert into a cache dir. This runtime writes the inputs
-to a temporary .npy, runs `device_runner.py run` with the emulated python and reads the raw
-outputs back, so the numbers come from the same aarch64 kernels (XNNPACK's NEON paths, or the
+to a temporary .npy, has the emulated python run them through `device_runner.py` and reads the
+raw outputs back, so the numbers come from the same aarch64 kernels (XNNPACK's NEON paths, or the
 reference kernels) that a Cortex-A phone or board would run. Timings are of the emulator, not of
 any real chip: use them only to compare models with each other inside one emulated run.
+
+The emulated python takes ≈ 3-4 s to import numpy and LiteRT, more than a small model's whole
+run, so one `device_runner.py serve` process (started on the first run() or bench()) answers
+every model of a runtime object until close() (see served.py). Each request gets a fresh
+interpreter, as the one-shot `run` command would: the outputs are the same bit for bit. A model
+that crashes LiteRT in the emulator is a ModelError for that model; the next one gets a new
+process. Use the runtime as a context manager, or call close(); it is also closed when collected
+and at interpreter exit.
 
 Only the standard library and numpy are imported here (no TensorFlow, no LiteRT).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -22,6 +31,7 @@ import numpy as np
 
 from pipeline.errors import ModelError, TargetUnavailable
 from pipeline.runtimes import RunResult
+from pipeline.runtimes.served import RUNNER_EXIT_BAD_INPUT, ServedRunner, last_error_line
 
 # The standalone runner, copied or executed as it is by every device target.
 RUNNER = Path(__file__).with_name("device_runner.py")
@@ -32,10 +42,7 @@ SETUP_SCRIPT = "scripts/setup_arm64_emulator.sh"
 # int8 outputs. Cortex-A76 (Raspberry Pi 5, many phones; has the int8 dot-product instructions)
 # is the Cortex-A class bnpipe targets. Override with $BNPIPE_QEMU_CPU or cpu=.
 DEFAULT_CPU = "cortex-a76"
-DEFAULT_TIMEOUT_S = 900  # qemu is ~50x slower than the host; a big bench can take minutes
-# device_runner.py exit codes (kept in step with EXIT_BAD_INPUT / EXIT_NO_LITERT there).
-RUNNER_EXIT_BAD_INPUT = 2
-RUNNER_EXIT_NO_LITERT = 3
+DEFAULT_TIMEOUT_S = 900  # per request (start-up included); qemu is ~50x slower than the host
 
 
 def cache_dir() -> Path:
@@ -62,15 +69,6 @@ def bench_options(batch_sizes, threads, warmup: int, runs: int) -> list[str]:
             "--warmup", str(int(warmup)), "--runs", str(int(runs))]
 
 
-def last_error_line(stderr: str) -> str:
-    """The runner's own `error: ...` line if there is one, else the last non-empty line."""
-    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error: "):
-            return line[len("error: "):]
-    return lines[-1] if lines else "no message on stderr"
-
-
 def runner_json(proc: subprocess.CompletedProcess, target: str) -> dict:
     """The JSON line a successful runner printed; raise the bnpipe error for a failed one.
 
@@ -93,11 +91,26 @@ def runner_json(proc: subprocess.CompletedProcess, target: str) -> dict:
         ) from None
 
 
+def runner_command(qemu: Path, cpu: str, sysroot: Path, python: Path, site_packages: Path,
+                   args: list[str]) -> tuple[list[str], dict[str, str], None]:
+    """(argv, env, cwd) running `device_runner.py ARGS` with the emulated python.
+
+    The host's Python settings are dropped from the environment: the emulated python must see
+    only the sysroot's stdlib and the aarch64 wheels.
+    """
+    argv = [str(qemu), "-cpu", cpu, "-L", str(sysroot), str(python), str(RUNNER), *args]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PYTHONPATH=str(site_packages), PYTHONNOUSERSITE="1")
+    return argv, env, None
+
+
 class Arm64Runtime:
-    """Runs a .tflite model with aarch64 LiteRT under qemu-user. See the module docstring.
+    """Runs .tflite models with aarch64 LiteRT under qemu-user. See the module docstring.
 
     reference=True selects the builtin reference kernels instead of XNNPACK; threads=None lets
-    LiteRT choose; batch is the rows per invoke; cpu is the qemu core model (see DEFAULT_CPU).
+    LiteRT choose; batch is the rows per invoke; cpu is the qemu core model (see DEFAULT_CPU);
+    timeout bounds each run() or bench() (the emulator's start included), in seconds.
     """
 
     name = "arm64"
@@ -122,6 +135,12 @@ class Arm64Runtime:
         self.sysroot = self.dir / "sysroot"
         self.python = self.sysroot / "usr" / "bin" / "python3.11"
         self.site_packages = self.dir / "site-packages"
+        # A partial, not a bound method: the runner must not keep this object alive, so that
+        # dropping the runtime stops its emulator.
+        self.server = ServedRunner(
+            functools.partial(runner_command, self.qemu, self.cpu, self.sysroot, self.python,
+                              self.site_packages, ["serve"]),
+            target="arm64", timeout=timeout)
 
     def available(self) -> tuple[bool, str]:
         if not self.stamp.is_file():
@@ -147,27 +166,24 @@ class Arm64Runtime:
         if not ok:
             raise TargetUnavailable(why)
 
-    def _invoke_runner(self, args: list[str]) -> subprocess.CompletedProcess:
-        self._require()
-        cmd = [str(self.qemu), "-cpu", self.cpu, "-L", str(self.sysroot), str(self.python),
-               str(RUNNER), *args]
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONPATH", "VIRTUAL_ENV")}
-        env.update(PYTHONPATH=str(self.site_packages), PYTHONNOUSERSITE="1")
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, env=env,
-                                  timeout=self.timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise TargetUnavailable(
-                f"arm64: the emulated runner did not finish within {self.timeout:g} s") from None
-        except OSError as err:
-            raise TargetUnavailable(f"arm64: cannot start {self.qemu}: {err}") from None
+    def runner_command(self, args: list[str]) -> tuple[list[str], dict[str, str], None]:
+        """(argv, env, cwd) of `device_runner.py ARGS` in this emulator, e.g. a one-shot `run`."""
+        return runner_command(self.qemu, self.cpu, self.sysroot, self.python, self.site_packages,
+                              args)
 
-    def _kernel_args(self) -> list[str]:
-        args = ["--reference"] if self.reference else []
-        if self.threads:
-            args += ["--threads", str(self.threads)]
-        return args
+    def close(self) -> None:
+        """Stop the emulated runner (if one is running). Idempotent; a later run() restarts it."""
+        self.server.close()
+
+    def __enter__(self) -> Arm64Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _emulator_info(self) -> dict:
+        return {"emulated": True, "qemu_cpu": self.cpu,
+                "qemu_version": self.setup_info().get("qemu_version", "unknown")}
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
         """Run every row of `inputs` (model input dtype) under emulation. Mutates nothing."""
@@ -177,30 +193,32 @@ class Arm64Runtime:
         with tempfile.TemporaryDirectory(prefix="bnpipe-arm64-") as tmp:
             x_path, y_path = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
             np.save(x_path, inputs, allow_pickle=False)
-            proc = self._invoke_runner([
-                "run", "--model", str(model.resolve()), "--inputs", str(x_path),
-                "--outputs", str(y_path), "--batch", str(self.batch), *self._kernel_args(),
-            ])
-            result = runner_json(proc, "arm64")
+            result = self.server.request(
+                {"command": "run", "model": str(model.resolve()), "inputs": str(x_path),
+                 "outputs": str(y_path), "reference": bool(self.reference),
+                 "threads": self.threads or None, "batch": int(self.batch)},
+                what=model.name)
             outputs = np.load(y_path, allow_pickle=False)
-        info = {**result, "emulated": True, "machine": "aarch64", "qemu_cpu": self.cpu,
-                "qemu_version": self.setup_info().get("qemu_version", "unknown")}
+        info = {**result, "emulated": True, "machine": "aarch64", **self._emulator_info()}
         return RunResult(target=self.name, outputs=outputs,
                          invoke_seconds=float(result["invoke_seconds"]), info=info)
 
     def bench(self, model_path: str, sample: np.ndarray, batch_sizes=(1, 32, 1024),
               threads=(1, None), warmup: int = 20, runs: int = 200) -> dict:
-        """device_runner.bench under emulation; the runner's dict plus "emulated": True."""
+        """device_runner.bench under emulation; the runner's dict plus "emulated": True.
+
+        Its peak RSS figures are the serving process's: "served_before" says how many requests
+        it had answered before this one."""
         self._require()
         model = model_file(model_path, "arm64")
         with tempfile.TemporaryDirectory(prefix="bnpipe-arm64-") as tmp:
             x_path = Path(tmp) / "sample.npy"
             np.save(x_path, np.asarray(sample), allow_pickle=False)
-            args = ["bench", "--model", str(model.resolve()), "--inputs", str(x_path),
-                    *bench_options(batch_sizes, threads, warmup, runs)]
-            if self.reference:
-                args.append("--reference")
-            result = runner_json(self._invoke_runner(args), "arm64")
-        result.update(emulated=True, qemu_cpu=self.cpu,
-                      qemu_version=self.setup_info().get("qemu_version", "unknown"))
+            result = self.server.request(
+                {"command": "bench", "model": str(model.resolve()), "inputs": str(x_path),
+                 "batch_sizes": [int(b) for b in batch_sizes],
+                 "threads": [int(t or 0) for t in threads], "warmup": int(warmup),
+                 "runs": int(runs), "reference": bool(self.reference)},
+                what=model.name)
+        result.update(self._emulator_info())
         return result

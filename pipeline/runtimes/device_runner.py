@@ -16,9 +16,29 @@ Command line (one JSON line on stdout; errors as one `error: ...` line on stderr
                                  [--threads N] [--batch 1024]
     python3 device_runner.py bench --model M.tflite --inputs X.npy [--batch-sizes 1,32,1024]
                                    [--threads 1,0] [--warmup 20] [--runs 200] [--reference]
+    python3 device_runner.py serve
 
 Exit codes: 0 success; 2 bad input (a missing or unreadable file, a dtype or shape that does not
 fit the model); 3 LiteRT is not installed for this python.
+
+`serve` answers many `run` and `bench` requests in one process, because starting Python, numpy
+and LiteRT is most of the cost of a small model under emulation (≈ 3-4 s per process under
+qemu-user against well under a second of work). It prints one `{"ready": true, ...}` line once
+LiteRT is imported, then reads one JSON request per line on stdin and answers each with one JSON
+line on stdout, until stdin closes (then exit 0):
+
+    {"id": 1, "command": "run", "model": "M.tflite", "inputs": "X.npy", "outputs": "Y.npy",
+     "reference": false, "threads": null, "batch": 1024}
+    {"id": 2, "command": "bench", "model": "M.tflite", "inputs": "X.npy",
+     "batch_sizes": [1, 32, 1024], "threads": [1, 0], "warmup": 20, "runs": 200, "reference": false}
+    → {"id": 1, "ok": true, "result": {...the JSON line `run` / `bench` would print...}}
+    → {"id": 2, "ok": false, "exit": 2, "error": "...the one line `run` / `bench` would print..."}
+
+Every request builds its own interpreter, so its result is what the one-shot command gives. A
+model that crashes LiteRT takes the whole process down: the caller sees stdout close mid-request
+and knows which model did it. Native code that writes to stdout would corrupt the answers, so
+serve keeps the real stdout for them and points file descriptor 1 at stderr. SIGINT is ignored:
+Ctrl-C is the caller's to handle, and the caller closes stdin (or kills the process) itself.
 """
 from __future__ import annotations
 
@@ -26,6 +46,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 
@@ -53,11 +74,17 @@ except ImportError:  # a board that only has the older standalone package
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_LITERT = 3
+EXIT_INTERNAL = 1  # what Python exits with on an uncaught exception; serve replies it likewise
 DEFAULT_BATCH = 1024  # rows per invoke: large enough that per-invoke overhead vanishes
 
 
 class LiteRtMissing(RuntimeError):
     """Neither ai_edge_litert nor tflite_runtime can be imported by this python."""
+
+
+def _litert_missing():
+    return LiteRtMissing("neither ai_edge_litert nor tflite_runtime is importable by %s "
+                         "(pip install ai-edge-litert)" % sys.executable)
 
 
 def _one_line(err: BaseException) -> str:
@@ -73,10 +100,7 @@ def load_interpreter(model_path, reference=False, threads=None):
     LiteRT choose.
     """
     if Interpreter is None:
-        raise LiteRtMissing(
-            "neither ai_edge_litert nor tflite_runtime is importable by %s "
-            "(pip install ai-edge-litert)" % sys.executable
-        )
+        raise _litert_missing()
     model_path = os.fspath(model_path)
     if not os.path.isfile(model_path):
         raise ValueError("model file not found: %r" % model_path)
@@ -299,30 +323,175 @@ def _parser():
     bench_p.add_argument("--warmup", type=int, default=20)
     bench_p.add_argument("--runs", type=int, default=200)
     bench_p.add_argument("--reference", action="store_true", help="builtin reference kernels")
+
+    sub.add_parser("serve", help="answer JSON run/bench requests, one per stdin line, until EOF")
     return parser
 
 
-def _cmd_run(args):
-    x = _load_npy(args.inputs, "inputs")
-    interp = load_interpreter(args.model, reference=args.reference, threads=args.threads)
-    outputs, seconds = run_batched(interp, x, batch=args.batch)
-    with open(args.outputs, "wb") as f:  # exactly this path (np.save would append .npy)
-        np.save(f, outputs, allow_pickle=False)
-    info = {"n": int(x.shape[0]), "invoke_seconds": seconds, "reference": bool(args.reference),
-            "threads": args.threads or None, "batch": args.batch,
-            "output_dtype": str(outputs.dtype), "output_shape": list(outputs.shape)}
+def run_file(model, inputs, outputs, reference=False, threads=None, batch=DEFAULT_BATCH):
+    """Run every row of the .npy `inputs` through `model`; write the raw outputs to `outputs`.
+
+    Returns what `run` prints: counts, timings and options, and this runner's environment().
+    """
+    x = _load_npy(inputs, "inputs")
+    interp = load_interpreter(model, reference=reference, threads=threads)
+    result, seconds = run_batched(interp, x, batch=batch)
+    with open(outputs, "wb") as f:  # exactly this path (np.save would append .npy)
+        np.save(f, result, allow_pickle=False)
+    info = {"n": int(x.shape[0]), "invoke_seconds": seconds, "reference": bool(reference),
+            "threads": threads or None, "batch": batch,
+            "output_dtype": str(result.dtype), "output_shape": list(result.shape)}
     info.update(environment())
     return info
 
 
+def bench_file(model, inputs, batch_sizes=(1, 32, 1024), threads=(1, 0), warmup=20, runs=200,
+               reference=False):
+    """bench() on the sample in the .npy `inputs`: what `bench` prints."""
+    return bench(model, _load_npy(inputs, "inputs"), batch_sizes=batch_sizes, threads=threads,
+                 warmup=warmup, runs=runs, reference=reference)
+
+
+def _cmd_run(args):
+    return run_file(args.model, args.inputs, args.outputs, reference=args.reference,
+                    threads=args.threads, batch=args.batch)
+
+
 def _cmd_bench(args):
-    sample = _load_npy(args.inputs, "inputs")
-    return bench(args.model, sample, batch_sizes=args.batch_sizes, threads=args.threads,
-                 warmup=args.warmup, runs=args.runs, reference=args.reference)
+    return bench_file(args.model, args.inputs, batch_sizes=args.batch_sizes, threads=args.threads,
+                      warmup=args.warmup, runs=args.runs, reference=args.reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# serve: many requests in one process (see the module docstring for the protocol)
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_thread_list(value):
+    return isinstance(value, list) and all(v is None or _is_int(v) for v in value)
+
+
+_REQUIRED = object()
+# Request fields: name -> (check, what the check wants, default or _REQUIRED). Defaults are the
+# command line's; a null is accepted where the default is null.
+_RUN_FIELDS = {
+    "model": (lambda v: isinstance(v, str), "a path", _REQUIRED),
+    "inputs": (lambda v: isinstance(v, str), "a path", _REQUIRED),
+    "outputs": (lambda v: isinstance(v, str), "a path", _REQUIRED),
+    "reference": (lambda v: isinstance(v, bool), "true or false", False),
+    "threads": (_is_int, "an integer or null", None),
+    "batch": (_is_int, "an integer", DEFAULT_BATCH),
+}
+_BENCH_FIELDS = {
+    "model": _RUN_FIELDS["model"],
+    "inputs": _RUN_FIELDS["inputs"],
+    "batch_sizes": (lambda v: isinstance(v, list) and all(_is_int(b) for b in v),
+                    "a list of integers", [1, 32, 1024]),
+    "threads": (_is_thread_list, "a list of integers (0 or null: LiteRT's default)", [1, 0]),
+    "warmup": (_is_int, "an integer", 20),
+    "runs": (_is_int, "an integer", 200),
+    "reference": _RUN_FIELDS["reference"],
+}
+
+
+def _request_args(request, fields):
+    """The keyword arguments of one request, checked against `fields` (ValueError names the
+    first bad field)."""
+    unknown = sorted(set(request) - set(fields) - {"id", "command"})
+    if unknown:
+        raise ValueError("bad request: unknown field(s) %s" % ", ".join(unknown))
+    kwargs = {}
+    for name, (check, wanted, default) in fields.items():
+        value = request.get(name, default)
+        if value is _REQUIRED:
+            raise ValueError("bad request: %r is missing" % name)
+        if not (check(value) or value is None and default is None):
+            raise ValueError("bad request: %r must be %s, got %r" % (name, wanted, value))
+        kwargs[name] = value
+    return kwargs
+
+
+def _answer(request, served_before):
+    """The reply to one parsed request. Bad input becomes an exit-2 reply and an unexpected error
+    an exit-1 reply (what the one-shot command would exit with), so one request never ends the
+    server; only a crash of LiteRT itself does."""
+    reply = {"id": request.get("id") if isinstance(request, dict) else None}
+    try:
+        if not isinstance(request, dict):
+            raise ValueError("bad request: expected a JSON object, got %s" % type(request).__name__)
+        command = request.get("command")
+        if command == "run":
+            result = run_file(**_request_args(request, _RUN_FIELDS))
+        elif command == "bench":
+            result = bench_file(**_request_args(request, _BENCH_FIELDS))
+            # Peak RSS is this process's, which earlier requests may have raised: say how many.
+            result["served_before"] = served_before
+        else:
+            raise ValueError("bad request: command must be 'run' or 'bench', got %r" % (command,))
+    except LiteRtMissing as err:
+        reply.update(ok=False, exit=EXIT_NO_LITERT, error=str(err))
+    except (ValueError, OSError) as err:
+        reply.update(ok=False, exit=EXIT_BAD_INPUT, error=_one_line(err))
+    except Exception as err:  # a bug here or in LiteRT's Python layer: report it, keep serving
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        reply.update(ok=False, exit=EXIT_INTERNAL,
+                     error="%s: %s" % (type(err).__name__, _one_line(err)))
+    else:
+        reply.update(ok=True, result=result)
+    return reply
+
+
+def serve(stdin=None, stdout=None):
+    """Answer requests from `stdin` on `stdout` until stdin closes; returns the exit code.
+
+    stdin/stdout default to this process's own, with file descriptor 1 pointed at stderr so that
+    nothing but the answers reaches the caller's pipe.
+    """
+    if Interpreter is None:
+        print("error: %s" % _litert_missing(), file=sys.stderr)
+        return EXIT_NO_LITERT
+    if stdout is None:
+        sys.stdout.flush()
+        stdout = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        sys.stdout = sys.stderr
+    if stdin is None:
+        stdin = sys.stdin
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (serve called from a test): leave it
+        pass
+
+    def say(obj):
+        stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+        stdout.flush()
+
+    ready = {"ready": True, "pid": os.getpid()}
+    ready.update(environment())
+    say(ready)
+    served = 0
+    for line in iter(stdin.readline, ""):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError as err:
+            say({"id": None, "ok": False, "exit": EXIT_BAD_INPUT,
+                 "error": "bad request: not JSON: %s" % _one_line(err)})
+            continue
+        say(_answer(request, served))
+        served += 1
+    return 0
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve()
     try:
         result = _cmd_run(args) if args.command == "run" else _cmd_bench(args)
     except LiteRtMissing as err:

@@ -49,6 +49,25 @@ def get_runtime(name: str):
     raise _unknown(name)
 
 
+def close_all(runtimes: Iterable) -> None:
+    """Stop whatever the runtimes keep running between models (arm64: its emulated runner).
+
+    Runtimes without a close() hold nothing open. Every runtime is closed even if one fails; the
+    first failure is raised after.
+    """
+    first = None
+    for runtime in runtimes:
+        close = getattr(runtime, "close", None)
+        if close is None:
+            continue
+        try:
+            close()
+        except Exception as exc:  # close the others first
+            first = first or exc
+    if first is not None:
+        raise first
+
+
 def parse_targets(text: str | None) -> list[str]:
     """Target names from a comma-separated list, in order, without duplicates.
 
@@ -75,7 +94,8 @@ def resolve(targets: Iterable[str] | str | None, explicit: bool):
 
     targets: names (or a comma-separated string, or None for the defaults). explicit=True means
     the user named these targets: an unavailable one is then an error (TargetUnavailable with
-    its set-up instructions), not a silent skip.
+    its set-up instructions), not a silent skip. Each runtime serves every model of the run; pass
+    them to close_all() at the end.
     """
     names = parse_targets(targets) if targets is None or isinstance(targets, str) else \
         parse_targets(",".join(targets))
