@@ -138,7 +138,7 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     """
     from .model import load_model
     from .runtimes.host import checked_tflite
-    from .runtimes.registry import parse_targets, resolve
+    from .runtimes.registry import close_all, parse_targets, resolve
     from .train import recorded_dataset
 
     t0 = time.perf_counter()
@@ -150,6 +150,12 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     infos = {p: checked_tflite(p) for p in files}  # structural check before any interpreter
     explicit = config.targets is not None
     runtimes, unavailable = resolve(parse_targets(",".join(config.targets) if explicit else None), explicit)
+    # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can be
+    # well formed and still abort a kernel) is bad input, exit 2, and never reaches this process.
+    # Started now, it runs while the reference model loads and predicts (which takes longer).
+    from .runtimes.host import HostRuntime, start_probe
+
+    probe = start_probe([(p, rt.reference) for p in files for rt in runtimes if isinstance(rt, HostRuntime)])
 
     reference = load_model(ref_path)
     ds, preprocessing = recorded_dataset([out], data, reference)
@@ -186,26 +192,25 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
         rows.append(_row("folded.keras", "tensorflow", pred, ref_pred, y, n_classes,
                          time.perf_counter() - t1, {}))
 
-    # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can be
-    # well formed and still abort a kernel) is bad input, exit 2, and never reaches this process.
-    from .runtimes.host import HostRuntime, probe_in_child
-
-    probe_in_child([(p, rt.reference) for p in files for rt in runtimes if isinstance(rt, HostRuntime)])
+    probe.wait()  # ModelError naming a file that crashed the probe's child
     test_inputs = ModelInputs(x, codes, None if codes is None else ds.preprocessing.code_values())
     ordered = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
-    for p, info in infos.items():
-        xin = test_inputs.for_tensor(quant_params(info.input_tensor()))
-        raw_ref = None
-        for rt in ordered:
-            say(f"{p.name} on {rt.name}")
-            try:
-                row, raw = run_row(rt, p, info, xin, ref_pred, y, n_classes, raw_ref, config)
-            except ModelError as exc:
-                skipped.append(Skipped(p.name, rt.name, f"failed: {exc}"))
-                continue
-            if rt.name == REFERENCE_TARGET:
-                raw_ref = raw
-            rows.append(row)
+    try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed
+        for p, info in infos.items():
+            xin = test_inputs.for_tensor(quant_params(info.input_tensor()))
+            raw_ref = None
+            for rt in ordered:
+                say(f"{p.name} on {rt.name}")
+                try:
+                    row, raw = run_row(rt, p, info, xin, ref_pred, y, n_classes, raw_ref, config)
+                except ModelError as exc:
+                    skipped.append(Skipped(p.name, rt.name, f"failed: {exc}"))
+                    continue
+                if rt.name == REFERENCE_TARGET:
+                    raw_ref = raw
+                rows.append(row)
+    finally:
+        close_all(runtimes)
 
     failures = _apply_gates(rows, config) + _run_failures(infos, rows, skipped)
     passed = not failures

@@ -233,6 +233,42 @@ def test_checked_models_are_remembered_up_to_a_bound(models, tmp_path):
     assert len(host._checked) == host.CHECKED_CACHE_SIZE
 
 
+def test_a_probe_is_remembered_only_once_waited_for(models):
+    """start_probe returns with the child under way; until wait() nothing is remembered (the same
+    models would be probed again), after it nothing is left to do (no child at all)."""
+    from pipeline.runtimes import host
+
+    host.forget_checked()
+    pairs = [(models["int8"], False), (models["int8"], True), (models["int8"], False)]
+    probe = host.start_probe(pairs)
+    assert probe.models == [(models["int8"], False), (models["int8"], True)]  # duplicates once
+    assert host.start_probe(pairs[:1]).models == [(models["int8"], False)]  # not yet remembered
+    probe.wait()
+    probe.wait()  # the verdict again, no second child
+    assert host.start_probe(pairs).models == []
+    host.forget_parsed()  # the structural checks only: the probes stay remembered
+    assert host.start_probe(pairs).models == []
+    host.forget_checked()
+    assert len(host.start_probe(pairs).models) == 2
+
+
+def test_a_probe_dropped_without_wait_is_killed_and_remembers_nothing(models):
+    """An error between start and wait (verify's data checks) drops the probe: its child is killed
+    and reaped when the Probe goes, and nothing it may have run is remembered."""
+    import gc
+
+    from pipeline.runtimes import host
+
+    host.forget_checked()
+    probe = host.start_probe([(models["float32"], False)])
+    child = probe._proc
+    assert child.poll() is None  # still starting Python, numpy and LiteRT
+    del probe
+    gc.collect()
+    assert child.returncode is not None and child.stdout.closed and child.stderr.closed
+    assert host.start_probe([(models["float32"], False)]).models == [(models["float32"], False)]
+
+
 # -- registry -------------------------------------------------------------------------------------
 
 

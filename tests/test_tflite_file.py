@@ -1,6 +1,7 @@
 """tflite_file: parsing and structural checks without an interpreter, and bnpipe's metadata entry."""
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
+import json
 import re
 
 import numpy as np
@@ -171,3 +172,136 @@ def test_read_tflite_missing_file_and_directory(tmp_path):
         read_tflite(tmp_path / "no.tflite")
     with pytest.raises(ModelError, match=f"^{tmp_path} is a directory, not a .tflite file$"):
         read_tflite(tmp_path)
+
+
+# --- the reader against LiteRT's generated schema and its object API ----------------------------
+
+def _slot_classes():
+    from pipeline import tflite_file as tf_file
+
+    return [(tf_file._Model, fb.Model), (tf_file._OperatorCode, fb.OperatorCode),
+            (tf_file._SubGraph, fb.SubGraph), (tf_file._Tensor, fb.Tensor),
+            (tf_file._Quantization, fb.QuantizationParameters), (tf_file._Operator, fb.Operator),
+            (tf_file._Buffer, fb.Buffer), (tf_file._Metadata, fb.Metadata),
+            (tf_file._SignatureDef, fb.SignatureDef), (tf_file._TensorMap, fb.TensorMap),
+            (tf_file._VariantSubType, fb.VariantSubType)]
+
+
+@pytest.mark.parametrize("ours, generated", _slot_classes(), ids=lambda c: c.__name__)
+def test_field_slots_match_the_generated_schema(ours, generated):
+    """Each slot the reader uses is where LiteRT's generated accessor reads that field
+    (vtable entry 4 + 2·slot): FIELD_NAME ↔ FieldName."""
+    import inspect
+
+    slots = {k: v for k, v in vars(ours).items() if k.isupper()}
+    assert slots
+    for field_name, slot in slots.items():
+        accessor = getattr(generated, "".join(w.capitalize() for w in field_name.split("_")))
+        offsets = set(re.findall(r"_tab\.Offset\((\d+)\)", inspect.getsource(accessor)))
+        assert offsets == {str(4 + 2 * slot)}, (generated.__name__, field_name, offsets)
+
+
+def _from_object_api(data: bytes, name: str):
+    """What parse_tflite must return, computed independently: the whole model unpacked by the
+    flatbuffers object API (ModelT), then read field by field. Raises whatever the API raises."""
+    from pipeline.tflite_file import OperatorInfo, TensorInfo, TfliteInfo
+
+    def text(v):
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "")
+
+    def ints(v):
+        return [] if v is None else [int(x) for x in v]
+
+    ops = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    codes = []
+    for oc in model.operatorCodes or []:
+        code = max(oc.builtinCode, oc.deprecatedBuiltinCode)
+        op = ops.get(code, f"UNKNOWN_{code}")
+        codes.append(f"CUSTOM:{text(oc.customCode)}" if op == "CUSTOM" else op)
+    buffers, sg = model.buffers or [], model.subgraphs[0]
+    tensors = []
+    for i, t in enumerate(sg.tensors or []):
+        q, buf = t.quantization, buffers[t.buffer] if buffers else None
+        tensors.append(TensorInfo(
+            i, text(t.name), ints(t.shapeSignature if t.shapeSignature is not None else t.shape),
+            types[t.type].lower(), [] if q is None or q.scale is None else [float(s) for s in q.scale],
+            ints(None if q is None else q.zeroPoint),
+            buf is not None and ((buf.data is not None and len(buf.data) > 0) or buf.size > 0)))
+    operators = [OperatorInfo(i, codes[op.opcodeIndex], ints(op.inputs), ints(op.outputs))
+                 for i, op in enumerate(sg.operators or [])]
+    meta = {}
+    for m in model.metadata or []:
+        if text(m.name) == METADATA_NAME and m.buffer < len(buffers) and buffers[m.buffer].data is not None:
+            try:
+                meta = json.loads(bytes(buffers[m.buffer].data).decode("utf-8"))
+            except ValueError:  # what parse_tflite promises: an entry that is not JSON reads as {}
+                meta = {}
+    return TfliteInfo(name, len(data), model.version, text(model.description), operators, tensors,
+                      ints(sg.inputs), ints(sg.outputs), meta, [text(m.name) for m in model.metadata or []])
+
+
+@pytest.mark.parametrize("mode", EXPORT_MODES)
+def test_the_reader_describes_what_the_object_api_unpacks(exported, mode):
+    data = (exported / tflite_name(mode)).read_bytes()
+    assert parse_tflite(data, "m.tflite") == _from_object_api(data, "m.tflite")
+
+
+# Byte flips the fuzz test below makes; each is 1–3 bytes set to random values.
+FUZZ_CASES = 400
+
+
+def test_damage_the_object_api_refuses_is_refused_and_the_rest_reads_alike(int8_bytes):
+    """Random damage: the reader raises nothing but ModelError; whatever the object API refused
+    it refuses too (the object API refused by raising from deep inside flatbuffers); and where
+    both read the file, they read the same (repr, so that a flipped scale that is NaN compares)."""
+    rng = np.random.default_rng(3)
+    refused_by_both = read_by_both = 0
+    for _ in range(FUZZ_CASES):
+        data = bytearray(int8_bytes)
+        for pos in rng.integers(0, len(data), rng.integers(1, 4)):
+            data[pos] = rng.integers(0, 256)
+        data = bytes(data)
+        try:
+            expected = _from_object_api(data, "f.tflite")
+        except Exception:  # noqa: BLE001  (struct.error, IndexError, KeyError … from the API)
+            expected = None
+        try:
+            got = parse_tflite(data, "f.tflite")
+        except ModelError as exc:
+            assert str(exc).startswith("f.tflite ")
+            got = None
+        if expected is None:
+            assert got is None, "the reader accepted a file the object API refused"
+            refused_by_both += 1
+        elif got is not None:
+            assert repr(got) == repr(expected)
+            read_by_both += 1
+    assert refused_by_both > 0 and read_by_both > 0  # both kinds of damage were exercised
+
+
+def _string_length_position(data: bytes) -> int:
+    """Where the length of tensor 0's name is stored."""
+    t = fb.Model.GetRootAs(data, 0).Subgraphs(0).Tensors(0)
+    field = t._tab.Pos + t._tab.Offset(10)  # Tensor.name
+    return field + int.from_bytes(data[field:field + 4], "little")
+
+
+def test_a_name_reaching_past_the_end_is_refused(int8_bytes):
+    """The object API cut such a string short at the end of the file and read on; LiteRT's own
+    verifier refuses it, and so does the reader."""
+    at = _string_length_position(int8_bytes)
+    data = int8_bytes[:at] + (0x7FFF0000).to_bytes(4, "little") + int8_bytes[at + 4:]
+    with pytest.raises(ModelError, match=r"^m\.tflite is damaged or truncated: a tensor's name at "
+                                         rf"bytes {at + 4}–{at + 4 + 0x7FFF0000} lies outside the "
+                                         rf"{len(data)}-byte file$"):
+        parse_tflite(data, "m.tflite")
+
+
+def test_a_vtable_before_the_start_of_the_file_is_refused(int8_bytes):
+    root = int.from_bytes(int8_bytes[:4], "little")
+    data = int8_bytes[:root] + (root + 100).to_bytes(4, "little", signed=True) + int8_bytes[root + 4:]
+    with pytest.raises(ModelError, match=r"^m\.tflite is damaged or truncated: the vtable of the "
+                                         r"model table at bytes -100–-96 lies outside"):
+        parse_tflite(data, "m.tflite")

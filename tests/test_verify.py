@@ -272,6 +272,38 @@ def _crafted(tmp_path, exported):
     }
 
 
+def test_the_probe_runs_while_the_reference_model_loads_and_predicts(exported, tmp_path, monkeypatch):
+    """verify starts the child probe of every candidate × host kernels right after the structural
+    checks and waits for it only before the first candidate runs, so that the reference model's
+    loading and predictions hide its wall time. (The real probe runs; the wrappers only log.)"""
+    from pipeline.runtimes import host
+
+    out = _copy(exported, tmp_path)
+    events = []
+    real_start, real_wait = host.start_probe, host.Probe.wait
+
+    def start(models):
+        probe = real_start(models)
+        events.append(("started", sorted((p.name, reference) for p, reference in probe.models)))
+        return probe
+
+    def wait(self):
+        real_wait(self)
+        events.append("waited")
+
+    monkeypatch.setattr(host, "start_probe", start)
+    monkeypatch.setattr(host.Probe, "wait", wait)
+    host.forget_checked()
+    path = out / tflite_name("int8")
+    run_verify(out, config=VerifyConfig(targets=("host-ref", "host")), tflite=[path],
+               progress=events.append)
+    assert events[:4] == [("started", [(path.name, False), (path.name, True)]),
+                          "reference: model.keras on TensorFlow (host)", "waited",
+                          f"{path.name} on host-ref"]
+    # HostRuntime.run finds both probes remembered (by the checked bytes) and starts no other.
+    assert events[4:] == [f"{path.name} on host"]
+
+
 def test_crafted_tflite_files_exit_2_before_writing(exported, tmp_path):
     out = _copy(exported, tmp_path)
     for name, data in _crafted(tmp_path, exported).items():

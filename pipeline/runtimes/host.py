@@ -10,7 +10,8 @@ runs exactly the code a board runs. Every model file is parsed by `pipeline.tfli
 malformed flatbuffer is a ModelError in Python, never a crash in LiteRT's C++ loader. A file can be
 well formed and still abort a kernel (a SOFTMAX with beta 0 aborts the reference kernels), so
 before a model's first run in this process it is loaded and run once on zeros in a child process
-(`probe_in_child`): a crash there is a ModelError here, and the CLI's process lives on.
+(`probe_in_child`): a crash there is a ModelError here, and the CLI's process lives on. verify
+starts that child early (`start_probe`) and waits for it just before the candidates run.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,16 +39,22 @@ _checked: OrderedDict[bytes, TfliteInfo] = OrderedDict()
 def checked_tflite(path) -> TfliteInfo:
     """read_tflite(path), remembered by the file's content: the same bytes are parsed only once.
 
-    Parsing in Python costs ~1.4 ms per model, more than LiteRT needs to run 10,000 digits samples,
-    and verify checks each candidate and then runs it on host-ref and host. The key is the sha256
-    of the bytes read now (not the name or the mtime), so a changed file is always parsed again.
-    Returns a copy whose `path` is this path. ModelError as read_tflite.
+    Parsing in Python costs ~0.2 ms per model (~1.4 ms before the bounds-checked reader), a large
+    share of what LiteRT needs to run 10,000 digits samples, and verify checks each candidate and
+    then runs it on host-ref and host. The key is the sha256 of the bytes read now (not the name or
+    the mtime), so a changed file is always parsed again. Returns a copy whose `path` is this path.
+    ModelError as read_tflite.
     """
-    path = Path(path)
+    return _checked_with_key(Path(path))[0]
+
+
+def _checked_with_key(path: Path) -> tuple[TfliteInfo, bytes]:
+    """checked_tflite, and the sha256 of the bytes it checked (the key of the probes, too)."""
     try:
         data = path.read_bytes()
-    except OSError:
-        return read_tflite(path)  # raises the ModelError that names what is wrong with the path
+    except OSError as err:
+        read_tflite(path)  # raises the ModelError that names what is wrong with the path
+        raise ModelError(f"cannot read {path}: {err}") from None  # it could be read after all
     key = hashlib.sha256(data).digest()
     info = _checked.get(key)
     if info is None:
@@ -56,13 +64,22 @@ def checked_tflite(path) -> TfliteInfo:
             _checked.popitem(last=False)
     else:
         _checked.move_to_end(key)
-    return dataclasses.replace(info, path=str(path))
+    return dataclasses.replace(info, path=str(path)), key
 
 
 def forget_checked() -> None:
     """Drop every remembered check and probe (the next use checks and probes again)."""
     _checked.clear()
     _probed.clear()
+
+
+def forget_parsed() -> None:
+    """Drop the remembered structural checks only; probes stay remembered.
+
+    A verify run parses each candidate once, while a probe is paid once per file per process:
+    scripts/measure_verify_overhead.py times the two apart.
+    """
+    _checked.clear()
 
 
 # Run by `sys.executable -c` with the runner's directory, then "R:PATH" per model (R = 1 for the
@@ -91,8 +108,15 @@ def probe_in_child(models: list[tuple[str | os.PathLike, bool]]) -> None:
     """Load and run each (model, reference kernels?) once, in one child process; ModelError naming
     the first model that crashes it. Remembered by content, so each file is probed once per process.
 
-    One child serves them all (≈ 0.2 s: Python, numpy and LiteRT start once).
+    One child serves them all (≈ 0.1–0.2 s: Python, numpy and LiteRT start once). The same as
+    start_probe(models).wait(); start the probe early to let other work hide its wall time.
     """
+    start_probe(models).wait()
+
+
+def start_probe(models: list[tuple[str | os.PathLike, bool]]) -> Probe:
+    """Start the probe of probe_in_child in a child process and return at once; Probe.wait() gives
+    its verdict. Models already probed in this process (by content) are not run again."""
     todo, keys = [], []
     for path, reference in models:
         key = (hashlib.sha256(Path(path).read_bytes()).digest(), bool(reference))
@@ -100,26 +124,63 @@ def probe_in_child(models: list[tuple[str | os.PathLike, bool]]) -> None:
             todo.append((Path(path), bool(reference)))
             keys.append(key)
     if not todo:
-        return
+        return Probe([], [], None)
     runner_dir = os.path.dirname(os.path.abspath(_runner_file()))
-    try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE, runner_dir,
-                               *[f"{int(ref)}:{path}" for path, ref in todo]],
-                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise ModelError(f"loading {', '.join(str(p) for p, _ in todo)} in LiteRT took more than "
-                         f"{PROBE_TIMEOUT_S} s") from None
-    done = proc.stdout.split().count("ok")
-    _probed.update(keys[:done])
-    if done < len(todo):
-        path, reference = todo[done]
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, runner_dir,
+                             *[f"{int(ref)}:{path}" for path, ref in todo]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    return Probe(todo, keys, proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the child if it still runs, read its pipes to the end and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+class Probe:
+    """A probe under way in a child process (start_probe). wait() for its verdict.
+
+    A probe dropped without wait() (an error came first) has its child killed and reaped, and
+    remembers nothing: only wait() records which models ran.
+    """
+
+    def __init__(self, todo: list[tuple[Path, bool]], keys: list, proc: subprocess.Popen | None):
+        self.models = todo  # (path, reference kernels?) the child runs: those not probed before
+        self._keys, self._proc = keys, proc
+        self._error: ModelError | None = None
+        self._reaper = weakref.finalize(self, _stop, proc) if proc is not None else None
+
+    def wait(self) -> None:
+        """Block until the child is done (at most PROBE_TIMEOUT_S more); ModelError naming the first
+        model that crashed it, or when it timed out. A second wait() gives the same verdict."""
+        if self._proc is not None:
+            self._error = self._verdict(self._proc)  # an interrupt here leaves it to wait for again
+            self._proc = None
+        if self._error is not None:
+            raise self._error
+
+    def _verdict(self, proc: subprocess.Popen) -> ModelError | None:
+        try:
+            out, err = proc.communicate(timeout=PROBE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._reaper()
+            return ModelError(f"loading {', '.join(str(p) for p, _ in self.models)} in LiteRT took "
+                              f"more than {PROBE_TIMEOUT_S} s")
+        self._reaper.detach()
+        done = out.split().count("ok")
+        _probed.update(self._keys[:done])
+        if done == len(self.models):
+            return None
+        path, reference = self.models[done]
         kernels = "reference" if reference else "default (XNNPACK)"
         how = (f"signal {-proc.returncode}" if proc.returncode < 0
-               else f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
-        raise ModelError(f"{path} crashes LiteRT's {kernels} kernels when loaded and run once on "
-                         f"zeros ({how}); the file is malformed or uses an operator in a way the "
-                         "kernels do not accept")
+               else f"exit {proc.returncode}: {(err.strip().splitlines() or ['no message'])[-1]}")
+        return ModelError(f"{path} crashes LiteRT's {kernels} kernels when loaded and run once on "
+                          f"zeros ({how}); the file is malformed or uses an operator in a way the "
+                          "kernels do not accept")
 
 
 def _runner_file() -> str:
@@ -176,8 +237,9 @@ class HostRuntime:
         if not ok:
             raise TargetUnavailable(why)
         path = Path(model_path)
-        checked_tflite(path)
-        probe_in_child([(path, self.reference)])
+        _, key = _checked_with_key(path)
+        if (key, self.reference) not in _probed:  # else the bytes just checked ran in a probe
+            probe_in_child([(path, self.reference)])
         return path
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
