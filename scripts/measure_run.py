@@ -66,6 +66,8 @@ def main() -> int:
         ap.error(f"--repeats must be ≥ 1, got {args.repeats}")
 
     env = {k: v for k, v in os.environ.items() if k != "BNPIPE_ARTIFACTS"}
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="bnpipe-measure-run-", dir=args.workdir))
     extra = (["--data", args.data] if args.data else []) + (["--config", str(args.config)] if args.config else [])
     subprocess.run([sys.executable, "-c", "import pipeline, tensorflow"], env=env, capture_output=True,
