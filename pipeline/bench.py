@@ -33,6 +33,7 @@ from .config import BenchConfig
 from .errors import BnpipeError, ModelError
 from .quantize import to_input
 from .tflite_file import quant_params, read_tflite
+from .tfenv import native_noise_filtered
 
 RECORD_FILE = "bench.json"
 REPORT_FILE = "bench.md"
@@ -155,7 +156,8 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
                 interp = device_runner.load_interpreter(str(p), threads=th)
                 inp = interp.get_input_details()[0]
                 interp.resize_tensor_input(inp["index"], [b] + list(inputs[p].shape[1:]))
-                interp.allocate_tensors()
+                with native_noise_filtered():  # LiteRT's "Created … XNNPACK delegate" line
+                    interp.allocate_tensors()
                 interp.set_tensor(inp["index"], device_runner._fill(inputs[p], b))
                 for _ in range(config.warmup):
                     interp.invoke()

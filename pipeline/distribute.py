@@ -424,19 +424,9 @@ def sync_bn_classes() -> dict[str, type]:
     base = custom_bn_class()
 
     class SyncCustomBatchNorm(base):
-        def build(self, input_shape):
-            dim = int(input_shape[-1])
-            self.gamma = (self.add_weight(name="gamma", shape=(dim,), initializer="ones")
-                          if self.scale else None)
-            self.beta = (self.add_weight(name="beta", shape=(dim,), initializer="zeros")
-                         if self.center else None)
-            on_read = {"trainable": False, "synchronization": t.VariableSynchronization.ON_READ,
-                       "aggregation": t.VariableAggregation.MEAN}
-            self.moving_mean = self.add_weight(name="moving_mean", shape=(dim,),
-                                               initializer="zeros", **on_read)
-            self.moving_variance = self.add_weight(name="moving_variance", shape=(dim,),
-                                                   initializer="ones", **on_read)
-            k.layers.Layer.build(self, input_shape)
+        def _statistic_options(self):
+            return {"trainable": False, "synchronization": t.VariableSynchronization.ON_READ,
+                    "aggregation": t.VariableAggregation.MEAN}
 
         def _train(self, x):
             mean, variance = replica_moments(x)

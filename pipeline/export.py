@@ -24,6 +24,7 @@ from . import artifacts
 from .config import ExportConfig
 from .errors import ModelError
 from .tflite_file import TfliteInfo, parse_tflite, quant_params, with_metadata
+from .tfenv import native_noise_filtered
 
 RECORD_FILE = "export.json"
 FOLDED_FILE = "folded.keras"
@@ -254,12 +255,13 @@ def run_export(model_path: Path, artifacts_dir: Path, *, config: ExportConfig = 
             progress(f"export {mode}")
         t1 = time.perf_counter()
         history: dict = {}
-        if mode == "int8":
-            keras_model, history = qat_fine_tune(folded, ds, config, verbose)
-            keras_acc, _ = _keras_accuracy(keras_model, ds.x_test, ds.y_test)
-        else:
-            keras_model, keras_acc = folded, float_acc
-        blob = convert(keras_model, mode, ds.x_train, config)
+        with native_noise_filtered():
+            if mode == "int8":
+                keras_model, history = qat_fine_tune(folded, ds, config, verbose)
+                keras_acc, _ = _keras_accuracy(keras_model, ds.x_test, ds.y_test)
+            else:
+                keras_model, keras_acc = folded, float_acc
+            blob = convert(keras_model, mode, ds.x_train, config)
         info = parse_tflite(blob, tflite_name(mode))
         problems = graph_check(info, mode, config.float_io)
         if problems:
@@ -268,7 +270,8 @@ def run_export(model_path: Path, artifacts_dir: Path, *, config: ExportConfig = 
         blob = with_metadata(blob, {"bnpipe_version": artifacts.tool_versions()["bnpipe"],
                                     "mode": mode, "preprocessing": preprocessing, **io,
                                     "num_classes": int(info.output_tensor().shape[-1])})
-        pred = _tflite_predict(blob, ds.x_test, info)
+        with native_noise_filtered():
+            pred = _tflite_predict(blob, ds.x_test, info)
         blobs[mode] = blob
         results.append(ModeResult(
             mode, tflite_name(mode), len(blob), artifacts.sha256_bytes(blob), info.op_counts(),

@@ -55,11 +55,17 @@ def custom_bn_class():
                           if self.scale else None)
             self.beta = (self.add_weight(name="beta", shape=(dim,), initializer="zeros")
                          if self.center else None)
+            statistic = self._statistic_options()
             self.moving_mean = self.add_weight(name="moving_mean", shape=(dim,),
-                                               initializer="zeros", trainable=False)
+                                               initializer="zeros", **statistic)
             self.moving_variance = self.add_weight(name="moving_variance", shape=(dim,),
-                                                   initializer="ones", trainable=False)
+                                                   initializer="ones", **statistic)
             super().build(input_shape)
+
+        def _statistic_options(self) -> dict:
+            """add_weight options of the moving statistics (distribute.py adds how replicas
+            share them)."""
+            return {"trainable": False}
 
         def _normalize(self, x, mean, variance):
             y = (x - mean) * t.math.rsqrt(variance + self.epsilon)

@@ -61,6 +61,43 @@ def muted_stderr():
         os.close(devnull)
 
 
+# Lines TensorFlow's and LiteRT's C++ code print on every run that say nothing to a user:
+# tf.data's "NodeDef mentions attribute use_unbounded_threadpool …" (a graph written by a newer
+# TensorFlow than the runtime op registry; harmless, TensorFlow says so itself) and LiteRT's
+# "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+NATIVE_NOISE = ("NodeDef mentions attribute", "Created TensorFlow Lite XNNPACK delegate")
+
+
+@contextlib.contextmanager
+def native_noise_filtered():
+    """Hold what C++ code writes to file descriptor 2 in the block; then pass on every line but
+    the NATIVE_NOISE ones. Unlike muted_stderr, a real message from native code still shows
+    (after the block). Python's own sys.stderr writes in the block are held too: keep progress
+    messages outside it."""
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded, some test runners)
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode("utf-8", "replace").splitlines(True)
+                    if not any(noise in line for noise in NATIVE_NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow and make TensorFlow's ops deterministic.
 

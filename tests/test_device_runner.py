@@ -38,21 +38,27 @@ def build_tiny_models(directory):
     paths["float32"] = directory / "tiny_float32.tflite"
     paths["float32"].write_bytes(converter.convert())
 
+    paths["int8"] = directory / "tiny_int8.tflite"
+    paths["int8"].write_bytes(full_int8(model, calibration))
+    return paths
+
+
+def full_int8(model, calibration) -> bytes:
+    """`model` converted to .tflite with int8 weights, activations, input and output."""
+    import tensorflow as tf
+
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([row[None]] for row in calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    paths["int8"] = directory / "tiny_int8.tflite"
-    paths["int8"].write_bytes(converter.convert())
-    return paths
+    return converter.convert()
 
 
 def build_crashing_model(directory):
     """An int8 16→4 Dense + SOFTMAX model whose softmax has beta 0: a well-formed file that LiteRT's
     reference SOFTMAX kernel aborts the process on (XNNPACK's accepts it). Returns its path."""
-    import tensorflow as tf
     import tf_keras as keras
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.tools import flatbuffer_utils
@@ -61,13 +67,7 @@ def build_crashing_model(directory):
     model = keras.Sequential([keras.layers.Input((N_FEATURES,)),
                               keras.layers.Dense(N_CLASSES, activation="softmax")])
     calibration = np.random.default_rng(SEED).random((50, N_FEATURES), dtype=np.float32)
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([row[None]] for row in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    flat = fb.ModelT.InitFromPackedBuf(bytearray(converter.convert()), 0)
+    flat = fb.ModelT.InitFromPackedBuf(bytearray(full_int8(model, calibration)), 0)
     softmaxes = [op for op in flat.subgraphs[0].operators
                  if isinstance(op.builtinOptions, fb.SoftmaxOptionsT)]
     assert len(softmaxes) == 1

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ModelError, TargetUnavailable
+from pipeline.tfenv import native_noise_filtered
 from pipeline.runtimes import RunResult
 from pipeline.tflite_file import TfliteInfo, parse_tflite, read_tflite
 
@@ -251,8 +252,9 @@ class HostRuntime:
         path = self._check(model_path)
         batch = self.batch or runner.DEFAULT_BATCH
         try:
-            interp = runner.load_interpreter(path, reference=self.reference, threads=self.threads)
-            outputs, seconds = runner.run_batched(interp, np.asarray(inputs), batch=batch)
+            with native_noise_filtered():  # LiteRT's "Created … XNNPACK delegate" line
+                interp = runner.load_interpreter(path, reference=self.reference, threads=self.threads)
+                outputs, seconds = runner.run_batched(interp, np.asarray(inputs), batch=batch)
         except ValueError as err:  # the runner's one message for a bad file, dtype or shape
             raise ModelError(f"{self.name}: {_one_line(err)}") from None
         info = {
@@ -276,7 +278,8 @@ class HostRuntime:
         if self.threads and "threads" not in kw:
             kw["threads"] = (self.threads,)
         try:
-            result = runner.bench(path, np.asarray(sample), reference=self.reference, **kw)
+            with native_noise_filtered():
+                result = runner.bench(path, np.asarray(sample), reference=self.reference, **kw)
         except ValueError as err:
             raise ModelError(f"{self.name}: {_one_line(err)}") from None
         result.update(target=self.name, kernels=self.kernels, emulated=False)
