@@ -85,6 +85,7 @@ class _Transaction:
 
     def __init__(self):
         self.pending: dict[Path, Path] = {}  # destination → its complete temporary file
+        self.before: list = []  # run before the renames, e.g. mark the stage as not recorded
         self.after: list = []
 
     def add(self, dest: Path, tmp: Path) -> None:
@@ -101,7 +102,9 @@ class _Transaction:
         self.pending.clear()
 
     def commit(self) -> None:
-        with interrupts_deferred():
+        with interrupts_deferred("the stage had finished; its files were saved"):
+            for action in self.before:
+                action()
             for dest, tmp in self.pending.items():
                 os.replace(tmp, dest)
             self.pending.clear()
@@ -134,6 +137,7 @@ def transaction() -> Iterator[None]:
         outer = _open_transactions[-1]
         for dest, tmp in tx.pending.items():
             outer.add(dest, tmp)
+        outer.before.extend(tx.before)
         outer.after.extend(tx.after)
         return
     try:
@@ -155,6 +159,15 @@ def transactional(func):
     return wrapper
 
 
+def before_commit(action) -> None:
+    """Call `action()` at the start of the open transaction's commit, before any rename (at once
+    if none is open)."""
+    if _open_transactions:
+        _open_transactions[-1].before.append(action)
+    else:
+        action()
+
+
 def on_success(action) -> None:
     """Call `action()` once the open transaction's files are in place (at once if none is open)."""
     if _open_transactions:
@@ -172,11 +185,16 @@ def current(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt if one came.
+_HELD_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
-    The commit of a transaction is a handful of renames; letting an interrupt land between two of
+
+@contextlib.contextmanager
+def interrupts_deferred(note: str = "") -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block ends, then act on the first one
+    that came, as its handler before the block would have (a signal that was ignored stays
+    ignored): KeyboardInterrupt(note) for SIGINT, the handler's own exception otherwise.
+
+    The commit of a transaction is a handful of renames; letting a signal land between two of
     them would leave half a stage. Only the main thread can set signal handlers; elsewhere the
     block runs as it is.
     """
@@ -184,13 +202,24 @@ def interrupts_deferred() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    numbers = [getattr(signal, name) for name in _HELD_SIGNALS if hasattr(signal, name)]
+    previous = {n: signal.signal(n, lambda signum, frame: received.append(signum)) for n in numbers}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
+        for n, handler in previous.items():
+            signal.signal(n, handler)
+    for signum in received:
+        handler = previous[signum]
+        if handler is signal.SIG_IGN:
+            continue
+        if handler is signal.default_int_handler or handler in (signal.SIG_DFL, None) and signum == signal.SIGINT:
+            raise KeyboardInterrupt(note) if note else KeyboardInterrupt
+        if callable(handler):
+            handler(signum, None)
+        else:  # SIG_DFL for SIGTERM/SIGHUP: die of the signal, as without the block
+            os.kill(os.getpid(), signum)
+        return
 
 
 def _umask() -> int:

@@ -32,7 +32,7 @@ from . import artifacts
 from .config import BenchConfig
 from .errors import BnpipeError, ModelError
 from .quantize import to_input
-from .tflite_file import quant_params, read_tflite
+from .tflite_file import check_io, quant_params, read_tflite
 from .tfenv import native_noise_filtered
 
 RECORD_FILE = "bench.json"
@@ -126,7 +126,7 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
     files = [Path(p) for p in tflite] if tflite else sorted(out.glob("model_*.tflite"))
     if not files:
         raise BnpipeError(f"no .tflite files in {out}; run `bnpipe export --mode all` first or pass --tflite")
-    infos = {p: read_tflite(p) for p in files}
+    infos = {p: check_io(read_tflite(p)) for p in files}
     keras_path = out / "model.keras"
     tick = progress or (lambda label, n=1: None)
 
@@ -217,11 +217,12 @@ class _KerasBaseline:
         self.batches = {b: np.take(x, np.arange(b) % len(x), axis=0) for b in config.batch_sizes}
         self.call_lat: dict[int, list[float]] = {b: [] for b in config.batch_sizes}
         self.predict_lat: list[float] = []
-        for _ in range(3):  # warm up: the first calls trace functions
-            self.model(self.x1, training=False)
-            self.model.predict(self.x1, verbose=0)
-            for xb in self.batches.values():
-                self.model(xb, training=False)
+        with native_noise_filtered():  # the first predict's tf.data notice
+            for _ in range(3):  # warm up: the first calls trace functions
+                self.model(self.x1, training=False)
+                self.model.predict(self.x1, verbose=0)
+                for xb in self.batches.values():
+                    self.model(xb, training=False)
 
     def round(self, n: int) -> None:
         for _ in range(n):

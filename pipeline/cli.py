@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .errors import BnpipeError, GateFailed
+from .errors import BnpipeError, GateFailed, Terminated
 
 ARTIFACTS_HELP = "Artifacts directory [default: $BNPIPE_ARTIFACTS or ./artifacts]."
 
@@ -33,9 +33,12 @@ class BnpipeGroup(click.Group):
             raise _Fail(_one_line(exc), exc.exit_code) from None
         except GateFailed as exc:
             raise _Fail(_one_line(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted: artifacts are as they were before this stage.", err=True)
-            raise click.exceptions.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            saved = str(exc) if isinstance(exc, KeyboardInterrupt) and str(exc) else ""
+            what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+            click.echo(f"{what}: {saved}." if saved else
+                       f"{what}: artifacts are as they were before this stage.", err=True)
+            raise click.exceptions.Exit(getattr(exc, "exit_code", 130)) from None
 
 
 def _one_line(exc: Exception) -> str:
@@ -389,6 +392,15 @@ def run_cmd(config_path, data, force, quiet, artifacts):
 
 
 def main():
+    import signal
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    for name in ("SIGTERM", "SIGHUP"):  # like Ctrl-C: the running stage's files are discarded
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+            signal.signal(number, terminate)
     cli(prog_name="bnpipe")
 
 

@@ -39,3 +39,11 @@ class GateFailed(Exception):
     def __init__(self, message: str, failures: list[str] | None = None):
         super().__init__(message)
         self.failures = list(failures or [])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP): handled like Ctrl-C, so a stage's pending files are discarded. Exit 143.
+
+    A KeyboardInterrupt, so every cleanup that runs on Ctrl-C runs on it too."""
+
+    exit_code = 143

@@ -164,7 +164,10 @@ def convert(model, mode: str, x_train: np.ndarray, config: ExportConfig) -> byte
     from .tfenv import muted_stderr
 
     try:
-        with muted_stderr(), warnings.catch_warnings():
+        # Ctrl-C is held during the conversion (< 1 s a mode): TensorFlow's converter catches
+        # Exception around one of its paths and retries another, so an interrupt landing there
+        # could be swallowed, and the retry gives other (valid but different) bytes.
+        with muted_stderr(), warnings.catch_warnings(), artifacts.interrupts_deferred():
             # The converter prints its settings and TF graph notices on stderr: noise here.
             warnings.simplefilter("ignore")
             return bytes(conv.convert())

@@ -124,11 +124,18 @@ def recorded_stage(out: Path, stage: str, params: Any, outputs: Callable[[], lis
         else:
             m.record(stage, {**read, **inputs()}, params, outputs(), t0)
 
+    def forget():  # before the renames: a crash between them and record() reruns, never refuses
+        m = Manifest(out)
+        if stage in m.stages:
+            m.invalidate(stage)
+            m.save()
+
     with artifacts.transaction():
         try:
             yield
         except GateFailed as exc:
             gate = exc
+        artifacts.before_commit(forget)
         artifacts.on_success(record)
     if gate is not None:
         raise gate
@@ -170,8 +177,15 @@ def run_all(out: Path, config: RunConfig = RunConfig(), *, force: bool = False,
                       test_fraction=tc.test_fraction)
     from .train import train as do_train
 
+    fingerprint = ds.fingerprint()
+    if tc.strategy != "none" and Path(tc.data).is_dir():
+        # What a distributed `bnpipe train` records: an IDX directory it streams is
+        # fingerprinted from its files (the arrays are never all in memory there).
+        from .distribute import open_source
+
+        fingerprint = open_source(tc).summary()["fingerprint"]
     # resume="auto": a run interrupted in training continues from its last epoch (same weights).
-    stage("train", {"data": ds.fingerprint()}, tc, lambda: OUTPUTS["train"],
+    stage("train", {"data": fingerprint}, tc, lambda: OUTPUTS["train"],
           lambda: do_train(tc, out, quiet=quiet, resume="auto", say=say))
 
     from .fold import run_fold

@@ -417,6 +417,32 @@ def with_metadata(data: bytes, payload: dict[str, Any]) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+_RUNNABLE_IO = ("float32", "float16", "int8", "uint8", "int16")
+
+
+def check_io(info: TfliteInfo) -> TfliteInfo:
+    """`info` if its input and output tensors are ones bnpipe can feed and read, else ModelError.
+
+    A batch axis and a feature axis; a dtype bnpipe quantizes to or reads; an integer tensor with
+    exactly one finite scale > 0 and one zero point (per-tensor, as the converter writes I/O).
+    """
+    import math
+
+    for role, t in (("input", info.input_tensor()), ("output", info.output_tensor())):
+        where = f"{info.path}: its {role} tensor {t.name!r}"
+        if len(t.shape) < 2:
+            raise ModelError(f"{where} has shape {t.shape}; bnpipe needs (batch, features)")
+        if t.dtype not in _RUNNABLE_IO:
+            raise ModelError(f"{where} is {t.dtype}; bnpipe feeds and reads only "
+                             f"{', '.join(_RUNNABLE_IO)}")
+        if t.dtype in ("int8", "uint8", "int16") and not (
+                len(t.scale) == 1 and len(t.zero_point) == 1 and math.isfinite(t.scale[0])
+                and t.scale[0] > 0):
+            raise ModelError(f"{where} is {t.dtype} with scale {t.scale} and zero point "
+                             f"{t.zero_point}; bnpipe needs one finite scale > 0 and one zero point")
+    return info
+
+
 def quant_params(t: TensorInfo) -> dict[str, Any]:
     """scale / zero point of a per-tensor quantized tensor, or None for a float tensor."""
     if not t.scale:

@@ -22,7 +22,7 @@ from .config import VerifyConfig
 from .errors import DataError, GateFailed, ModelError
 from .quantize import to_input
 from .stats import compare
-from .tflite_file import quant_params
+from .tflite_file import check_io, quant_params
 
 RECORD_FILE = "verify.json"
 REPORT_FILE = "verify.md"
@@ -150,7 +150,7 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     ref_path = artifacts.require_file(out / "model.keras", "reference model",
                                       "run `bnpipe train` first (verify compares against it)")
     files = _candidate_files(out, tflite)
-    infos = {p: checked_tflite(p) for p in files}  # structural check before any interpreter
+    infos = {p: check_io(checked_tflite(p)) for p in files}  # structural check before any interpreter
     explicit = config.targets is not None
     runtimes, unavailable = resolve(parse_targets(",".join(config.targets) if explicit else None), explicit)
     # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can be

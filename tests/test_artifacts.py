@@ -264,3 +264,17 @@ def test_machine_info_records_the_kernel_relevant_cpu_features():
     present = set(line.split(":", 1)[1].split())
     assert info["cpu_flags"] == [f for f in artifacts.KERNEL_FLAGS if f in present]
     assert info["cpu_flags"]  # any CPU this runs on has one of SSE4/AVX/ASIMD
+
+
+def test_interrupts_deferred_leaves_an_ignored_sigint_ignored():
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with artifacts.interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # nothing raised, still ignored
+    finally:
+        signal.signal(signal.SIGINT, previous)

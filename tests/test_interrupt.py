@@ -90,13 +90,13 @@ class Child:
     def said(self, text: str) -> bool:
         return any(text in line for line in self.lines)
 
-    def interrupt_when(self, ready, timeout: float = 240.0) -> int:
+    def interrupt_when(self, ready, timeout: float = 240.0, signum=signal.SIGINT) -> int:
         deadline = time.monotonic() + timeout
         while not ready():
             assert self.proc.poll() is None, f"the child ended first: {self.lines}"
             assert time.monotonic() < deadline, f"the moment never came: {self.lines}"
             time.sleep(0.02)
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(signum)
         code = self.proc.wait(timeout=120)
         self.reader.join(timeout=10)
         return code
@@ -164,3 +164,16 @@ def test_interrupted_run_keeps_finished_stages_and_continues(finished, tmp_path)
     assert "train: up to date, skipped" in result.stderr
     assert "fold: up to date, skipped" in result.stderr
     assert "export: running" in result.stderr
+
+
+def test_sigterm_discards_the_stage_like_ctrl_c(finished, tmp_path):
+    """SIGTERM (a CI timeout, `kill`, a container stop) is handled like Ctrl-C: exit 143, the
+    artifacts as before and no temporary file, where the default action would leave them."""
+    out, before = _copy(finished, tmp_path)
+    child = Child("export", "--mode", "int8", "--mode", "float32", "--mode", "ptq-int8",
+                  "--qat-epochs", "30", "--seed", "5", "--artifacts", str(out))
+    code = child.interrupt_when(lambda: child.said("export ptq-int8"), signum=signal.SIGTERM)
+    assert code == 143, child.lines
+    assert child.lines[-1] == "Terminated: artifacts are as they were before this stage."
+    assert _state(out) == before
+    assert _temporaries(out) == []

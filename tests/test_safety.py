@@ -404,3 +404,27 @@ def test_a_model_that_ran_on_no_target_fails_the_gate(files, tmp_path):
     assert result.exit_code == 1, result.output
     assert "beta0.tflite ran on no target (tflm: failed: tflm: " in result.stderr
     assert "FAIL" in result.stdout
+
+
+def test_io_quantization_bnpipe_cannot_feed_is_exit_2(files, tmp_path):
+    """An int8 input with two scales (per-channel) or no zero point: one clear line, exit 2,
+    never a NumPy traceback read as a failed gate (exit 1)."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
+    for case in ("two scales", "no zero point"):
+        model = fb.ModelT.InitFromPackedBuf(bytearray((files[0] / "good_int8.tflite").read_bytes()), 0)
+        sg = model.subgraphs[0]
+        q = sg.tensors[sg.inputs[0]].quantization
+        if case == "two scales":
+            q.scale, q.zeroPoint = [0.1, 0.2], [0, 0]
+        else:
+            q.zeroPoint = []
+        path = tmp_path / f"{case.replace(' ', '_')}.tflite"
+        path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+        result = invoke("verify", "--tflite", path, "--targets", "host-ref", "--data", "digits",
+                        "-q", "--artifacts", out)
+        assert result.exit_code == 2, (case, result.output)
+        assert result.stderr.startswith(f"Error: {path}: its input tensor ") and "Traceback" not in result.output
+        assert "bnpipe needs one finite scale > 0 and one zero point" in result.stderr

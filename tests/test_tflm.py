@@ -139,3 +139,30 @@ def test_malformed_file_never_reaches_tflm(models, tmp_path, monkeypatch, case):
     }[case])
     with pytest.raises(ModelError, match="bad.tflite"):
         TflmRuntime().run(path, np.zeros((2, N_FEATURES), dtype=np.int8))
+
+
+def test_a_model_tflm_does_not_support_is_refused_after_one_try_at_the_limit(exported, monkeypatch):
+    """float16 weights reach a DEQUANTIZE TFLM refuses in Prepare: one more try at the largest
+    arena shows memory is not the reason, so the search stops there (2 children, not 9)."""
+    tried = []
+    real = tflm.try_arena
+    monkeypatch.setattr(tflm, "try_arena", lambda path, size: tried.append(size) or real(path, size))
+    with pytest.raises(ModelError) as info:
+        find_arena(exported / "model_ptq-float16.tflite")
+    assert str(info.value).startswith(f"tflm: cannot run {exported / 'model_ptq-float16.tflite'}: ")
+    assert "failed to prepare" in str(info.value)
+    assert tried == [ARENA_START, tflm.ARENA_LIMIT]
+
+
+def test_a_prepare_failure_from_a_small_arena_keeps_doubling(exported):
+    """The digits int8 net fails *in Prepare* at 2 KiB (no room for a weight tensor) and runs at
+    4 KiB: the try at the limit succeeds, so the search goes on and still ends at the smallest
+    size that works, walked here independently."""
+    path = exported / "model_int8.tflite"
+    size, attempts = find_arena(path, start=1024)
+    smallest = next(s for s in (1024 << k for k in range(13)) if try_arena(path, s)[0])
+    assert size == smallest
+    prepare = [a for a in attempts if "failed to prepare" in a.get("error", "")
+               or "was not true" in a.get("error", "")]
+    if prepare:  # the case this test is for: the limit was tried once, and worked
+        assert [(a["arena_bytes"], a["ok"]) for a in attempts].count((tflm.ARENA_LIMIT, True)) == 1

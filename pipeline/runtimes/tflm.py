@@ -101,13 +101,6 @@ def try_arena(model_path: str | os.PathLike, arena_size: int) -> tuple[bool, str
     return False, _last_lines(proc.stderr)
 
 
-def _kernel_refusal(why: str) -> bool:
-    """True when a kernel refused the model in Prepare for a reason other than memory (a type it
-    does not support, say): TFLM's "failed to prepare" without any "allocate" in the message.
-    A crash (signal) or an allocation failure may still be a too-small arena: keep doubling."""
-    return "failed to prepare" in why and "alloc" not in why.lower()
-
-
 def find_arena(model_path: str | os.PathLike, start: int = ARENA_START,
                limit: int = ARENA_LIMIT) -> tuple[int, list[dict]]:
     """The first of start, 2·start, 4·start … ≤ limit in which TFLM can build the model.
@@ -117,13 +110,22 @@ def find_arena(model_path: str | os.PathLike, start: int = ARENA_START,
     """
     attempts: list[dict] = []
     size = int(start)
+    tried_limit = False
     while size <= limit:
         ok, why = try_arena(model_path, size)
         attempts.append({"arena_bytes": size, "ok": ok, **({} if ok else {"error": why})})
         if ok:
             return size, attempts
-        if _kernel_refusal(why):  # no arena will help: say what TFLM refused, at once
-            raise ModelError(f"tflm cannot run {model_path}: {why}")
+        if "failed to prepare" in why and not tried_limit and size < limit:
+            # A kernel refused the model in Prepare: a type TFLM does not support, or a scratch
+            # buffer the arena could not hold (int8 at 2 KiB fails so, and runs at 4 KiB). One try
+            # at the largest arena tells them apart without walking every size up to it.
+            tried_limit = True
+            ok_at_limit, why_at_limit = try_arena(model_path, limit)
+            attempts.append({"arena_bytes": limit, "ok": ok_at_limit,
+                             **({} if ok_at_limit else {"error": why_at_limit})})
+            if not ok_at_limit:
+                raise ModelError(f"tflm: cannot run {model_path}: {why_at_limit}")
         size *= 2
     last = attempts[-1]["error"] if attempts else "no size tried"
     raise ModelError(
