@@ -43,21 +43,32 @@ def keras():
 
 
 @contextlib.contextmanager
-def muted_stderr():
-    """Point file descriptor 2 at /dev/null for the block (C++ logging bypasses sys.stderr)."""
+def _fd2_to(target_fd: int):
+    """Point file descriptor 2 at `target_fd` for the block (C++ logging bypasses sys.stderr);
+    yields False, changing nothing, where there is no real stderr (embedded, some test runners)."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded, some test runners)
-        yield
+    except (OSError, ValueError):
+        yield False
         return
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(target_fd, 2)
     try:
-        os.dup2(devnull, 2)
-        yield
+        yield True
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def muted_stderr():
+    """Send what anything writes to file descriptor 2 in the block to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with _fd2_to(devnull):
+            yield
+    finally:
         os.close(devnull)
 
 
@@ -76,20 +87,11 @@ def native_noise_filtered():
     messages outside it."""
     import tempfile
 
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded, some test runners)
-        yield
-        return
     with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
         try:
-            yield
+            with _fd2_to(held.fileno()):
+                yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
             held.seek(0)
             kept = [line for line in held.read().decode("utf-8", "replace").splitlines(True)
                     if not any(noise in line for noise in NATIVE_NOISE)]
