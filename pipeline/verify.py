@@ -140,7 +140,7 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     TargetUnavailable for bad input, before anything is written.
     """
     from .model import load_model
-    from .runtimes.host import checked_tflite
+    from .runtimes.host import HostRuntime, checked_tflite, start_probe
     from .runtimes.registry import close_all, parse_targets, resolve
     from .train import recorded_dataset
 
@@ -156,8 +156,6 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can be
     # well formed and still abort a kernel) is bad input, exit 2, and never reaches this process.
     # Started now, it runs while the reference model loads and predicts (which takes longer).
-    from .runtimes.host import HostRuntime, start_probe
-
     probe = start_probe([(p, rt.reference) for p in files for rt in runtimes if isinstance(rt, HostRuntime)])
 
     reference = load_model(ref_path)
@@ -256,10 +254,10 @@ def softmax_gain(info) -> int:
     probability by at most δ/2 (mean value theorem, exact, not to first order). In output steps:
     ceil(s_in / (2·s_out)) (digits, int8: 0.047·256/2 → 7 steps). Without a final SOFTMAX: 1.
     """
-    ops = info.operators
-    if not ops or ops[-1].op != "SOFTMAX":
+    if not _ends_in_softmax(info):
         return 1
-    t_in, t_out = info.tensors[ops[-1].inputs[0]], info.tensors[ops[-1].outputs[0]]
+    softmax = info.operators[-1]
+    t_in, t_out = info.tensors[softmax.inputs[0]], info.tensors[softmax.outputs[0]]
     if not t_in.scale or not t_out.scale:
         return 1
     import math

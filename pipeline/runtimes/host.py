@@ -126,7 +126,7 @@ def start_probe(models: list[tuple[str | os.PathLike, bool]]) -> Probe:
             keys.append(key)
     if not todo:
         return Probe([], [], None)
-    runner_dir = os.path.dirname(os.path.abspath(_runner_file()))
+    runner_dir = str(Path(__file__).resolve().parent)  # where device_runner.py lives
     proc = subprocess.Popen([sys.executable, "-c", _PROBE, runner_dir,
                              *[f"{int(ref)}:{path}" for path, ref in todo]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -182,12 +182,6 @@ class Probe:
         return ModelError(f"{path} crashes LiteRT's {kernels} kernels when loaded and run once on "
                           f"zeros ({how}); the file is malformed or uses an operator in a way the "
                           "kernels do not accept")
-
-
-def _runner_file() -> str:
-    from pipeline.runtimes import device_runner
-
-    return device_runner.__file__
 
 
 def _one_line(err: BaseException) -> str:
