@@ -4,6 +4,7 @@ The environment variable below must be set before TensorFlow is first imported a
 tensorflow-model-optimization 0.8 only works with Keras 2 (`tf-keras`), and TensorFlow picks
 its Keras once, at import. This is the one place bnpipe sets it.
 """
+
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -9,6 +9,7 @@ Inside `transaction()` the renames wait until the block ends without an exceptio
 them happen with Ctrl-C held back, so an interrupted or failed stage leaves every file, and the
 manifest, as they were before it began: all of its files land, or none does.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +22,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ArtifactError
 
@@ -32,8 +34,14 @@ ARTIFACTS_ENV = "BNPIPE_ARTIFACTS"
 DEFAULT_ARTIFACTS = "artifacts"
 # The packages whose versions decide the numbers bnpipe reports.
 TRACKED_PACKAGES = (
-    "bnpipe", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
-    "tflite-micro", "numpy", "scikit-learn",
+    "bnpipe",
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-model-optimization",
+    "ai-edge-litert",
+    "tflite-micro",
+    "numpy",
+    "scikit-learn",
 )
 TMP_PREFIX = ".bnpipe-tmp-"
 
@@ -49,7 +57,9 @@ def ensure_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ArtifactError(f"cannot create the artifacts directory {path}: {exc.strerror}") from None
+        raise ArtifactError(
+            f"cannot create the artifacts directory {path}: {exc.strerror}"
+        ) from None
     return path
 
 
@@ -213,7 +223,11 @@ def interrupts_deferred(note: str = "") -> Iterator[None]:
         handler = previous[signum]
         if handler is signal.SIG_IGN:
             continue
-        if handler is signal.default_int_handler or handler in (signal.SIG_DFL, None) and signum == signal.SIGINT:
+        if (
+            handler is signal.default_int_handler
+            or (handler in (signal.SIG_DFL, None)
+            and signum == signal.SIGINT)
+        ):
             raise KeyboardInterrupt(note) if note else KeyboardInterrupt
         if callable(handler):
             handler(signum, None)
@@ -264,8 +278,26 @@ def tool_versions() -> dict[str, str | None]:
 
 # CPU features that decide which kernels XNNPACK, TensorFlow and the reference code run (so two
 # machines with one model name but other features may give other timings, or other float bits).
-KERNEL_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-                "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "asimdhp", "i8mm", "sve", "sve2")
+KERNEL_FLAGS = (
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "i8mm",
+    "sve",
+    "sve2",
+)
 
 
 def machine_info() -> dict[str, Any]:
@@ -281,8 +313,14 @@ def machine_info() -> dict[str, Any]:
             elif key in ("flags", "Features") and not flags:  # x86 / ARM spelling
                 present = set(value.split())
                 flags = [f for f in KERNEL_FLAGS if f in present]
-    return {"cpu": cpu, "cpu_flags": flags, "machine": platform.machine(), "cores": os.cpu_count(),
-            "system": platform.system(), "python": sys.version.split()[0]}
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "system": platform.system(),
+        "python": sys.version.split()[0],
+    }
 
 
 def jsonable(obj: Any) -> Any:
@@ -304,13 +342,20 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(dest: str | os.PathLike, record: dict[str, Any], inputs: dict[str, str] | None = None) -> Path:
+def write_json(
+    dest: str | os.PathLike, record: dict[str, Any], inputs: dict[str, str] | None = None
+) -> Path:
     """Write a stage record with schema_version, versions and the sha256 of its inputs.
 
     `inputs` maps a name to the sha256 of what the record was computed from.
     """
-    full = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": tool_versions(), "machine": machine_info(), "inputs": inputs or {}}
+    full = {
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": tool_versions(),
+        "machine": machine_info(),
+        "inputs": inputs or {},
+    }
     full.update(record)
     return write_text(dest, json.dumps(jsonable(full), indent=2, allow_nan=False) + "\n")
 

@@ -13,6 +13,7 @@ How it measures (so the figures can be trusted):
 - arm64 is emulated by QEMU: its timings describe the emulator, not a phone, and are reported as
   such (never as device timings). `ssh:` targets report the board's own timings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +34,8 @@ from . import artifacts
 from .config import BenchConfig
 from .errors import BnpipeError, ModelError
 from .quantize import to_input
-from .tflite_file import check_io, quant_params, read_tflite
 from .tfenv import native_noise_filtered
+from .tflite_file import check_io, quant_params, read_tflite
 
 RECORD_FILE = "bench.json"
 REPORT_FILE = "bench.md"
@@ -61,8 +63,14 @@ class BenchResult:
 def _percentiles(lat: list[float]) -> dict[str, float]:
     a = np.asarray(lat) * 1e6
     med, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"median": float(med), "p90": float(p90), "p99": float(p99), "mean": float(a.mean()),
-            "min": float(a.min()), "n": int(a.size)}
+    return {
+        "median": float(med),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "n": int(a.size),
+    }
 
 
 # Runs in a fresh interpreter process: resets the kernel's peak-RSS mark after the imports, then
@@ -105,8 +113,14 @@ def _cold_start(path: Path, sample: np.ndarray) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bnpipe-bench-") as tmp:
         np.save(Path(tmp) / "x.npy", np.ascontiguousarray(sample[:1]))
-        cmd = [sys.executable, "-c", _COLD_START, str(Path(device_runner.__file__).parent),
-               str(path), str(Path(tmp) / "x.npy")]
+        cmd = [
+            sys.executable,
+            "-c",
+            _COLD_START,
+            str(Path(device_runner.__file__).parent),
+            str(path),
+            str(Path(tmp) / "x.npy"),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -115,8 +129,13 @@ def _cold_start(path: Path, sample: np.ndarray) -> dict[str, Any]:
 
 
 @artifacts.transactional
-def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
-              tflite: list[Path] | None = None, progress: Callable[[str, int], None] | None = None) -> BenchResult:
+def run_bench(
+    artifacts_dir: Path,
+    *,
+    config: BenchConfig = BenchConfig(),
+    tflite: list[Path] | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> BenchResult:
     """Benchmark every model; write bench.json, bench.md and plots. `progress(label, steps_done)`."""
     from .runtimes import device_runner
     from .train import recorded_dataset
@@ -125,7 +144,9 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
     out = artifacts_dir
     files = [Path(p) for p in tflite] if tflite else sorted(out.glob("model_*.tflite"))
     if not files:
-        raise BnpipeError(f"no .tflite files in {out}; run `bnpipe export --mode all` first or pass --tflite")
+        raise BnpipeError(
+            f"no .tflite files in {out}; run `bnpipe export --mode all` first or pass --tflite"
+        )
     infos = {p: check_io(read_tflite(p)) for p in files}
     keras_path = out / "model.keras"
     tick = progress or (lambda label, n=1: None)
@@ -145,8 +166,13 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
     models: dict[str, dict[str, Any]] = {}
     for p, info in infos.items():
         tick(f"cold start {p.name}", 1)
-        models[p.name] = {"file": p.name, "bytes": info.size_bytes, "sha256": artifacts.sha256_file(p),
-                          "input_dtype": info.input_tensor().dtype, **_cold_start(p, inputs[p])}
+        models[p.name] = {
+            "file": p.name,
+            "bytes": info.size_bytes,
+            "sha256": artifacts.sha256_file(p),
+            "input_dtype": info.input_tensor().dtype,
+            **_cold_start(p, inputs[p]),
+        }
 
     # Steady state, interleaved.
     configs: list[tuple[Config, Any]] = []  # (what is timed, its interpreter)
@@ -166,7 +192,7 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
     per_round = max(1, config.runs // config.rounds)
     for r in range(config.rounds):
         tick(f"round {r + 1}/{config.rounds}", 1)
-        order = configs[r % len(configs):] + configs[:r % len(configs)]  # rotate who goes first
+        order = configs[r % len(configs) :] + configs[: r % len(configs)]  # rotate who goes first
         for cfg, interp in order:
             lat = cfg.latencies_s
             for _ in range(per_round):
@@ -179,9 +205,16 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
     rows = []
     for cfg, _ in configs:
         lat = _percentiles(cfg.latencies_s)
-        rows.append({"model": cfg.model, "runtime": "litert (host, XNNPACK)", "threads": cfg.threads,
-                     "batch": cfg.batch, "latency_us": lat,
-                     "throughput_per_s": cfg.batch * len(cfg.latencies_s) / float(sum(cfg.latencies_s))})
+        rows.append(
+            {
+                "model": cfg.model,
+                "runtime": "litert (host, XNNPACK)",
+                "threads": cfg.threads,
+                "batch": cfg.batch,
+                "latency_us": lat,
+                "throughput_per_s": cfg.batch * len(cfg.latencies_s) / float(sum(cfg.latencies_s)),
+            }
+        )
     if keras:
         rows += keras.rows()
     _add_ratios(rows, models)
@@ -191,11 +224,23 @@ def run_bench(artifacts_dir: Path, *, config: BenchConfig = BenchConfig(),
         models[name]["tflm_arena"] = a
     remote = _remote_targets(config, files, inputs, tick)
 
-    record = {"stage": "bench", "machine": artifacts.machine_info(), "config": dataclasses.asdict(config), "threads_used": threads,
-              "sample": sample_source, "models": models, "rows": rows, "remote": remote,
-              "baseline": BASELINE, "timings": {"total_s": time.perf_counter() - t0}}
+    record = {
+        "stage": "bench",
+        "machine": artifacts.machine_info(),
+        "config": dataclasses.asdict(config),
+        "threads_used": threads,
+        "sample": sample_source,
+        "models": models,
+        "rows": rows,
+        "remote": remote,
+        "baseline": BASELINE,
+        "timings": {"total_s": time.perf_counter() - t0},
+    }
     if keras_path.is_file():
-        record["models"]["model.keras"] = {"file": "model.keras", "bytes": keras_path.stat().st_size}
+        record["models"]["model.keras"] = {
+            "file": "model.keras",
+            "bytes": keras_path.stat().st_size,
+        }
     from .report import bench_markdown, bench_plots
 
     plots = bench_plots(record, out)
@@ -235,12 +280,27 @@ class _KerasBaseline:
             self.predict_lat.append(time.perf_counter() - s)
 
     def rows(self) -> list[dict]:
-        rows = [{"model": "model.keras", "runtime": "keras model(x)", "threads": None, "batch": b,
-                 "latency_us": _percentiles(lat), "throughput_per_s": b * len(lat) / float(sum(lat))}
-                for b, lat in self.call_lat.items()]
-        rows.append({"model": "model.keras", "runtime": "keras predict", "threads": None, "batch": 1,
-                     "latency_us": _percentiles(self.predict_lat),
-                     "throughput_per_s": len(self.predict_lat) / float(sum(self.predict_lat))})
+        rows = [
+            {
+                "model": "model.keras",
+                "runtime": "keras model(x)",
+                "threads": None,
+                "batch": b,
+                "latency_us": _percentiles(lat),
+                "throughput_per_s": b * len(lat) / float(sum(lat)),
+            }
+            for b, lat in self.call_lat.items()
+        ]
+        rows.append(
+            {
+                "model": "model.keras",
+                "runtime": "keras predict",
+                "threads": None,
+                "batch": 1,
+                "latency_us": _percentiles(self.predict_lat),
+                "throughput_per_s": len(self.predict_lat) / float(sum(self.predict_lat)),
+            }
+        )
         return rows
 
 
@@ -291,14 +351,28 @@ def _remote_targets(config: BenchConfig, files, inputs, tick) -> list[dict]:
         try:  # one runtime for every model; arm64 keeps its emulator running until closed
             for p in files:
                 tick(f"{p.name} on {target}", 1)
-                rep = rt.bench(str(p), inputs[p][:64], batch_sizes=config.batch_sizes,
-                               threads=[1], warmup=config.warmup, runs=max(10, config.runs // 4))
+                rep = rt.bench(
+                    str(p),
+                    inputs[p][:64],
+                    batch_sizes=config.batch_sizes,
+                    threads=[1],
+                    warmup=config.warmup,
+                    runs=max(10, config.runs // 4),
+                )
                 emulated = target == "arm64"
-                results.append({"target": target, "model": p.name, "emulated": emulated,
-                                "timing_meaning": ("QEMU user-mode emulation on the host: NOT a "
-                                                   "device timing" if emulated
-                                                   else "measured on the device"),
-                                "report": rep})
+                results.append(
+                    {
+                        "target": target,
+                        "model": p.name,
+                        "emulated": emulated,
+                        "timing_meaning": (
+                            "QEMU user-mode emulation on the host: NOT a device timing"
+                            if emulated
+                            else "measured on the device"
+                        ),
+                        "report": rep,
+                    }
+                )
         finally:
             close_all([rt])
     return results

@@ -2,6 +2,7 @@
 
 A stage saves its config beside its outputs (in its JSON record), so a result can be reproduced.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,17 +38,30 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        _check(len(self.hidden) >= 1 and min(self.hidden) >= 1,
-               f"--hidden needs one or more positive widths, got {','.join(map(str, self.hidden))}")
+        _check(
+            len(self.hidden) >= 1 and min(self.hidden) >= 1,
+            f"--hidden needs one or more positive widths, got {','.join(map(str, self.hidden))}",
+        )
         _check(self.epochs >= 1, f"--epochs must be ≥ 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"--batch-size must be ≥ 1, got {self.batch_size}")
-        _check(0 < self.learning_rate < 1, f"--learning-rate must be in (0, 1), got {self.learning_rate}")
+        _check(
+            0 < self.learning_rate < 1,
+            f"--learning-rate must be in (0, 1), got {self.learning_rate}",
+        )
         _check(self.bn in ("keras", "custom"), f"--bn must be keras or custom, got {self.bn!r}")
-        _check(0 < self.val_fraction < 0.5, f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
-        _check(0 < self.test_fraction < 0.5, f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
+        _check(
+            0 < self.val_fraction < 0.5,
+            f"val_fraction must be in (0, 0.5), got {self.val_fraction}",
+        )
+        _check(
+            0 < self.test_fraction < 0.5,
+            f"test_fraction must be in (0, 0.5), got {self.test_fraction}",
+        )
         _check(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
-        _check(self.strategy in TRAIN_STRATEGIES,
-               f"--strategy must be one of {', '.join(TRAIN_STRATEGIES)}, got {self.strategy!r}")
+        _check(
+            self.strategy in TRAIN_STRATEGIES,
+            f"--strategy must be one of {', '.join(TRAIN_STRATEGIES)}, got {self.strategy!r}",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,8 +98,12 @@ class ExportConfig:
     # test samples each: 3 distillation epochs at 1e-5 kept 100 % top-1 agreement on both (PTQ
     # int8: 100 % and 99.72 %); fitting labels reached 97.5–99.4 % agreement.
     qat_epochs: int = 3
-    qat_learning_rate: float = 1e-5  # 100× below training's: QAT nudges the ranges, it does not retrain
-    qat_target: str = "distill"  # fit the float model's probabilities, not the labels: keeps its predictions
+    qat_learning_rate: float = (
+        1e-5  # 100× below training's: QAT nudges the ranges, it does not retrain
+    )
+    qat_target: str = (
+        "distill"  # fit the float model's probabilities, not the labels: keeps its predictions
+    )
     qat_batch_size: int = 32  # as in training
     calibration_samples: int = 500  # representative data: enough for stable min/max on 64 units
     float_io: bool = False  # True keeps float32 input/output (QUANTIZE/DEQUANTIZE at the edges)
@@ -97,11 +115,23 @@ class ExportConfig:
             modes = EXPORT_MODES
         object.__setattr__(self, "modes", tuple(dict.fromkeys(modes)))
         for m in self.modes:
-            _check(m in EXPORT_MODES, f"unknown mode {m!r}; expected one of {', '.join(EXPORT_MODES)} or all")
+            _check(
+                m in EXPORT_MODES,
+                f"unknown mode {m!r}; expected one of {', '.join(EXPORT_MODES)} or all",
+            )
         _check(self.qat_epochs >= 0, f"--qat-epochs must be ≥ 0, got {self.qat_epochs}")
-        _check(0 < self.qat_learning_rate < 1, f"--qat-learning-rate must be in (0, 1), got {self.qat_learning_rate}")
-        _check(self.qat_target in QAT_TARGETS, f"--qat-target must be one of {', '.join(QAT_TARGETS)}, got {self.qat_target!r}")
-        _check(self.calibration_samples >= 1, f"--calibration-samples must be ≥ 1, got {self.calibration_samples}")
+        _check(
+            0 < self.qat_learning_rate < 1,
+            f"--qat-learning-rate must be in (0, 1), got {self.qat_learning_rate}",
+        )
+        _check(
+            self.qat_target in QAT_TARGETS,
+            f"--qat-target must be one of {', '.join(QAT_TARGETS)}, got {self.qat_target!r}",
+        )
+        _check(
+            self.calibration_samples >= 1,
+            f"--calibration-samples must be ≥ 1, got {self.calibration_samples}",
+        )
         _check(self.qat_batch_size >= 1, f"qat batch size must be ≥ 1, got {self.qat_batch_size}")
 
 
@@ -123,16 +153,24 @@ class VerifyConfig:
 
     def __post_init__(self):
         _check(self.max_drop >= 0, f"--max-drop must be ≥ 0 percentage points, got {self.max_drop}")
-        _check(0 <= self.min_agreement <= 1, f"--min-agreement must be in [0, 1], got {self.min_agreement}")
+        _check(
+            0 <= self.min_agreement <= 1,
+            f"--min-agreement must be in [0, 1], got {self.min_agreement}",
+        )
         _check(self.max_lsb >= 0, f"--max-lsb must be ≥ 0, got {self.max_lsb}")
-        _check(self.max_samples is None or self.max_samples >= 1,
-               f"--max-samples must be ≥ 1, got {self.max_samples}")
+        _check(
+            self.max_samples is None or self.max_samples >= 1,
+            f"--max-samples must be ≥ 1, got {self.max_samples}",
+        )
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 32, 1024)  # one request; a small batch; bulk scoring
-    threads: tuple[int, ...] = (1, 0)  # 0 = every core of this machine; 1 = what a phone app often gets
+    threads: tuple[int, ...] = (
+        1,
+        0,
+    )  # 0 = every core of this machine; 1 = what a phone app often gets
     warmup: int = 20  # untimed invokes per configuration before timing (caches, XNNPACK packing)
     runs: int = 200  # timed invokes per configuration, split across the interleaved rounds
     rounds: int = 5  # the models take turns this many times, so drift hits every model alike
@@ -140,9 +178,17 @@ class BenchConfig:
     targets: tuple[str, ...] = ("host",)  # where to time; arm64 is emulated (not device timing)
 
     def __post_init__(self):
-        _check(bool(self.batch_sizes) and min(self.batch_sizes) >= 1,
-               f"--batch-sizes must be positive integers, got {self.batch_sizes}")
-        _check(bool(self.threads) and min(self.threads) >= 0, f"--threads must be ≥ 0, got {self.threads}")
+        _check(
+            bool(self.batch_sizes) and min(self.batch_sizes) >= 1,
+            f"--batch-sizes must be positive integers, got {self.batch_sizes}",
+        )
+        _check(
+            bool(self.threads) and min(self.threads) >= 0,
+            f"--threads must be ≥ 0, got {self.threads}",
+        )
         _check(self.warmup >= 0, f"--warmup must be ≥ 0, got {self.warmup}")
-        _check(self.runs >= self.rounds >= 1, f"--runs must be ≥ rounds ({self.rounds}) ≥ 1, got {self.runs}")
+        _check(
+            self.runs >= self.rounds >= 1,
+            f"--runs must be ≥ rounds ({self.rounds}) ≥ 1, got {self.runs}",
+        )
         _check(self.keras_runs >= 1, f"keras_runs must be ≥ 1, got {self.keras_runs}")

@@ -49,6 +49,7 @@ permutation of the whole set, so a streamed run sees another order than `--strat
 it and to infer its scaling — and tf.data serves batches from those arrays in train.py's order.
 Preprocessing is data.py's in both cases: pixels / divisor in float32.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -69,10 +70,14 @@ from .config import TRAIN_STRATEGIES as STRATEGIES  # none, mirrored, multi-work
 from .errors import BnpipeError, DataError
 
 TF_CONFIG = "TF_CONFIG"
-TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["HOST0:PORT0", "HOST1:PORT1"]}, '
-                     '"task": {"type": "worker", "index": 0}}')
-TF_CONFIG_HINT = (f"set it in each worker's environment, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' "
-                  "on the first worker and index 1 on the second")
+TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["HOST0:PORT0", "HOST1:PORT1"]}, '
+    '"task": {"type": "worker", "index": 0}}'
+)
+TF_CONFIG_HINT = (
+    f"set it in each worker's environment, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' "
+    "on the first worker and index 1 on the second"
+)
 JOBS = ("chief", "worker")  # the task types MultiWorkerMirroredStrategy trains with
 # How long a worker waits for every other worker in TF_CONFIG to start. Each worker imports
 # TensorFlow first (≈ 6 s, more on a loaded machine); five minutes leaves time to start workers by
@@ -91,12 +96,13 @@ EVAL_BATCH = 1024  # as train.py's model.evaluate
 # ---------------------------------------------------------------------------------------------
 # TF_CONFIG
 
+
 @dataclass(frozen=True)
 class Cluster:
     """The cluster TF_CONFIG describes and which of its tasks this process is."""
 
     tasks: tuple[tuple[str, str], ...]  # (job, "host:port"): the chief first, then the workers
-    task_type: str                      # "chief" or "worker"
+    task_type: str  # "chief" or "worker"
     task_index: int
 
     @property
@@ -118,7 +124,7 @@ class Cluster:
         return len(self.tasks)
 
     def describe(self, position: int | None = None) -> str:
-        """"worker 1 (HOST:PORT)": this task, or the task at `position` (0: the chief)."""
+        """ "worker 1 (HOST:PORT)": this task, or the task at `position` (0: the chief)."""
         position = self.position if position is None else position
         job, address = self.tasks[position]
         index = position - [j for j, _ in self.tasks].index(job)
@@ -128,59 +134,76 @@ class Cluster:
 def parse_tf_config(text: str | None) -> Cluster:
     """Check TF_CONFIG's JSON and return the Cluster; BnpipeError saying what is wrong otherwise."""
     if text is None or not text.strip():
-        raise BnpipeError(f"--strategy multi-worker needs the environment variable {TF_CONFIG}; "
-                          + TF_CONFIG_HINT)
+        raise BnpipeError(
+            f"--strategy multi-worker needs the environment variable {TF_CONFIG}; " + TF_CONFIG_HINT
+        )
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BnpipeError(f"{TF_CONFIG} is not valid JSON ({exc.msg} at character {exc.pos}); "
-                          + TF_CONFIG_HINT) from None
+        raise BnpipeError(
+            f"{TF_CONFIG} is not valid JSON ({exc.msg} at character {exc.pos}); " + TF_CONFIG_HINT
+        ) from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("cluster"), dict) or not cfg["cluster"]:
-        raise BnpipeError(f'{TF_CONFIG} has no "cluster" object listing the workers; ' + TF_CONFIG_HINT)
+        raise BnpipeError(
+            f'{TF_CONFIG} has no "cluster" object listing the workers; ' + TF_CONFIG_HINT
+        )
     cluster = cfg["cluster"]
     other = sorted(set(cluster) - set(JOBS))
     if other:
-        raise BnpipeError(f"{TF_CONFIG}'s cluster has the job(s) {', '.join(other)}; multi-worker "
-                          "training takes only chief and worker tasks")
+        raise BnpipeError(
+            f"{TF_CONFIG}'s cluster has the job(s) {', '.join(other)}; multi-worker "
+            "training takes only chief and worker tasks"
+        )
     tasks, seen = [], set()
     for job in JOBS:
         if job not in cluster:
             continue
         addresses = cluster[job]
         if not isinstance(addresses, list) or not addresses:
-            raise BnpipeError(f'{TF_CONFIG} cluster "{job}" is {addresses!r}; expected a list of '
-                              '"HOST:PORT" strings')
+            raise BnpipeError(
+                f'{TF_CONFIG} cluster "{job}" is {addresses!r}; expected a list of '
+                '"HOST:PORT" strings'
+            )
         if job == "chief" and len(addresses) != 1:
-            raise BnpipeError(f'{TF_CONFIG} cluster "chief" lists {len(addresses)} addresses; '
-                              "there is one chief")
+            raise BnpipeError(
+                f'{TF_CONFIG} cluster "chief" lists {len(addresses)} addresses; there is one chief'
+            )
         for i, address in enumerate(addresses):
             _check_address(address, f"cluster.{job}[{i}]")
             if address in seen:
-                raise BnpipeError(f"{TF_CONFIG} lists {address} twice; every task needs its own "
-                                  "HOST:PORT")
+                raise BnpipeError(
+                    f"{TF_CONFIG} lists {address} twice; every task needs its own HOST:PORT"
+                )
             seen.add(address)
             tasks.append((job, address))
     task = cfg.get("task")
     if not isinstance(task, dict):
-        raise BnpipeError(f'{TF_CONFIG} has no "task" object saying which worker this process '
-                          'is, e.g. "task": {"type": "worker", "index": 0}')
+        raise BnpipeError(
+            f'{TF_CONFIG} has no "task" object saying which worker this process '
+            'is, e.g. "task": {"type": "worker", "index": 0}'
+        )
     task_type, index = task.get("type"), task.get("index", 0)
     if task_type not in cluster:
-        raise BnpipeError(f"{TF_CONFIG} task type is {task_type!r}; expected one of the cluster's "
-                          f"jobs ({', '.join(j for j in JOBS if j in cluster)})")
+        raise BnpipeError(
+            f"{TF_CONFIG} task type is {task_type!r}; expected one of the cluster's "
+            f"jobs ({', '.join(j for j in JOBS if j in cluster)})"
+        )
     count = len(cluster[task_type])
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
         allowed = "0" if count == 1 else f"0 to {count - 1}"
-        raise BnpipeError(f"{TF_CONFIG} task index is {index!r}; cluster.{task_type} lists {count} "
-                          f"address(es), so the index must be {allowed}")
+        raise BnpipeError(
+            f"{TF_CONFIG} task index is {index!r}; cluster.{task_type} lists {count} "
+            f"address(es), so the index must be {allowed}"
+        )
     return Cluster(tuple(tasks), task_type, index)
 
 
 def _check_address(address, where: str) -> None:
     host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BnpipeError(f'{TF_CONFIG} {where} is {address!r}; expected "HOST:PORT" with a port '
-                          "from 1 to 65535")
+        raise BnpipeError(
+            f'{TF_CONFIG} {where} is {address!r}; expected "HOST:PORT" with a port from 1 to 65535'
+        )
 
 
 def current_cluster() -> Cluster:
@@ -226,8 +249,10 @@ def wait_for_workers(cluster: Cluster, token: str, timeout_s: float) -> None:
     try:
         listener = socket.create_server((host.strip("[]"), int(port)), reuse_port=False)
     except OSError as exc:
-        raise BnpipeError(f"cannot listen on {cluster.address}, this task's address in "
-                          f"{TF_CONFIG}: {exc.strerror or exc}") from None
+        raise BnpipeError(
+            f"cannot listen on {cluster.address}, this task's address in "
+            f"{TF_CONFIG}: {exc.strerror or exc}"
+        ) from None
     listener.settimeout(0.2)
     hello = f"{_HELLO} {me} {token}\n".encode()
     reached, heard = set(), set()
@@ -239,7 +264,8 @@ def wait_for_workers(cluster: Cluster, token: str, timeout_s: float) -> None:
                 raise BnpipeError(
                     f"{cluster.describe()}: no answer within {timeout_s:g} s from "
                     + ", ".join(cluster.describe(i) for i in missing)
-                    + f"; start every task listed in {TF_CONFIG} (or raise {JOIN_TIMEOUT_ENV})")
+                    + f"; start every task listed in {TF_CONFIG} (or raise {JOIN_TIMEOUT_ENV})"
+                )
             reached.update(i for i in sorted(set(others) - reached) if _say_hello(others[i], hello))
             try:
                 conn, _ = listener.accept()
@@ -260,7 +286,8 @@ def wait_for_workers(cluster: Cluster, token: str, timeout_s: float) -> None:
                 raise BnpipeError(
                     f"{cluster.describe(them)} runs with another cluster or other "
                     "training options; start every worker with the same bnpipe train command and "
-                    f"the same {TF_CONFIG} cluster (only the task index differs)")
+                    f"the same {TF_CONFIG} cluster (only the task index differs)"
+                )
             if them in others:
                 heard.add(them)
     finally:
@@ -297,6 +324,7 @@ def job_token(cluster: Cluster, options: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # Strategies
 
+
 def make_strategy(name: str, options: dict | None = None):
     """The tf.distribute strategy for `name` (None for "none").
 
@@ -317,14 +345,17 @@ def make_strategy(name: str, options: dict | None = None):
             return tf.distribute.MirroredStrategy()
     cluster = current_cluster()
     if _tf_started():
-        raise BnpipeError("--strategy multi-worker must set up TensorFlow before it runs anything "
-                          "else in the process; start each worker as its own `bnpipe train` process")
+        raise BnpipeError(
+            "--strategy multi-worker must set up TensorFlow before it runs anything "
+            "else in the process; start each worker as its own `bnpipe train` process"
+        )
     # Before importing TensorFlow: a worker that is missing is reported seconds sooner.
     wait_for_workers(cluster, job_token(cluster, options or {}), join_timeout())
     tf = _import_tf()
     comm = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-        timeout_seconds=COLLECTIVE_TIMEOUT_S)
+        timeout_seconds=COLLECTIVE_TIMEOUT_S,
+    )
     from .tfenv import muted_stderr
 
     with muted_stderr():  # gRPC and collective-ops start-up notices
@@ -364,14 +395,25 @@ def describe_strategy(strategy) -> dict:
     t = tf()
     if isinstance(strategy, t.distribute.MultiWorkerMirroredStrategy):
         cluster = current_cluster()
-        return {"strategy": "multi-worker", "replicas": int(strategy.num_replicas_in_sync),
-                "workers": cluster.size, "worker": cluster.position, "chief": cluster.is_chief}
-    return {"strategy": "mirrored", "replicas": int(strategy.num_replicas_in_sync),
-            "workers": 1, "worker": 0, "chief": True}
+        return {
+            "strategy": "multi-worker",
+            "replicas": int(strategy.num_replicas_in_sync),
+            "workers": cluster.size,
+            "worker": cluster.position,
+            "chief": cluster.is_chief,
+        }
+    return {
+        "strategy": "mirrored",
+        "replicas": int(strategy.num_replicas_in_sync),
+        "workers": 1,
+        "worker": 0,
+        "chief": True,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # BatchNormalization over the global batch
+
 
 def replica_moments(x):
     """Mean and biased variance of x (batch, features) over the batch of *all* replicas.
@@ -392,8 +434,10 @@ def replica_moments(x):
     sums = ctx.all_reduce(t.distribute.ReduceOp.SUM, t.concat([t.reduce_sum(x, 0), n[None]], 0))
     count = sums[-1]
     mean = sums[:-1] / count
-    squares = ctx.all_reduce(t.distribute.ReduceOp.SUM,
-                             t.reduce_sum(t.math.squared_difference(x, t.stop_gradient(mean)), 0))
+    squares = ctx.all_reduce(
+        t.distribute.ReduceOp.SUM,
+        t.reduce_sum(t.math.squared_difference(x, t.stop_gradient(mean)), 0),
+    )
     return mean, squares / count
 
 
@@ -425,8 +469,11 @@ def sync_bn_classes() -> dict[str, type]:
 
     class SyncCustomBatchNorm(base):
         def _statistic_options(self):
-            return {"trainable": False, "synchronization": t.VariableSynchronization.ON_READ,
-                    "aggregation": t.VariableAggregation.MEAN}
+            return {
+                "trainable": False,
+                "synchronization": t.VariableSynchronization.ON_READ,
+                "aggregation": t.VariableAggregation.MEAN,
+            }
 
         def _train(self, x):
             mean, variance = replica_moments(x)
@@ -450,8 +497,10 @@ def sync_layer_specs(n_features: int, num_classes: int, hidden, bn: str) -> list
     sync = sync_bn_classes()[bn]
     template = build_mlp(n_features, num_classes, hidden, bn)
     plain_bn = sync.__mro__[1]  # the class the twin derives from
-    return [(sync if type(layer) is plain_bn else type(layer), layer.get_config())
-            for layer in template.layers]
+    return [
+        (sync if type(layer) is plain_bn else type(layer), layer.get_config())
+        for layer in template.layers
+    ]
 
 
 def build_from_specs(n_features: int, specs: list[tuple[type, dict]], name: str = "bn_mlp"):
@@ -468,6 +517,7 @@ def build_from_specs(n_features: int, specs: list[tuple[type, dict]], name: str 
 
 # ---------------------------------------------------------------------------------------------
 # Input: in memory or streamed
+
 
 class MemorySource:
     """A data set read whole by data.load_dataset; batches in train.py's per-epoch order."""
@@ -494,8 +544,11 @@ class MemorySource:
             self._x, self._y = t.constant(self.ds.x_train), t.constant(self.ds.y_train)
         x, y = self._x, self._y
         order = epoch_order(seed, epoch, self.n_train)
-        return (t.data.Dataset.from_tensor_slices(order).batch(batch_size)
-                .map(lambda i: (t.gather(x, i), t.gather(y, i))))
+        return (
+            t.data.Dataset.from_tensor_slices(order)
+            .batch(batch_size)
+            .map(lambda i: (t.gather(x, i), t.gather(y, i)))
+        )
 
     def eval_batches(self, part: str):
         """tf.data of (x, y) batches of "val" or "test" (None if that part is empty)."""
@@ -514,7 +567,7 @@ _TRAIN, _VAL = 1, 2  # a streamed training file's sample roles
 class _IdxFile:
     path: Path
     dims: tuple[int, ...]
-    header: int       # bytes before the first value
+    header: int  # bytes before the first value
     gzipped: bool
 
 
@@ -530,8 +583,14 @@ class IdxStream:
 
     streamed = True
 
-    def __init__(self, spec: str, files: dict[str, _IdxFile], labels: dict[str, np.ndarray],
-                 seed: int, val_fraction: float):
+    def __init__(
+        self,
+        spec: str,
+        files: dict[str, _IdxFile],
+        labels: dict[str, np.ndarray],
+        seed: int,
+        val_fraction: float,
+    ):
         from .data import PIXEL_DIVISOR, Preprocessing, _split
 
         self.spec, self.files, self.labels = spec, files, labels
@@ -544,14 +603,21 @@ class IdxStream:
             raise DataError(f"{spec} holds only the label 0; a classifier needs at least 2 classes")
         # data.load_dataset splits (x, y) with train_test_split, whose choice depends on the
         # labels, the count and the seed only: splitting the sample numbers picks the same samples.
-        keep, held, _, _, stratified = _split(np.arange(len(y_train)), y_train, val_fraction, seed,
-                                              "the training part", "validation")
+        keep, held, _, _, stratified = _split(
+            np.arange(len(y_train)), y_train, val_fraction, seed, "the training part", "validation"
+        )
         self.role = np.zeros(len(y_train), np.int8)
         self.role[keep], self.role[held] = _TRAIN, _VAL
         self.n_train, self.n_val = len(keep), len(held)
-        self.split = {"seed": seed, "val_fraction": val_fraction, "source_has_test_split": True,
-                      "test_from": "source", "test_fraction": None, "test_stratified": None,
-                      "val_stratified": stratified}
+        self.split = {
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "source_has_test_split": True,
+            "test_from": "source",
+            "test_fraction": None,
+            "test_stratified": None,
+            "val_stratified": stratified,
+        }
 
     def fingerprint(self) -> str:
         """sha256 over the four files' contents (decompressed) and the split, read in chunks.
@@ -563,7 +629,7 @@ class IdxStream:
         for role in ("x_train", "y_train", "x_test", "y_test"):
             f = self.files[role]
             h.update(f"{role}|".encode())
-            with (gzip.open(f.path, "rb") if f.gzipped else open(f.path, "rb")) as stream:
+            with gzip.open(f.path, "rb") if f.gzipped else open(f.path, "rb") as stream:
                 while chunk := stream.read(1 << 20):
                     h.update(chunk)
         h.update(json.dumps(self.split, sort_keys=True).encode())
@@ -575,7 +641,7 @@ class IdxStream:
         return {
             "name": self.spec,
             "source": f"MNIST IDX files in {self.spec} ({self.n_train + self.n_val + n_test} "
-                      f"samples), streamed: {names}",
+            f"samples), streamed: {names}",
             "sizes": {"train": self.n_train, "val": self.n_val, "test": n_test},
             "n_features": self.preprocessing.n_features,
             "num_classes": self.num_classes,
@@ -592,9 +658,14 @@ class IdxStream:
         t = tf()
         f = self.files[role]
         images = t.data.FixedLengthRecordDataset(
-            str(f.path), record_bytes=self.record_bytes, header_bytes=f.header,
-            compression_type="GZIP" if f.gzipped else "")
-        labels = t.data.Dataset.from_tensor_slices(self.labels[role.replace("x_", "y_")].astype(np.int64))
+            str(f.path),
+            record_bytes=self.record_bytes,
+            header_bytes=f.header,
+            compression_type="GZIP" if f.gzipped else "",
+        )
+        labels = t.data.Dataset.from_tensor_slices(
+            self.labels[role.replace("x_", "y_")].astype(np.int64)
+        )
         return t.data.Dataset.zip((images, labels))
 
     def _decode(self, raw, y):
@@ -610,14 +681,17 @@ class IdxStream:
 
         t = tf()
         roles = t.data.Dataset.from_tensor_slices(self.role)
-        return (t.data.Dataset.zip((self._records("x_train"), roles))
-                .filter(lambda record, role: t.equal(role, wanted))
-                .map(lambda record, role: record))
+        return (
+            t.data.Dataset.zip((self._records("x_train"), roles))
+            .filter(lambda record, role: t.equal(role, wanted))
+            .map(lambda record, role: record)
+        )
 
     def train_batches(self, seed: int, epoch: int, batch_size: int):
         # The buffer holds raw bytes (1 per pixel); decoding comes after batching.
-        shuffled = self._train_part(_TRAIN).shuffle(SHUFFLE_BUFFER, seed=shuffle_seed(seed, epoch),
-                                                     reshuffle_each_iteration=False)
+        shuffled = self._train_part(_TRAIN).shuffle(
+            SHUFFLE_BUFFER, seed=shuffle_seed(seed, epoch), reshuffle_each_iteration=False
+        )
         return shuffled.batch(batch_size).map(self._decode)
 
     def eval_batches(self, part: str):
@@ -637,7 +711,7 @@ def _idx_header(path: Path) -> _IdxFile | None:
     """The header of an IDX file of 8-bit values whose length matches it, else None."""
     gzipped = path.name.endswith(".gz")
     try:
-        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
             head = f.read(4)
             if len(head) < 4:
                 return None
@@ -668,16 +742,22 @@ def _open_idx_stream(spec: str, seed: int, val_fraction: float) -> IdxStream | N
     directory = Path(spec)
     files: dict[str, _IdxFile] = {}
     for role, base in IDX_FILES.items():
-        path = next((directory / n for n in _idx_candidates(base) if (directory / n).is_file()), None)
+        path = next(
+            (directory / n for n in _idx_candidates(base) if (directory / n).is_file()), None
+        )
         header = _idx_header(path) if path is not None else None
         if header is None:
             return None
         files[role] = header
-    ok = (len(files["x_train"].dims) == 3 and len(files["x_test"].dims) == 3
-          and files["x_train"].dims[1:] == files["x_test"].dims[1:]
-          and files["y_train"].dims == files["x_train"].dims[:1]
-          and files["y_test"].dims == files["x_test"].dims[:1]
-          and files["x_train"].dims[0] > 0 and files["x_test"].dims[0] > 0)
+    ok = (
+        len(files["x_train"].dims) == 3
+        and len(files["x_test"].dims) == 3
+        and files["x_train"].dims[1:] == files["x_test"].dims[1:]
+        and files["y_train"].dims == files["x_train"].dims[:1]
+        and files["y_test"].dims == files["x_test"].dims[:1]
+        and files["x_train"].dims[0] > 0
+        and files["x_test"].dims[0] > 0
+    )
     if not ok:
         return None
     labels = {role: read_idx(files[role].path) for role in ("y_train", "y_test")}  # 1 B a sample
@@ -693,9 +773,15 @@ def open_source(config):
         stream = _open_idx_stream(config.data, config.seed, config.val_fraction)
         if stream is not None:
             return stream
-    return MemorySource(load_dataset(config.data, config.test_data, seed=config.seed,
-                                     val_fraction=config.val_fraction,
-                                     test_fraction=config.test_fraction))
+    return MemorySource(
+        load_dataset(
+            config.data,
+            config.test_data,
+            seed=config.seed,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+        )
+    )
 
 
 def replica_batches(strategy, make_global: Callable):
@@ -732,14 +818,15 @@ def replica_batches(strategy, make_global: Callable):
 # ---------------------------------------------------------------------------------------------
 # Training
 
+
 @dataclass
 class DistributedResult:
-    model: object                 # build_mlp's model holding the trained weights (compiled)
-    history: dict                 # loss, accuracy, val_loss, val_accuracy per epoch, as Keras's
+    model: object  # build_mlp's model holding the trained weights (compiled)
+    history: dict  # loss, accuracy, val_loss, val_accuracy per epoch, as Keras's
     test_accuracy: float
-    dataset: dict                 # the source's summary (with "fingerprint" and "streamed")
+    dataset: dict  # the source's summary (with "fingerprint" and "streamed")
     preprocessing: dict
-    strategy: dict                # describe_strategy
+    strategy: dict  # describe_strategy
     timings: dict = field(default_factory=dict)
 
 
@@ -766,12 +853,16 @@ def fit(config, strategy, *, say: Callable[[str], None] | None = None) -> Distri
         optimizer = k.optimizers.Adam(learning_rate=config.learning_rate)
         optimizer.build(model.trainable_variables)
         loss_fn = k.losses.SparseCategoricalCrossentropy(reduction="none")
-        on_read = {"synchronization": t.VariableSynchronization.ON_READ,
-                   "aggregation": t.VariableAggregation.SUM, "trainable": False}
+        on_read = {
+            "synchronization": t.VariableSynchronization.ON_READ,
+            "aggregation": t.VariableAggregation.SUM,
+            "trainable": False,
+        }
         loss_sum = t.Variable(0.0, dtype=t.float64, **on_read)
         correct = t.Variable(0.0, dtype=t.float64, **on_read)
-    plain = compile_model(build_mlp(n_features, num_classes, config.hidden, config.bn),
-                          config.learning_rate)
+    plain = compile_model(
+        build_mlp(n_features, num_classes, config.hidden, config.bn), config.learning_rate
+    )
     _check_alignment(model, plain)
 
     @t.function
@@ -779,7 +870,7 @@ def fit(config, strategy, *, say: Callable[[str], None] | None = None) -> Distri
         def replica_step(x, y, m):
             with t.GradientTape() as tape:
                 p = model(x, training=True)  # (b, classes)
-                per_sample = loss_fn(y, p)   # (b,)
+                per_sample = loss_fn(y, p)  # (b,)
                 loss = t.reduce_sum(per_sample) / m
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -796,8 +887,9 @@ def fit(config, strategy, *, say: Callable[[str], None] | None = None) -> Distri
         te = time.perf_counter()
         loss_sum.assign(0.0)
         correct.assign(0.0)
-        data = replica_batches(strategy, lambda e=epoch: source.train_batches(config.seed, e,
-                                                                              config.batch_size))
+        data = replica_batches(
+            strategy, lambda e=epoch: source.train_batches(config.seed, e, config.batch_size)
+        )
         iterator = iter(data)
         for _ in range(steps):
             train_step(iterator)
@@ -810,9 +902,11 @@ def fit(config, strategy, *, say: Callable[[str], None] | None = None) -> Distri
             v_loss, v_acc = eval_step(val)
             hist.setdefault("val_loss", []).append(v_loss)
             hist.setdefault("val_accuracy", []).append(v_acc)
-        say(f"epoch {epoch + 1}/{config.epochs}: " + ", ".join(
-            f"{key} {values[-1]:.4f}" for key, values in hist.items())
-            + f" ({time.perf_counter() - te:.1f} s)")
+        say(
+            f"epoch {epoch + 1}/{config.epochs}: "
+            + ", ".join(f"{key} {values[-1]:.4f}" for key, values in hist.items())
+            + f" ({time.perf_counter() - te:.1f} s)"
+        )
     t_fit = time.perf_counter() - t1
     # The optimizer's state too, so model.keras holds what train.py's would (Adam's step count
     # and moments): with one replica the two files are then the same bytes.
@@ -824,9 +918,15 @@ def fit(config, strategy, *, say: Callable[[str], None] | None = None) -> Distri
         dst.assign(src.numpy())
     _, test_acc = eval_step(source.eval_batches("test"))
     summary = source.summary()
-    return DistributedResult(plain, hist, test_acc, summary, source.preprocessing.to_dict(),
-                             describe_strategy(strategy),
-                             {"load_data_s": t_data, "fit_s": t_fit})
+    return DistributedResult(
+        plain,
+        hist,
+        test_acc,
+        summary,
+        source.preprocessing.to_dict(),
+        describe_strategy(strategy),
+        {"load_data_s": t_data, "fit_s": t_fit},
+    )
 
 
 def local_weights(strategy, model) -> list[np.ndarray]:
@@ -841,7 +941,9 @@ def _check_alignment(model, plain) -> None:
     shapes_a = [tuple(w.shape) for w in model.weights]
     shapes_b = [tuple(w.shape) for w in plain.weights]
     if shapes_a != shapes_b or [n.split("/")[-1] for n in a] != [n.split("/")[-1] for n in b]:
-        raise RuntimeError(f"the synchronized model's weights {a} do not line up with build_mlp's {b}")
+        raise RuntimeError(
+            f"the synchronized model's weights {a} do not line up with build_mlp's {b}"
+        )
 
 
 def _evaluator(model, loss_fn):
@@ -853,8 +955,10 @@ def _evaluator(model, loss_fn):
     @t.function
     def batch(x, y):
         p = model(x, training=False)
-        return (t.reduce_sum(t.cast(loss_fn(y, p), t.float64)),
-                t.reduce_sum(t.cast(t.equal(t.argmax(p, 1), y), t.int64)))
+        return (
+            t.reduce_sum(t.cast(loss_fn(y, p), t.float64)),
+            t.reduce_sum(t.cast(t.equal(t.argmax(p, 1), y), t.int64)),
+        )
 
     def evaluate(dataset):
         total, right, n = 0.0, 0, 0

@@ -1,11 +1,11 @@
 """The exception hierarchy the CLI turns into exit codes.
 
-    BnpipeError          exit 2: bad input or usage; the message is one line, no traceback
-      DataError          a data set that cannot be read or does not fit
-      ModelError         a model file that cannot be read, or a model bnpipe cannot handle
-      ArtifactError      an artifact missing, stale or tampered with
-      TargetUnavailable  a requested runtime target that is not set up here
-    GateFailed           exit 1: the model was measured and is not fit to ship
+BnpipeError          exit 2: bad input or usage; the message is one line, no traceback
+  DataError          a data set that cannot be read or does not fit
+  ModelError         a model file that cannot be read, or a model bnpipe cannot handle
+  ArtifactError      an artifact missing, stale or tampered with
+  TargetUnavailable  a requested runtime target that is not set up here
+GateFailed           exit 1: the model was measured and is not fit to ship
 """
 
 

@@ -9,6 +9,7 @@ labels instead (`qat_target="labels"`) lets QAT move the decision boundaries.
 The post-training modes convert the folded float model directly, for comparison and for users who
 skip QAT. After every conversion a graph check rejects what a deployable model must not hold.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,8 @@ import numpy as np
 from . import artifacts
 from .config import ExportConfig
 from .errors import ModelError
-from .tflite_file import TfliteInfo, parse_tflite, quant_params, with_metadata
 from .tfenv import native_noise_filtered
+from .tflite_file import TfliteInfo, parse_tflite, quant_params, with_metadata
 
 RECORD_FILE = "export.json"
 FOLDED_FILE = "folded.keras"
@@ -34,7 +35,16 @@ MLP_OPS = {"FULLY_CONNECTED", "SOFTMAX"}
 # What a BatchNormalization that survived folding turns into inside a TFLite graph.
 BN_REMNANT_OPS = {"MUL", "ADD", "SUB", "RSQRT", "SQUARED_DIFFERENCE"}
 # QAT layers tfmot's default 8-bit scheme quantizes; anything else in the model is refused early.
-QAT_LAYERS = {"InputLayer", "Dense", "ReLU", "Activation", "Softmax", "Flatten", "Dropout", "Reshape"}
+QAT_LAYERS = {
+    "InputLayer",
+    "Dense",
+    "ReLU",
+    "Activation",
+    "Softmax",
+    "Flatten",
+    "Dropout",
+    "Reshape",
+}
 
 
 def tflite_name(mode: str) -> str:
@@ -50,7 +60,9 @@ class ModeResult:
     operators: dict[str, int]
     input: dict[str, Any]
     output: dict[str, Any]
-    keras_accuracy: float  # the Keras side: the QAT model for int8, the folded float model otherwise
+    keras_accuracy: (
+        float  # the Keras side: the QAT model for int8, the folded float model otherwise
+    )
     tflite_accuracy: float  # the written file, run by LiteRT (reference kernels) on the test split
     agreement_with_float: float  # share of test samples whose top-1 matches the folded float model
     seconds: float
@@ -66,23 +78,32 @@ class ExportResult:
 
 # --- checks -----------------------------------------------------------------------------------
 
+
 def check_keras_model(model) -> None:
     """Before conversion: no BatchNormalization left, and only layers QAT can quantize."""
     from .model import is_batch_norm
 
     bns = [layer.name for layer in model.layers if is_batch_norm(layer)]
     if bns:
-        raise ModelError(f"BatchNormalization layer(s) {', '.join(bns)} are still in the model; "
-                         "run `bnpipe fold` (a BN that fold cannot remove would become MUL/ADD "
-                         "operators in the TFLite graph)")
+        raise ModelError(
+            f"BatchNormalization layer(s) {', '.join(bns)} are still in the model; "
+            "run `bnpipe fold` (a BN that fold cannot remove would become MUL/ADD "
+            "operators in the TFLite graph)"
+        )
 
 
 def check_qat_layers(model) -> None:
-    bad = [f"{layer.name} ({type(layer).__name__})" for layer in model.layers
-           if type(layer).__name__ not in QAT_LAYERS]
+    bad = [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in model.layers
+        if type(layer).__name__ not in QAT_LAYERS
+    ]
     if bad:
-        raise ModelError("quantization-aware training does not support layer(s) " + ", ".join(bad)
-                         + f"; supported: {', '.join(sorted(QAT_LAYERS))}")
+        raise ModelError(
+            "quantization-aware training does not support layer(s) "
+            + ", ".join(bad)
+            + f"; supported: {', '.join(sorted(QAT_LAYERS))}"
+        )
 
 
 def graph_check(info: TfliteInfo, mode: str, float_io: bool) -> list[str]:
@@ -104,21 +125,24 @@ def graph_check(info: TfliteInfo, mode: str, float_io: bool) -> list[str]:
                     continue
                 dt = info.tensors[t].dtype
                 if dt not in allowed_types:
-                    problems.append(f"{op.op} #{op.index} has a {dt} tensor {info.tensors[t].name!r}")
-        elif op.op == "QUANTIZE" and float_io and set(op.inputs) <= inp:
-            continue
-        elif op.op == "DEQUANTIZE" and float_io and set(op.outputs) <= out:
+                    problems.append(
+                        f"{op.op} #{op.index} has a {dt} tensor {info.tensors[t].name!r}"
+                    )
+        elif (op.op == "QUANTIZE" and float_io and set(op.inputs) <= inp) or (op.op == "DEQUANTIZE" and float_io and set(op.outputs) <= out):
             continue
         else:
             problems.append(f"operator {op.op} #{op.index} does not belong in an integer-only MLP")
     io_dtype = "float32" if float_io else act
     for t in info.inputs + info.outputs:
         if info.tensors[t].dtype != io_dtype:
-            problems.append(f"input/output tensor {info.tensors[t].name!r} is {info.tensors[t].dtype}, expected {io_dtype}")
+            problems.append(
+                f"input/output tensor {info.tensors[t].name!r} is {info.tensors[t].dtype}, expected {io_dtype}"
+            )
     return problems
 
 
 # --- conversion -------------------------------------------------------------------------------
+
 
 def _representative(x: np.ndarray, n: int, seed: int):
     rng = np.random.default_rng(seed)
@@ -141,16 +165,21 @@ def convert(model, mode: str, x_train: np.ndarray, config: ExportConfig) -> byte
     integer_io = not config.float_io
     if mode in ("int8", "ptq-int8"):
         conv.optimizations = [t.lite.Optimize.DEFAULT]
-        conv.representative_dataset = _representative(x_train, config.calibration_samples, config.seed)
+        conv.representative_dataset = _representative(
+            x_train, config.calibration_samples, config.seed
+        )
         conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if integer_io:
             conv.inference_input_type = t.int8
             conv.inference_output_type = t.int8
     elif mode == "ptq-int16x8":
         conv.optimizations = [t.lite.Optimize.DEFAULT]
-        conv.representative_dataset = _representative(x_train, config.calibration_samples, config.seed)
+        conv.representative_dataset = _representative(
+            x_train, config.calibration_samples, config.seed
+        )
         conv.target_spec.supported_ops = [
-            t.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+            t.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
         if integer_io:
             conv.inference_input_type = t.int16
             conv.inference_output_type = t.int16
@@ -197,22 +226,31 @@ def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
         loss = k.losses.KLDivergence()
     else:
         y_fit, loss = ds.y_train, "sparse_categorical_crossentropy"
-    qat.compile(optimizer=k.optimizers.Adam(config.qat_learning_rate), loss=loss,
-                metrics=[] if config.qat_target == "distill" else ["accuracy"])
+    qat.compile(
+        optimizer=k.optimizers.Adam(config.qat_learning_rate),
+        loss=loss,
+        metrics=[] if config.qat_target == "distill" else ["accuracy"],
+    )
     history = {}
     if config.qat_epochs:
         from .tfenv import muted_stderr
 
         with muted_stderr():
-            h = qat.fit(ds.x_train, y_fit, epochs=config.qat_epochs, batch_size=config.qat_batch_size,
-                        shuffle=True, verbose=verbose)
+            h = qat.fit(
+                ds.x_train,
+                y_fit,
+                epochs=config.qat_epochs,
+                batch_size=config.qat_batch_size,
+                shuffle=True,
+                verbose=verbose,
+            )
         history = {kk: [float(v) for v in vals] for kk, vals in h.history.items()}
     else:
         # No fine-tuning, but the fake-quant ranges are only learnt in training mode: without this
         # pass they keep their initial values and the int8 model predicts one class (10 % on
         # digits). Forward passes only (no optimizer step): the weights stay the folded ones.
         for i in range(0, len(ds.x_train), config.qat_batch_size):
-            qat(ds.x_train[i:i + config.qat_batch_size], training=True)
+            qat(ds.x_train[i : i + config.qat_batch_size], training=True)
     return qat, history
 
 
@@ -237,8 +275,15 @@ def _tflite_predict(data: bytes, x: np.ndarray, info: TfliteInfo) -> np.ndarray:
 
 
 @artifacts.transactional
-def run_export(model_path: Path, artifacts_dir: Path, *, config: ExportConfig = ExportConfig(),
-               data: str | None = None, progress=None, verbose: int = 0) -> ExportResult:
+def run_export(
+    model_path: Path,
+    artifacts_dir: Path,
+    *,
+    config: ExportConfig = ExportConfig(),
+    data: str | None = None,
+    progress=None,
+    verbose: int = 0,
+) -> ExportResult:
     """Write model_<mode>.tflite for each mode and export.json. Nothing is written on failure.
 
     `progress(message)` is called before each mode. All files of a call are checked before any
@@ -269,25 +314,53 @@ def run_export(model_path: Path, artifacts_dir: Path, *, config: ExportConfig = 
         problems = graph_check(info, mode, config.float_io)
         if problems:
             raise ModelError(f"{tflite_name(mode)} fails the graph check: " + "; ".join(problems))
-        io = {"input": quant_params(info.input_tensor()), "output": quant_params(info.output_tensor())}
-        blob = with_metadata(blob, {"bnpipe_version": artifacts.tool_versions()["bnpipe"],
-                                    "mode": mode, "preprocessing": preprocessing, **io,
-                                    "num_classes": int(info.output_tensor().shape[-1])})
+        io = {
+            "input": quant_params(info.input_tensor()),
+            "output": quant_params(info.output_tensor()),
+        }
+        blob = with_metadata(
+            blob,
+            {
+                "bnpipe_version": artifacts.tool_versions()["bnpipe"],
+                "mode": mode,
+                "preprocessing": preprocessing,
+                **io,
+                "num_classes": int(info.output_tensor().shape[-1]),
+            },
+        )
         with native_noise_filtered():
             pred = _tflite_predict(blob, ds.x_test, info)
         blobs[mode] = blob
-        results.append(ModeResult(
-            mode, tflite_name(mode), len(blob), artifacts.sha256_bytes(blob), info.op_counts(),
-            io["input"], io["output"], keras_acc, float(np.mean(pred == ds.y_test)),
-            float(np.mean(pred == float_pred)), time.perf_counter() - t1, history))
+        results.append(
+            ModeResult(
+                mode,
+                tflite_name(mode),
+                len(blob),
+                artifacts.sha256_bytes(blob),
+                info.op_counts(),
+                io["input"],
+                io["output"],
+                keras_acc,
+                float(np.mean(pred == ds.y_test)),
+                float(np.mean(pred == float_pred)),
+                time.perf_counter() - t1,
+                history,
+            )
+        )
     out = artifacts.ensure_dir(artifacts_dir)
     for mode, blob in blobs.items():
         artifacts.write_bytes(out / tflite_name(mode), blob)
-    record = {"stage": "export", "config": dataclasses.asdict(config), "model": str(model_path),
-              "float_accuracy": float_acc, "preprocessing": preprocessing,
-              "dataset": ds.summary(), "modes": {r.mode: r for r in results},
-              "outputs": {r.file: r.sha256 for r in results},
-              "timings": {"total_s": time.perf_counter() - t0}}
+    record = {
+        "stage": "export",
+        "config": dataclasses.asdict(config),
+        "model": str(model_path),
+        "float_accuracy": float_acc,
+        "preprocessing": preprocessing,
+        "dataset": ds.summary(),
+        "modes": {r.mode: r for r in results},
+        "outputs": {r.file: r.sha256 for r in results},
+        "timings": {"total_s": time.perf_counter() - t0},
+    }
     previous = out / RECORD_FILE
     if previous.is_file():  # keep modes exported earlier that this call did not redo
         old = artifacts.read_json(previous)
@@ -295,7 +368,9 @@ def run_export(model_path: Path, artifacts_dir: Path, *, config: ExportConfig = 
             if m not in record["modes"] and (out / r.get("file", "")).is_file():
                 record["modes"][m] = r
                 record["outputs"][r["file"]] = r.get("sha256")
-    record_path = artifacts.write_json(out / RECORD_FILE, record,
-                                       inputs={"model": artifacts.sha256_file(model_path),
-                                               "data": ds.fingerprint()})
+    record_path = artifacts.write_json(
+        out / RECORD_FILE,
+        record,
+        inputs={"model": artifacts.sha256_file(model_path), "data": ds.fingerprint()},
+    )
     return ExportResult(results, record_path, time.perf_counter() - t0)

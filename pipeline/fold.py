@@ -17,6 +17,7 @@ The new model is built from the original's config with the folded BNs removed an
 rewired to the Dense, so Sequential stays Sequential and Functional stays Functional. The original
 model is never mutated. The folded parameters are computed in float64 and rounded once to float32.
 """
+
 from __future__ import annotations
 
 import copy
@@ -99,6 +100,7 @@ class FoldResult:
 
 # --- graph analysis on the model config -------------------------------------------------------
 
+
 def _node_refs(obj):
     """Yield every [layer_name, node_index, tensor_index, ...] reference inside inbound nodes."""
     if isinstance(obj, list):
@@ -147,11 +149,17 @@ def _other_bns(model, nested_in: str | None) -> list[SkippedBN]:
         if hasattr(layer, "layers"):  # a Model used as a layer
             found += _other_bns(layer, nested_in or layer.name)
         elif nested_in is not None and is_batch_norm(layer):
-            found.append(SkippedBN(layer.name, f"is inside the nested model {nested_in!r}; bnpipe "
-                                               "folds only the outer model's own layers"))
+            found.append(
+                SkippedBN(
+                    layer.name,
+                    f"is inside the nested model {nested_in!r}; bnpipe "
+                    "folds only the outer model's own layers",
+                )
+            )
         elif is_batch_norm(layer) and type(layer).__name__ not in BN_CLASSES:
-            found.append(SkippedBN(layer.name, f"is a {type(layer).__name__}, which bnpipe does "
-                                               "not fold"))
+            found.append(
+                SkippedBN(layer.name, f"is a {type(layer).__name__}, which bnpipe does not fold")
+            )
     return found
 
 
@@ -232,6 +240,7 @@ def _dense_blocker(prev: dict | None, prev_nodes: int | None) -> str | None:
 
 # --- building the folded model ----------------------------------------------------------------
 
+
 def fold_model(model, strict: bool = False):
     """A new model with each foldable BN folded into its Dense. `model` is not modified.
 
@@ -280,17 +289,34 @@ def fold_model(model, strict: bool = False):
         bias = dense.bias.numpy() if dense.use_bias else None
         gamma = bn.gamma.numpy() if bn.scale else None
         beta = bn.beta.numpy() if bn.center else None
-        w, b = fold_params(kernel, bias, gamma, beta, bn.moving_mean.numpy(),
-                           bn.moving_variance.numpy(), bn.epsilon)
+        w, b = fold_params(
+            kernel,
+            bias,
+            gamma,
+            beta,
+            bn.moving_mean.numpy(),
+            bn.moving_variance.numpy(),
+            bn.epsilon,
+        )
         dtype = kernel.dtype
         folded.get_layer(dense_name).set_weights([w.astype(dtype), b.astype(dtype)])
-        pairs.append(FoldedPair(dense_name, bn_name, type(bn).__name__, float(bn.epsilon),
-                                bool(bn.center), bool(bn.scale), bool(dense.use_bias),
-                                int(kernel.shape[-1])))
+        pairs.append(
+            FoldedPair(
+                dense_name,
+                bn_name,
+                type(bn).__name__,
+                float(bn.epsilon),
+                bool(bn.center),
+                bool(bn.scale),
+                bool(dense.use_bias),
+                int(kernel.shape[-1]),
+            )
+        )
     return folded, pairs, skipped
 
 
 # --- the numerical check ----------------------------------------------------------------------
+
 
 def _rel(diff_max: float, ref_max: float) -> float:
     """Largest difference relative to the reference's largest magnitude (0 when both are 0)."""
@@ -300,7 +326,7 @@ def _rel(diff_max: float, ref_max: float) -> float:
 
 
 def _predict(model, x, batch=1024):
-    outs = [model(x[i:i + batch], training=False) for i in range(0, len(x), batch)]
+    outs = [model(x[i : i + batch], training=False) for i in range(0, len(x), batch)]
     if isinstance(outs[0], (list, tuple)):
         return [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(len(outs[0]))]
     return np.concatenate([np.asarray(o) for o in outs])
@@ -326,7 +352,9 @@ def check_fold(original, folded, pairs: list[FoldedPair], x: np.ndarray, rtol: f
             d = float(np.max(np.abs(a.astype(np.float64) - b)))
             p.max_abs_diff, p.max_rel_diff = d, _rel(d, float(np.max(np.abs(a))))
             if p.max_rel_diff > rtol:
-                failures.append(f"{p.dense}+{p.bn}: relative difference {p.max_rel_diff:.3g} > {rtol:g}")
+                failures.append(
+                    f"{p.dense}+{p.bn}: relative difference {p.max_rel_diff:.3g} > {rtol:g}"
+                )
     a, b = _predict(original, x), _predict(folded, x)
     # A Functional model may have several outputs: each is compared, the largest difference kept.
     outs_a, outs_b = (a, b) if isinstance(a, list) else ([a], [b])
@@ -347,11 +375,14 @@ def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig)
     x has the model's input shape (batch, *input_shape); flat data is reshaped to it.
     """
     if len(model.inputs) != 1 or any(d is None for d in model.inputs[0].shape[1:]):
-        raise ModelError(f"the fold is checked on models with one input of fixed shape; this model "
-                         f"takes {[tuple(t.shape) for t in model.inputs]}")
+        raise ModelError(
+            f"the fold is checked on models with one input of fixed shape; this model "
+            f"takes {[tuple(t.shape) for t in model.inputs]}"
+        )
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     n_features = int(np.prod(input_shape, dtype=np.int64))
-    from .train import RECORD_FILE as TRAIN_RECORD, recorded_dataset
+    from .train import RECORD_FILE as TRAIN_RECORD
+    from .train import recorded_dataset
 
     if data is None and not (model_path.parent / TRAIN_RECORD).is_file():
         rng = np.random.default_rng(0)
@@ -359,15 +390,23 @@ def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig)
         return x, f"{config.random_samples} uniform random inputs (no data known)"
     ds, _ = recorded_dataset([model_path.parent], data)
     if ds.preprocessing.n_features != n_features:
-        raise DataError(f"data {ds.name!r} has {ds.preprocessing.n_features} features but the model "
-                        f"takes {n_features}")
-    x = ds.x_test[:config.check_samples].reshape((-1, *input_shape))
+        raise DataError(
+            f"data {ds.name!r} has {ds.preprocessing.n_features} features but the model "
+            f"takes {n_features}"
+        )
+    x = ds.x_test[: config.check_samples].reshape((-1, *input_shape))
     return x, f"{len(x)} test samples of {ds.name}"
 
 
 @artifacts.transactional
-def run_fold(model_path: Path, artifacts_dir: Path, *, data: str | None = None,
-             config: FoldConfig = FoldConfig(), warn=print) -> FoldResult:
+def run_fold(
+    model_path: Path,
+    artifacts_dir: Path,
+    *,
+    data: str | None = None,
+    config: FoldConfig = FoldConfig(),
+    warn=print,
+) -> FoldResult:
     """Load, fold, check, and write folded.keras and fold.json (atomically). Raises on failure."""
     from .model import load_model, save_model
 
@@ -383,9 +422,15 @@ def run_fold(model_path: Path, artifacts_dir: Path, *, data: str | None = None,
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
     out = artifacts.ensure_dir(artifacts_dir)
     folded_path = save_model(folded, out / FOLDED_FILE)
-    record = {"stage": "fold", "config": dataclasses.asdict(config), "report": report,
-              "model": str(model_path), "outputs": {FOLDED_FILE: artifacts.sha256_file(folded_path)},
-              "timings": {"total_s": time.perf_counter() - t0}}
-    record_path = artifacts.write_json(out / RECORD_FILE, record,
-                                       inputs={"model": artifacts.sha256_file(model_path)})
+    record = {
+        "stage": "fold",
+        "config": dataclasses.asdict(config),
+        "report": report,
+        "model": str(model_path),
+        "outputs": {FOLDED_FILE: artifacts.sha256_file(folded_path)},
+        "timings": {"total_s": time.perf_counter() - t0},
+    }
+    record_path = artifacts.write_json(
+        out / RECORD_FILE, record, inputs={"model": artifacts.sha256_file(model_path)}
+    )
     return FoldResult(folded_path, record_path, report, time.perf_counter() - t0)

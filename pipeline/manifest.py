@@ -7,6 +7,7 @@ A stage is up to date when its inputs and parameters are what the manifest recor
 outputs are still the files it wrote. A file a stage reads that another stage wrote must still be
 what that stage wrote: anything else (edited by hand, copied from another run) is refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,12 @@ class Manifest:
         sha = artifacts.sha256_file(path)
         writer = self.writer_of(file)
         if writer and writer[1] != sha:
-            raise ArtifactError(f"{path} is not the file `bnpipe {writer[0]}` wrote (sha256 "
-                                f"{sha[:12]}…, manifest {writer[1][:12]}…): edited or copied from "
-                                f"another run; rerun `bnpipe {writer[0]}`, or pass the file "
-                                "explicitly to use it anyway")
+            raise ArtifactError(
+                f"{path} is not the file `bnpipe {writer[0]}` wrote (sha256 "
+                f"{sha[:12]}…, manifest {writer[1][:12]}…): edited or copied from "
+                f"another run; rerun `bnpipe {writer[0]}`, or pass the file "
+                "explicitly to use it anyway"
+            )
         return sha
 
     def check_outputs(self) -> None:
@@ -71,14 +74,25 @@ class Manifest:
                 return False
         return True
 
-    def record(self, stage: str, inputs: dict[str, str], params: dict[str, Any],
-               outputs: list[str], started: float) -> None:
+    def record(
+        self,
+        stage: str,
+        inputs: dict[str, str],
+        params: dict[str, Any],
+        outputs: list[str],
+        started: float,
+    ) -> None:
         self.stages[stage] = {
-            "inputs": inputs, "params": _plain(params),
-            "outputs": {f: artifacts.sha256_file(self.out / f) for f in outputs if (self.out / f).is_file()},
-            "versions": artifacts.tool_versions(), "machine": artifacts.machine_info(),
+            "inputs": inputs,
+            "params": _plain(params),
+            "outputs": {
+                f: artifacts.sha256_file(self.out / f) for f in outputs if (self.out / f).is_file()
+            },
+            "versions": artifacts.tool_versions(),
+            "machine": artifacts.machine_info(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-            "ended": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "ended": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         self.save()
 
     def invalidate(self, stage: str) -> None:

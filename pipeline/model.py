@@ -6,10 +6,11 @@ normalized to exactly β). `CustomBatchNorm` here keeps the article's learnable 
 what BatchNormalization needs to be a deterministic function at inference: moving mean and
 variance, updated during training and used in inference.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import ModelError
 from .tfenv import keras, tf
@@ -51,15 +52,23 @@ def custom_bn_class():
 
         def build(self, input_shape):
             dim = int(input_shape[-1])
-            self.gamma = (self.add_weight(name="gamma", shape=(dim,), initializer="ones")
-                          if self.scale else None)
-            self.beta = (self.add_weight(name="beta", shape=(dim,), initializer="zeros")
-                         if self.center else None)
+            self.gamma = (
+                self.add_weight(name="gamma", shape=(dim,), initializer="ones")
+                if self.scale
+                else None
+            )
+            self.beta = (
+                self.add_weight(name="beta", shape=(dim,), initializer="zeros")
+                if self.center
+                else None
+            )
             statistic = self._statistic_options()
-            self.moving_mean = self.add_weight(name="moving_mean", shape=(dim,),
-                                               initializer="zeros", **statistic)
-            self.moving_variance = self.add_weight(name="moving_variance", shape=(dim,),
-                                                   initializer="ones", **statistic)
+            self.moving_mean = self.add_weight(
+                name="moving_mean", shape=(dim,), initializer="zeros", **statistic
+            )
+            self.moving_variance = self.add_weight(
+                name="moving_variance", shape=(dim,), initializer="ones", **statistic
+            )
             super().build(input_shape)
 
         def _statistic_options(self) -> dict:
@@ -94,19 +103,26 @@ def custom_bn_class():
                 training = False
             if isinstance(training, bool):
                 return self._train(inputs) if training else self._infer(inputs)
-            return t.cond(t.cast(training, t.bool), lambda: self._train(inputs),
-                          lambda: self._infer(inputs))
+            return t.cond(
+                t.cast(training, t.bool), lambda: self._train(inputs), lambda: self._infer(inputs)
+            )
 
         def get_config(self):
-            return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
-                    "center": self.center, "scale": self.scale}
+            return {
+                **super().get_config(),
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+            }
 
     _custom_bn_class = CustomBatchNorm
     return CustomBatchNorm
 
 
-def build_mlp(n_features: int, num_classes: int = 10, hidden: Sequence[int] = (64, 64),
-              bn: str = "keras"):
+def build_mlp(
+    n_features: int, num_classes: int = 10, hidden: Sequence[int] = (64, 64), bn: str = "keras"
+):
     """The article's MLP: [Dense(h) → BatchNormalization → ReLU] per hidden width → Dense(softmax).
 
     Input (batch, n_features) float32 in [0, 1]; output (batch, num_classes) probabilities.
@@ -115,8 +131,9 @@ def build_mlp(n_features: int, num_classes: int = 10, hidden: Sequence[int] = (6
     if bn not in BN_KINDS:
         raise ValueError(f"bn must be one of {BN_KINDS}, got {bn!r}")
     if n_features < 1 or num_classes < 2 or not hidden or min(hidden) < 1:
-        raise ValueError(f"bad shape: n_features={n_features}, num_classes={num_classes}, "
-                         f"hidden={tuple(hidden)}")
+        raise ValueError(
+            f"bad shape: n_features={n_features}, num_classes={num_classes}, hidden={tuple(hidden)}"
+        )
     k = keras()
     layers = [k.Input(shape=(n_features,), name="pixels")]
     for i, width in enumerate(hidden, start=1):
@@ -133,8 +150,11 @@ def build_mlp(n_features: int, num_classes: int = 10, hidden: Sequence[int] = (6
 def compile_model(model, learning_rate: float = 1e-3):
     """Adam and sparse categorical cross-entropy, with accuracy: the article's recipe."""
     k = keras()
-    model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate=learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -148,21 +168,29 @@ def load_model(path: str | Path):
     if not path.exists():
         raise ModelError(f"model file {path} does not exist")
     if path.is_dir():
-        raise ModelError(f"{path} is a directory (SavedModel?); bnpipe loads only .keras files, "
-                         "which Keras can load in safe mode")
+        raise ModelError(
+            f"{path} is a directory (SavedModel?); bnpipe loads only .keras files, "
+            "which Keras can load in safe mode"
+        )
     if path.suffix.lower() in (".h5", ".hdf5") or _is_hdf5(path):
-        raise ModelError(f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
-                         "model as .keras (model.save('model.keras'))")
+        raise ModelError(
+            f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
+            "model as .keras (model.save('model.keras'))"
+        )
     if not path.name.endswith(".keras"):
         # tf_keras chooses its loader by this very test (case-sensitive): any other name goes to
         # the legacy loader, which reads HDF5 found anywhere in the file without safe mode.
-        raise ModelError(f"{path} does not end in .keras; bnpipe loads only .keras files (Keras's "
-                         "safe format), so rename it if it is one")
+        raise ModelError(
+            f"{path} does not end in .keras; bnpipe loads only .keras files (Keras's "
+            "safe format), so rename it if it is one"
+        )
     import zipfile
 
     if not zipfile.is_zipfile(path):
-        raise ModelError(f"{path} is not a Keras .keras file (expected a zip archive holding "
-                         "config.json and model.weights.h5)")
+        raise ModelError(
+            f"{path} is not a Keras .keras file (expected a zip archive holding "
+            "config.json and model.weights.h5)"
+        )
     _refuse_lambda(path)
     k = keras()
     custom_bn_class()  # registers bnpipe>CustomBatchNorm for deserialization
@@ -213,8 +241,10 @@ def _refuse_lambda(path: Path) -> None:
 
     walk(config)
     if names:
-        raise ModelError(f"{path} holds Lambda layer(s) {', '.join(names)}, which carry Python "
-                         "code; bnpipe refuses them (replace them with built-in layers)")
+        raise ModelError(
+            f"{path} holds Lambda layer(s) {', '.join(names)}, which carry Python "
+            "code; bnpipe refuses them (replace them with built-in layers)"
+        )
 
 
 def is_batch_norm(layer) -> bool:

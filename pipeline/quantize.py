@@ -16,6 +16,7 @@ them in ~3 ms), so it is written for speed without changing a bit of the result:
   byte per value instead of four. Where the table is a plain shift (the common int8 input scale
   1/255 with zero point −128 on pixels ÷ 255) the lookup is a single wrapping add.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,7 +59,7 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") 
     scratch = np.empty((3, min(n, CHUNK)), dtype=np.float32)  # v, r, d below: reused per slice
     for start in range(0, n, CHUNK):
         stop = min(start + CHUNK, n)
-        v, r, d = scratch[:, :stop - start]
+        v, r, d = scratch[:, : stop - start]
         # Round half away from zero in float32 (as the kernel), without a float64 copy: rint
         # rounds ties to even; where v sits exactly halfway and rint went toward zero, step away.
         # v − r is exact in float32 (|v − r| ≤ 0.5, Sterbenz), so the tie test is exact.
@@ -75,8 +76,9 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") 
     return out
 
 
-def quantize_codes(codes: np.ndarray, values: np.ndarray, scale: float, zero_point: int,
-                   dtype: str = "int8") -> np.ndarray:
+def quantize_codes(
+    codes: np.ndarray, values: np.ndarray, scale: float, zero_point: int, dtype: str = "int8"
+) -> np.ndarray:
     """quantize(values[codes], ...) without building values[codes]: a new array, the same bits.
 
     codes: uint8, any shape (integer pixels); values: float32 (256,), the preprocessed value of
@@ -89,8 +91,9 @@ def quantize_codes(codes: np.ndarray, values: np.ndarray, scale: float, zero_poi
         raise ValueError(f"codes must be uint8 pixel codes, got dtype {codes.dtype}")
     values = np.asarray(values)
     if values.dtype != np.float32 or values.shape != (N_CODES,):
-        raise ValueError(f"values must be float32 of shape ({N_CODES},), got {values.dtype} "
-                         f"{values.shape}")
+        raise ValueError(
+            f"values must be float32 of shape ({N_CODES},), got {values.dtype} {values.shape}"
+        )
     table = quantize(values, scale, zero_point, dtype)
     codes = np.ascontiguousarray(codes)
     out = np.empty(codes.shape, dtype=dtype)
@@ -111,7 +114,7 @@ def quantize_codes(codes: np.ndarray, values: np.ndarray, scale: float, zero_poi
     index = np.empty(min(flat_codes.size, CHUNK), dtype=np.intp)  # take wants intp indices
     for start in range(0, flat_codes.size, CHUNK):
         stop = min(start + CHUNK, flat_codes.size)
-        i = index[:stop - start]
+        i = index[: stop - start]
         np.copyto(i, flat_codes[start:stop])
         np.take(table, i, out=flat_out[start:stop], mode="clip")  # every code < 256: no clipping
     return out
@@ -120,11 +123,14 @@ def quantize_codes(codes: np.ndarray, values: np.ndarray, scale: float, zero_poi
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """integer codes → float32 (a copy)."""
     _check_scale(scale)
-    return ((np.asarray(q, dtype=np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
+    return ((np.asarray(q, dtype=np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(
+        np.float32
+    )
 
 
-def to_input(x: np.ndarray, tensor: dict, codes: np.ndarray | None = None,
-             values: np.ndarray | None = None) -> np.ndarray:
+def to_input(
+    x: np.ndarray, tensor: dict, codes: np.ndarray | None = None, values: np.ndarray | None = None
+) -> np.ndarray:
     """Preprocessed float inputs → what the model's input tensor takes (`tensor` as quant_params gives).
 
     codes, values: optionally the integer pixels behind x, with x == values[codes] bit for bit

@@ -1,13 +1,17 @@
 """Human-facing output: Markdown tables a person reads in seconds, and PNG plots (matplotlib, Agg)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .artifacts import jsonable, atomic_path
+from .artifacts import atomic_path, jsonable
 
 
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+def md_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None
+) -> str:
     """A GitHub Markdown table. `align`: one of l/r per column (default: first left, rest right)."""
     align = align or ("l" + "r" * (len(headers) - 1))
     marks = [":---" if a == "l" else "---:" for a in align]
@@ -35,6 +39,7 @@ def save_figure(fig, dest: Path) -> Path:
 
 # --- verify -----------------------------------------------------------------------------------
 
+
 def verify_markdown(record: dict, plots: list[Path]) -> str:
     rec = jsonable(record)
     verdict = "PASS — fit to ship" if rec["passed"] else "FAIL — not fit to ship"
@@ -43,31 +48,66 @@ def verify_markdown(record: dict, plots: list[Path]) -> str:
     lines = [f"# bnpipe verify: **{verdict}**", ""]
     if rec["failures"]:
         lines += ["Failed gates:", ""] + [f"- {f}" for f in rec["failures"]] + [""]
-    lines += [f"Reference: `model.keras` (float, with BN) on TensorFlow, host CPU — accuracy "
-              f"**{ref['accuracy']:.2%}** on {rec['n']} test samples of {rec['dataset']['name']}.",
-              f"Gates: accuracy drop ≤ {cfg['max_drop']:g} pp, agreement ≥ {cfg['min_agreement']:.2%}, "
-              f"integer outputs within {cfg['max_lsb']} logit step(s) of host-ref (carried through "
-              f"SOFTMAX: ≤ the row's allowed output steps).", ""]
+    lines += [
+        f"Reference: `model.keras` (float, with BN) on TensorFlow, host CPU — accuracy "
+        f"**{ref['accuracy']:.2%}** on {rec['n']} test samples of {rec['dataset']['name']}.",
+        f"Gates: accuracy drop ≤ {cfg['max_drop']:g} pp, agreement ≥ {cfg['min_agreement']:.2%}, "
+        f"integer outputs within {cfg['max_lsb']} logit step(s) of host-ref (carried through "
+        f"SOFTMAX: ≤ the row's allowed output steps).",
+        "",
+    ]
     rows = []
     for r in rec["rows"]:
         lo, hi = r["accuracy_ci"]
         dlo, dhi = r["diff_ci_pp"]
-        lsb = ("—" if r["lsb_max"] is None
-               else f"{r['lsb_max']} of ≤{r['lsb_allowed']} ({r['lsb_share']:.1%})")
+        lsb = (
+            "—"
+            if r["lsb_max"] is None
+            else f"{r['lsb_max']} of ≤{r['lsb_allowed']} ({r['lsb_share']:.1%})"
+        )
         status = "✗ " + ",".join(r["failures"]) if r["failures"] else "✓"
-        rows.append([f"`{r['candidate']}`", r["target"], f"{r['accuracy']:.2%} [{lo:.1%}, {hi:.1%}]",
-                     f"{r['diff_pp']:+.2f} [{dlo:+.2f}, {dhi:+.2f}]", f"{r['mcnemar_p']:.3g}",
-                     f"{r['agreement']:.2%}", lsb, status])
-    lines.append(md_table(["candidate", "target", "accuracy [95 % CI]", "Δ pp vs original [95 % CI]",
-                           "McNemar p", "agreement", "max LSB vs host-ref (share ≠)", "gate"], rows,
-                          "llrrrrrl"))
+        rows.append(
+            [
+                f"`{r['candidate']}`",
+                r["target"],
+                f"{r['accuracy']:.2%} [{lo:.1%}, {hi:.1%}]",
+                f"{r['diff_pp']:+.2f} [{dlo:+.2f}, {dhi:+.2f}]",
+                f"{r['mcnemar_p']:.3g}",
+                f"{r['agreement']:.2%}",
+                lsb,
+                status,
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "candidate",
+                "target",
+                "accuracy [95 % CI]",
+                "Δ pp vs original [95 % CI]",
+                "McNemar p",
+                "agreement",
+                "max LSB vs host-ref (share ≠)",
+                "gate",
+            ],
+            rows,
+            "llrrrrrl",
+        )
+    )
     if rec["skipped"]:
-        lines += ["Not run:", ""] + [f"- {s['target']} ({s['candidate']}): {s['reason']}"
-                                     for s in rec["skipped"]] + [""]
+        lines += (
+            ["Not run:", ""]
+            + [f"- {s['target']} ({s['candidate']}): {s['reason']}" for s in rec["skipped"]]
+            + [""]
+        )
     for p in plots:
         lines.append(f"![{p.stem}]({p.name})")
-    lines += ["", "Δ is candidate − original on the same samples (paired); McNemar's exact test asks "
-              "whether the two err on different samples more often than chance would.", ""]
+    lines += [
+        "",
+        "Δ is candidate − original on the same samples (paired); McNemar's exact test asks "
+        "whether the two err on different samples more often than chance would.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -80,10 +120,15 @@ def verify_plots(record: dict, out: Path) -> list[Path]:
         return []
     plt = _pyplot()
     paths = []
-    labels = [f"{r['candidate'].removeprefix('model_').removesuffix('.tflite')}\n{r['target']}" for r in rows]
+    labels = [
+        f"{r['candidate'].removeprefix('model_').removesuffix('.tflite')}\n{r['target']}"
+        for r in rows
+    ]
     acc = [100 * r["accuracy"] for r in rows]
-    err = [[100 * (r["accuracy"] - r["accuracy_ci"][0]) for r in rows],
-           [100 * (r["accuracy_ci"][1] - r["accuracy"]) for r in rows]]
+    err = [
+        [100 * (r["accuracy"] - r["accuracy_ci"][0]) for r in rows],
+        [100 * (r["accuracy_ci"][1] - r["accuracy"]) for r in rows],
+    ]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
     colors = ["#c0392b" if r["failures"] else "#2e86c1" for r in rows]
     ax.bar(range(len(rows)), acc, yerr=err, color=colors, capsize=3)
@@ -104,13 +149,23 @@ def verify_plots(record: dict, out: Path) -> list[Path]:
         n_cls = len(dis[0]["disagreement_by_class"])
         width = 0.8 / len(dis)
         for i, r in enumerate(dis):
-            ax.bar([c + i * width for c in range(n_cls)], r["disagreement_by_class"], width=width,
-                   label=f"{r['candidate']} · {r['target']}")
+            ax.bar(
+                [c + i * width for c in range(n_cls)],
+                r["disagreement_by_class"],
+                width=width,
+                label=f"{r['candidate']} · {r['target']}",
+            )
         ax.set_xticks([c + 0.4 - width / 2 for c in range(n_cls)], [str(c) for c in range(n_cls)])
         ax.legend(fontsize=6)
     else:
-        ax.text(0.5, 0.5, "every candidate agrees with the original on every test sample",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "every candidate agrees with the original on every test sample",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel("class predicted by the original model")
     ax.set_ylabel("samples with another top-1")
     ax.set_title("Where candidates disagree with the original")
@@ -119,6 +174,7 @@ def verify_plots(record: dict, out: Path) -> list[Path]:
 
 
 # --- bench ------------------------------------------------------------------------------------
+
 
 def _fmt_us(v: float) -> str:
     return f"{v:,.1f} µs" if v < 1000 else f"{v / 1000:,.2f} ms"
@@ -131,16 +187,24 @@ def bench_markdown(record: dict, plots: list[Path]) -> str:
     tmax = max(rec["threads_used"])
     bmax = max(rec["config"]["batch_sizes"])
     m = rec.get("machine", {})
-    lines = ["# bnpipe bench", "",
-             f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores; LiteRT with its default delegate "
-             f"(XNNPACK); inputs: {rec['sample']}. Medians of {rec['config']['runs']} timed invokes "
-             f"after {rec['config']['warmup']} warm-up ones, models interleaved over "
-             f"{rec['config']['rounds']} rounds. Ratios are to `{rec['baseline']}` in the same run.", ""]
+    lines = [
+        "# bnpipe bench",
+        "",
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores; LiteRT with its default delegate "
+        f"(XNNPACK); inputs: {rec['sample']}. Medians of {rec['config']['runs']} timed invokes "
+        f"after {rec['config']['warmup']} warm-up ones, models interleaved over "
+        f"{rec['config']['rounds']} rounds. Ratios are to `{rec['baseline']}` in the same run.",
+        "",
+    ]
 
     def find(model, threads, batch, runtime=None):
         for r in rows:
-            if r["model"] == model and r["batch"] == batch and (threads is None or r["threads"] == threads) \
-                    and (runtime is None or r["runtime"] == runtime):
+            if (
+                r["model"] == model
+                and r["batch"] == batch
+                and (threads is None or r["threads"] == threads)
+                and (runtime is None or r["runtime"] == runtime)
+            ):
                 return r
         return None
 
@@ -153,42 +217,97 @@ def bench_markdown(record: dict, plots: list[Path]) -> str:
         arena = info.get("tflm_arena", {})
         arena_s = f"{arena['arena_bytes_used']:,} B" if "arena_bytes_used" in arena else "—"
         rss = info.get("peak_rss_added_kb")
-        table.append([f"`{name}`", f"{info['bytes']:,} B ({info.get('size_ratio', float('nan')):.2f}×)",
-                      f"{info['init_ms']:.2f} ms", _fmt_us(info["first_invoke_us"]),
-                      f"{_fmt_us(lat['latency_us']['median'])} / {_fmt_us(lat['latency_us']['p99'])}"
-                      + (f" ({lat['latency_ratio']:.2f}×)" if "latency_ratio" in lat else ""),
-                      f"{thr['throughput_per_s']:,.0f}/s" + (f" ({thr['throughput_ratio']:.2f}×)"
-                                                           if "throughput_ratio" in thr else ""),
-                      f"{rss:,} KiB" if rss is not None else "—", arena_s])
-    lines.append(md_table(["model", "size (vs float32)", "init", "first invoke",
-                           "batch-1 latency median / p99, 1 thread (vs float32)",
-                           f"throughput, batch {bmax}, {tmax} threads (vs float32)",
-                           "peak RSS added", "TFLM arena"], table, "lrrrrrrr"))
+        table.append(
+            [
+                f"`{name}`",
+                f"{info['bytes']:,} B ({info.get('size_ratio', float('nan')):.2f}×)",
+                f"{info['init_ms']:.2f} ms",
+                _fmt_us(info["first_invoke_us"]),
+                f"{_fmt_us(lat['latency_us']['median'])} / {_fmt_us(lat['latency_us']['p99'])}"
+                + (f" ({lat['latency_ratio']:.2f}×)" if "latency_ratio" in lat else ""),
+                f"{thr['throughput_per_s']:,.0f}/s"
+                + (f" ({thr['throughput_ratio']:.2f}×)" if "throughput_ratio" in thr else ""),
+                f"{rss:,} KiB" if rss is not None else "—",
+                arena_s,
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "model",
+                "size (vs float32)",
+                "init",
+                "first invoke",
+                "batch-1 latency median / p99, 1 thread (vs float32)",
+                f"throughput, batch {bmax}, {tmax} threads (vs float32)",
+                "peak RSS added",
+                "TFLM arena",
+            ],
+            table,
+            "lrrrrrrr",
+        )
+    )
     kc = find("model.keras", None, 1, "keras model(x)")
     kp = find("model.keras", None, 1, "keras predict")
     i8 = find("model_int8.tflite", t1, 1)
     if kc and kp:
-        lines += ["", f"Keras baseline (`model.keras`, TensorFlow, host): `model(x)` on one sample "
-                  f"{_fmt_us(kc['latency_us']['median'])}, `model.predict(x)` on one sample "
-                  f"{_fmt_us(kp['latency_us']['median'])}."]
+        lines += [
+            "",
+            f"Keras baseline (`model.keras`, TensorFlow, host): `model(x)` on one sample "
+            f"{_fmt_us(kc['latency_us']['median'])}, `model.predict(x)` on one sample "
+            f"{_fmt_us(kp['latency_us']['median'])}.",
+        ]
         if i8:
-            lines.append(f"int8 TFLite batch-1 latency is **{kp['latency_us']['median'] / i8['latency_us']['median']:,.0f}×** "
-                         f"below Keras `predict` and {kc['latency_us']['median'] / i8['latency_us']['median']:,.0f}× below `model(x)`.")
+            lines.append(
+                f"int8 TFLite batch-1 latency is **{kp['latency_us']['median'] / i8['latency_us']['median']:,.0f}×** "
+                f"below Keras `predict` and {kc['latency_us']['median'] / i8['latency_us']['median']:,.0f}× below `model(x)`."
+            )
     lines += ["", "## Every configuration", ""]
     full = []
     for r in rows:
-        full.append([f"`{r['model']}`", r["runtime"], r["threads"] if r["threads"] else "—", r["batch"],
-                     _fmt_us(r["latency_us"]["median"]), _fmt_us(r["latency_us"]["p90"]),
-                     _fmt_us(r["latency_us"]["p99"]), f"{r['throughput_per_s']:,.0f}",
-                     f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "—",
-                     f"{r['throughput_ratio']:.2f}" if "throughput_ratio" in r else "—"])
-    lines.append(md_table(["model", "runtime", "threads", "batch", "median", "p90", "p99",
-                           "samples/s", "latency ÷ float32", "throughput ÷ float32"], full, "llrrrrrrrr"))
+        full.append(
+            [
+                f"`{r['model']}`",
+                r["runtime"],
+                r["threads"] if r["threads"] else "—",
+                r["batch"],
+                _fmt_us(r["latency_us"]["median"]),
+                _fmt_us(r["latency_us"]["p90"]),
+                _fmt_us(r["latency_us"]["p99"]),
+                f"{r['throughput_per_s']:,.0f}",
+                f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "—",
+                f"{r['throughput_ratio']:.2f}" if "throughput_ratio" in r else "—",
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "model",
+                "runtime",
+                "threads",
+                "batch",
+                "median",
+                "p90",
+                "p99",
+                "samples/s",
+                "latency ÷ float32",
+                "throughput ÷ float32",
+            ],
+            full,
+            "llrrrrrrrr",
+        )
+    )
     for rem in rec.get("remote", []):
         res = rem["report"].get("results", [])
         b1 = next((r for r in res if r["batch"] == 1), None)
-        lines.append(f"- {rem['target']} `{rem['model']}`: {rem['timing_meaning']}"
-                     + (f"; batch-1 median {_fmt_us(b1['latency_us']['median'])}" if b1 and not rem["emulated"] else ""))
+        lines.append(
+            f"- {rem['target']} `{rem['model']}`: {rem['timing_meaning']}"
+            + (
+                f"; batch-1 median {_fmt_us(b1['latency_us']['median'])}"
+                if b1 and not rem["emulated"]
+                else ""
+            )
+        )
     for p in plots:
         lines += ["", f"![{p.stem}]({p.name})"]
     lines.append("")
@@ -200,10 +319,13 @@ def bench_plots(record: dict, out: Path) -> list[Path]:
     rec = jsonable(record)
     plt = _pyplot()
     paths = []
-    for key, fname, ylabel in (("latency", "bench_latency.png", "median latency per invoke (µs)"),
-                               ("throughput", "bench_throughput.png", "throughput (samples/s)")):
-        fig, axes = plt.subplots(1, len(rec["threads_used"]), figsize=(5 * len(rec["threads_used"]), 3.8),
-                                 squeeze=False)
+    for key, fname, ylabel in (
+        ("latency", "bench_latency.png", "median latency per invoke (µs)"),
+        ("throughput", "bench_throughput.png", "throughput (samples/s)"),
+    ):
+        fig, axes = plt.subplots(
+            1, len(rec["threads_used"]), figsize=(5 * len(rec["threads_used"]), 3.8), squeeze=False
+        )
         for ax, th in zip(axes[0], rec["threads_used"]):
             series: dict[str, list] = {}
             for r in rec["rows"]:
@@ -212,13 +334,18 @@ def bench_plots(record: dict, out: Path) -> list[Path]:
                     series.setdefault(label, []).append(r)
             for label, rs in series.items():
                 rs = sorted(rs, key=lambda r: r["batch"])
-                ys = [r["latency_us"]["median"] if key == "latency" else r["throughput_per_s"] for r in rs]
+                ys = [
+                    r["latency_us"]["median"] if key == "latency" else r["throughput_per_s"]
+                    for r in rs
+                ]
                 ax.plot([r["batch"] for r in rs], ys, marker="o", label=label)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("batch size")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"{th} thread{'s' if th > 1 else ''} (Keras: TensorFlow's own threads)", fontsize=9)
+            ax.set_title(
+                f"{th} thread{'s' if th > 1 else ''} (Keras: TensorFlow's own threads)", fontsize=9
+            )
             ax.grid(True, which="both", alpha=0.3)
         axes[0][-1].legend(fontsize=6)
         paths.append(save_figure(fig, out / fname))

@@ -3,6 +3,7 @@
 All candidates are evaluated on the same test samples as the reference, so differences are paired:
 what matters is the samples on which the two disagree about correctness (the discordant pairs).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,10 @@ def mcnemar_exact(b: int, c: int) -> float:
         return 1.0
     k = min(b, c)
     # Sum in log space: exact for any n this tool meets (test sets up to millions of samples).
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2)
-            for i in range(k + 1)]
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2)
+        for i in range(k + 1)
+    ]
     m = max(logs)
     tail = math.exp(m) * sum(math.exp(v - m) for v in logs)
     return min(1.0, 2.0 * tail)
@@ -69,8 +72,10 @@ def compare(pred: np.ndarray, ref_pred: np.ndarray, labels: np.ndarray) -> Paire
     """
     pred, ref_pred, labels = (np.asarray(a).ravel() for a in (pred, ref_pred, labels))
     if not (len(pred) == len(ref_pred) == len(labels)) or len(labels) == 0:
-        raise ValueError(f"need equally many predictions and labels, got {len(pred)}, "
-                         f"{len(ref_pred)}, {len(labels)}")
+        raise ValueError(
+            f"need equally many predictions and labels, got {len(pred)}, "
+            f"{len(ref_pred)}, {len(labels)}"
+        )
     n = len(labels)
     ok, ref_ok = pred == labels, ref_pred == labels
     d = ok.astype(np.float64) - ref_ok
@@ -78,8 +83,14 @@ def compare(pred: np.ndarray, ref_pred: np.ndarray, labels: np.ndarray) -> Paire
     half = Z95 * float(d.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
     b, c = int(np.sum(ok & ~ref_ok)), int(np.sum(~ok & ref_ok))
     return PairedComparison(
-        n=n, accuracy=float(ok.mean()), accuracy_ci=wilson_interval(int(ok.sum()), n),
-        reference_accuracy=float(ref_ok.mean()), diff_pp=100 * mean,
-        diff_ci_pp=(100 * (mean - half), 100 * (mean + half)), only_candidate_right=b,
-        only_reference_right=c, mcnemar_p=mcnemar_exact(b, c),
-        agreement=float(np.mean(pred == ref_pred)))
+        n=n,
+        accuracy=float(ok.mean()),
+        accuracy_ci=wilson_interval(int(ok.sum()), n),
+        reference_accuracy=float(ref_ok.mean()),
+        diff_pp=100 * mean,
+        diff_ci_pp=(100 * (mean - half), 100 * (mean + half)),
+        only_candidate_right=b,
+        only_reference_right=c,
+        mcnemar_p=mcnemar_exact(b, c),
+        agreement=float(np.mean(pred == ref_pred)),
+    )

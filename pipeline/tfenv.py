@@ -3,6 +3,7 @@
 Importing TensorFlow costs about 6 s, so nothing at module level in the CLI's path imports it;
 stage functions call `tf()` / `keras()` when they need it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ import os
 import sys
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tf():
     import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before the first TensorFlow import)
 
@@ -33,7 +34,7 @@ def tf():
     return tensorflow
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def keras():
     """Keras 2 (`tf_keras`): tensorflow-model-optimization 0.8 does not work with Keras 3."""
     tf()
@@ -93,8 +94,11 @@ def native_noise_filtered():
                 yield
         finally:
             held.seek(0)
-            kept = [line for line in held.read().decode("utf-8", "replace").splitlines(True)
-                    if not any(noise in line for noise in NATIVE_NOISE)]
+            kept = [
+                line
+                for line in held.read().decode("utf-8", "replace").splitlines(True)
+                if not any(noise in line for noise in NATIVE_NOISE)
+            ]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

@@ -30,6 +30,7 @@ bnpipe writes its own metadata entry (`bnpipe`, JSON) into each model it exports
 preprocessing and the input/output quantization, so the file alone says how to feed it.
 Imports only numpy, flatbuffers and LiteRT's generated schema (no TensorFlow).
 """
+
 from __future__ import annotations
 
 import functools
@@ -123,7 +124,9 @@ def parse_tflite(data: bytes, name: str = "<bytes>") -> TfliteInfo:
         raise ModelError(f"{name} is not a TFLite model: no TFL3 identifier (found {data[4:8]!r})")
     root = int.from_bytes(data[0:4], "little")
     if not 8 <= root < len(data):
-        raise ModelError(f"{name} is damaged: root offset {root} is outside the {len(data)}-byte file")
+        raise ModelError(
+            f"{name} is damaged: root offset {root} is outside the {len(data)}-byte file"
+        )
     return _describe(_Reader(bytes(data), name), root)
 
 
@@ -131,8 +134,18 @@ def parse_tflite(data: bytes, name: str = "<bytes>") -> TfliteInfo:
 # read slot s at vtable entry 4 + 2·s, and flatbuffers never renumbers a field (new ones are
 # appended). tests/test_tflite_file.py checks each against ai_edge_litert's generated schema.
 class _Model:
-    VERSION, OPERATOR_CODES, SUBGRAPHS, DESCRIPTION, BUFFERS, METADATA_BUFFER, METADATA, \
-        SIGNATURE_DEFS, EXTERNAL_BUFFER_GROUPS, EXTERNAL_BUFFERS = range(10)
+    (
+        VERSION,
+        OPERATOR_CODES,
+        SUBGRAPHS,
+        DESCRIPTION,
+        BUFFERS,
+        METADATA_BUFFER,
+        METADATA,
+        SIGNATURE_DEFS,
+        EXTERNAL_BUFFER_GROUPS,
+        EXTERNAL_BUFFERS,
+    ) = range(10)
 
 
 class _OperatorCode:
@@ -144,8 +157,18 @@ class _SubGraph:
 
 
 class _Tensor:
-    SHAPE, TYPE, BUFFER, NAME, QUANTIZATION, IS_VARIABLE, SPARSITY, SHAPE_SIGNATURE, HAS_RANK, \
-        VARIANT_TENSORS = range(10)
+    (
+        SHAPE,
+        TYPE,
+        BUFFER,
+        NAME,
+        QUANTIZATION,
+        IS_VARIABLE,
+        SPARSITY,
+        SHAPE_SIGNATURE,
+        HAS_RANK,
+        VARIANT_TENSORS,
+    ) = range(10)
 
 
 class _Quantization:
@@ -153,10 +176,21 @@ class _Quantization:
 
 
 class _Operator:
-    OPCODE_INDEX, INPUTS, OUTPUTS, BUILTIN_OPTIONS_TYPE, BUILTIN_OPTIONS, CUSTOM_OPTIONS, \
-        CUSTOM_OPTIONS_FORMAT, MUTATING_VARIABLE_INPUTS, INTERMEDIATES, \
-        LARGE_CUSTOM_OPTIONS_OFFSET, LARGE_CUSTOM_OPTIONS_SIZE, BUILTIN_OPTIONS_2_TYPE, \
-        BUILTIN_OPTIONS_2 = range(13)
+    (
+        OPCODE_INDEX,
+        INPUTS,
+        OUTPUTS,
+        BUILTIN_OPTIONS_TYPE,
+        BUILTIN_OPTIONS,
+        CUSTOM_OPTIONS,
+        CUSTOM_OPTIONS_FORMAT,
+        MUTATING_VARIABLE_INPUTS,
+        INTERMEDIATES,
+        LARGE_CUSTOM_OPTIONS_OFFSET,
+        LARGE_CUSTOM_OPTIONS_SIZE,
+        BUILTIN_OPTIONS_2_TYPE,
+        BUILTIN_OPTIONS_2,
+    ) = range(13)
 
 
 class _Buffer:
@@ -200,8 +234,10 @@ class _Reader:
         self.data, self.size, self.name = data, len(data), name
 
     def outside(self, pos: int, length: int, what: str) -> ModelError:
-        return ModelError(f"{self.name} is damaged or truncated: {what} at bytes {pos}–{pos + length} "
-                          f"lies outside the {self.size}-byte file")
+        return ModelError(
+            f"{self.name} is damaged or truncated: {what} at bytes {pos}–{pos + length} "
+            f"lies outside the {self.size}-byte file"
+        )
 
     def table(self, pos: int, what: str) -> tuple[int, tuple[int, ...]]:
         """The table at `pos`: its vtable and its inline fields must lie inside the file."""
@@ -213,16 +249,20 @@ class _Reader:
             raise self.outside(vtable, 4, "the vtable of " + what)
         vt_len, inline_len = _VTABLE_HEADER.unpack_from(data, vtable)
         if vt_len < 4 or vt_len % 2 or inline_len < 4:
-            raise ModelError(f"{self.name} is damaged: {what} has a vtable of {vt_len} bytes and "
-                             f"{inline_len} inline bytes")
+            raise ModelError(
+                f"{self.name} is damaged: {what} has a vtable of {vt_len} bytes and "
+                f"{inline_len} inline bytes"
+            )
         if vtable + vt_len > size:
             raise self.outside(vtable, vt_len, "the vtable of " + what)
         if pos + inline_len > size:
             raise self.outside(pos, inline_len, what)
         entries = struct.unpack_from(f"<{(vt_len - 4) // 2}H", data, vtable + 4)
         if entries and max(entries) >= inline_len:
-            raise ModelError(f"{self.name} is damaged: {what} has a field at byte {max(entries)} of its "
-                             f"{inline_len}")
+            raise ModelError(
+                f"{self.name} is damaged: {what} has a field at byte {max(entries)} of its "
+                f"{inline_len}"
+            )
         return pos, entries
 
     # A field's position: its vtable entry added to the table's (an entry of 0, or none, means the
@@ -271,7 +311,7 @@ class _Reader:
 
     def text(self, t, slot: int, what: str) -> str:
         v = self.vector(t, slot, 1, what)
-        return "" if v is None else self.data[v[0]:v[0] + v[1]].decode("utf-8", "replace")
+        return "" if v is None else self.data[v[0] : v[0] + v[1]].decode("utf-8", "replace")
 
     def sub_table(self, t, slot: int, what: str):
         at = self._target(t, slot, what)
@@ -301,8 +341,10 @@ def _describe(r: _Reader, root: int) -> TfliteInfo:
         raise ModelError(f"{name} is damaged: it has no subgraph")
     codes = []
     for oc in r.tables(model, _Model.OPERATOR_CODES, "an operator code"):
-        code = max(r.scalar(oc, _OperatorCode.BUILTIN_CODE, _I32),
-                   r.scalar(oc, _OperatorCode.DEPRECATED_BUILTIN_CODE, _I8))
+        code = max(
+            r.scalar(oc, _OperatorCode.BUILTIN_CODE, _I32),
+            r.scalar(oc, _OperatorCode.DEPRECATED_BUILTIN_CODE, _I8),
+        )
         op = ops_names.get(code, f"UNKNOWN_{code}")
         custom = r.text(oc, _OperatorCode.CUSTOM_CODE, "a custom operator's name")
         codes.append(f"CUSTOM:{custom}" if op == "CUSTOM" else op)
@@ -335,22 +377,35 @@ def _describe(r: _Reader, root: int) -> TfliteInfo:
         if mname == METADATA_NAME and index < len(buffers) and buffers[index][0] is not None:
             start, n = buffers[index][0]
             try:
-                meta = json.loads(r.data[start:start + n].decode("utf-8"))
+                meta = json.loads(r.data[start : start + n].decode("utf-8"))
             except ValueError:  # not UTF-8, or not JSON
                 meta = {}
-    return TfliteInfo(name, size, r.scalar(model, _Model.VERSION, _U32),
-                      r.text(model, _Model.DESCRIPTION, "the description"), operators, tensors,
-                      inputs, outputs, meta, meta_names)
+    return TfliteInfo(
+        name,
+        size,
+        r.scalar(model, _Model.VERSION, _U32),
+        r.text(model, _Model.DESCRIPTION, "the description"),
+        operators,
+        tensors,
+        inputs,
+        outputs,
+        meta,
+        meta_names,
+    )
 
 
 def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_names: dict):
     """Subgraph k: (tensors, operators, inputs, outputs), every index checked to be in range."""
-    name = r.name if k == 0 else f"{r.name} subgraph {k}"  # the messages name subgraph 0 as the file
+    name = (
+        r.name if k == 0 else f"{r.name} subgraph {k}"
+    )  # the messages name subgraph 0 as the file
     tensors = []
     for i, t in enumerate(r.tables(sg, _SubGraph.TENSORS, "a tensor")):
         buffer = r.scalar(t, _Tensor.BUFFER, _U32)
         if not buffer < max(len(buffers), 1):
-            raise ModelError(f"{name} is damaged: tensor {i} points at buffer {buffer} of {len(buffers)}")
+            raise ModelError(
+                f"{name} is damaged: tensor {i} points at buffer {buffer} of {len(buffers)}"
+            )
         ttype = r.scalar(t, _Tensor.TYPE, _I8)
         if ttype not in type_names:
             raise ModelError(f"{name} is damaged: tensor {i} has unknown type {ttype}")
@@ -358,7 +413,9 @@ def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_name
         q = r.sub_table(t, _Tensor.QUANTIZATION, "a tensor's quantization")
         if q is not None:
             scale = r.numbers(q, _Quantization.SCALE, "f", "a quantization scale") or []
-            zero_point = r.numbers(q, _Quantization.ZERO_POINT, "q", "a quantization zero point") or []
+            zero_point = (
+                r.numbers(q, _Quantization.ZERO_POINT, "q", "a quantization zero point") or []
+            )
             r.numbers(q, _Quantization.MIN, "f", "a quantization minimum")
             r.numbers(q, _Quantization.MAX, "f", "a quantization maximum")
             r.sub_table(q, _Quantization.DETAILS, "a tensor's quantization details")
@@ -369,8 +426,17 @@ def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_name
         signature = r.numbers(t, _Tensor.SHAPE_SIGNATURE, "i", "a tensor's shape signature")
         tname = r.text(t, _Tensor.NAME, "a tensor's name")
         const = bool(buffers) and buffers[buffer][1]
-        tensors.append(TensorInfo(i, tname, signature if signature is not None else (shape or []),
-                                  type_names[ttype].lower(), scale, zero_point, const))
+        tensors.append(
+            TensorInfo(
+                i,
+                tname,
+                signature if signature is not None else (shape or []),
+                type_names[ttype].lower(),
+                scale,
+                zero_point,
+                const,
+            )
+        )
     n = len(tensors)
 
     def check_idx(t, slot, what):
@@ -385,8 +451,14 @@ def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_name
         code = r.scalar(op, _Operator.OPCODE_INDEX, _U32)
         if not code < len(codes):
             raise ModelError(f"{name} is damaged: operator {i} has opcode {code} of {len(codes)}")
-        operators.append(OperatorInfo(i, codes[code], check_idx(op, _Operator.INPUTS, f"operator {i}"),
-                                      check_idx(op, _Operator.OUTPUTS, f"operator {i}")))
+        operators.append(
+            OperatorInfo(
+                i,
+                codes[code],
+                check_idx(op, _Operator.INPUTS, f"operator {i}"),
+                check_idx(op, _Operator.OUTPUTS, f"operator {i}"),
+            )
+        )
         r.sub_table(op, _Operator.BUILTIN_OPTIONS, "an operator's options")
         r.sub_table(op, _Operator.BUILTIN_OPTIONS_2, "an operator's options")
         r.vector(op, _Operator.CUSTOM_OPTIONS, 1, "an operator's custom options")
@@ -405,8 +477,11 @@ def with_metadata(data: bytes, payload: dict[str, Any]) -> bytes:
 
     model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
     blob = np.frombuffer(json.dumps(payload, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    model.metadata = [m for m in (model.metadata or [])
-                      if (m.name.decode() if isinstance(m.name, bytes) else m.name) != METADATA_NAME]
+    model.metadata = [
+        m
+        for m in (model.metadata or [])
+        if (m.name.decode() if isinstance(m.name, bytes) else m.name) != METADATA_NAME
+    ]
     buf = fb.BufferT()
     buf.data = blob
     model.buffers.append(buf)
@@ -433,13 +508,19 @@ def check_io(info: TfliteInfo) -> TfliteInfo:
         if len(t.shape) < 2:
             raise ModelError(f"{where} has shape {t.shape}; bnpipe needs (batch, features)")
         if t.dtype not in _RUNNABLE_IO:
-            raise ModelError(f"{where} is {t.dtype}; bnpipe feeds and reads only "
-                             f"{', '.join(_RUNNABLE_IO)}")
+            raise ModelError(
+                f"{where} is {t.dtype}; bnpipe feeds and reads only {', '.join(_RUNNABLE_IO)}"
+            )
         if t.dtype in ("int8", "uint8", "int16") and not (
-                len(t.scale) == 1 and len(t.zero_point) == 1 and math.isfinite(t.scale[0])
-                and t.scale[0] > 0):
-            raise ModelError(f"{where} is {t.dtype} with scale {t.scale} and zero point "
-                             f"{t.zero_point}; bnpipe needs one finite scale > 0 and one zero point")
+            len(t.scale) == 1
+            and len(t.zero_point) == 1
+            and math.isfinite(t.scale[0])
+            and t.scale[0] > 0
+        ):
+            raise ModelError(
+                f"{where} is {t.dtype} with scale {t.scale} and zero point "
+                f"{t.zero_point}; bnpipe needs one finite scale > 0 and one zero point"
+            )
     return info
 
 
@@ -447,5 +528,8 @@ def quant_params(t: TensorInfo) -> dict[str, Any]:
     """scale / zero point of a per-tensor quantized tensor, or None for a float tensor."""
     if not t.scale:
         return {"dtype": t.dtype, "scale": None, "zero_point": None}
-    return {"dtype": t.dtype, "scale": t.scale[0] if len(t.scale) == 1 else t.scale,
-            "zero_point": t.zero_point[0] if len(t.zero_point) == 1 else t.zero_point}
+    return {
+        "dtype": t.dtype,
+        "scale": t.scale[0] if len(t.scale) == 1 else t.scale,
+        "zero_point": t.zero_point[0] if len(t.zero_point) == 1 else t.zero_point,
+    }

@@ -7,6 +7,7 @@ checkpoint and ends with the very weights an uninterrupted run gives: nothing el
 from one epoch to the next (no dropout, a constant learning rate). The checkpoints are removed
 once model.keras is written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,14 @@ def epoch_order(seed: int, epoch: int, n: int):
 
 
 @artifacts.transactional
-def train(config: TrainConfig, artifacts_dir: Path, *, quiet: bool = False,
-          resume: bool | str = False, say=None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    artifacts_dir: Path,
+    *,
+    quiet: bool = False,
+    resume: bool | str = False,
+    say=None,
+) -> TrainResult:
     """Train with `config`; write model.keras and train.json atomically.
 
     Deterministic: the same config, data and machine give the same weights bit for bit.
@@ -68,16 +75,23 @@ def train(config: TrainConfig, artifacts_dir: Path, *, quiet: bool = False,
     if config.strategy != "none":
         return _train_distributed(config, artifacts_dir, quiet=quiet, resume=resume, say=say)
     t0 = time.perf_counter()
-    ds = load_dataset(config.data, config.test_data, seed=config.seed,
-                      val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+    ds = load_dataset(
+        config.data,
+        config.test_data,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
     t_data = time.perf_counter() - t0
 
     from .model import build_mlp, compile_model, save_model
     from .tfenv import muted_stderr, set_determinism
 
     set_determinism(config.seed)
-    model = compile_model(build_mlp(ds.preprocessing.n_features, ds.num_classes, config.hidden,
-                                    config.bn), config.learning_rate)
+    model = compile_model(
+        build_mlp(ds.preprocessing.n_features, ds.num_classes, config.hidden, config.bn),
+        config.learning_rate,
+    )
     ckpt_root = Path(artifacts_dir) / RESUME_DIR
     fingerprint = ds.fingerprint()
     start, hist = 0, {}
@@ -88,8 +102,10 @@ def train(config: TrainConfig, artifacts_dir: Path, *, quiet: bool = False,
         else:
             mismatch = _mismatch(artifacts.read_json(found / _STATE_FILE), config, fingerprint)
             if mismatch and resume != "auto":
-                raise ArtifactError(f"cannot resume from {found}: {mismatch}; run without --resume "
-                                    "to train from the start")
+                raise ArtifactError(
+                    f"cannot resume from {found}: {mismatch}; run without --resume "
+                    "to train from the start"
+                )
             if not mismatch:
                 start, hist = _restore(model, found)
                 say(f"resuming after epoch {start} of {config.epochs} ({found})")
@@ -103,9 +119,17 @@ def train(config: TrainConfig, artifacts_dir: Path, *, quiet: bool = False,
         # epochs/initial_epoch keep Keras's "Epoch 3/10" progress right; the callback stops the
         # fit after this one epoch, so the checkpoint below falls between epochs.
         with muted_stderr():  # tf.data's C++ notices ("NodeDef mentions attribute …")
-            h = model.fit(ds.x_train[order], ds.y_train[order], epochs=config.epochs,
-                          initial_epoch=epoch, batch_size=config.batch_size, shuffle=False,
-                          validation_data=validation, verbose=verbose, callbacks=[one_epoch])
+            h = model.fit(
+                ds.x_train[order],
+                ds.y_train[order],
+                epochs=config.epochs,
+                initial_epoch=epoch,
+                batch_size=config.batch_size,
+                shuffle=False,
+                validation_data=validation,
+                verbose=verbose,
+                callbacks=[one_epoch],
+            )
         for k, vals in h.history.items():
             hist.setdefault(k, []).extend(float(v) for v in vals)
         if epoch + 1 < config.epochs:  # the last epoch's state is model.keras itself
@@ -130,12 +154,21 @@ def train(config: TrainConfig, artifacts_dir: Path, *, quiet: bool = False,
     }
     record_path = artifacts.write_json(out / RECORD_FILE, record, inputs={"data": fingerprint})
     artifacts.on_success(lambda: _remove_checkpoints(ckpt_root))
-    return TrainResult(model_path, record_path, float(test_acc), record["val_accuracy"],
-                       config.epochs, time.perf_counter() - t0, ds.summary(), start)
+    return TrainResult(
+        model_path,
+        record_path,
+        float(test_acc),
+        record["val_accuracy"],
+        config.epochs,
+        time.perf_counter() - t0,
+        ds.summary(),
+        start,
+    )
 
 
-def _train_distributed(config: TrainConfig, artifacts_dir: Path, *, quiet: bool,
-                       resume: bool | str, say) -> TrainResult:
+def _train_distributed(
+    config: TrainConfig, artifacts_dir: Path, *, quiet: bool, resume: bool | str, say
+) -> TrainResult:
     """--strategy mirrored|multi-worker: distribute.fit, then write what train() writes.
 
     No per-epoch checkpoints: an explicit --resume is refused; "auto" (bnpipe run) trains from
@@ -147,8 +180,10 @@ def _train_distributed(config: TrainConfig, artifacts_dir: Path, *, quiet: bool,
     from .model import save_model
 
     if resume is True:
-        raise BnpipeError(f"--resume works only with --strategy none; --strategy {config.strategy} "
-                          "writes no per-epoch checkpoints (run it again without --resume)")
+        raise BnpipeError(
+            f"--resume works only with --strategy none; --strategy {config.strategy} "
+            "writes no per-epoch checkpoints (run it again without --resume)"
+        )
     t0 = time.perf_counter()
     # First of all: multi-worker must configure TensorFlow before its first operation.
     strategy = distribute.make_strategy(config.strategy, config.to_dict())
@@ -170,10 +205,19 @@ def _train_distributed(config: TrainConfig, artifacts_dir: Path, *, quiet: bool,
         "timings": {**run.timings, "total_s": time.perf_counter() - t0},
         "outputs": {MODEL_FILE: artifacts.sha256_file(model_path)},
     }
-    record_path = artifacts.write_json(out / RECORD_FILE, record,
-                                       inputs={"data": run.dataset["fingerprint"]})
-    return TrainResult(model_path, record_path, run.test_accuracy, record["val_accuracy"],
-                       config.epochs, time.perf_counter() - t0, run.dataset, 0)
+    record_path = artifacts.write_json(
+        out / RECORD_FILE, record, inputs={"data": run.dataset["fingerprint"]}
+    )
+    return TrainResult(
+        model_path,
+        record_path,
+        run.test_accuracy,
+        record["val_accuracy"],
+        config.epochs,
+        time.perf_counter() - t0,
+        run.dataset,
+        0,
+    )
 
 
 class _StopAfterOneEpoch:
@@ -195,8 +239,9 @@ def _tf_checkpoint(model):
     return tf().train.Checkpoint(model=model, optimizer=model.optimizer)
 
 
-def _save_checkpoint(root: Path, model, epoch: int, config: TrainConfig, fingerprint: str,
-                     hist: dict) -> None:
+def _save_checkpoint(
+    root: Path, model, epoch: int, config: TrainConfig, fingerprint: str, hist: dict
+) -> None:
     """Write epoch-NNNN/ (weights, optimizer state, history) whole or not at all, then drop older ones.
 
     The directory is written under a temporary name and renamed: a checkpoint that exists is
@@ -208,8 +253,12 @@ def _save_checkpoint(root: Path, model, epoch: int, config: TrainConfig, fingerp
         _tf_checkpoint(model).write(str(tmp / "ckpt"))
         # Written in place, not through artifacts.write_json: the directory rename below is what
         # makes the checkpoint appear whole, and it must not wait for the stage's transaction.
-        state = {"epoch": epoch, "config": config.to_dict(), "history": hist,
-                 "inputs": {"data": fingerprint}}
+        state = {
+            "epoch": epoch,
+            "config": config.to_dict(),
+            "history": hist,
+            "inputs": {"data": fingerprint},
+        }
         (tmp / _STATE_FILE).write_text(json.dumps(artifacts.jsonable(state)))
         final = root / f"{_EPOCH_PREFIX}{epoch:04d}"
         if final.exists():
@@ -236,10 +285,15 @@ def _mismatch(state: dict, config: TrainConfig, fingerprint: str) -> str:
     """
     mine = json.loads(json.dumps(config.to_dict()))
     theirs = state.get("config", {})
-    diff = sorted(k for k in set(mine) | set(theirs) if k != "epochs" and mine.get(k) != theirs.get(k))
+    diff = sorted(
+        k for k in set(mine) | set(theirs) if k != "epochs" and mine.get(k) != theirs.get(k)
+    )
     if diff:
-        return "it was trained with other options (" + ", ".join(
-            f"{k}={theirs.get(k)!r}, now {mine.get(k)!r}" for k in diff) + ")"
+        return (
+            "it was trained with other options ("
+            + ", ".join(f"{k}={theirs.get(k)!r}, now {mine.get(k)!r}" for k in diff)
+            + ")"
+        )
     if state.get("inputs", {}).get("data") != fingerprint:
         return "it was trained on other data"
     if state.get("epoch", 0) > config.epochs:
@@ -253,8 +307,10 @@ def _restore(model, found: Path) -> tuple[int, dict]:
     try:
         _tf_checkpoint(model).read(str(found / "ckpt")).assert_existing_objects_matched()
     except Exception as exc:
-        raise ArtifactError(f"checkpoint {found} is damaged: {str(exc).splitlines()[0][:200]}; "
-                            "run without --resume to train from the start") from None
+        raise ArtifactError(
+            f"checkpoint {found} is damaged: {str(exc).splitlines()[0][:200]}; "
+            "run without --resume to train from the start"
+        ) from None
     return int(state["epoch"]), {k: list(v) for k, v in state.get("history", {}).items()}
 
 
@@ -283,19 +339,27 @@ def recorded_dataset(where: Path | list[Path], data: str | None = None, model=No
                 cfg = artifacts.read_json(d / RECORD_FILE).get("config", {})
                 break
         if cfg is None:
-            raise DataError("no data given and no train.json found beside the model; pass --data "
-                            "(digits, mnist, a .npz, an IDX directory or a .csv)")
-        ds = load_dataset(cfg.get("data", "digits"), cfg.get("test_data"), seed=cfg.get("seed", 0),
-                          val_fraction=cfg.get("val_fraction", 0.1),
-                          test_fraction=cfg.get("test_fraction", 0.2))
+            raise DataError(
+                "no data given and no train.json found beside the model; pass --data "
+                "(digits, mnist, a .npz, an IDX directory or a .csv)"
+            )
+        ds = load_dataset(
+            cfg.get("data", "digits"),
+            cfg.get("test_data"),
+            seed=cfg.get("seed", 0),
+            val_fraction=cfg.get("val_fraction", 0.1),
+            test_fraction=cfg.get("test_fraction", 0.2),
+        )
     else:
         ds = load_dataset(data)
     if model is not None:
         n_in = int(model.inputs[0].shape[-1])
         n_out = int(model.outputs[0].shape[-1])
         if ds.preprocessing.n_features != n_in:
-            raise DataError(f"the data has {ds.preprocessing.n_features} features per sample but "
-                            f"the model takes {n_in}")
+            raise DataError(
+                f"the data has {ds.preprocessing.n_features} features per sample but "
+                f"the model takes {n_in}"
+            )
         if ds.num_classes > n_out:
             raise DataError(f"the data has {ds.num_classes} classes but the model outputs {n_out}")
     return ds, ds.preprocessing.to_dict()

@@ -7,6 +7,7 @@ reference with a 95 % interval and an exact McNemar p-value, its top-1 agreement
 reference, and for integer models the distance of its raw outputs from the `host-ref` outputs in
 quantization steps. Gates turn these into a verdict (exit 1 when any fails).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -94,8 +95,9 @@ class ModelInputs:
     returned are shared: runtimes only read them.
     """
 
-    def __init__(self, x: np.ndarray, codes: np.ndarray | None = None,
-                 values: np.ndarray | None = None):
+    def __init__(
+        self, x: np.ndarray, codes: np.ndarray | None = None, values: np.ndarray | None = None
+    ):
         self.x, self.codes, self.values = x, codes, values
         self._made: dict[tuple, np.ndarray] = {}
 
@@ -107,8 +109,17 @@ class ModelInputs:
         return self._made[key]
 
 
-def run_row(rt, path: Path, info, xin: np.ndarray, ref_pred: np.ndarray, y: np.ndarray,
-            n_classes: int, raw_ref: np.ndarray | None, config: VerifyConfig) -> tuple[Row, np.ndarray]:
+def run_row(
+    rt,
+    path: Path,
+    info,
+    xin: np.ndarray,
+    ref_pred: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    raw_ref: np.ndarray | None,
+    config: VerifyConfig,
+) -> tuple[Row, np.ndarray]:
     """One candidate on one target: its row, and its raw outputs (N, classes).
 
     Runs `xin` (ModelInputs.for_tensor) on `rt`, scores the top-1 classes against the labels `y`
@@ -120,8 +131,16 @@ def run_row(rt, path: Path, info, xin: np.ndarray, ref_pred: np.ndarray, y: np.n
     raw = res.outputs.reshape(len(y), -1)
     if rt.name == REFERENCE_TARGET:
         raw_ref = raw
-    row = _row(path.name, rt.name, np.argmax(raw, axis=1), ref_pred, y, n_classes,
-               res.invoke_seconds, res.info)
+    row = _row(
+        path.name,
+        rt.name,
+        np.argmax(raw, axis=1),
+        ref_pred,
+        y,
+        n_classes,
+        res.invoke_seconds,
+        res.info,
+    )
     if _integer(quant_params(info.output_tensor())) and raw_ref is not None:
         # Steps apart, in the narrowest type that holds any difference (int8 codes: int16, 20×
         # faster than int64 on 10,000 × 10 outputs; int16 codes: int32).
@@ -132,8 +151,14 @@ def run_row(rt, path: Path, info, xin: np.ndarray, ref_pred: np.ndarray, y: np.n
     return row, raw
 
 
-def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
-               tflite: list[Path] | None = None, data: str | None = None, progress=None) -> VerifyResult:
+def run_verify(
+    artifacts_dir: Path,
+    *,
+    config: VerifyConfig = VerifyConfig(),
+    tflite: list[Path] | None = None,
+    data: str | None = None,
+    progress=None,
+) -> VerifyResult:
     """Verify every candidate on every target; write verify.json, verify.md and plots.
 
     Raises GateFailed (after writing the reports) when a gate fails; ModelError / DataError /
@@ -147,35 +172,50 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
     t0 = time.perf_counter()
     say = progress or (lambda m: None)
     out = artifacts_dir
-    ref_path = artifacts.require_file(out / "model.keras", "reference model",
-                                      "run `bnpipe train` first (verify compares against it)")
+    ref_path = artifacts.require_file(
+        out / "model.keras",
+        "reference model",
+        "run `bnpipe train` first (verify compares against it)",
+    )
     files = _candidate_files(out, tflite)
-    infos = {p: check_io(checked_tflite(p)) for p in files}  # structural check before any interpreter
+    infos = {
+        p: check_io(checked_tflite(p)) for p in files
+    }  # structural check before any interpreter
     explicit = config.targets is not None
-    runtimes, unavailable = resolve(parse_targets(",".join(config.targets) if explicit else None), explicit)
+    runtimes, unavailable = resolve(
+        parse_targets(",".join(config.targets) if explicit else None), explicit
+    )
     # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can be
     # well formed and still abort a kernel) is bad input, exit 2, and never reaches this process.
     # Started now, it runs while the reference model loads and predicts (which takes longer).
-    probe = start_probe([(p, rt.reference) for p in files for rt in runtimes if isinstance(rt, HostRuntime)])
+    probe = start_probe(
+        [(p, rt.reference) for p in files for rt in runtimes if isinstance(rt, HostRuntime)]
+    )
 
     reference = load_model(ref_path)
     ds, preprocessing = recorded_dataset([out], data, reference)
     x, y, codes = ds.x_test, ds.y_test, ds.x_test_codes
     if config.max_samples:
-        x, y = x[:config.max_samples], y[:config.max_samples]
-        codes = None if codes is None else codes[:config.max_samples]
+        x, y = x[: config.max_samples], y[: config.max_samples]
+        codes = None if codes is None else codes[: config.max_samples]
     n_classes = int(reference.outputs[0].shape[-1])
     for p, info in infos.items():
         shape = info.input_tensor().shape
         if shape[-1] != x.shape[1]:
-            raise DataError(f"{p.name} takes {shape[-1]} features per sample but the data has {x.shape[1]}")
+            raise DataError(
+                f"{p.name} takes {shape[-1]} features per sample but the data has {x.shape[1]}"
+            )
         if info.output_tensor().shape[-1] != n_classes:
-            raise ModelError(f"{p.name} outputs {info.output_tensor().shape[-1]} classes but the "
-                             f"reference model outputs {n_classes}")
+            raise ModelError(
+                f"{p.name} outputs {info.output_tensor().shape[-1]} classes but the "
+                f"reference model outputs {n_classes}"
+            )
         pre = info.metadata.get("preprocessing")
         if pre and abs(float(pre.get("divisor", 0)) - preprocessing["divisor"]) > 0:
-            raise DataError(f"{p.name} was exported for inputs divided by {pre['divisor']} but the "
-                            f"data is divided by {preprocessing['divisor']}")
+            raise DataError(
+                f"{p.name} was exported for inputs divided by {pre['divisor']} but the "
+                f"data is divided by {preprocessing['divisor']}"
+            )
 
     say("reference: model.keras on TensorFlow (host)")
     from .tfenv import muted_stderr
@@ -190,8 +230,18 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
         say("folded.keras on TensorFlow (host)")
         t1 = time.perf_counter()
         pred = np.argmax(load_model(folded_path).predict(x, batch_size=1024, verbose=0), axis=1)
-        rows.append(_row("folded.keras", "tensorflow", pred, ref_pred, y, n_classes,
-                         time.perf_counter() - t1, {}))
+        rows.append(
+            _row(
+                "folded.keras",
+                "tensorflow",
+                pred,
+                ref_pred,
+                y,
+                n_classes,
+                time.perf_counter() - t1,
+                {},
+            )
+        )
 
     probe.wait()  # ModelError naming a file that crashed the probe's child
     test_inputs = ModelInputs(x, codes, None if codes is None else ds.preprocessing.code_values())
@@ -215,13 +265,25 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
 
     failures = _apply_gates(rows, config) + _run_failures(infos, rows, skipped)
     passed = not failures
-    record = {"stage": "verify", "machine": artifacts.machine_info(), "config": dataclasses.asdict(config), "passed": passed,
-              "failures": failures, "reference": {"model": "model.keras", "runtime": "tensorflow (host)",
-                                                   "accuracy": float(np.mean(ref_pred == y))},
-              "n": int(len(y)), "dataset": ds.summary(), "preprocessing": preprocessing,
-              "rows": rows, "skipped": skipped,
-              "models": {p.name: artifacts.sha256_file(p) for p in files},
-              "timings": {"total_s": time.perf_counter() - t0}}
+    record = {
+        "stage": "verify",
+        "machine": artifacts.machine_info(),
+        "config": dataclasses.asdict(config),
+        "passed": passed,
+        "failures": failures,
+        "reference": {
+            "model": "model.keras",
+            "runtime": "tensorflow (host)",
+            "accuracy": float(np.mean(ref_pred == y)),
+        },
+        "n": len(y),
+        "dataset": ds.summary(),
+        "preprocessing": preprocessing,
+        "rows": rows,
+        "skipped": skipped,
+        "models": {p.name: artifacts.sha256_file(p) for p in files},
+        "timings": {"total_s": time.perf_counter() - t0},
+    }
     inputs = {"model.keras": artifacts.sha256_file(ref_path), "data": ds.fingerprint()}
     inputs.update(record["models"])
     if folded_path.is_file():
@@ -233,8 +295,18 @@ def run_verify(artifacts_dir: Path, *, config: VerifyConfig = VerifyConfig(),
         plots = verify_plots(record, out)
         record_path = artifacts.write_json(out / RECORD_FILE, record, inputs=inputs)
         report_path = artifacts.write_text(out / REPORT_FILE, verify_markdown(record, plots))
-    result = VerifyResult(rows, skipped, float(np.mean(ref_pred == y)), int(len(y)), passed,
-                          failures, record_path, report_path, plots, time.perf_counter() - t0)
+    result = VerifyResult(
+        rows,
+        skipped,
+        float(np.mean(ref_pred == y)),
+        len(y),
+        passed,
+        failures,
+        record_path,
+        report_path,
+        plots,
+        time.perf_counter() - t0,
+    )
     if failures:
         raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
     return result
@@ -289,9 +361,22 @@ def softmax_slack(info) -> int:
 def _row(candidate, target, pred, ref_pred, y, n_classes, seconds, info) -> Row:
     c = compare(pred, ref_pred, y)
     dis = np.bincount(ref_pred[pred != ref_pred], minlength=n_classes)
-    return Row(candidate, target, c.n, c.accuracy, c.accuracy_ci, c.diff_pp, c.diff_ci_pp,
-               c.mcnemar_p, c.agreement, c.only_candidate_right, c.only_reference_right,
-               seconds=float(seconds), info=info, disagreement_by_class=[int(v) for v in dis])
+    return Row(
+        candidate,
+        target,
+        c.n,
+        c.accuracy,
+        c.accuracy_ci,
+        c.diff_pp,
+        c.diff_ci_pp,
+        c.mcnemar_p,
+        c.agreement,
+        c.only_candidate_right,
+        c.only_reference_right,
+        seconds=float(seconds),
+        info=info,
+        disagreement_by_class=[int(v) for v in dis],
+    )
 
 
 def _run_failures(infos: dict, rows: list[Row], skipped: list[Skipped]) -> list[str]:
@@ -305,7 +390,9 @@ def _run_failures(infos: dict, rows: list[Row], skipped: list[Skipped]) -> list[
         if p.name not in ran:
             why = "; ".join(f"{s.target}: {s.reason}" for s in failed) or "no target was available"
             failures.append(f"{p.name} ran on no target ({why})")
-        elif _integer(quant_params(info.input_tensor())) and _integer(quant_params(info.output_tensor())):
+        elif _integer(quant_params(info.input_tensor())) and _integer(
+            quant_params(info.output_tensor())
+        ):
             failures.extend(f"{p.name} on {s.target}: {s.reason}" for s in failed)
     return failures
 
@@ -317,14 +404,20 @@ def _apply_gates(rows: list[Row], config: VerifyConfig) -> list[str]:
         where = f"{r.candidate} on {r.target}"
         if -r.diff_pp > config.max_drop:
             r.failures.append("max-drop")
-            failures.append(f"{where}: accuracy {-r.diff_pp:.2f} pp below the original "
-                            f"(allowed {config.max_drop:g})")
+            failures.append(
+                f"{where}: accuracy {-r.diff_pp:.2f} pp below the original "
+                f"(allowed {config.max_drop:g})"
+            )
         if r.agreement < config.min_agreement:
             r.failures.append("min-agreement")
-            failures.append(f"{where}: agrees with the original on {r.agreement:.2%} "
-                            f"(required {config.min_agreement:.2%})")
+            failures.append(
+                f"{where}: agrees with the original on {r.agreement:.2%} "
+                f"(required {config.min_agreement:.2%})"
+            )
         if r.lsb_max is not None and r.lsb_max > (r.lsb_allowed or config.max_lsb):
             r.failures.append("max-lsb")
-            failures.append(f"{where}: outputs differ from {REFERENCE_TARGET} by {r.lsb_max} "
-                            f"quantization steps (allowed {r.lsb_allowed or config.max_lsb})")
+            failures.append(
+                f"{where}: outputs differ from {REFERENCE_TARGET} by {r.lsb_max} "
+                f"quantization steps (allowed {r.lsb_allowed or config.max_lsb})"
+            )
     return failures

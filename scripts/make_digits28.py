@@ -17,6 +17,7 @@ of zeros makes each shift exact: nothing of a digit is cut off.
     python scripts/make_digits28.py artifacts/digits28.npz && bnpipe run --data artifacts/digits28.npz
     python scripts/make_digits28.py --shifted-copies 5 artifacts/digits28x6.npz
 """
+
 import argparse
 
 import numpy as np
@@ -25,8 +26,20 @@ from sklearn.model_selection import train_test_split
 
 FRAME = 2  # zero pixels around the 24×24 digit; no shift may exceed it
 # (rows, cols) offsets of the shifted copies, in the order they are appended.
-SHIFTS = ((0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1),
-          (0, 2), (2, 0), (0, -2), (-2, 0))
+SHIFTS = (
+    (0, 1),
+    (1, 0),
+    (0, -1),
+    (-1, 0),
+    (1, 1),
+    (-1, -1),
+    (1, -1),
+    (-1, 1),
+    (0, 2),
+    (2, 0),
+    (0, -2),
+    (-2, 0),
+)
 
 
 def shifted_copies(images: np.ndarray, copies: int) -> np.ndarray:
@@ -60,12 +73,18 @@ def main(dest: str, copies: int = 0) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(
         description="Write scikit-learn's 8×8 digits enlarged to 28×28 uint8 images as a .npz with "
-                    "x_train, y_train, x_test, y_test (MNIST's layout; not MNIST).")
+        "x_train, y_train, x_test, y_test (MNIST's layout; not MNIST)."
+    )
     ap.add_argument("dest", help="the .npz file to write")
-    ap.add_argument("--shifted-copies", type=int, default=0, metavar="K",
-                    help=f"append K (0..{len(SHIFTS)}) copies of every image shifted by 1-2 pixels, "
-                         "within its own split: AUGMENTED DIGITS, NOT MNIST (the same digits again); "
-                         "K=5 gives 2,160 test images [default: 0]")
+    ap.add_argument(
+        "--shifted-copies",
+        type=int,
+        default=0,
+        metavar="K",
+        help=f"append K (0..{len(SHIFTS)}) copies of every image shifted by 1-2 pixels, "
+        "within its own split: AUGMENTED DIGITS, NOT MNIST (the same digits again); "
+        "K=5 gives 2,160 test images [default: 0]",
+    )
     args = ap.parse_args()
     if not 0 <= args.shifted_copies <= len(SHIFTS):
         ap.error(f"--shifted-copies must be 0..{len(SHIFTS)}, got {args.shifted_copies}")

@@ -7,6 +7,7 @@ ARTIFACTS_DIR must hold folded.keras and train.json (run `bnpipe train` and `bnp
 Each setting exports into a scratch copy; the table compares every one with post-training int8
 on the same data, so the defaults of `bnpipe export` can be chosen by measurement.
 """
+
 import argparse
 import shutil
 import sys
@@ -29,14 +30,20 @@ def main() -> None:
         work = Path(tmp)
         for f in ("folded.keras", "train.json", "model.keras"):
             shutil.copy(args.artifacts / f, work / f)
-        ptq = run_export(work / "folded.keras", work, config=ExportConfig(modes=("ptq-int8",))).modes[0]
+        ptq = run_export(
+            work / "folded.keras", work, config=ExportConfig(modes=("ptq-int8",))
+        ).modes[0]
         rows.append(("ptq-int8", "-", "-", ptq.tflite_accuracy, ptq.agreement_with_float))
         for target in args.targets.split(","):
             for lr in (float(v) for v in args.lr.split(",")):
                 for ep in (int(v) for v in args.epochs.split(",")):
-                    cfg = ExportConfig(modes=("int8",), qat_epochs=ep, qat_learning_rate=lr, qat_target=target)
+                    cfg = ExportConfig(
+                        modes=("int8",), qat_epochs=ep, qat_learning_rate=lr, qat_target=target
+                    )
                     m = run_export(work / "folded.keras", work, config=cfg).modes[0]
-                    rows.append((f"qat {target}", ep, lr, m.tflite_accuracy, m.agreement_with_float))
+                    rows.append(
+                        (f"qat {target}", ep, lr, m.tflite_accuracy, m.agreement_with_float)
+                    )
                     print(*rows[-1], file=sys.stderr, flush=True)
     print(f"{'setting':<14} {'epochs':>6} {'lr':>7} {'int8 acc':>9} {'agreement':>9}")
     for name, ep, lr, acc, agr in rows:

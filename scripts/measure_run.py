@@ -17,6 +17,7 @@ medians, and the ratio second / first (the median of the per-repeat ratios, each
 side). Targets (issue 6): first run < 90 s on a 2-core machine; unchanged second run < 25 % of
 the first. Exit 0 when both medians meet them, 1 when one does not, 2 when a run fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,10 +57,16 @@ def stage_seconds(stdout: str) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--data", default=None, help="Passed to `bnpipe run --data` [default: run's own, digits].")
+    ap.add_argument(
+        "--data", default=None, help="Passed to `bnpipe run --data` [default: run's own, digits]."
+    )
     ap.add_argument("--config", type=Path, default=None, help="Passed to `bnpipe run --config`.")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="Where the artifacts dirs go [default: a new temporary directory].")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="Where the artifacts dirs go [default: a new temporary directory].",
+    )
     ap.add_argument("--keep", action="store_true", help="Keep the artifacts dirs.")
     args = ap.parse_args()
     if args.repeats < 1:
@@ -69,9 +76,15 @@ def main() -> int:
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="bnpipe-measure-run-", dir=args.workdir))
-    extra = (["--data", args.data] if args.data else []) + (["--config", str(args.config)] if args.config else [])
-    subprocess.run([sys.executable, "-c", "import pipeline, tensorflow"], env=env, capture_output=True,
-                   check=False)
+    extra = (["--data", args.data] if args.data else []) + (
+        ["--config", str(args.config)] if args.config else []
+    )
+    subprocess.run(
+        [sys.executable, "-c", "import pipeline, tensorflow"],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
 
     firsts, seconds, ratios, stages = [], [], [], {s: [] for s in STAGES}
     try:
@@ -82,11 +95,17 @@ def main() -> int:
             t2, p2 = timed_run(cmd, env)
             for label, p in (("first", p1), ("second", p2)):
                 if p.returncode != 0:
-                    print(f"repeat {r}: the {label} run exited {p.returncode}:\n"
-                          f"{p.stdout[-1500:]}{p.stderr[-1500:]}", file=sys.stderr)
+                    print(
+                        f"repeat {r}: the {label} run exited {p.returncode}:\n"
+                        f"{p.stdout[-1500:]}{p.stderr[-1500:]}",
+                        file=sys.stderr,
+                    )
                     return 2
             if ALL_SKIPPED not in p2.stdout:
-                print(f"repeat {r}: the second run reran a stage:\n{p2.stdout[-1500:]}", file=sys.stderr)
+                print(
+                    f"repeat {r}: the second run reran a stage:\n{p2.stdout[-1500:]}",
+                    file=sys.stderr,
+                )
                 return 2
             per_stage = stage_seconds(p1.stdout)
             for s in STAGES:
@@ -94,24 +113,36 @@ def main() -> int:
             firsts.append(t1)
             seconds.append(t2)
             ratios.append(t2 / t1)
-            print(f"repeat {r}: first {t1:6.1f} s ({', '.join(f'{s} {v:.1f}' for s, v in per_stage.items())}); "
-                  f"second {t2:5.2f} s ({100 * t2 / t1:.1f} % of the first)", flush=True)
+            print(
+                f"repeat {r}: first {t1:6.1f} s ({', '.join(f'{s} {v:.1f}' for s, v in per_stage.items())}); "
+                f"second {t2:5.2f} s ({100 * t2 / t1:.1f} % of the first)",
+                flush=True,
+            )
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
         else:
             print(f"artifacts kept in {base}")
 
-    first, second, ratio = statistics.median(firsts), statistics.median(seconds), statistics.median(ratios)
+    first, second, ratio = (
+        statistics.median(firsts),
+        statistics.median(seconds),
+        statistics.median(ratios),
+    )
     cores = os.cpu_count()
     print(f"\nmedians of {args.repeats} repeat(s) on {cores} core(s):")
-    print(f"  first run   {first:6.1f} s   (stages: "
-          + ", ".join(f"{s} {statistics.median(v):.1f} s" for s, v in stages.items()) + ")")
+    print(
+        f"  first run   {first:6.1f} s   (stages: "
+        + ", ".join(f"{s} {statistics.median(v):.1f} s" for s, v in stages.items())
+        + ")"
+    )
     print(f"  second run  {second:6.2f} s")
     print(f"  second / first {100 * ratio:.1f} %")
     ok_first, ok_ratio = first < FIRST_RUN_LIMIT_S, ratio < SECOND_RUN_MAX_RATIO
-    print(f"target first run < {FIRST_RUN_LIMIT_S:.0f} s: {'met' if ok_first else 'MISSED'}; "
-          f"second < {100 * SECOND_RUN_MAX_RATIO:.0f} % of first: {'met' if ok_ratio else 'MISSED'}")
+    print(
+        f"target first run < {FIRST_RUN_LIMIT_S:.0f} s: {'met' if ok_first else 'MISSED'}; "
+        f"second < {100 * SECOND_RUN_MAX_RATIO:.0f} % of first: {'met' if ok_ratio else 'MISSED'}"
+    )
     return 0 if ok_first and ok_ratio else 1
 
 

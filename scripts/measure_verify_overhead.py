@@ -45,6 +45,7 @@ a model's first in-process run, LiteRT loads and runs it once on zeros in a chil
                     probe remembered (the difference includes the child competing for the CPU).
                     Medians of --verify-rounds, the two kinds of rounds alternating.
 """
+
 import argparse
 import os
 import resource
@@ -63,11 +64,18 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--model", default="model_int8.tflite")
-    ap.add_argument("--float-path", action="store_true",
-                    help="quantize the floats, as for data that are not integer pixels")
+    ap.add_argument(
+        "--float-path",
+        action="store_true",
+        help="quantize the floats, as for data that are not integer pixels",
+    )
     ap.add_argument("--probe-repeats", type=int, default=5)
-    ap.add_argument("--verify-rounds", type=int, default=3,
-                    help="run_verify rounds of each kind for the probe's overlap (0: skip)")
+    ap.add_argument(
+        "--verify-rounds",
+        type=int,
+        default=3,
+        help="run_verify rounds of each kind for the probe's overlap (0: skip)",
+    )
     args = ap.parse_args()
     from pipeline.config import VerifyConfig
     from pipeline.runtimes.host import HostRuntime, checked_tflite, forget_parsed
@@ -86,10 +94,18 @@ def main() -> None:
     config = VerifyConfig()
     info = checked_tflite(path)
     xin = ModelInputs(x, codes, values).for_tensor(quant_params(info.input_tensor()))
-    _, raw_ref = run_row(HostRuntime(reference=True), path, info, xin, ref_pred, y, n_classes, None, config)
+    _, raw_ref = run_row(
+        HostRuntime(reference=True), path, info, xin, ref_pred, y, n_classes, None, config
+    )
     rt = HostRuntime()
 
-    parts: dict[str, list[float]] = {"check": [], "inputs": [], "run": [], "total": [], "invoke": []}
+    parts: dict[str, list[float]] = {
+        "check": [],
+        "inputs": [],
+        "run": [],
+        "total": [],
+        "invoke": [],
+    }
     for _ in range(args.repeats + 1):  # the first round warms up (and probes, once)
         forget_parsed()
         t0 = time.perf_counter()
@@ -99,27 +115,42 @@ def main() -> None:
         t2 = time.perf_counter()
         row, _ = run_row(rt, path, info, xin, ref_pred, y, n_classes, raw_ref, config)
         t3 = time.perf_counter()
-        for key, value in (("check", t1 - t0), ("inputs", t2 - t1), ("run", t3 - t2),
-                           ("total", t3 - t0), ("invoke", row.seconds)):
+        for key, value in (
+            ("check", t1 - t0),
+            ("inputs", t2 - t1),
+            ("run", t3 - t2),
+            ("total", t3 - t0),
+            ("invoke", row.seconds),
+        ):
             parts[key].append(value)
     ms = {key: 1e3 * statistics.median(v[1:]) for key, v in parts.items()}
     lookup = "table lookup of pixel codes" if codes is not None else "the float path"
-    print(f"{args.model} on host, {args.samples} samples × {x.shape[1]} features, inputs "
-          f"{xin.dtype} by {lookup}; medians of {args.repeats} rounds:")
-    print(f"  verify path   {ms['total']:8.2f} ms = check {ms['check']:.2f} + inputs "
-          f"{ms['inputs']:.2f} + run {ms['run']:.2f} (of which invokes {ms['invoke']:.2f})")
+    print(
+        f"{args.model} on host, {args.samples} samples × {x.shape[1]} features, inputs "
+        f"{xin.dtype} by {lookup}; medians of {args.repeats} rounds:"
+    )
+    print(
+        f"  verify path   {ms['total']:8.2f} ms = check {ms['check']:.2f} + inputs "
+        f"{ms['inputs']:.2f} + run {ms['run']:.2f} (of which invokes {ms['invoke']:.2f})"
+    )
     batch = row.info["batch"]
-    print(f"  invokes alone {ms['invoke']:8.2f} ms ({-(-args.samples // batch)} invokes of ≤ {batch} "
-          "rows; no copies)")
+    print(
+        f"  invokes alone {ms['invoke']:8.2f} ms ({-(-args.samples // batch)} invokes of ≤ {batch} "
+        "rows; no copies)"
+    )
     print(f"  ratio         {ms['total'] / ms['invoke']:8.2f} (the candidate's first target)")
-    print(f"  run alone     {ms['run']:8.2f} ms, ratio {ms['run'] / ms['invoke']:.2f} (a further target "
-          "of the candidate: check and inputs shared)")
+    print(
+        f"  run alone     {ms['run']:8.2f} ms, ratio {ms['run'] / ms['invoke']:.2f} (a further target "
+        "of the candidate: check and inputs shared)"
+    )
 
     probe_ms = _probe_alone(path, args.probe_repeats) if args.probe_repeats > 0 else None
     if probe_ms is not None:
-        print(f"  probe alone   {probe_ms:8.2f} ms once per file per process (the child's wall time, "
-              f"median of {args.probe_repeats}); counted in full it would add "
-              f"{probe_ms / ms['invoke']:.1f}× the invokes to a lone first run")
+        print(
+            f"  probe alone   {probe_ms:8.2f} ms once per file per process (the child's wall time, "
+            f"median of {args.probe_repeats}); counted in full it would add "
+            f"{probe_ms / ms['invoke']:.1f}× the invokes to a lone first run"
+        )
     if args.verify_rounds > 0:
         _probe_in_verify(args.artifacts, args.verify_rounds, ms["invoke"])
 
@@ -138,7 +169,10 @@ def _probe_alone(path: Path, repeats: int) -> float:
 
 def _cpu_seconds() -> tuple[float, float]:
     """CPU time (user + system, ms) of this process and of its children waited for so far."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return (1e3 * (own.ru_utime + own.ru_stime), 1e3 * (children.ru_utime + children.ru_stime))
 
 
@@ -189,7 +223,9 @@ def _probe_in_verify(artifacts: Path, rounds: int, invoke_ms: float) -> None:
                     with muted_stderr():
                         run_verify(out, config=config, progress=progress)
                     wall = time.perf_counter() - t0
-                    events.update(zip(("cpu_self", "cpu_children"), np.subtract(_cpu_seconds(), cpu0)))
+                    events.update(
+                        zip(("cpu_self", "cpu_children"), np.subtract(_cpu_seconds(), cpu0))
+                    )
                     results.append((wall, dict(events)))
         finally:
             host.start_probe, host.Probe.wait = real_start, real_wait
@@ -212,21 +248,33 @@ def _probe_in_verify(artifacts: Path, rounds: int, invoke_ms: float) -> None:
     blocked_none = med("remembered", lambda t, ev: 1e3 * (ev["wait_out"] - ev["wait_in"]))
     total_probe, total_known = med("to probe", lambda t, ev: t), med("remembered", lambda t, ev: t)
     spread = {k: [round(1e3 * t) for t, _ in v] for k, v in kinds.items()}
-    print(f"probe in verify (run_verify, targets {REFERENCE_TARGET},host, {len(models)} candidates: "
-          f"{n_models} model × kernels in one child; medians of {rounds} rounds):")
-    print(f"  probe alone   {1e3 * statistics.median(alone):8.1f} ms (the same {n_models} in one child, "
-          "nothing to overlap)")
-    print(f"  window        {window:8.1f} ms from start to wait: loading the reference model and the "
-          f"data {loading:.1f} ms, then the predictions of model.keras and folded.keras")
+    print(
+        f"probe in verify (run_verify, targets {REFERENCE_TARGET},host, {len(models)} candidates: "
+        f"{n_models} model × kernels in one child; medians of {rounds} rounds):"
+    )
+    print(
+        f"  probe alone   {1e3 * statistics.median(alone):8.1f} ms (the same {n_models} in one child, "
+        "nothing to overlap)"
+    )
+    print(
+        f"  window        {window:8.1f} ms from start to wait: loading the reference model and the "
+        f"data {loading:.1f} ms, then the predictions of model.keras and folded.keras"
+    )
     print(f"  wait blocked  {blocked:8.1f} ms (with every probe remembered: {blocked_none:.1f} ms)")
-    print(f"  run_verify    {total_probe:8.1f} ms with the probe to do, {total_known:.1f} ms with it "
-          f"remembered: +{total_probe - total_known:.1f} ms (all rounds, ms: {spread})")
-    print(f"  CPU time      this process {med('to probe', lambda t, ev: ev['cpu_self']):.1f} ms vs "
-          f"{med('remembered', lambda t, ev: ev['cpu_self']):.1f} ms; the probe's child "
-          f"{med('to probe', lambda t, ev: ev['cpu_children']):.1f} ms (hidden only if a core is idle: "
-          f"load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs)")
-    print(f"  per run, the blocked wait is {blocked / invoke_ms:.2f}× the invokes of one candidate "
-          "on one target above")
+    print(
+        f"  run_verify    {total_probe:8.1f} ms with the probe to do, {total_known:.1f} ms with it "
+        f"remembered: +{total_probe - total_known:.1f} ms (all rounds, ms: {spread})"
+    )
+    print(
+        f"  CPU time      this process {med('to probe', lambda t, ev: ev['cpu_self']):.1f} ms vs "
+        f"{med('remembered', lambda t, ev: ev['cpu_self']):.1f} ms; the probe's child "
+        f"{med('to probe', lambda t, ev: ev['cpu_children']):.1f} ms (hidden only if a core is idle: "
+        f"load average now {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"  per run, the blocked wait is {blocked / invoke_ms:.2f}× the invokes of one candidate "
+        "on one target above"
+    )
 
 
 if __name__ == "__main__":

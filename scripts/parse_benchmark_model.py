@@ -57,19 +57,29 @@ import argparse
 import json
 import re
 import sys
-from typing import Any, Optional
+from typing import Any
 
 # A number as a C++ ostream prints it: 1100, 1100.2, 1.24027e+06, nan, inf.
 _NUM = r"(-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|-?nan|-?inf)"
 
 _SUMMARY = re.compile(
-    r"Inference timings in us: Init: " + _NUM + r", First inference: " + _NUM
-    + r", Warmup \(avg\): " + _NUM + r", Inference \(avg\): " + _NUM
+    r"Inference timings in us: Init: "
+    + _NUM
+    + r", First inference: "
+    + _NUM
+    + r", Warmup \(avg\): "
+    + _NUM
+    + r", Inference \(avg\): "
+    + _NUM
 )
 # TF 1.x binary: "... Warmup: W, Init: I, no stats: N"; Android app: "Inference: N".
 _LEGACY_SUMMARY = re.compile(
-    r"Average inference timings in us: Warmup: " + _NUM + r", Init: " + _NUM
-    + r", (?:no stats|Inference): " + _NUM
+    r"Average inference timings in us: Warmup: "
+    + _NUM
+    + r", Init: "
+    + _NUM
+    + r", (?:no stats|Inference): "
+    + _NUM
 )
 _MEMORY = re.compile(
     r"(?:Memory footprint delta from the start of the tool|Peak memory footprint) \(MB\): "
@@ -78,8 +88,11 @@ _MEMORY = re.compile(
 _PEAK = re.compile(r"Overall peak memory footprint \(MB\) via periodic monitoring: " + _NUM)
 _MODEL_SIZE = re.compile(r"The input model file size \(MB\): " + _NUM)
 _RUNNING = re.compile(
-    r"Running benchmark for at least (\d+) iterations and at least " + _NUM
-    + r" seconds but terminate if exceeding " + _NUM + r" seconds"
+    r"Running benchmark for at least (\d+) iterations and at least "
+    + _NUM
+    + r" seconds but terminate if exceeding "
+    + _NUM
+    + r" seconds"
 )
 # A statistics line holds "count=N" and otherwise only key=value pairs.
 _STAT_LINE = re.compile(r"(?:^|\s|:)count=\d+")
@@ -161,8 +174,11 @@ def parse(text: str, label: str = "benchmark_model output") -> dict:
             model_size = m
         elif m := _RUNNING.search(line):
             runs_requested.append(
-                {"min_iterations": int(m.group(1)), "min_secs": _number(m.group(2)),
-                 "max_secs": _number(m.group(3))}
+                {
+                    "min_iterations": int(m.group(1)),
+                    "min_secs": _number(m.group(2)),
+                    "max_secs": _number(m.group(3)),
+                }
             )
         elif _STAT_LINE.search(line) and "=" in line:
             stat_lines.append(_parse_stat_line(line))
@@ -208,14 +224,17 @@ def parse(text: str, label: str = "benchmark_model output") -> dict:
     return result
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Parse benchmark_model output (stdin or FILE) into JSON on stdout.",
         epilog="Example: python3 scripts/parse_benchmark_model.py --label 'threads=1 xnnpack=true' out.txt",
     )
     parser.add_argument("file", nargs="?", help="benchmark_model output; stdin if omitted")
-    parser.add_argument("--label", default="benchmark_model output",
-                        help="names the configuration in error messages")
+    parser.add_argument(
+        "--label",
+        default="benchmark_model output",
+        help="names the configuration in error messages",
+    )
     args = parser.parse_args(argv)
     try:
         if args.file:

@@ -4,6 +4,7 @@ Training is the slow part of these tests (≈ 2 s per model on 2 cores), so the 
 file needs are trained once here and reused; a test that must train (determinism, the article's
 flawed layer) trains the same tiny configuration.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -89,6 +90,9 @@ def exported(keras, tmp_path_factory):
     out = tmp_path_factory.mktemp("exported")
     train(TrainConfig(**EXPORTED_TRAIN), out, quiet=True)
     run_fold(out / "model.keras", out, warn=lambda message: None)
-    run_export(out / "folded.keras", out,
-               config=ExportConfig(modes=("all",), qat_epochs=EXPORTED_QAT_EPOCHS))
+    run_export(
+        out / "folded.keras",
+        out,
+        config=ExportConfig(modes=("all",), qat_epochs=EXPORTED_QAT_EPOCHS),
+    )
     return out

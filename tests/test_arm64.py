@@ -4,7 +4,6 @@ Needs `bash scripts/setup_arm64_emulator.sh` first. In CI (CI=true) a missing se
 tests; elsewhere they are skipped with the reason. Every runtime here is closed by the test that
 made it, and the tests check that no emulator process outlives its runtime.
 """
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import gc
 import json
@@ -14,14 +13,20 @@ import subprocess
 
 import numpy as np
 import pytest
+from test_device_runner import (
+    N_CLASSES,
+    N_FEATURES,
+    build_crashing_model,
+    build_tiny_models,
+    quantized_inputs,
+)
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.errors import ModelError, TargetUnavailable
 from pipeline.runtimes import RunResult
 from pipeline.runtimes import device_runner as dr
 from pipeline.runtimes.arm64 import Arm64Runtime
 from pipeline.runtimes.registry import close_all, get_runtime
-from test_device_runner import (N_CLASSES, N_FEATURES, build_crashing_model, build_tiny_models,
-                                quantized_inputs)
 
 pytestmark = pytest.mark.device
 
@@ -88,14 +93,16 @@ def test_float_outputs_match_host_reference_within_tolerance(arm64, models):
     x = quantized_inputs(models["float32"], N_SAMPLES)
     result = arm64.run(str(models["float32"]), x)
     assert result.outputs.dtype == np.float32
-    np.testing.assert_allclose(result.outputs, host_reference(models["float32"], x),
-                               rtol=0, atol=FLOAT_ATOL)
+    np.testing.assert_allclose(
+        result.outputs, host_reference(models["float32"], x), rtol=0, atol=FLOAT_ATOL
+    )
 
 
 def test_bench_runs_under_emulation(arm64, models):
     sample = quantized_inputs(models["int8"], 8)
-    report = arm64.bench(str(models["int8"]), sample, batch_sizes=(1, 16), threads=(1,),
-                         warmup=1, runs=3)
+    report = arm64.bench(
+        str(models["int8"]), sample, batch_sizes=(1, 16), threads=(1,), warmup=1, runs=3
+    )
     json.dumps(report)
     assert report["emulated"] is True and report["machine"] == "aarch64"
     assert [(r["threads"], r["batch"]) for r in report["results"]] == [(1, 1), (1, 16)]
@@ -117,13 +124,29 @@ def test_missing_model_is_a_model_error(arm64, tmp_path):
 def one_shot(runtime, model, x, tmp_path):
     """The one-process-per-model path: `device_runner.py run` alone in a fresh emulator."""
     np.save(tmp_path / "x.npy", x)
-    args = ["run", "--model", str(model), "--inputs", str(tmp_path / "x.npy"),
-            "--outputs", str(tmp_path / "once.npy"), "--batch", str(runtime.batch)]
+    args = [
+        "run",
+        "--model",
+        str(model),
+        "--inputs",
+        str(tmp_path / "x.npy"),
+        "--outputs",
+        str(tmp_path / "once.npy"),
+        "--batch",
+        str(runtime.batch),
+    ]
     if runtime.reference:
         args.append("--reference")
     argv, env, cwd = runtime.runner_command(args)
-    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=ONE_SHOT_TIMEOUT_S)
+    proc = subprocess.run(
+        argv,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=ONE_SHOT_TIMEOUT_S,
+    )
     assert proc.returncode == 0, proc.stderr
     return np.load(tmp_path / "once.npy", allow_pickle=False), json.loads(proc.stdout)
 
@@ -133,11 +156,15 @@ def test_one_server_gives_the_one_shot_outputs_bit_for_bit(emulator, models, tmp
     """Several models through one emulated process equal a fresh process per model, byte for
     byte (float32 included: same aarch64 kernels, same summation order), whatever ran before
     them in that process."""
-    inputs = {mode: quantized_inputs(models[mode], 700, seed=i)  # 300, 300, 100 rows per invoke
-              for i, mode in enumerate(["float32", "int8"])}
+    inputs = {
+        mode: quantized_inputs(models[mode], 700, seed=i)  # 300, 300, 100 rows per invoke
+        for i, mode in enumerate(["float32", "int8"])
+    }
     with Arm64Runtime(reference=reference, batch=300) as runtime:
-        served = [(mode, runtime.run(str(models[mode]), inputs[mode]))
-                  for mode in ["float32", "int8", "float32", "int8"]]
+        served = [
+            (mode, runtime.run(str(models[mode]), inputs[mode]))
+            for mode in ["float32", "int8", "float32", "int8"]
+        ]
         assert runtime.server.starts == 1 and runtime.server.requests == 4
         popen = runtime.server.process
         once = {mode: one_shot(runtime, models[mode], inputs[mode], tmp_path) for mode in inputs}
@@ -146,9 +173,12 @@ def test_one_server_gives_the_one_shot_outputs_bit_for_bit(emulator, models, tmp
         assert result.outputs.dtype == outputs.dtype and result.outputs.shape == outputs.shape
         assert result.outputs.tobytes() == outputs.tobytes(), f"{mode}: outputs differ"
         assert {k: v for k, v in result.info.items() if k != "invoke_seconds"} == {
-            **{k: v for k, v in info.items() if k != "invoke_seconds"}, "emulated": True,
-            "machine": "aarch64", "qemu_cpu": runtime.cpu,
-            "qemu_version": runtime.setup_info()["qemu_version"]}
+            **{k: v for k, v in info.items() if k != "invoke_seconds"},
+            "emulated": True,
+            "machine": "aarch64",
+            "qemu_cpu": runtime.cpu,
+            "qemu_version": runtime.setup_info()["qemu_version"],
+        }
     assert_gone(popen)
     assert popen.returncode == 0  # it left by itself when its stdin closed
 
@@ -159,9 +189,12 @@ def test_a_model_that_crashes_litert_fails_alone_and_the_server_recovers(emulato
     with Arm64Runtime(reference=True) as runtime:
         assert runtime.run(str(models["int8"]), x).outputs.tobytes() == expected.tobytes()
         first = runtime.server.process
-        with pytest.raises(ModelError, match=r"^arm64: the device runner crashed on "
-                                             r"beta0_softmax\.tflite \(signal 6 \(SIGABRT\): "
-                                             r"qemu: uncaught target signal 6"):
+        with pytest.raises(
+            ModelError,
+            match=r"^arm64: the device runner crashed on "
+            r"beta0_softmax\.tflite \(signal 6 \(SIGABRT\): "
+            r"qemu: uncaught target signal 6",
+        ):
             runtime.run(str(models["crash"]), np.zeros((2, N_FEATURES), np.int8))
         assert first.returncode == -signal.SIGABRT
         assert runtime.run(str(models["int8"]), x).outputs.tobytes() == expected.tobytes()
@@ -191,8 +224,11 @@ def test_close_stops_the_emulator_and_a_later_run_restarts_it(emulator, models):
 
 def test_a_start_past_the_timeout_is_unavailable_and_leaves_no_process(emulator, models):
     runtime = Arm64Runtime(timeout=0.2)  # the emulated python needs seconds to import LiteRT
-    with pytest.raises(TargetUnavailable, match=r"^arm64: the device runner did not start "
-                                                r"within 0\.2 s"):
+    with pytest.raises(
+        TargetUnavailable,
+        match=r"^arm64: the device runner did not start "
+        r"within 0\.2 s",
+    ):
         runtime.run(str(models["int8"]), quantized_inputs(models["int8"], 2))
     assert runtime.server.process is None and runtime.server.starts == 1
 

@@ -1,4 +1,5 @@
 """artifacts.py: atomic writes, hashes, the JSON record. No TensorFlow needed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +19,7 @@ def _leftovers(directory):
 
 # --- atomic_path ------------------------------------------------------------------------------
 
+
 def test_atomic_path_replaces_dest_on_success(tmp_path):
     dest = tmp_path / "out.json"
     dest.write_text("old")
@@ -34,30 +36,27 @@ def test_atomic_path_replaces_dest_on_success(tmp_path):
 def test_atomic_path_keeps_old_file_and_removes_temp_when_block_raises(tmp_path, exc_type):
     dest = tmp_path / "model.keras"
     dest.write_bytes(b"good model")
-    with pytest.raises(exc_type):
-        with atomic_path(dest) as tmp:
-            tmp.write_bytes(b"half a mod")
-            raise exc_type()
+    with pytest.raises(exc_type), atomic_path(dest) as tmp:
+        tmp.write_bytes(b"half a mod")
+        raise exc_type()
     assert dest.read_bytes() == b"good model"
     assert _leftovers(tmp_path) == []
 
 
 def test_atomic_path_creates_nothing_when_block_raises_and_dest_is_new(tmp_path):
     dest = tmp_path / "sub" / "new.bin"
-    with pytest.raises(ValueError):
-        with atomic_path(dest) as tmp:
-            tmp.write_bytes(b"x")
-            raise ValueError("boom")
+    with pytest.raises(ValueError), atomic_path(dest) as tmp:
+        tmp.write_bytes(b"x")
+        raise ValueError("boom")
     assert not dest.exists()
     assert _leftovers(dest.parent) == []
 
 
 def test_atomic_path_temp_removed_even_if_writer_deleted_or_never_wrote(tmp_path):
     dest = tmp_path / "a.txt"
-    with pytest.raises(OSError):
-        with atomic_path(dest) as tmp:
-            tmp.unlink()  # a writer that cleaned up after itself before failing
-            raise OSError("disk full")
+    with pytest.raises(OSError), atomic_path(dest) as tmp:
+        tmp.unlink()  # a writer that cleaned up after itself before failing
+        raise OSError("disk full")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -70,13 +69,14 @@ def test_atomic_path_suffix_override(tmp_path):
 
 def test_write_bytes_and_text_are_atomic_and_create_dirs(tmp_path):
     dest = artifacts.write_text(tmp_path / "a" / "b.md", "héllo\n")
-    assert dest.read_bytes() == "héllo\n".encode("utf-8")
+    assert dest.read_bytes() == "héllo\n".encode()
     artifacts.write_bytes(dest, b"\x00\x01")
     assert dest.read_bytes() == b"\x00\x01"
     assert _leftovers(dest.parent) == []
 
 
 # --- hashes -----------------------------------------------------------------------------------
+
 
 def test_sha256_known_vector_and_file_matches_bytes(tmp_path):
     # FIPS 180-2 test vector for "abc".
@@ -92,14 +92,21 @@ def test_sha256_known_vector_and_file_matches_bytes(tmp_path):
 
 # --- the JSON record --------------------------------------------------------------------------
 
+
 def test_write_json_has_schema_versions_inputs_and_record(tmp_path):
     import numpy as np
 
     dest = artifacts.write_json(
         tmp_path / "stage.json",
-        {"stage": "x", "value": np.float32(0.5), "arr": np.arange(3), "path": tmp_path / "m",
-         "nan": float("nan")},
-        inputs={"model": "ab" * 32})
+        {
+            "stage": "x",
+            "value": np.float32(0.5),
+            "arr": np.arange(3),
+            "path": tmp_path / "m",
+            "nan": float("nan"),
+        },
+        inputs={"model": "ab" * 32},
+    )
     rec = json.loads(dest.read_text())
     assert rec["schema_version"] == artifacts.SCHEMA_VERSION == 1
     assert rec["inputs"] == {"model": "ab" * 32}
@@ -128,6 +135,7 @@ def test_read_json_errors_name_the_file(tmp_path):
 
 # --- where artifacts go -----------------------------------------------------------------------
 
+
 def test_artifacts_dir_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv(artifacts.ARTIFACTS_ENV, raising=False)
     assert str(artifacts.artifacts_dir()) == "artifacts"
@@ -140,7 +148,10 @@ def test_artifacts_dir_precedence(tmp_path, monkeypatch):
 def test_require_file_says_what_to_run(tmp_path):
     with pytest.raises(ArtifactError) as info:
         artifacts.require_file(tmp_path / "model.keras", "model", "run `bnpipe train` first")
-    assert str(info.value) == f"model {tmp_path / 'model.keras'} does not exist; run `bnpipe train` first"
+    assert (
+        str(info.value)
+        == f"model {tmp_path / 'model.keras'} does not exist; run `bnpipe train` first"
+    )
 
 
 def test_ensure_dir_failure_is_an_artifact_error(tmp_path):
@@ -167,6 +178,7 @@ def test_artifacts_get_the_mode_of_a_new_file(tmp_path, umask):
 
 # --- transaction: a stage's files land together or not at all -------------------------------------
 
+
 def test_transaction_holds_every_rename_until_it_ends(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("old a")
@@ -189,29 +201,26 @@ def test_transaction_interrupted_between_two_files_keeps_both_old(tmp_path, exc_
     a.write_text("old a")
     b.write_text("old b")
     done = []
-    with pytest.raises(exc_type):
-        with artifacts.transaction():
-            artifacts.write_text(a, "new a")
-            artifacts.on_success(lambda: done.append(1))
-            raise exc_type()  # Ctrl-C between the first file and the second
+    with pytest.raises(exc_type), artifacts.transaction():
+        artifacts.write_text(a, "new a")
+        artifacts.on_success(lambda: done.append(1))
+        raise exc_type()  # Ctrl-C between the first file and the second
     assert (a.read_text(), b.read_text()) == ("old a", "old b")
     assert done == [] and _leftovers(tmp_path) == []
 
 
 def test_nested_transactions_commit_with_the_outermost(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
-    with pytest.raises(KeyboardInterrupt):
-        with artifacts.transaction():
-            with artifacts.transaction():
-                artifacts.write_text(a, "inner")
-            assert not a.exists()  # the inner block ended, but the stage has not
-            artifacts.write_text(b, "outer")
-            raise KeyboardInterrupt
-    assert not a.exists() and not b.exists() and _leftovers(tmp_path) == []
-    with artifacts.transaction():
+    with pytest.raises(KeyboardInterrupt), artifacts.transaction():
         with artifacts.transaction():
             artifacts.write_text(a, "inner")
-            artifacts.write_text(a, "inner, again")  # the second write of a file wins
+        assert not a.exists()  # the inner block ended, but the stage has not
+        artifacts.write_text(b, "outer")
+        raise KeyboardInterrupt
+    assert not a.exists() and not b.exists() and _leftovers(tmp_path) == []
+    with artifacts.transaction(), artifacts.transaction():
+        artifacts.write_text(a, "inner")
+        artifacts.write_text(a, "inner, again")  # the second write of a file wins
     assert a.read_text() == "inner, again" and _leftovers(tmp_path) == []
 
 
@@ -219,17 +228,18 @@ def test_interrupts_deferred_holds_sigint_to_the_end_of_the_block():
     import signal
 
     reached_end = False
-    with pytest.raises(KeyboardInterrupt):
-        with artifacts.interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):  # the handler runs between bytecodes: give it many chances
-                pass
-            reached_end = True
+    with pytest.raises(KeyboardInterrupt), artifacts.interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs between bytecodes: give it many chances
+            pass
+        reached_end = True
     assert reached_end
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_export_interrupted_between_its_files_leaves_every_file_as_it_was(exported, tmp_path, monkeypatch):
+def test_export_interrupted_between_its_files_leaves_every_file_as_it_was(
+    exported, tmp_path, monkeypatch
+):
     """Ctrl-C after the .tflite files were written and before export.json: none of them moves."""
     import shutil
 

@@ -1,7 +1,6 @@
 """bench: one row per model × threads × batch plus the Keras baseline rows, ratios to float32 measured
 in the same run, plots written; bad options are exit 2. Tiny settings: this checks the bookkeeping,
 not the speed."""
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import json
 import shutil
@@ -10,12 +9,15 @@ import struct
 import pytest
 from click.testing import CliRunner
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.bench import BASELINE, run_bench
 from pipeline.cli import cli
 from pipeline.config import EXPORT_MODES, BenchConfig
 from pipeline.export import tflite_name
 
-TINY_BENCH = BenchConfig(runs=10, rounds=2, warmup=2, batch_sizes=(1, 8), threads=(1,), keras_runs=2)
+TINY_BENCH = BenchConfig(
+    runs=10, rounds=2, warmup=2, batch_sizes=(1, 8), threads=(1,), keras_runs=2
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,15 +32,28 @@ def test_a_row_per_model_thread_and_batch_plus_keras(benched):
     out, result = benched
     record = json.loads((out / "bench.json").read_text())
     assert record["schema_version"] == 1 and record["stage"] == "bench"
-    tflite_rows = [(r["model"], r["threads"], r["batch"]) for r in record["rows"] if r["model"] != "model.keras"]
-    assert sorted(tflite_rows) == sorted((tflite_name(m), 1, b) for m in EXPORT_MODES for b in (1, 8))
+    tflite_rows = [
+        (r["model"], r["threads"], r["batch"])
+        for r in record["rows"]
+        if r["model"] != "model.keras"
+    ]
+    assert sorted(tflite_rows) == sorted(
+        (tflite_name(m), 1, b) for m in EXPORT_MODES for b in (1, 8)
+    )
     keras_rows = [(r["runtime"], r["batch"]) for r in record["rows"] if r["model"] == "model.keras"]
-    assert sorted(keras_rows) == [("keras model(x)", 1), ("keras model(x)", 8), ("keras predict", 1)]
+    assert sorted(keras_rows) == [
+        ("keras model(x)", 1),
+        ("keras model(x)", 8),
+        ("keras predict", 1),
+    ]
     per_round = TINY_BENCH.runs // TINY_BENCH.rounds
     for r in record["rows"]:
         lat = r["latency_us"]
-        expected_n = (TINY_BENCH.rounds * per_round if r["model"] != "model.keras"
-                      else TINY_BENCH.rounds * (TINY_BENCH.keras_runs // TINY_BENCH.rounds))
+        expected_n = (
+            TINY_BENCH.rounds * per_round
+            if r["model"] != "model.keras"
+            else TINY_BENCH.rounds * (TINY_BENCH.keras_runs // TINY_BENCH.rounds)
+        )
         assert lat["n"] == expected_n, r
         assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"]
         assert r["throughput_per_s"] > 0
@@ -55,7 +70,9 @@ def test_ratios_to_float32_in_the_same_run(benched):
         if r["model"] == BASELINE:
             assert r["latency_ratio"] == 1.0 and r["throughput_ratio"] == 1.0
         else:
-            base = next(b for b in record["rows"] if b["model"] == BASELINE and b["batch"] == r["batch"])
+            base = next(
+                b for b in record["rows"] if b["model"] == BASELINE and b["batch"] == r["batch"]
+            )
             assert r["latency_ratio"] == r["latency_us"]["median"] / base["latency_us"]["median"]
     models = record["models"]
     assert models[BASELINE]["size_ratio"] == 1.0
@@ -89,11 +106,14 @@ def test_report_and_plots(benched):
     assert "## Every configuration" in md and "![bench_latency](bench_latency.png)" in md
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-sizes", "a"], "Error: --batch-sizes takes comma-separated integers; got 'a'"),
-    (["--threads", "1,x"], "Error: --threads takes comma-separated integers; got '1,x'"),
-    (["--batch-sizes", "0"], "Error: --batch-sizes must be positive integers, got (0,)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-sizes", "a"], "Error: --batch-sizes takes comma-separated integers; got 'a'"),
+        (["--threads", "1,x"], "Error: --threads takes comma-separated integers; got '1,x'"),
+        (["--batch-sizes", "0"], "Error: --batch-sizes must be positive integers, got (0,)"),
+    ],
+)
 def test_bad_options_exit_2(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["bench", "-q", "--artifacts", str(tmp_path), *args])
     assert result.exit_code == 2, result.output

@@ -143,35 +143,106 @@ Flags:
 	--graph=	string	optional	the path to the TFLite model file
 	--use_xnnpack=false	bool	optional	explicitly apply the XNNPACK delegate.
 """
-HELP_WITHOUT_PEAK = "\n".join(
-    line for line in HELP_WITH_PEAK.splitlines() if "report_peak" not in line
-) + "\n"
+HELP_WITHOUT_PEAK = (
+    "\n".join(line for line in HELP_WITH_PEAK.splitlines() if "report_peak" not in line) + "\n"
+)
 
 # Numbers per (threads, xnnpack) so that every configuration parses differently.
 NUMBERS = {
-    (1, True): dict(init=3245, init_ms=3.245, first=8901, warm_avg=1234.5, warm_count=10,
-                    warm_curr=1105, warm_min=1098, warm_std=2340, count=912, s_first=1180,
-                    s_curr=1090, s_min=1052, s_max=1411, avg=1100.2, std=41,
-                    mem_init=2.125, mem_overall=3.5, peak=7.2),
-    (1, False): dict(init=2106, init_ms=2.106, first=5120, warm_avg=2480.6, warm_count=10,
-                     warm_curr=2401, warm_min=2390, warm_std=812, count=420, s_first=2430,
-                     s_curr=2388, s_min=2351, s_max=2702, avg=2395.7, std=63,
-                     mem_init=1.875, mem_overall=2.75, peak=6.4),
-    (4, True): dict(init=3310, init_ms=3.31, first=7702, warm_avg=690.3, warm_count=10,
-                    warm_curr=405, warm_min=399, warm_std=2190, count=2488, s_first=431,
-                    s_curr=398, s_min=380, s_max=1211, avg=402.25, std=18,
-                    mem_init=2.25, mem_overall=4.125, peak=8.1),
-    (4, False): dict(init=2150, init_ms=2.15, first=4870, warm_avg=1010.9, warm_count=10,
-                     warm_curr=960, warm_min=941, warm_std=1170, count=1052, s_first=970,
-                     s_curr=948, s_min=930, s_max=1320, avg=951.8, std=37,
-                     mem_init=1.875, mem_overall=3.0, peak=6.9),
+    (1, True): dict(
+        init=3245,
+        init_ms=3.245,
+        first=8901,
+        warm_avg=1234.5,
+        warm_count=10,
+        warm_curr=1105,
+        warm_min=1098,
+        warm_std=2340,
+        count=912,
+        s_first=1180,
+        s_curr=1090,
+        s_min=1052,
+        s_max=1411,
+        avg=1100.2,
+        std=41,
+        mem_init=2.125,
+        mem_overall=3.5,
+        peak=7.2,
+    ),
+    (1, False): dict(
+        init=2106,
+        init_ms=2.106,
+        first=5120,
+        warm_avg=2480.6,
+        warm_count=10,
+        warm_curr=2401,
+        warm_min=2390,
+        warm_std=812,
+        count=420,
+        s_first=2430,
+        s_curr=2388,
+        s_min=2351,
+        s_max=2702,
+        avg=2395.7,
+        std=63,
+        mem_init=1.875,
+        mem_overall=2.75,
+        peak=6.4,
+    ),
+    (4, True): dict(
+        init=3310,
+        init_ms=3.31,
+        first=7702,
+        warm_avg=690.3,
+        warm_count=10,
+        warm_curr=405,
+        warm_min=399,
+        warm_std=2190,
+        count=2488,
+        s_first=431,
+        s_curr=398,
+        s_min=380,
+        s_max=1211,
+        avg=402.25,
+        std=18,
+        mem_init=2.25,
+        mem_overall=4.125,
+        peak=8.1,
+    ),
+    (4, False): dict(
+        init=2150,
+        init_ms=2.15,
+        first=4870,
+        warm_avg=1010.9,
+        warm_count=10,
+        warm_curr=960,
+        warm_min=941,
+        warm_std=1170,
+        count=1052,
+        s_first=970,
+        s_curr=948,
+        s_min=930,
+        s_max=1320,
+        avg=951.8,
+        std=37,
+        mem_init=1.875,
+        mem_overall=3.0,
+        peak=6.9,
+    ),
 }
 
 
 def render(template: str, threads: int, xnnpack: bool, runs=100, warmup_runs=10) -> str:
     xnn_line = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n" if xnnpack else ""
-    return template.format(graph=GRAPH, threads=threads, xnn01=int(xnnpack), xnn_line=xnn_line,
-                           runs=runs, warmup_runs=warmup_runs, **NUMBERS[(threads, xnnpack)])
+    return template.format(
+        graph=GRAPH,
+        threads=threads,
+        xnn01=int(xnnpack),
+        xnn_line=xnn_line,
+        runs=runs,
+        warmup_runs=warmup_runs,
+        **NUMBERS[(threads, xnnpack)],
+    )
 
 
 # --------------------------------------------------------------------------- fake adb
@@ -249,14 +320,20 @@ else:
 '''
 
 BIG_LITTLE = {n: (1804800 if n < 4 else 2419200) for n in range(8)}  # 4 little + 4 big
-PRIME_CORE = {**BIG_LITTLE, 7: 2841600}                               # one faster prime core
+PRIME_CORE = {**BIG_LITTLE, 7: 2841600}  # one faster prime core
 
 
 class Phone:
     """The fake adb's state dir: configuration, fake file system, call log, fixtures."""
 
-    def __init__(self, tmp_path: Path, devices=((SERIAL, "device"),), freqs=BIG_LITTLE,
-                 help_text=HELP_WITH_PEAK, template=CURRENT):
+    def __init__(
+        self,
+        tmp_path: Path,
+        devices=((SERIAL, "device"),),
+        freqs=BIG_LITTLE,
+        help_text=HELP_WITH_PEAK,
+        template=CURRENT,
+    ):
         self.dir = tmp_path / "fake_adb"
         self.bin = tmp_path / "bin"
         self.root = self.dir / "device"
@@ -276,10 +353,10 @@ class Phone:
         for n, f in freqs.items():
             (cpu / f"cpu{n}/cpufreq").mkdir(parents=True)
             (cpu / f"cpu{n}/cpufreq/cpuinfo_max_freq").write_text(f"{f}\n")
-        (cpu / "cpufreq").mkdir()   # entries that are not CPUs must be ignored
+        (cpu / "cpufreq").mkdir()  # entries that are not CPUs must be ignored
         (cpu / "cpuidle").mkdir()
         (cpu / "possible").write_text("0-7\n")
-        for (threads, xnnpack) in NUMBERS:
+        for threads, xnnpack in NUMBERS:
             self.fixture(threads, xnnpack, render(template, threads, xnnpack))
 
     def save(self):
@@ -314,8 +391,14 @@ def files(tmp_path):
 
 
 def run_script(phone, *args, path=None):
-    return subprocess.run([BASH, str(SCRIPT), *map(str, args)], cwd=REPO, env=phone.env(path),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [BASH, str(SCRIPT), *map(str, args)],
+        cwd=REPO,
+        env=phone.env(path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def sha256(path: Path) -> str:
@@ -336,27 +419,54 @@ def expected_config(threads, xnnpack, mask="f0", peak=True, runs=100, warmup_run
         "memory_init_mb": n["mem_init"],
         "memory_overall_mb": n["mem_overall"],
         "peak_memory_mb": n["peak"],
-        "steady": {"count": n["count"], "first": n["s_first"], "curr": n["s_curr"],
-                   "min": n["s_min"], "max": n["s_max"], "avg": n["avg"], "std": n["std"],
-                   "p5": n["s_min"], "median": n["s_curr"], "p95": n["s_max"]},
-        "warmup": {"count": n["warm_count"], "first": n["first"], "curr": n["warm_curr"],
-                   "min": n["warm_min"], "max": n["first"], "avg": n["warm_avg"],
-                   "std": n["warm_std"], "p5": n["warm_min"], "median": n["warm_curr"],
-                   "p95": n["first"]},
+        "steady": {
+            "count": n["count"],
+            "first": n["s_first"],
+            "curr": n["s_curr"],
+            "min": n["s_min"],
+            "max": n["s_max"],
+            "avg": n["avg"],
+            "std": n["std"],
+            "p5": n["s_min"],
+            "median": n["s_curr"],
+            "p95": n["s_max"],
+        },
+        "warmup": {
+            "count": n["warm_count"],
+            "first": n["first"],
+            "curr": n["warm_curr"],
+            "min": n["warm_min"],
+            "max": n["first"],
+            "avg": n["warm_avg"],
+            "std": n["warm_std"],
+            "p5": n["warm_min"],
+            "median": n["warm_curr"],
+            "p95": n["first"],
+        },
         "output_format": "current",
-        "command": (f"adb -s {SERIAL} shell taskset {mask} {REMOTE}/benchmark_model "
-                    f"--graph={GRAPH} --num_threads={threads} --num_runs={runs} "
-                    f"--warmup_runs={warmup_runs} --use_xnnpack={str(xnnpack).lower()}{flag}"),
+        "command": (
+            f"adb -s {SERIAL} shell taskset {mask} {REMOTE}/benchmark_model "
+            f"--graph={GRAPH} --num_threads={threads} --num_runs={runs} "
+            f"--warmup_runs={warmup_runs} --use_xnnpack={str(xnnpack).lower()}{flag}"
+        ),
     }
 
 
 # --------------------------------------------------------------------------- script
 def test_help_says_where_to_get_the_binary():
-    result = subprocess.run([BASH, str(SCRIPT), "--help"], cwd=REPO, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        [BASH, str(SCRIPT), "--help"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0
-    for text in ("Performance", "measurement", "android_aarch64_benchmark_model",
-                 "android_arm_benchmark_model", "--cores", "cpuinfo_max_freq", "Example:"):
+    for text in (
+        "Performance",
+        "measurement",
+        "android_aarch64_benchmark_model",
+        "android_arm_benchmark_model",
+        "--cores",
+        "cpuinfo_max_freq",
+        "Example:",
+    ):
         assert text in result.stdout
 
 
@@ -378,12 +488,19 @@ def test_end_to_end_writes_exact_json(tmp_path, files):
             "cores_mask_source": "auto",
             "cpu_max_freq_khz": {f"cpu{n}": f for n, f in BIG_LITTLE.items()},
         },
-        "model": {"file": "model_int8.tflite", "sha256": sha256(model),
-                  "size_bytes": model.stat().st_size},
+        "model": {
+            "file": "model_int8.tflite",
+            "sha256": sha256(model),
+            "size_bytes": model.stat().st_size,
+        },
         "benchmark_binary": {"file": "android_aarch64_benchmark_model", "sha256": sha256(binary)},
         "settings": {"num_runs": 100, "warmup_runs": 10, "report_peak_memory_footprint": True},
-        "configurations": [expected_config(1, True), expected_config(1, False),
-                           expected_config(4, True), expected_config(4, False)],
+        "configurations": [
+            expected_config(1, True),
+            expected_config(1, False),
+            expected_config(4, True),
+            expected_config(4, False),
+        ],
     }
 
     calls = phone.calls()
@@ -393,8 +510,13 @@ def test_end_to_end_writes_exact_json(tmp_path, files):
     assert ["-s", SERIAL, "shell", "chmod", "+x", f"{REMOTE}/benchmark_model"] in calls
     assert ["-s", SERIAL, "shell", "getprop", "ro.product.model"] in calls
     assert ["-s", SERIAL, "shell", "getprop", "ro.product.cpu.abi"] in calls
-    assert ["-s", SERIAL, "shell", "cat",
-            "/sys/devices/system/cpu/cpu7/cpufreq/cpuinfo_max_freq"] in calls
+    assert [
+        "-s",
+        SERIAL,
+        "shell",
+        "cat",
+        "/sys/devices/system/cpu/cpu7/cpufreq/cpuinfo_max_freq",
+    ] in calls
     assert [" ".join(c[3:]) for c in phone.bench_calls()] == [
         expected_config(t, x)["command"].split(" shell ", 1)[1]
         for t, x in [(1, True), (1, False), (4, True), (4, False)]
@@ -409,16 +531,35 @@ def test_explicit_serial_cores_threads_and_runs(tmp_path, files):
     model, binary = files
     phone = Phone(tmp_path, devices=[("emulator-5554", "device"), (SERIAL, "device")])
     out = tmp_path / "r.json"
-    result = run_script(phone, "--model", model, "--benchmark-binary", binary, "--out", out,
-                        "--serial", SERIAL, "--cores", "0x30", "--threads", "1",
-                        "--runs", "20", "--warmup-runs", "3")
+    result = run_script(
+        phone,
+        "--model",
+        model,
+        "--benchmark-binary",
+        binary,
+        "--out",
+        out,
+        "--serial",
+        SERIAL,
+        "--cores",
+        "0x30",
+        "--threads",
+        "1",
+        "--runs",
+        "20",
+        "--warmup-runs",
+        "3",
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert data["device"]["cores_mask"] == "30"
     assert data["device"]["cores_mask_source"] == "--cores"
     assert data["device"]["cpu_max_freq_khz"] == {}
-    assert data["settings"] == {"num_runs": 20, "warmup_runs": 3,
-                                "report_peak_memory_footprint": True}
+    assert data["settings"] == {
+        "num_runs": 20,
+        "warmup_runs": 3,
+        "report_peak_memory_footprint": True,
+    }
     assert data["configurations"] == [
         expected_config(1, True, mask="30", runs=20, warmup_runs=3),
         expected_config(1, False, mask="30", runs=20, warmup_runs=3),
@@ -443,21 +584,42 @@ def test_peak_flag_left_out_for_binaries_without_it(tmp_path, files):
     model, binary = files
     phone = Phone(tmp_path, help_text=HELP_WITHOUT_PEAK, template=INFO_LESS)
     out = tmp_path / "r.json"
-    result = run_script(phone, "--model", model, "--benchmark-binary", binary, "--out", out,
-                        "--threads", "4")
+    result = run_script(
+        phone, "--model", model, "--benchmark-binary", binary, "--out", out, "--threads", "4"
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert data["settings"]["report_peak_memory_footprint"] is False
     n = NUMBERS[(4, True)]
     assert data["configurations"][0] == {
-        "threads": 4, "xnnpack": True, "init_us": n["init"], "first_inference_us": n["first"],
-        "warmup_avg_us": n["first"], "steady_avg_us": n["avg"], "std_us": n["std"],
-        "memory_init_mb": n["mem_init"], "memory_overall_mb": n["mem_overall"],
+        "threads": 4,
+        "xnnpack": True,
+        "init_us": n["init"],
+        "first_inference_us": n["first"],
+        "warmup_avg_us": n["first"],
+        "steady_avg_us": n["avg"],
+        "std_us": n["std"],
+        "memory_init_mb": n["mem_init"],
+        "memory_overall_mb": n["mem_overall"],
         "peak_memory_mb": None,
-        "steady": {"count": n["count"], "first": n["s_first"], "curr": n["s_curr"],
-                   "min": n["s_min"], "max": n["s_max"], "avg": n["avg"], "std": n["std"]},
-        "warmup": {"count": 1, "curr": n["first"], "first": n["first"], "min": n["first"],
-                   "max": n["first"], "avg": n["first"], "std": 0},
+        "steady": {
+            "count": n["count"],
+            "first": n["s_first"],
+            "curr": n["s_curr"],
+            "min": n["s_min"],
+            "max": n["s_max"],
+            "avg": n["avg"],
+            "std": n["std"],
+        },
+        "warmup": {
+            "count": 1,
+            "curr": n["first"],
+            "first": n["first"],
+            "min": n["first"],
+            "max": n["first"],
+            "avg": n["first"],
+            "std": 0,
+        },
         "output_format": "current",
         "command": expected_config(4, True, peak=False)["command"],
     }
@@ -489,7 +651,8 @@ def test_nonzero_exit_after_a_summary_is_a_failure(tmp_path, files):
     result = run_script(phone, "--model", model, "--benchmark-binary", binary, "--out", out)
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
-        "Error: benchmark_model exited with status 1 for threads=1 xnnpack=true: no error message")
+        "Error: benchmark_model exited with status 1 for threads=1 xnnpack=true: no error message"
+    )
     assert not out.exists()
 
 
@@ -498,8 +661,10 @@ def test_no_device_attached(tmp_path, files):
     phone = Phone(tmp_path, devices=[])
     result = run_script(phone, "--model", model, "--benchmark-binary", binary)
     assert result.returncode == 2
-    assert result.stderr == ("Error: no Android device attached (adb devices lists none in state "
-                             "'device'); connect a phone with USB debugging enabled\n")
+    assert result.stderr == (
+        "Error: no Android device attached (adb devices lists none in state "
+        "'device'); connect a phone with USB debugging enabled\n"
+    )
     assert phone.calls() == [["devices"]]
 
 
@@ -516,8 +681,9 @@ def test_two_devices_need_serial(tmp_path, files):
     phone = Phone(tmp_path, devices=[("emulator-5554", "device"), (SERIAL, "device")])
     result = run_script(phone, "--model", model, "--benchmark-binary", binary)
     assert result.returncode == 2
-    assert result.stderr == (f"Error: 2 devices attached (emulator-5554 {SERIAL}); "
-                             "choose one with --serial\n")
+    assert result.stderr == (
+        f"Error: 2 devices attached (emulator-5554 {SERIAL}); choose one with --serial\n"
+    )
 
 
 def test_missing_adb(tmp_path, files):
@@ -527,24 +693,35 @@ def test_missing_adb(tmp_path, files):
     empty.mkdir()
     result = run_script(phone, "--model", model, "--benchmark-binary", binary, path=str(empty))
     assert result.returncode == 2
-    assert result.stderr == ("Error: adb not found on PATH; install Android SDK platform-tools "
-                             "and add them to PATH\n")
+    assert result.stderr == (
+        "Error: adb not found on PATH; install Android SDK platform-tools and add them to PATH\n"
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "Error: --model is required"),
-    (["--model", "nope.tflite", "--benchmark-binary", "x"], "Error: --model: no such file: nope.tflite"),
-    (["--runs", "0"], "Error: --runs: expected a positive integer, got '0'"),
-    (["--threads", "1 four"], "Error: --threads: expected positive integers"),
-    (["--cores", "zz"], "Error: --cores: expected a non-zero hex CPU mask such as f0, got 'zz'"),
-    (["--bogus"], "Error: unknown option '--bogus'"),
-    (["--out", "no/such/dir/r.json"], "Error: --out: directory does not exist: no/such/dir"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "Error: --model is required"),
+        (
+            ["--model", "nope.tflite", "--benchmark-binary", "x"],
+            "Error: --model: no such file: nope.tflite",
+        ),
+        (["--runs", "0"], "Error: --runs: expected a positive integer, got '0'"),
+        (["--threads", "1 four"], "Error: --threads: expected positive integers"),
+        (
+            ["--cores", "zz"],
+            "Error: --cores: expected a non-zero hex CPU mask such as f0, got 'zz'",
+        ),
+        (["--bogus"], "Error: unknown option '--bogus'"),
+        (["--out", "no/such/dir/r.json"], "Error: --out: directory does not exist: no/such/dir"),
+    ],
+)
 def test_bad_arguments(tmp_path, files, args, message):
     model, binary = files
     phone = Phone(tmp_path)
-    base = [] if not args or args[0] == "--model" else [
-        "--model", model, "--benchmark-binary", binary]
+    base = (
+        [] if not args or args[0] == "--model" else ["--model", model, "--benchmark-binary", binary]
+    )
     result = run_script(phone, *base, *args)
     assert result.returncode == 2
     assert result.stderr.startswith(message)
@@ -557,43 +734,93 @@ def test_parse_current_format():
     parsed = pbm.parse(render(CURRENT, 1, True))
     assert parsed == {
         "format": "current",
-        "init_us": 3245, "first_inference_us": 8901, "warmup_avg_us": 1234.5,
-        "steady_avg_us": 1100.2, "std_us": 41,
-        "memory_init_mb": 2.125, "memory_overall_mb": 3.5, "peak_memory_mb": 7.2,
+        "init_us": 3245,
+        "first_inference_us": 8901,
+        "warmup_avg_us": 1234.5,
+        "steady_avg_us": 1100.2,
+        "std_us": 41,
+        "memory_init_mb": 2.125,
+        "memory_overall_mb": 3.5,
+        "peak_memory_mb": 7.2,
         "model_size_mb": 0.062128,
-        "warmup": {"count": 10, "first": 8901, "curr": 1105, "min": 1098, "max": 8901,
-                   "avg": 1234.5, "std": 2340, "p5": 1098, "median": 1105, "p95": 8901},
-        "steady": {"count": 912, "first": 1180, "curr": 1090, "min": 1052, "max": 1411,
-                   "avg": 1100.2, "std": 41, "p5": 1052, "median": 1090, "p95": 1411},
+        "warmup": {
+            "count": 10,
+            "first": 8901,
+            "curr": 1105,
+            "min": 1098,
+            "max": 8901,
+            "avg": 1234.5,
+            "std": 2340,
+            "p5": 1098,
+            "median": 1105,
+            "p95": 8901,
+        },
+        "steady": {
+            "count": 912,
+            "first": 1180,
+            "curr": 1090,
+            "min": 1052,
+            "max": 1411,
+            "avg": 1100.2,
+            "std": 41,
+            "p5": 1052,
+            "median": 1090,
+            "p95": 1411,
+        },
         "runs_requested": [
             {"min_iterations": 10, "min_secs": 0.5, "max_secs": 150},
             {"min_iterations": 100, "min_secs": 1, "max_secs": 150},
         ],
-        "params": {"Log parameter values verbosely": "0", "Min num runs": "100",
-                   "Num threads": "1", "Min warmup runs": "10", "Graph": GRAPH,
-                   "Report the peak memory footprint": "1",
-                   "#threads used for CPU inference": "1", "Use xnnpack": "1"},
+        "params": {
+            "Log parameter values verbosely": "0",
+            "Min num runs": "100",
+            "Num threads": "1",
+            "Min warmup runs": "10",
+            "Graph": GRAPH,
+            "Report the peak memory footprint": "1",
+            "#threads used for CPU inference": "1",
+            "Use xnnpack": "1",
+        },
     }
 
 
 def test_parse_info_less_format_with_single_sample_warmup():
     parsed = pbm.parse(render(INFO_LESS, 4, False))
     n = NUMBERS[(4, False)]
-    assert (parsed["init_us"], parsed["first_inference_us"], parsed["warmup_avg_us"],
-            parsed["steady_avg_us"], parsed["std_us"]) == (
-        n["init"], n["first"], n["first"], n["avg"], n["std"])
+    assert (
+        parsed["init_us"],
+        parsed["first_inference_us"],
+        parsed["warmup_avg_us"],
+        parsed["steady_avg_us"],
+        parsed["std_us"],
+    ) == (n["init"], n["first"], n["first"], n["avg"], n["std"])
     assert (parsed["memory_init_mb"], parsed["memory_overall_mb"], parsed["peak_memory_mb"]) == (
-        n["mem_init"], n["mem_overall"], None)
-    assert parsed["warmup"] == {"count": 1, "curr": n["first"], "first": n["first"],
-                                "min": n["first"], "max": n["first"], "avg": n["first"], "std": 0}
+        n["mem_init"],
+        n["mem_overall"],
+        None,
+    )
+    assert parsed["warmup"] == {
+        "count": 1,
+        "curr": n["first"],
+        "first": n["first"],
+        "min": n["first"],
+        "max": n["first"],
+        "avg": n["first"],
+        "std": 0,
+    }
     assert parsed["params"]["Use xnnpack"] == "0"
 
 
 def test_parse_legacy_tf1_format():
     parsed = pbm.parse(LEGACY)
     assert parsed["format"] == "legacy"
-    assert (parsed["init_us"], parsed["first_inference_us"], parsed["warmup_avg_us"],
-            parsed["steady_avg_us"], parsed["std_us"]) == (4452, 146161, 146161, 137722, 896)
+    assert (
+        parsed["init_us"],
+        parsed["first_inference_us"],
+        parsed["warmup_avg_us"],
+        parsed["steady_avg_us"],
+        parsed["std_us"],
+    ) == (4452, 146161, 146161, 137722, 896)
     assert parsed["memory_init_mb"] is None and parsed["runs_requested"] == []
     assert parsed["params"]["Use nnapi"] == "0"
 
@@ -614,24 +841,41 @@ def test_parse_logcat_prefix_scientific_notation_and_all_same():
     assert parsed["warmup_avg_us"] == 1357600.0
     assert parsed["steady_avg_us"] == 1240270.0
     assert parsed["std_us"] == 2565
-    assert parsed["warmup"] == {"count": 5, "curr": 1357602, "all_same": True, "first": 1357602,
-                                "min": 1357602, "max": 1357602, "avg": 1357602, "std": 0}
+    assert parsed["warmup"] == {
+        "count": 5,
+        "curr": 1357602,
+        "all_same": True,
+        "first": 1357602,
+        "min": 1357602,
+        "max": 1357602,
+        "avg": 1357602,
+        "std": 0,
+    }
     assert (parsed["memory_init_mb"], parsed["memory_overall_mb"]) == (6.36328, 109.832)
 
 
-@pytest.mark.parametrize("text, why", [
-    (INVOKE_FAILURE.format(graph=GRAPH),
-     "the binary reported: ERROR: Node number 2 (FULLY_CONNECTED) failed to invoke. | "
-     "ERROR: Benchmarking failed."),
-    ("INFO: STARTING!\nERROR: Could not open '/x.tflite'.\nERROR: Failed to mmap model /x.tflite\n",
-     "the binary reported: ERROR: Could not open '/x.tflite'. | "
-     "ERROR: Failed to mmap model /x.tflite"),
-    ("/system/bin/sh: /data/local/tmp/bnpipe/benchmark_model: not executable: 32-bit ELF file\n",
-     "the binary reported: /system/bin/sh: /data/local/tmp/bnpipe/benchmark_model: "
-     "not executable: 32-bit ELF file"),
-    ("", "the output is empty"),
-    ("hello\nworld\n", "no 'Inference timings in us' line; last line: 'world'"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        (
+            INVOKE_FAILURE.format(graph=GRAPH),
+            "the binary reported: ERROR: Node number 2 (FULLY_CONNECTED) failed to invoke. | "
+            "ERROR: Benchmarking failed.",
+        ),
+        (
+            "INFO: STARTING!\nERROR: Could not open '/x.tflite'.\nERROR: Failed to mmap model /x.tflite\n",
+            "the binary reported: ERROR: Could not open '/x.tflite'. | "
+            "ERROR: Failed to mmap model /x.tflite",
+        ),
+        (
+            "/system/bin/sh: /data/local/tmp/bnpipe/benchmark_model: not executable: 32-bit ELF file\n",
+            "the binary reported: /system/bin/sh: /data/local/tmp/bnpipe/benchmark_model: "
+            "not executable: 32-bit ELF file",
+        ),
+        ("", "the output is empty"),
+        ("hello\nworld\n", "no 'Inference timings in us' line; last line: 'world'"),
+    ],
+)
 def test_parse_errors_name_the_configuration(text, why):
     with pytest.raises(pbm.ParseError) as info:
         pbm.parse(text, "threads=4 xnnpack=false")
@@ -640,19 +884,29 @@ def test_parse_errors_name_the_configuration(text, why):
 
 def test_parser_cli_reads_stdin_and_file(tmp_path):
     text = render(CURRENT, 4, True)
-    from_stdin = subprocess.run([sys.executable, str(PARSER)], input=text, capture_output=True,
-                                text=True, timeout=30)
+    from_stdin = subprocess.run(
+        [sys.executable, str(PARSER)], input=text, capture_output=True, text=True, timeout=30
+    )
     assert from_stdin.returncode == 0
     assert json.loads(from_stdin.stdout) == pbm.parse(text)
     path = tmp_path / "out.txt"
     path.write_text(INVOKE_FAILURE.format(graph=GRAPH))
-    from_file = subprocess.run([sys.executable, str(PARSER), "--label", "threads=4 xnnpack=false",
-                                str(path)], capture_output=True, text=True, timeout=30)
+    from_file = subprocess.run(
+        [sys.executable, str(PARSER), "--label", "threads=4 xnnpack=false", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert from_file.returncode == 2
     assert from_file.stdout == ""
     assert from_file.stderr.startswith(
-        "Error: benchmark_model did not finish for threads=4 xnnpack=false: the binary reported: ")
-    missing = subprocess.run([sys.executable, str(PARSER), str(tmp_path / "nope.txt")],
-                             capture_output=True, text=True, timeout=30)
+        "Error: benchmark_model did not finish for threads=4 xnnpack=false: the binary reported: "
+    )
+    missing = subprocess.run(
+        [sys.executable, str(PARSER), str(tmp_path / "nope.txt")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert missing.returncode == 2
     assert missing.stderr.startswith("Error: cannot read ")

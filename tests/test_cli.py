@@ -1,4 +1,5 @@
 """cli.py in-process with CliRunner: help, exit codes, one-line errors, where artifacts go."""
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ def assert_one_line_error(result, message=None, code=2):
 
 # --- help -------------------------------------------------------------------------------------
 
+
 def test_every_command_has_help_ending_with_an_example(run):
     assert sorted(cli.commands) and {"train", "fold"} <= set(cli.commands)
     for name, command in [("bnpipe", cli), *sorted(cli.commands.items())]:
@@ -68,13 +70,15 @@ def test_help_does_not_import_tensorflow():
         "print('OK', len(cli.commands))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != ARTIFACTS_ENV}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == f"OK {len(cli.commands)}"
 
 
 # --- bad input: exit 2, one line, no traceback ------------------------------------------------
+
 
 def test_fold_missing_model_path(run, tmp_path):
     missing = tmp_path / "nowhere" / "model.keras"
@@ -83,26 +87,32 @@ def test_fold_missing_model_path(run, tmp_path):
 
 def test_fold_without_model_says_to_train_first(run, tmp_path):
     out = tmp_path / "art"
-    assert_one_line_error(run("fold", "--artifacts", out),
-                          f"model {out / 'model.keras'} does not exist; run `bnpipe train` first "
-                          "or pass --model")
+    assert_one_line_error(
+        run("fold", "--artifacts", out),
+        f"model {out / 'model.keras'} does not exist; run `bnpipe train` first or pass --model",
+    )
     assert not out.exists()
 
 
 def test_fold_on_a_file_that_is_not_a_model(run, tmp_path):
     bad = tmp_path / "model.keras"
     bad.write_text("not a model")
-    assert_one_line_error(run("fold", "--model", bad),
-                          f"{bad} is not a Keras .keras file (expected a zip archive holding "
-                          "config.json and model.weights.h5)")
+    assert_one_line_error(
+        run("fold", "--model", bad),
+        f"{bad} is not a Keras .keras file (expected a zip archive holding "
+        "config.json and model.weights.h5)",
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--hidden", "a,b"], "--hidden takes comma-separated integers such as 64,64; got 'a,b'"),
-    (["--hidden", "16,0"], "--hidden needs one or more positive widths, got 16,0"),
-    (["--epochs", "0"], "--epochs must be ≥ 1, got 0"),
-    (["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--hidden", "a,b"], "--hidden takes comma-separated integers such as 64,64; got 'a,b'"),
+        (["--hidden", "16,0"], "--hidden needs one or more positive widths, got 16,0"),
+        (["--epochs", "0"], "--epochs must be ≥ 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
+    ],
+)
 def test_train_bad_values(run, tmp_path, args, message):
     assert_one_line_error(run("train", *args, "--artifacts", tmp_path / "art"), message)
     assert not (tmp_path / "art").exists()
@@ -116,8 +126,15 @@ def test_train_bad_data_path(run, tmp_path):
     assert not (tmp_path / "art").exists()
 
 
-@pytest.mark.parametrize("args", [["train", "--bn", "torch"], ["train", "--epochs", "many"],
-                                  ["fold", "--no-such-option"], ["no-such-command"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--bn", "torch"],
+        ["train", "--epochs", "many"],
+        ["fold", "--no-such-option"],
+        ["no-such-command"],
+    ],
+)
 def test_usage_errors_exit_2_without_traceback(run, args):
     result = run(*args)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
@@ -128,13 +145,27 @@ def test_usage_errors_exit_2_without_traceback(run, args):
 
 # --- commands that work, and where their outputs go -------------------------------------------
 
+
 def test_train_command_writes_into_artifacts_dir(run, tmp_path):
     out = tmp_path / "art"
-    result = run("train", "--epochs", "1", "--hidden", "4", "--batch-size", "64", "--quiet",
-                 "--artifacts", out)
+    result = run(
+        "train",
+        "--epochs",
+        "1",
+        "--hidden",
+        "4",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--artifacts",
+        out,
+    )
     assert result.exit_code == 0, result.output
-    assert re.fullmatch(rf"test accuracy 0\.\d{{4}} on 360 samples; wrote {re.escape(str(out))}/model\.keras "
-                        r"and train\.json \(\d+\.\d s\)\n", result.stdout), result.stdout
+    assert re.fullmatch(
+        rf"test accuracy 0\.\d{{4}} on 360 samples; wrote {re.escape(str(out))}/model\.keras "
+        r"and train\.json \(\d+\.\d s\)\n",
+        result.stdout,
+    ), result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.keras", "train.json"]
     rec = json.loads((out / "train.json").read_text())
     assert rec["config"]["hidden"] == [4] and rec["config"]["epochs"] == 1
@@ -143,7 +174,10 @@ def test_train_command_writes_into_artifacts_dir(run, tmp_path):
 def _fold_lines_ok(result, out):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert [ln.split(":")[0] for ln in lines[:2]] == ["folded bn_1 into dense_1", "folded bn_2 into dense_2"]
+    assert [ln.split(":")[0] for ln in lines[:2]] == [
+        "folded bn_1 into dense_1",
+        "folded bn_2 into dense_2",
+    ]
     assert lines[-1].endswith(f"on 360 test samples of digits; wrote {out / 'folded.keras'}")
     assert result.stderr == ""
 
@@ -163,13 +197,24 @@ def test_fold_respects_env_and_flag_beats_env(run, trained, tmp_path):
         shutil.copy(result_train.model_path.parent / name, env_dir / name)
 
     _fold_lines_ok(run("fold", env={ARTIFACTS_ENV: str(env_dir)}), env_dir)
-    assert sorted(p.name for p in env_dir.iterdir()) == ["fold.json", "folded.keras", "manifest.json",
-                                                        "model.keras", "train.json"]
+    assert sorted(p.name for p in env_dir.iterdir()) == [
+        "fold.json",
+        "folded.keras",
+        "manifest.json",
+        "model.keras",
+        "train.json",
+    ]
 
     flag_dir = tmp_path / "flag"
     before = {p.name: p.stat().st_mtime_ns for p in env_dir.iterdir()}
-    result = run("fold", "--model", env_dir / "model.keras", "--artifacts", flag_dir,
-                 env={ARTIFACTS_ENV: str(env_dir)})
+    result = run(
+        "fold",
+        "--model",
+        env_dir / "model.keras",
+        "--artifacts",
+        flag_dir,
+        env={ARTIFACTS_ENV: str(env_dir)},
+    )
     _fold_lines_ok(result, flag_dir)
     assert {p.name: p.stat().st_mtime_ns for p in env_dir.iterdir()} == before
     assert not (tmp_path / "artifacts").exists()  # the default ./artifacts was never used
@@ -178,12 +223,19 @@ def test_fold_respects_env_and_flag_beats_env(run, trained, tmp_path):
 def test_fold_strict_refuses_with_one_line_and_warns_otherwise(run, keras, tmp_path):
     from pipeline.model import save_model
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu", name="d"),
-                              keras.layers.BatchNormalization(name="bn")])
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, activation="relu", name="d"),
+            keras.layers.BatchNormalization(name="bn"),
+        ]
+    )
     src = save_model(model, tmp_path / "m.keras")
     reason = "follows Dense 'd' which has its own activation 'relu'"
-    assert_one_line_error(run("fold", "--model", src, "--strict", "--artifacts", tmp_path / "s"),
-                          f"cannot fold exactly: bn {reason}")
+    assert_one_line_error(
+        run("fold", "--model", src, "--strict", "--artifacts", tmp_path / "s"),
+        f"cannot fold exactly: bn {reason}",
+    )
     assert not (tmp_path / "s").exists()
 
     result = run("fold", "--model", src, "--artifacts", tmp_path / "w")

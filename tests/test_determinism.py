@@ -7,7 +7,6 @@ Run `b` is a separate process with its own PYTHONHASHSEED, so nothing that hangs
 per-process hashing (set or dict-of-str order) or on state left in one process (Keras's layer-name
 counters, TensorFlow's graph caches) can hide behind a shared interpreter.
 """
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import json
 import os
@@ -22,22 +21,44 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.cli import cli
 
 pytestmark = pytest.mark.slow
 
 # The tests/conftest.py TINY recipe (≈ 0.94 test accuracy on digits): 2 epochs of ≈ 80 steps, so
 # an order-dependent reduction would have many chances to round differently.
-TRAIN = ["--hidden", "16,16", "--epochs", "2", "--batch-size", "16", "--learning-rate", "0.01", "-q"]
+TRAIN = [
+    "--hidden",
+    "16,16",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--learning-rate",
+    "0.01",
+    "-q",
+]
 MODES = ("int8", "float32", "ptq-int8")  # QAT; plain conversion; calibration on sampled data
 EXPORT = ["--qat-epochs", "1", "-q", *[arg for m in MODES for arg in ("--mode", m)]]
 KERAS_FILES = ("model.keras", "folded.keras")
 TFLITE_FILES = tuple(f"model_{m}.tflite" for m in MODES)
-VERSIONED = ("python", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy")
+VERSIONED = (
+    "python",
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-model-optimization",
+    "ai-edge-litert",
+    "numpy",
+)
 
 
 def _commands(seed: int):
-    return [["train", *TRAIN, "--seed", str(seed)], ["fold"], ["export", *EXPORT, "--seed", str(seed)]]
+    return [
+        ["train", *TRAIN, "--seed", str(seed)],
+        ["fold"],
+        ["export", *EXPORT, "--seed", str(seed)],
+    ]
 
 
 def _in_process(out: Path, seed: int) -> None:
@@ -62,8 +83,14 @@ def _in_subprocess(out: Path, seed: int) -> None:
     env = {k: v for k, v in os.environ.items() if k != "BNPIPE_ARTIFACTS"}
     env["PYTHONHASHSEED"] = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
     commands = [[*args, "--artifacts", str(out)] for args in _commands(seed)]
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(commands)], check=False,
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(commands)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -90,7 +117,9 @@ def test_same_seed_gives_identical_weights(runs, name):
     assert [n for n, _ in a] == [n for n, _ in b] and len(a) >= 6
     for (n, wa), (_, wb) in zip(a, b):
         assert wa.dtype == wb.dtype and wa.shape == wb.shape, n
-        assert np.array_equal(wa, wb), f"{name}: {n} differs in {np.sum(wa != wb)} of {wa.size} values"
+        assert np.array_equal(wa, wb), (
+            f"{name}: {n} differs in {np.sum(wa != wb)} of {wa.size} values"
+        )
 
 
 @pytest.mark.parametrize("name", KERAS_FILES + TFLITE_FILES)
@@ -103,7 +132,11 @@ def test_same_seed_gives_identical_bytes(runs, name):
 def test_keras_archives_hold_no_time_of_saving(runs, name):
     """What made two saves of one model differ (tf_keras stamps them): now absent."""
     with zipfile.ZipFile(runs["a"] / name) as zf:
-        assert [i.filename for i in zf.infolist()] == ["metadata.json", "config.json", "model.weights.h5"]
+        assert [i.filename for i in zf.infolist()] == [
+            "metadata.json",
+            "config.json",
+            "model.weights.h5",
+        ]
         assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
         assert set(json.loads(zf.read("metadata.json"))) == {"keras_version"}
 

@@ -1,5 +1,4 @@
 """The standalone device runner, in-process and through its command line, on tiny real models."""
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import ast
 import json
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.runtimes import device_runner as dr
 
 N_FEATURES, N_CLASSES = 16, 4
@@ -27,11 +27,13 @@ def build_tiny_models(directory):
     import tf_keras as keras
 
     keras.utils.set_random_seed(SEED)
-    model = keras.Sequential([
-        keras.layers.Input((N_FEATURES,)),
-        keras.layers.Dense(12, activation="relu"),
-        keras.layers.Dense(N_CLASSES),
-    ])
+    model = keras.Sequential(
+        [
+            keras.layers.Input((N_FEATURES,)),
+            keras.layers.Dense(12, activation="relu"),
+            keras.layers.Dense(N_CLASSES),
+        ]
+    )
     calibration = np.random.default_rng(SEED).random((200, N_FEATURES), dtype=np.float32)
     paths = {}
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -64,12 +66,16 @@ def build_crashing_model(directory):
     from ai_edge_litert.tools import flatbuffer_utils
 
     keras.utils.set_random_seed(SEED)
-    model = keras.Sequential([keras.layers.Input((N_FEATURES,)),
-                              keras.layers.Dense(N_CLASSES, activation="softmax")])
+    model = keras.Sequential(
+        [keras.layers.Input((N_FEATURES,)), keras.layers.Dense(N_CLASSES, activation="softmax")]
+    )
     calibration = np.random.default_rng(SEED).random((50, N_FEATURES), dtype=np.float32)
     flat = fb.ModelT.InitFromPackedBuf(bytearray(full_int8(model, calibration)), 0)
-    softmaxes = [op for op in flat.subgraphs[0].operators
-                 if isinstance(op.builtinOptions, fb.SoftmaxOptionsT)]
+    softmaxes = [
+        op
+        for op in flat.subgraphs[0].operators
+        if isinstance(op.builtinOptions, fb.SoftmaxOptionsT)
+    ]
     assert len(softmaxes) == 1
     softmaxes[0].builtinOptions.beta = 0.0
     path = directory / "beta0_softmax.tflite"
@@ -111,8 +117,9 @@ def per_sample(model_path, x, reference):
 def test_run_batched_equals_per_sample_invoke(models, mode, reference):
     x = quantized_inputs(models[mode], 100)
     # batch 32 → chunks of 32, 32, 32, 4: exercises the re-allocation for the short last chunk
-    outputs, seconds = dr.run_batched(dr.load_interpreter(models[mode], reference=reference), x,
-                                      batch=32)
+    outputs, seconds = dr.run_batched(
+        dr.load_interpreter(models[mode], reference=reference), x, batch=32
+    )
     expected = per_sample(models[mode], x, reference)
     assert outputs.dtype == expected.dtype == (np.int8 if mode == "int8" else np.float32)
     assert outputs.shape == (100, N_CLASSES)
@@ -149,8 +156,9 @@ def test_wrong_feature_shape_names_both_shapes(models):
 
 
 def test_empty_inputs_give_empty_outputs(models):
-    outputs, seconds = dr.run_batched(dr.load_interpreter(models["int8"]),
-                                      np.zeros((0, N_FEATURES), dtype=np.int8))
+    outputs, seconds = dr.run_batched(
+        dr.load_interpreter(models["int8"]), np.zeros((0, N_FEATURES), dtype=np.int8)
+    )
     assert outputs.shape == (0, N_CLASSES) and outputs.dtype == np.int8 and seconds == 0.0
 
 
@@ -165,11 +173,16 @@ def test_load_interpreter_rejects_missing_and_invalid_files(tmp_path):
 
 def test_bench_reports_every_pair_and_is_json_serialisable(models):
     sample = quantized_inputs(models["int8"], 10)
-    report = dr.bench(models["int8"], sample, batch_sizes=(1, 32), threads=(1, None), warmup=2,
-                      runs=5)
+    report = dr.bench(
+        models["int8"], sample, batch_sizes=(1, 32), threads=(1, None), warmup=2, runs=5
+    )
     json.dumps(report)  # must not raise
     assert [(r["threads"], r["batch"]) for r in report["results"]] == [
-        (1, 1), (1, 32), (None, 1), (None, 32)]
+        (1, 1),
+        (1, 32),
+        (None, 1),
+        (None, 32),
+    ]
     for r in report["results"]:
         lat = r["latency_us"]
         assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"]
@@ -180,15 +193,29 @@ def test_bench_reports_every_pair_and_is_json_serialisable(models):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(dr.__file__), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(dr.__file__), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_run_round_trips(models, tmp_path):
     x = quantized_inputs(models["int8"], 500)
     np.save(tmp_path / "x.npy", x)
-    proc = run_cli("run", "--model", models["int8"], "--inputs", tmp_path / "x.npy",
-                   "--outputs", tmp_path / "y.npy", "--reference", "--batch", "128")
+    proc = run_cli(
+        "run",
+        "--model",
+        models["int8"],
+        "--inputs",
+        tmp_path / "x.npy",
+        "--outputs",
+        tmp_path / "y.npy",
+        "--reference",
+        "--batch",
+        "128",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 1
@@ -202,19 +229,35 @@ def test_cli_run_round_trips(models, tmp_path):
 
 def test_cli_bench_prints_one_json_line(models, tmp_path):
     np.save(tmp_path / "x.npy", quantized_inputs(models["int8"], 3))
-    proc = run_cli("bench", "--model", models["int8"], "--inputs", tmp_path / "x.npy",
-                   "--batch-sizes", "1,4", "--threads", "1", "--warmup", "1", "--runs", "3")
+    proc = run_cli(
+        "bench",
+        "--model",
+        models["int8"],
+        "--inputs",
+        tmp_path / "x.npy",
+        "--batch-sizes",
+        "1,4",
+        "--threads",
+        "1",
+        "--warmup",
+        "1",
+        "--runs",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert [(r["threads"], r["batch"]) for r in report["results"]] == [(1, 1), (1, 4)]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing model", "error: model file not found"),
-    ("missing inputs", "error: inputs file not found"),
-    ("pickled inputs", "error: cannot read inputs"),
-    ("float inputs", "error: inputs have dtype float64 but"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing model", "error: model file not found"),
+        ("missing inputs", "error: inputs file not found"),
+        ("pickled inputs", "error: cannot read inputs"),
+        ("float inputs", "error: inputs have dtype float64 but"),
+    ],
+)
 def test_cli_errors_exit_2_with_one_line(models, tmp_path, case, message):
     model, inputs = models["int8"], tmp_path / "x.npy"
     if case == "missing model":
@@ -251,9 +294,13 @@ class Server:
     """`device_runner.py serve` under this test's python, spoken to line by line."""
 
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, str(dr.__file__), "serve"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(dr.__file__), "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.ready = json.loads(self.proc.stdout.readline())
 
     def ask(self, request):
@@ -282,19 +329,40 @@ def server():
 def test_serve_answers_like_the_one_shot_commands(server, models, tmp_path):
     assert server.ready["ready"] is True and server.ready["pid"] == server.proc.pid
     assert server.ready["litert_version"].startswith("ai-edge-litert ")
-    cases = [("int8", False, 1024), ("int8", True, 7), ("float32", False, 64),
-             ("float32", True, 1024)]
+    cases = [
+        ("int8", False, 1024),
+        ("int8", True, 7),
+        ("float32", False, 64),
+        ("float32", True, 1024),
+    ]
     for i, (mode, reference, batch) in enumerate(cases):
         x = quantized_inputs(models[mode], 300, seed=i)
         np.save(tmp_path / f"x{i}.npy", x)
         flags = ["--reference"] if reference else []
-        proc = run_cli("run", "--model", models[mode], "--inputs", tmp_path / f"x{i}.npy",
-                       "--outputs", tmp_path / f"once{i}.npy", "--batch", batch, *flags)
+        proc = run_cli(
+            "run",
+            "--model",
+            models[mode],
+            "--inputs",
+            tmp_path / f"x{i}.npy",
+            "--outputs",
+            tmp_path / f"once{i}.npy",
+            "--batch",
+            batch,
+            *flags,
+        )
         assert proc.returncode == 0, proc.stderr
-        reply = server.ask({"id": i, "command": "run", "model": str(models[mode]),
-                            "inputs": str(tmp_path / f"x{i}.npy"),
-                            "outputs": str(tmp_path / f"served{i}.npy"),
-                            "reference": reference, "batch": batch})
+        reply = server.ask(
+            {
+                "id": i,
+                "command": "run",
+                "model": str(models[mode]),
+                "inputs": str(tmp_path / f"x{i}.npy"),
+                "outputs": str(tmp_path / f"served{i}.npy"),
+                "reference": reference,
+                "batch": batch,
+            }
+        )
         assert reply["ok"] is True and reply["id"] == i, reply
         once = json.loads(proc.stdout)
         served = reply["result"]
@@ -305,33 +373,58 @@ def test_serve_answers_like_the_one_shot_commands(server, models, tmp_path):
         assert a.dtype == b.dtype and a.shape == b.shape == (300, N_CLASSES)
         assert a.tobytes() == b.tobytes(), f"{mode} reference={reference}: outputs differ"
 
-    reply = server.ask({"id": "b", "command": "bench", "model": str(models["int8"]),
-                        "inputs": str(tmp_path / "x0.npy"), "batch_sizes": [1, 4],
-                        "threads": [1, None], "warmup": 1, "runs": 3})
+    reply = server.ask(
+        {
+            "id": "b",
+            "command": "bench",
+            "model": str(models["int8"]),
+            "inputs": str(tmp_path / "x0.npy"),
+            "batch_sizes": [1, 4],
+            "threads": [1, None],
+            "warmup": 1,
+            "runs": 3,
+        }
+    )
     assert reply["ok"] is True and reply["id"] == "b", reply
     report = reply["result"]
     assert [(r["threads"], r["batch"]) for r in report["results"]] == [
-        (1, 1), (1, 4), (None, 1), (None, 4)]
+        (1, 1),
+        (1, 4),
+        (None, 1),
+        (None, 4),
+    ]
     assert report["served_before"] == len(cases) and report["runs"] == 3
     assert server.close()[:2] == (0, "")
 
 
-@pytest.mark.parametrize("request_line, error", [
-    ("not json", "bad request: not JSON: "),
-    ('["run"]', "bad request: expected a JSON object, got list"),
-    ('{"command": "predict"}', "bad request: command must be 'run' or 'bench', got 'predict'"),
-    ('{"command": "run", "model": "m", "inputs": "x"}', "bad request: 'outputs' is missing"),
-    ('{"command": "run", "model": "m", "inputs": "x", "outputs": "y", "batch": "8"}',
-     "bad request: 'batch' must be an integer, got '8'"),
-    ('{"command": "bench", "model": "m", "inputs": "x", "threads": [1, "2"]}',
-     "bad request: 'threads' must be a list of integers"),
-    ('{"command": "run", "model": "m", "inputs": "x", "outputs": "y", "shuffle": true}',
-     "bad request: unknown field(s) shuffle"),
-    ('{"command": "run", "model": "MISSING", "inputs": "x", "outputs": "y"}',
-     "model file not found: "),
-])
-def test_serve_refuses_a_bad_request_and_keeps_serving(server, models, tmp_path, request_line,
-                                                       error):
+@pytest.mark.parametrize(
+    "request_line, error",
+    [
+        ("not json", "bad request: not JSON: "),
+        ('["run"]', "bad request: expected a JSON object, got list"),
+        ('{"command": "predict"}', "bad request: command must be 'run' or 'bench', got 'predict'"),
+        ('{"command": "run", "model": "m", "inputs": "x"}', "bad request: 'outputs' is missing"),
+        (
+            '{"command": "run", "model": "m", "inputs": "x", "outputs": "y", "batch": "8"}',
+            "bad request: 'batch' must be an integer, got '8'",
+        ),
+        (
+            '{"command": "bench", "model": "m", "inputs": "x", "threads": [1, "2"]}',
+            "bad request: 'threads' must be a list of integers",
+        ),
+        (
+            '{"command": "run", "model": "m", "inputs": "x", "outputs": "y", "shuffle": true}',
+            "bad request: unknown field(s) shuffle",
+        ),
+        (
+            '{"command": "run", "model": "MISSING", "inputs": "x", "outputs": "y"}',
+            "model file not found: ",
+        ),
+    ],
+)
+def test_serve_refuses_a_bad_request_and_keeps_serving(
+    server, models, tmp_path, request_line, error
+):
     if "MISSING" in request_line:
         request_line = request_line.replace("MISSING", str(tmp_path / "nope.tflite"))
         np.save(tmp_path / "x", np.zeros((1, N_FEATURES), np.int8))
@@ -342,8 +435,14 @@ def test_serve_refuses_a_bad_request_and_keeps_serving(server, models, tmp_path,
     # the same process answers the next, good request
     x = quantized_inputs(models["int8"], 5)
     np.save(tmp_path / "good.npy", x)
-    reply = server.ask({"command": "run", "model": str(models["int8"]),
-                        "inputs": str(tmp_path / "good.npy"), "outputs": str(tmp_path / "y.npy")})
+    reply = server.ask(
+        {
+            "command": "run",
+            "model": str(models["int8"]),
+            "inputs": str(tmp_path / "good.npy"),
+            "outputs": str(tmp_path / "y.npy"),
+        }
+    )
     assert reply["ok"] is True and reply["result"]["n"] == 5
     code, rest, _ = server.close()
     assert code == 0 and rest == ""
@@ -353,8 +452,13 @@ def test_serve_dies_with_the_model_that_crashes_litert(server, tmp_path):
     """The premise of the arm64 crash handling: the whole process goes, mid-request, by signal."""
     bad = build_crashing_model(tmp_path)
     np.save(tmp_path / "x.npy", np.zeros((2, N_FEATURES), np.int8))
-    request = {"command": "run", "model": str(bad), "inputs": str(tmp_path / "x.npy"),
-               "outputs": str(tmp_path / "y.npy"), "reference": True}
+    request = {
+        "command": "run",
+        "model": str(bad),
+        "inputs": str(tmp_path / "x.npy"),
+        "outputs": str(tmp_path / "y.npy"),
+        "reference": True,
+    }
     server.proc.stdin.write(json.dumps(request) + "\n")
     server.proc.stdin.flush()
     assert server.proc.stdout.readline() == ""  # stdout closed without an answer
@@ -384,12 +488,19 @@ sys.exit(dr.serve())
 
 def test_serve_keeps_writes_to_stdout_off_the_answer_pipe(models, tmp_path):
     np.save(tmp_path / "x.npy", quantized_inputs(models["int8"], 3))
-    request = {"command": "run", "model": str(models["int8"]), "inputs": str(tmp_path / "x.npy"),
-               "outputs": str(tmp_path / "y.npy")}
+    request = {
+        "command": "run",
+        "model": str(models["int8"]),
+        "inputs": str(tmp_path / "x.npy"),
+        "outputs": str(tmp_path / "y.npy"),
+    }
     proc = subprocess.run(
         [sys.executable, "-c", _NOISY_SERVE, str(Path(dr.__file__).parent)],
         input=json.dumps(request) + "\n" + json.dumps(request) + "\n",
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["ready"] is True

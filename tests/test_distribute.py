@@ -1,6 +1,7 @@
 """distribute.py: TF_CONFIG checks, meeting the workers, the streamed IDX source, and training
 under `mirrored` (in this process) and `multi-worker` (two `bnpipe train` processes on 127.0.0.1)
 against the single-process run."""
+
 from __future__ import annotations
 
 import gzip
@@ -47,6 +48,7 @@ def _weights(path):
 
 # --- TF_CONFIG --------------------------------------------------------------------------------
 
+
 def _tf_config(workers, index=0, task_type="worker", chief=None):
     cluster = {"worker": list(workers)}
     if chief:
@@ -60,7 +62,9 @@ def test_parse_tf_config_workers_and_chief():
     c = parse_tf_config(_tf_config(["127.0.0.1:2000", "127.0.0.1:2001"], index=1))
     assert c.tasks == (("worker", "127.0.0.1:2000"), ("worker", "127.0.0.1:2001"))
     assert (c.position, c.address, c.is_chief, c.size) == (1, "127.0.0.1:2001", False, 2)
-    assert c.describe() == "worker 1 (127.0.0.1:2001)" and c.describe(0) == "worker 0 (127.0.0.1:2000)"
+    assert (
+        c.describe() == "worker 1 (127.0.0.1:2001)" and c.describe(0) == "worker 0 (127.0.0.1:2000)"
+    )
     assert parse_tf_config(_tf_config(["h:1", "h:2"], index=0)).is_chief
 
     # With a chief task, the chief comes first and worker 0 is not the chief.
@@ -69,33 +73,56 @@ def test_parse_tf_config_workers_and_chief():
     assert parse_tf_config(_tf_config(["h:1"], index=0, task_type="chief", chief="h:9")).is_chief
 
 
-HINT = ("set it in each worker's environment, e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
-        "[\"HOST0:PORT0\", \"HOST1:PORT1\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}' on "
-        "the first worker and index 1 on the second")
+HINT = (
+    'set it in each worker\'s environment, e.g. TF_CONFIG=\'{"cluster": {"worker": '
+    '["HOST0:PORT0", "HOST1:PORT1"]}, "task": {"type": "worker", "index": 0}}\' on '
+    "the first worker and index 1 on the second"
+)
 
 
-@pytest.mark.parametrize("text,message", [
-    (None, "--strategy multi-worker needs the environment variable TF_CONFIG; " + HINT),
-    ("  ", "--strategy multi-worker needs the environment variable TF_CONFIG; " + HINT),
-    ('{"cluster": ', "TF_CONFIG is not valid JSON (Expecting value at character 12); " + HINT),
-    ('{"task": {"type": "worker", "index": 0}}',
-     'TF_CONFIG has no "cluster" object listing the workers; ' + HINT),
-    ('{"cluster": {"worker": ["h:1"], "ps": ["h:2"]}, "task": {"type": "worker", "index": 0}}',
-     "TF_CONFIG's cluster has the job(s) ps; multi-worker training takes only chief and worker tasks"),
-    ('{"cluster": {"worker": ["h:1", "nohostport"]}, "task": {"type": "worker", "index": 0}}',
-     'TF_CONFIG cluster.worker[1] is \'nohostport\'; expected "HOST:PORT" with a port from 1 to 65535'),
-    ('{"cluster": {"worker": ["h:1", "h:70000"]}, "task": {"type": "worker", "index": 0}}',
-     'TF_CONFIG cluster.worker[1] is \'h:70000\'; expected "HOST:PORT" with a port from 1 to 65535'),
-    ('{"cluster": {"worker": ["h:1", "h:1"]}, "task": {"type": "worker", "index": 0}}',
-     "TF_CONFIG lists h:1 twice; every task needs its own HOST:PORT"),
-    ('{"cluster": {"worker": ["h:1", "h:2"]}}',
-     ('TF_CONFIG has no "task" object saying which worker this process is, e.g. "task": '
-      '{"type": "worker", "index": 0}')),
-    ('{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 2}}',
-     "TF_CONFIG task index is 2; cluster.worker lists 2 address(es), so the index must be 0 to 1"),
-    ('{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "evaluator", "index": 0}}',
-     "TF_CONFIG task type is 'evaluator'; expected one of the cluster's jobs (worker)"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (None, "--strategy multi-worker needs the environment variable TF_CONFIG; " + HINT),
+        ("  ", "--strategy multi-worker needs the environment variable TF_CONFIG; " + HINT),
+        ('{"cluster": ', "TF_CONFIG is not valid JSON (Expecting value at character 12); " + HINT),
+        (
+            '{"task": {"type": "worker", "index": 0}}',
+            'TF_CONFIG has no "cluster" object listing the workers; ' + HINT,
+        ),
+        (
+            '{"cluster": {"worker": ["h:1"], "ps": ["h:2"]}, "task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG's cluster has the job(s) ps; multi-worker training takes only chief and worker tasks",
+        ),
+        (
+            '{"cluster": {"worker": ["h:1", "nohostport"]}, "task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG cluster.worker[1] is 'nohostport'; expected \"HOST:PORT\" with a port from 1 to 65535",
+        ),
+        (
+            '{"cluster": {"worker": ["h:1", "h:70000"]}, "task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG cluster.worker[1] is 'h:70000'; expected \"HOST:PORT\" with a port from 1 to 65535",
+        ),
+        (
+            '{"cluster": {"worker": ["h:1", "h:1"]}, "task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG lists h:1 twice; every task needs its own HOST:PORT",
+        ),
+        (
+            '{"cluster": {"worker": ["h:1", "h:2"]}}',
+            (
+                'TF_CONFIG has no "task" object saying which worker this process is, e.g. "task": '
+                '{"type": "worker", "index": 0}'
+            ),
+        ),
+        (
+            '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 2}}',
+            "TF_CONFIG task index is 2; cluster.worker lists 2 address(es), so the index must be 0 to 1",
+        ),
+        (
+            '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "evaluator", "index": 0}}',
+            "TF_CONFIG task type is 'evaluator'; expected one of the cluster's jobs (worker)",
+        ),
+    ],
+)
 def test_parse_tf_config_refuses_with_one_clear_message(text, message):
     from pipeline.distribute import parse_tf_config
 
@@ -104,10 +131,16 @@ def test_parse_tf_config_refuses_with_one_clear_message(text, message):
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize("tf_config,expected", [
-    (None, "Error: --strategy multi-worker needs the environment variable TF_CONFIG; " + HINT),
-    ("not json", "Error: TF_CONFIG is not valid JSON (Expecting value at character 0); " + HINT),
-])
+@pytest.mark.parametrize(
+    "tf_config,expected",
+    [
+        (None, "Error: --strategy multi-worker needs the environment variable TF_CONFIG; " + HINT),
+        (
+            "not json",
+            "Error: TF_CONFIG is not valid JSON (Expecting value at character 0); " + HINT,
+        ),
+    ],
+)
 def test_cli_multi_worker_without_a_valid_tf_config_is_exit_2(tmp_path, tf_config, expected):
     from click.testing import CliRunner
 
@@ -115,7 +148,8 @@ def test_cli_multi_worker_without_a_valid_tf_config_is_exit_2(tmp_path, tf_confi
 
     out = tmp_path / "out"
     result = CliRunner(env={"TF_CONFIG": tf_config}).invoke(
-        cli, ["train", "--strategy", "multi-worker", "--artifacts", str(out)])
+        cli, ["train", "--strategy", "multi-worker", "--artifacts", str(out)]
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [expected]
     assert "Traceback" not in result.output and not out.exists()
@@ -126,12 +160,16 @@ def test_cli_refuses_resume_with_a_strategy(tmp_path):
 
     from pipeline.cli import cli
 
-    result = CliRunner().invoke(cli, ["train", "--strategy", "mirrored", "--resume",
-                                      "--artifacts", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        cli, ["train", "--strategy", "mirrored", "--resume", "--artifacts", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        ("Error: --resume works only with --strategy none; --strategy mirrored writes no "
-         "per-epoch checkpoints (run it again without --resume)")]
+        (
+            "Error: --resume works only with --strategy none; --strategy mirrored writes no "
+            "per-epoch checkpoints (run it again without --resume)"
+        )
+    ]
     assert not (tmp_path / "out" / "model.keras").exists()
 
 
@@ -139,10 +177,13 @@ def test_train_config_checks_the_strategy():
     assert TrainConfig().strategy == "none"
     with pytest.raises(BnpipeError) as info:
         TrainConfig(strategy="horovod")
-    assert str(info.value) == "--strategy must be one of none, mirrored, multi-worker, got 'horovod'"
+    assert (
+        str(info.value) == "--strategy must be one of none, mirrored, multi-worker, got 'horovod'"
+    )
 
 
 # --- meeting the other workers (plain sockets on 127.0.0.1, no TensorFlow) ---------------------
+
 
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
@@ -186,17 +227,21 @@ def test_workers_with_other_options_are_refused_on_both_sides():
     configs = [_tf_config(addresses, index=i) for i in range(2)]
     errors = _meet(configs, ["a", "b"])
     for i, error in enumerate(errors):
-        assert error == (f"worker {1 - i} ({addresses[1 - i]}) runs with another cluster or other "
-                         "training options; start every worker with the same bnpipe train command "
-                         "and the same TF_CONFIG cluster (only the task index differs)")
+        assert error == (
+            f"worker {1 - i} ({addresses[1 - i]}) runs with another cluster or other "
+            "training options; start every worker with the same bnpipe train command "
+            "and the same TF_CONFIG cluster (only the task index differs)"
+        )
 
 
 def test_a_missing_worker_is_named_after_the_timeout():
     addresses = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     [error] = _meet([_tf_config(addresses, index=0)], ["t"], timeout_s=1.0)
-    assert error == (f"worker 0 ({addresses[0]}): no answer within 1 s from worker 1 "
-                     f"({addresses[1]}); start every task listed in TF_CONFIG (or raise "
-                     "BNPIPE_JOIN_TIMEOUT)")
+    assert error == (
+        f"worker 0 ({addresses[0]}): no answer within 1 s from worker 1 "
+        f"({addresses[1]}); start every task listed in TF_CONFIG (or raise "
+        "BNPIPE_JOIN_TIMEOUT)"
+    )
 
 
 def test_a_taken_port_is_reported():
@@ -207,10 +252,13 @@ def test_a_taken_port_is_reported():
         other = f"127.0.0.1:{_free_ports(1)[0]}"
         with pytest.raises(BnpipeError) as info:
             wait_for_workers(parse_tf_config(_tf_config([address, other])), "t", 1.0)
-    assert str(info.value).startswith(f"cannot listen on {address}, this task's address in TF_CONFIG: ")
+    assert str(info.value).startswith(
+        f"cannot listen on {address}, this task's address in TF_CONFIG: "
+    )
 
 
 # --- the model under a strategy ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bn", ["keras", "custom"])
 def test_sync_model_starts_from_build_mlps_initial_weights(keras, bn):
@@ -255,8 +303,13 @@ def test_mirrored_on_one_device_gives_the_single_process_weights(request, fixtur
     assert mirrored.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-7)
     rec = json.loads(mirrored.record_path.read_text())
     ref = json.loads(single.record_path.read_text())
-    assert rec["distribution"] == {"strategy": "mirrored", "replicas": 1, "workers": 1,
-                                   "worker": 0, "chief": True}
+    assert rec["distribution"] == {
+        "strategy": "mirrored",
+        "replicas": 1,
+        "workers": 1,
+        "worker": 0,
+        "chief": True,
+    }
     assert rec["config"]["strategy"] == "mirrored" and ref["config"]["strategy"] == "none"
     assert rec["dataset"]["fingerprint"] == ref["dataset"]["fingerprint"]
     assert rec["dataset"]["streamed"] is False
@@ -267,9 +320,13 @@ def test_mirrored_on_one_device_gives_the_single_process_weights(request, fixtur
 
 # --- the streamed IDX source ---------------------------------------------------------------------
 
+
 def _write_idx(path, array, gzipped):
     data = struct.pack(">HBB", 0, {np.uint8: 0x08, np.int16: 0x0B}[array.dtype.type], array.ndim)
-    data += struct.pack(f">{array.ndim}I", *array.shape) + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    data += (
+        struct.pack(f">{array.ndim}I", *array.shape)
+        + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    )
     if gzipped:
         path = path.with_name(path.name + ".gz")
         path.write_bytes(gzip.compress(data))
@@ -286,8 +343,12 @@ def _digits_idx(directory, gzipped=False, dtype=np.uint8):
     x = np.minimum(d.images * 16, 255).astype(dtype)
     y = d.target.astype(np.uint8)
     directory.mkdir(parents=True, exist_ok=True)
-    for name, arr in (("train-images-idx3-ubyte", x[:1400]), ("train-labels-idx1-ubyte", y[:1400]),
-                      ("t10k-images-idx3-ubyte", x[1400:]), ("t10k-labels-idx1-ubyte", y[1400:])):
+    for name, arr in (
+        ("train-images-idx3-ubyte", x[:1400]),
+        ("train-labels-idx1-ubyte", y[:1400]),
+        ("t10k-images-idx3-ubyte", x[1400:]),
+        ("t10k-labels-idx1-ubyte", y[1400:]),
+    ):
         _write_idx(directory / name, arr, gzipped)
     return directory
 
@@ -362,10 +423,21 @@ def test_idx_files_of_other_types_or_damaged_are_read_whole_by_data_py(tf, tmp_p
 
 # --- two workers on 127.0.0.1 --------------------------------------------------------------------
 
+
 def _cli_args(cfg: dict) -> list[str]:
-    return ["--hidden", ",".join(map(str, cfg["hidden"])), "--epochs", str(cfg["epochs"]),
-            "--batch-size", str(cfg["batch_size"]), "--learning-rate", str(cfg["learning_rate"]),
-            "--seed", str(cfg["seed"]), "--quiet"]
+    return [
+        "--hidden",
+        ",".join(map(str, cfg["hidden"])),
+        "--epochs",
+        str(cfg["epochs"]),
+        "--batch-size",
+        str(cfg["batch_size"]),
+        "--learning-rate",
+        str(cfg["learning_rate"]),
+        "--seed",
+        str(cfg["seed"]),
+        "--quiet",
+    ]
 
 
 def _two_workers(tmp_path, extra: list[str]):
@@ -375,12 +447,31 @@ def _two_workers(tmp_path, extra: list[str]):
     for i in range(2):
         scratch = tmp_path / f"tmp{i}"
         scratch.mkdir()
-        env = {**os.environ, "TF_CONFIG": _tf_config(addresses, index=i), "TMPDIR": str(scratch),
-               "BNPIPE_JOIN_TIMEOUT": "120"}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "train", "--strategy", "multi-worker", *extra,
-             "--artifacts", str(tmp_path / f"worker{i}")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "TF_CONFIG": _tf_config(addresses, index=i),
+            "TMPDIR": str(scratch),
+            "BNPIPE_JOIN_TIMEOUT": "120",
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.cli",
+                    "train",
+                    "--strategy",
+                    "multi-worker",
+                    *extra,
+                    "--artifacts",
+                    str(tmp_path / f"worker{i}"),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for p in procs:
@@ -419,15 +510,22 @@ def test_two_workers_match_the_single_process_run(keras, digits, tmp_path):
     addresses, ((out0, _), (out1, _)) = _two_workers(tmp_path, _cli_args(TWO_WORKERS))
     chief, other = tmp_path / "worker0", tmp_path / "worker1"
     rec = json.loads((chief / "train.json").read_text())
-    assert rec["distribution"] == {"strategy": "multi-worker", "replicas": 2, "workers": 2,
-                                   "worker": 0, "chief": True}
+    assert rec["distribution"] == {
+        "strategy": "multi-worker",
+        "replicas": 2,
+        "workers": 2,
+        "worker": 0,
+        "chief": True,
+    }
     assert rec["config"]["strategy"] == "multi-worker"
     # Only the chief writes; the other worker's scratch dir is gone and its --artifacts unused.
     assert not other.exists() and list((tmp_path / "tmp1").iterdir()) == []
     acc = rec["test_accuracy"]
     assert out0.startswith(f"test accuracy {acc:.4f} on {len(digits.y_test)} samples; wrote ")
-    assert out1.startswith(f"worker 1 ({addresses[1]}): test accuracy {acc:.4f}; the chief, "
-                           f"worker 0 ({addresses[0]}), writes the artifacts")
+    assert out1.startswith(
+        f"worker 1 ({addresses[1]}): test accuracy {acc:.4f}; the chief, "
+        f"worker 0 ({addresses[0]}), writes the artifacts"
+    )
 
     single = train(TrainConfig(**TWO_WORKERS), tmp_path / "single", quiet=True)
     assert rec["dataset"]["fingerprint"] == digits.fingerprint()
@@ -447,8 +545,9 @@ def test_two_workers_streaming_idx_match_one_streaming_process(keras, tmp_path):
     _two_workers(tmp_path, ["--data", spec, *_cli_args(TWO_WORKERS)])
     rec = json.loads((tmp_path / "worker0" / "train.json").read_text())
     assert rec["dataset"]["streamed"] is True
-    single = train(TrainConfig(data=spec, strategy="mirrored", **TWO_WORKERS), tmp_path / "single",
-                   quiet=True)
+    single = train(
+        TrainConfig(data=spec, strategy="mirrored", **TWO_WORKERS), tmp_path / "single", quiet=True
+    )
     assert json.loads(single.record_path.read_text())["dataset"] == rec["dataset"]
     ds = load_dataset(spec)
     _, pb = _assert_close(single.model_path, tmp_path / "worker0" / "model.keras", ds.x_test)

@@ -1,7 +1,6 @@
 """export: every mode converts and runs; the int8 model keeps the float model's decisions and holds
 nothing but int8 FULLY_CONNECTED + SOFTMAX; the graph check catches an unfolded BatchNormalization;
 export.json says what was written; bad input is exit 2 with one line and no file written."""
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import json
 import shutil
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline import artifacts
 from pipeline.cli import cli
 from pipeline.config import EXPORT_MODES, ExportConfig
@@ -27,8 +27,14 @@ from pipeline.tflite_file import parse_tflite, quant_params, read_tflite
 INT8_MIN_AGREEMENT = 0.98
 # Softmax outputs sum to 1. The int8 output has 10 values each rounded to 1/256 (error ≤ 1/512
 # each, so ≤ 10/512 ≈ 0.02 in the sum); float16 weights and float32 arithmetic are far closer.
-PROB_SUM_ATOL = {"int8": 10 / 512, "ptq-int8": 10 / 512, "ptq-int16x8": 10 / 65536 + 1e-6,
-                 "float32": 1e-5, "ptq-dynamic": 1e-5, "ptq-float16": 1e-5}
+PROB_SUM_ATOL = {
+    "int8": 10 / 512,
+    "ptq-int8": 10 / 512,
+    "ptq-int16x8": 10 / 65536 + 1e-6,
+    "float32": 1e-5,
+    "ptq-dynamic": 1e-5,
+    "ptq-float16": 1e-5,
+}
 FEW = 20  # "a handful of samples"
 
 
@@ -46,11 +52,16 @@ def folded_pred(exported, digits):
 
 def _predict(path, x, reference=True):
     info = read_tflite(path)
-    raw = HostRuntime(reference=reference).run(str(path), to_input(x, quant_params(info.input_tensor()))).outputs
+    raw = (
+        HostRuntime(reference=reference)
+        .run(str(path), to_input(x, quant_params(info.input_tensor())))
+        .outputs
+    )
     return from_output(raw, quant_params(info.output_tensor()))
 
 
 # --- every mode -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", EXPORT_MODES)
 @pytest.mark.parametrize("reference", [True, False], ids=["host-ref", "host"])
@@ -66,8 +77,10 @@ def test_each_mode_runs_in_litert(exported, digits, folded_pred, mode, reference
 def test_int8_top1_agrees_with_float_model(exported, digits, folded_pred, record):
     pred = np.argmax(_predict(exported / tflite_name("int8"), digits.x_test), axis=1)
     agreement = float(np.mean(pred == folded_pred))
-    print(f"int8 (QAT) vs folded float top-1 agreement on {len(pred)} digits test samples: "
-          f"{agreement:.4f} ({int(np.sum(pred != folded_pred))} disagreements)")
+    print(
+        f"int8 (QAT) vs folded float top-1 agreement on {len(pred)} digits test samples: "
+        f"{agreement:.4f} ({int(np.sum(pred != folded_pred))} disagreements)"
+    )
     assert agreement >= INT8_MIN_AGREEMENT
     # export.json's figure is the same measurement (reference kernels, same split).
     assert record["modes"]["int8"]["agreement_with_float"] == agreement
@@ -92,6 +105,7 @@ def test_every_exported_file_passes_the_graph_check(exported, mode):
 
 # --- a BatchNormalization left in the model ---------------------------------------------------
 
+
 def _bn_model(keras, bn_first: bool):
     """Input(8) → BN → Dense(4) → Dense(3, softmax), or Input(8) → Dense(4, relu) → BN → Dense(3,
     softmax): neither BN follows a bare Dense, so the converter cannot fuse it into FULLY_CONNECTED.
@@ -100,12 +114,16 @@ def _bn_model(keras, bn_first: bool):
     if bn_first:
         h = keras.layers.Dense(4, name="dense")(keras.layers.BatchNormalization(name="bn")(inp))
     else:
-        h = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(4, activation="relu", name="dense")(inp))
+        h = keras.layers.BatchNormalization(name="bn")(
+            keras.layers.Dense(4, activation="relu", name="dense")(inp)
+        )
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(h))
     bn = model.get_layer("bn")
     n = bn.gamma.shape[0]
     rng = np.random.default_rng(0)
-    bn.set_weights([rng.uniform(0.5, 2, n), rng.normal(size=n), rng.normal(size=n), rng.uniform(0.5, 2, n)])
+    bn.set_weights(
+        [rng.uniform(0.5, 2, n), rng.normal(size=n), rng.normal(size=n), rng.uniform(0.5, 2, n)]
+    )
     return model
 
 
@@ -126,7 +144,10 @@ def test_graph_check_rejects_a_standalone_batch_norm(keras, bn_first):
 
 
 def test_check_keras_model_refuses_batch_norm(keras):
-    with pytest.raises(ModelError, match="^BatchNormalization layer\\(s\\) bn are still in the model; run `bnpipe fold`"):
+    with pytest.raises(
+        ModelError,
+        match="^BatchNormalization layer\\(s\\) bn are still in the model; run `bnpipe fold`",
+    ):
         check_keras_model(_bn_model(keras, bn_first=False))
 
 
@@ -139,11 +160,26 @@ def test_run_export_refuses_the_unfolded_model_before_converting(exported, tmp_p
 
 # --- --float-io -------------------------------------------------------------------------------
 
+
 def test_float_io_quantizes_only_at_the_edges(exported, tmp_path):
     out = tmp_path / "art"
     shutil.copytree(exported, out)
-    result = CliRunner().invoke(cli, ["export", "--model", str(out / "folded.keras"), "--mode", "int8",
-                                      "--float-io", "--qat-epochs", "1", "-q", "--artifacts", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            "--model",
+            str(out / "folded.keras"),
+            "--mode",
+            "int8",
+            "--float-io",
+            "--qat-epochs",
+            "1",
+            "-q",
+            "--artifacts",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     info = read_tflite(out / tflite_name("int8"))
     ops = [o.op for o in info.operators]
@@ -168,13 +204,16 @@ def test_zero_qat_epochs_still_calibrates_the_ranges(exported, tmp_path):
     the data. Before the fix the int8 file agreed with the float model on 11 % (one class)."""
     out = tmp_path / "art"
     shutil.copytree(exported, out)
-    result = run_export(out / "folded.keras", out, config=ExportConfig(modes=("int8",), qat_epochs=0))
+    result = run_export(
+        out / "folded.keras", out, config=ExportConfig(modes=("int8",), qat_epochs=0)
+    )
     r = result.modes[0]
     assert r.qat_history == {}
     assert r.agreement_with_float >= INT8_MIN_AGREEMENT
 
 
 # --- export.json ------------------------------------------------------------------------------
+
 
 def test_export_record(exported, record):
     assert record["schema_version"] == artifacts.SCHEMA_VERSION and record["stage"] == "export"
@@ -193,7 +232,10 @@ def test_export_record(exported, record):
         assert r["output"] == quant_params(info.output_tensor())
         for key in ("keras_accuracy", "tflite_accuracy", "agreement_with_float"):
             assert 0.5 < r[key] <= 1.0, (mode, key, r[key])
-    assert record["modes"]["int8"]["qat_history"]["loss"] and len(record["modes"]["int8"]["qat_history"]["loss"]) == 1
+    assert (
+        record["modes"]["int8"]["qat_history"]["loss"]
+        and len(record["modes"]["int8"]["qat_history"]["loss"]) == 1
+    )
     # float32 is the folded model converted as is: same accuracy as Keras, same decisions.
     f32 = record["modes"]["float32"]
     assert f32["keras_accuracy"] == record["float_accuracy"] == f32["tflite_accuracy"]
@@ -203,6 +245,7 @@ def test_export_record(exported, record):
 
 
 # --- bad input --------------------------------------------------------------------------------
+
 
 def _layer_norm_model(keras, path):
     from pipeline.model import save_model
@@ -222,21 +265,31 @@ def _bad_inputs(tmp_path, exported, keras):
     folded = exported / "folded.keras"
     return {
         "missing": (["--model", str(missing)], f"Error: model file {missing} does not exist"),
-        "truncated": (["--model", str(tmp_path / "truncated.keras")],
-                      f"Error: {tmp_path / 'truncated.keras'} is not a Keras .keras file"),
-        "not-keras": (["--model", str(tmp_path / "notes.keras")],
-                      f"Error: {tmp_path / 'notes.keras'} is not a Keras .keras file"),
-        "unknown-mode": (["--model", str(folded), "--mode", "foo"], "Error: unknown mode 'foo'; expected one of "
-                         + ", ".join(EXPORT_MODES) + " or all"),
-        "layer-norm": (["--model", str(norm), "--data", "digits"],
-                       "Error: quantization-aware training does not support layer(s) norm (LayerNormalization); "),
+        "truncated": (
+            ["--model", str(tmp_path / "truncated.keras")],
+            f"Error: {tmp_path / 'truncated.keras'} is not a Keras .keras file",
+        ),
+        "not-keras": (
+            ["--model", str(tmp_path / "notes.keras")],
+            f"Error: {tmp_path / 'notes.keras'} is not a Keras .keras file",
+        ),
+        "unknown-mode": (
+            ["--model", str(folded), "--mode", "foo"],
+            "Error: unknown mode 'foo'; expected one of " + ", ".join(EXPORT_MODES) + " or all",
+        ),
+        "layer-norm": (
+            ["--model", str(norm), "--data", "digits"],
+            "Error: quantization-aware training does not support layer(s) norm (LayerNormalization); ",
+        ),
     }
 
 
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, exported, keras):
     for name, (args, prefix) in _bad_inputs(tmp_path, exported, keras).items():
         out = tmp_path / f"art-{name}"
-        result = CliRunner().invoke(cli, ["export", "-q", "--qat-epochs", "1", "--artifacts", str(out), *args])
+        result = CliRunner().invoke(
+            cli, ["export", "-q", "--qat-epochs", "1", "--artifacts", str(out), *args]
+        )
         assert result.exit_code == 2, (name, result.output)
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith(prefix), (name, result.stderr)

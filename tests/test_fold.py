@@ -1,5 +1,6 @@
 """fold.py: the folding formula against an independent reference, fold_model on every layout it
 accepts and every one it must refuse, and run_fold end to end."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ def error_bound(x, kernel, bias, gamma, beta, mean, variance, epsilon):
     n_in = kernel.shape[0]
     s = np.abs(1.0 if gamma is None else gamma) / np.sqrt(variance + epsilon)
     mags = np.abs(x) @ np.abs(kernel) + np.abs(0.0 if bias is None else bias) + np.abs(mean)
-    return 2 * (n_in + 8) * U64 * (s * mags + np.abs(0.0 if beta is None else beta)) + UNDERFLOW_FLOOR
+    return (
+        2 * (n_in + 8) * U64 * (s * mags + np.abs(0.0 if beta is None else beta)) + UNDERFLOW_FLOOR
+    )
 
 
 finite = dict(allow_nan=False, allow_infinity=False)
@@ -94,8 +97,9 @@ def test_fold_params_exact_when_scale_is_a_power_of_two():
 
 def test_fold_params_zero_gamma_gives_beta():
     kernel = np.arange(6.0).reshape(3, 2)
-    w, b = fold_params(kernel, np.ones(2), np.zeros(2), np.array([0.5, -1.5]), np.ones(2),
-                       np.full(2, 1e-12), 1e-3)
+    w, b = fold_params(
+        kernel, np.ones(2), np.zeros(2), np.array([0.5, -1.5]), np.ones(2), np.full(2, 1e-12), 1e-3
+    )
     np.testing.assert_array_equal(w, np.zeros((3, 2)))
     np.testing.assert_array_equal(b, [0.5, -1.5])
 
@@ -113,6 +117,7 @@ def test_fold_params_zero_variance_without_epsilon_is_refused():
 
 
 # --- fold_model on models it must fold --------------------------------------------------------
+
 
 def _bn(keras, kind, **kwargs):
     if kind == "keras":
@@ -152,7 +157,9 @@ def _rel_diff(a, b):
 
 
 def _snapshot(model):
-    return json.dumps(model.get_config(), sort_keys=True, default=str), [w.copy() for w in model.get_weights()]
+    return json.dumps(model.get_config(), sort_keys=True, default=str), [
+        w.copy() for w in model.get_weights()
+    ]
 
 
 def _assert_unchanged(model, snapshot):
@@ -182,13 +189,17 @@ VARIANTS = [  # (BN kwargs, Dense use_bias)
 @pytest.mark.parametrize("bn_kwargs,use_bias", VARIANTS)
 def test_fold_model_sequential(keras, kind, bn_kwargs, use_bias):
     k = keras
-    model = k.Sequential([
-        k.Input((7,), name="x"),
-        k.layers.Dense(6, use_bias=use_bias, name="d1"), _bn(k, kind, name="bn1", **bn_kwargs),
-        k.layers.ReLU(name="r1"),
-        k.layers.Dense(5, name="d2"), _bn(k, kind, name="bn2"),
-        k.layers.Dense(3, name="out"),
-    ])
+    model = k.Sequential(
+        [
+            k.Input((7,), name="x"),
+            k.layers.Dense(6, use_bias=use_bias, name="d1"),
+            _bn(k, kind, name="bn1", **bn_kwargs),
+            k.layers.ReLU(name="r1"),
+            k.layers.Dense(5, name="d2"),
+            _bn(k, kind, name="bn2"),
+            k.layers.Dense(3, name="out"),
+        ]
+    )
     _randomize(model, seed=len(bn_kwargs) + use_bias)
     before = _snapshot(model)
     x = np.random.default_rng(2).normal(size=(64, 7)).astype(np.float32)
@@ -203,16 +214,30 @@ def test_fold_model_sequential(keras, kind, bn_kwargs, use_bias):
     bn_class = "BatchNormalization" if kind == "keras" else "CustomBatchNorm"
     eps = bn_kwargs.get("epsilon", 1e-3)
     assert pairs == [
-        FoldedPair("d1", "bn1", bn_class, eps, bn_kwargs.get("center", True),
-                   bn_kwargs.get("scale", True), use_bias, 6),
+        FoldedPair(
+            "d1",
+            "bn1",
+            bn_class,
+            eps,
+            bn_kwargs.get("center", True),
+            bn_kwargs.get("scale", True),
+            use_bias,
+            6,
+        ),
         FoldedPair("d2", "bn2", bn_class, 1e-3, True, True, True, 5),
     ]
     # The folded Dense holds exactly fold_params(...) rounded once to float32.
     for dense, bn in (("d1", "bn1"), ("d2", "bn2")):
         d, n = model.get_layer(dense), model.get_layer(bn)
-        w, b = fold_params(d.kernel.numpy(), d.bias.numpy() if d.use_bias else None,
-                           n.gamma.numpy() if n.scale else None, n.beta.numpy() if n.center else None,
-                           n.moving_mean.numpy(), n.moving_variance.numpy(), n.epsilon)
+        w, b = fold_params(
+            d.kernel.numpy(),
+            d.bias.numpy() if d.use_bias else None,
+            n.gamma.numpy() if n.scale else None,
+            n.beta.numpy() if n.center else None,
+            n.moving_mean.numpy(),
+            n.moving_variance.numpy(),
+            n.epsilon,
+        )
         fw, fb = folded.get_layer(dense).get_weights()
         np.testing.assert_array_equal(fw, w.astype(np.float32))
         np.testing.assert_array_equal(fb, b.astype(np.float32))
@@ -266,8 +291,15 @@ def test_fold_model_dense_on_rank3_input_bn_last_axis_is_folded(keras):
 
 def test_fold_model_bn_axis_1_on_rank2_is_the_units_axis_and_folds(keras):
     k = keras
-    model = _randomize(k.Sequential([k.Input((4,)), k.layers.Dense(3, name="d"),
-                                     k.layers.BatchNormalization(axis=1, name="bn")]))
+    model = _randomize(
+        k.Sequential(
+            [
+                k.Input((4,)),
+                k.layers.Dense(3, name="d"),
+                k.layers.BatchNormalization(axis=1, name="bn"),
+            ]
+        )
+    )
     from pipeline.fold import fold_model
 
     _, pairs, skipped = fold_model(model)
@@ -276,14 +308,28 @@ def test_fold_model_bn_axis_1_on_rank2_is_the_units_axis_and_folds(keras):
 
 # --- fold_model on models it must refuse ------------------------------------------------------
 
+
 def _dense_relu_then_bn(k, kind):
-    return k.Sequential([k.Input((4,)), k.layers.Dense(3, activation="relu", name="d"),
-                         _bn(k, kind, name="bn"), k.layers.Dense(2, name="out")])
+    return k.Sequential(
+        [
+            k.Input((4,)),
+            k.layers.Dense(3, activation="relu", name="d"),
+            _bn(k, kind, name="bn"),
+            k.layers.Dense(2, name="out"),
+        ]
+    )
 
 
 def _bn_after_relu(k, kind):
-    return k.Sequential([k.Input((4,)), k.layers.Dense(3, name="d"), k.layers.ReLU(name="relu"),
-                         _bn(k, kind, name="bn"), k.layers.Dense(2, name="out")])
+    return k.Sequential(
+        [
+            k.Input((4,)),
+            k.layers.Dense(3, name="d"),
+            k.layers.ReLU(name="relu"),
+            _bn(k, kind, name="bn"),
+            k.layers.Dense(2, name="out"),
+        ]
+    )
 
 
 def _dense_feeds_bn_and_add(k, kind):
@@ -316,24 +362,38 @@ def _shared_dense(k, kind):
 def _shared_bn(k, kind):
     x1, x2 = k.Input((4,), name="x1"), k.Input((4,), name="x2")
     bn = _bn(k, kind, name="bn")
-    y = k.layers.Add(name="add")([bn(k.layers.Dense(3, name="d1")(x1)),
-                                  bn(k.layers.Dense(3, name="d2")(x2))])
+    y = k.layers.Add(name="add")(
+        [bn(k.layers.Dense(3, name="d1")(x1)), bn(k.layers.Dense(3, name="d2")(x2))]
+    )
     return k.Model([x1, x2], y)
 
 
 def _reshape_then_bn_axis1(k, kind):
-    return k.Sequential([k.Input((12,)), k.layers.Reshape((3, 4), name="reshape"),
-                         k.layers.BatchNormalization(axis=1, name="bn")])
+    return k.Sequential(
+        [
+            k.Input((12,)),
+            k.layers.Reshape((3, 4), name="reshape"),
+            k.layers.BatchNormalization(axis=1, name="bn"),
+        ]
+    )
 
 
 def _reshape_dense_bn_axis1(k, kind):
-    return k.Sequential([k.Input((12,)), k.layers.Reshape((3, 4), name="reshape"),
-                         k.layers.Dense(5, name="d"), k.layers.BatchNormalization(axis=1, name="bn")])
+    return k.Sequential(
+        [
+            k.Input((12,)),
+            k.layers.Reshape((3, 4), name="reshape"),
+            k.layers.Dense(5, name="d"),
+            k.layers.BatchNormalization(axis=1, name="bn"),
+        ]
+    )
 
 
 def _rank3_dense_bn_axis1(k, kind):
     x = k.Input((3, 4))
-    return k.Model(x, k.layers.BatchNormalization(axis=1, name="bn")(k.layers.Dense(5, name="d")(x)))
+    return k.Model(
+        x, k.layers.BatchNormalization(axis=1, name="bn")(k.layers.Dense(5, name="d")(x))
+    )
 
 
 AXIS_REASON = "normalizes axis [1], not the last (units) axis"
@@ -349,13 +409,22 @@ REFUSED = [
     (_reshape_dense_bn_axis1, AXIS_REASON),
     (_rank3_dense_bn_axis1, AXIS_REASON),
 ]
-KEEPS_KIND = {_dense_relu_then_bn, _bn_after_relu, _dense_feeds_bn_and_add,
-              _dense_feeds_bn_and_concat, _dense_is_also_output, _shared_dense, _shared_bn}
+KEEPS_KIND = {
+    _dense_relu_then_bn,
+    _bn_after_relu,
+    _dense_feeds_bn_and_add,
+    _dense_feeds_bn_and_concat,
+    _dense_is_also_output,
+    _shared_dense,
+    _shared_bn,
+}
 
 
 def _refused_cases():
     for build, reason in REFUSED:
-        kinds = ["keras", "custom"] if build in KEEPS_KIND else ["keras"]  # custom BN: last axis only
+        kinds = (
+            ["keras", "custom"] if build in KEEPS_KIND else ["keras"]
+        )  # custom BN: last axis only
         for kind in kinds:
             yield pytest.param(build, kind, reason, id=f"{build.__name__[1:]}-{kind}")
 
@@ -396,24 +465,35 @@ def test_fold_model_keeps_bn_it_cannot_fold_exactly(keras, build, kind, reason):
 
 def test_fold_model_folds_what_it_can_and_names_what_it_keeps(keras):
     k = keras
-    model = _randomize(k.Sequential([
-        k.Input((5,)), k.layers.Dense(4, name="d1"), k.layers.BatchNormalization(name="bn1"),
-        k.layers.ReLU(name="r1"), k.layers.BatchNormalization(name="bn_after_relu"),
-        k.layers.Dense(3, activation="relu", name="d2"), _bn(k, "custom", name="bn_after_act"),
-    ]))
+    model = _randomize(
+        k.Sequential(
+            [
+                k.Input((5,)),
+                k.layers.Dense(4, name="d1"),
+                k.layers.BatchNormalization(name="bn1"),
+                k.layers.ReLU(name="r1"),
+                k.layers.BatchNormalization(name="bn_after_relu"),
+                k.layers.Dense(3, activation="relu", name="d2"),
+                _bn(k, "custom", name="bn_after_act"),
+            ]
+        )
+    )
     from pipeline.fold import fold_model
 
     folded, pairs, skipped = fold_model(model)
     assert [(p.dense, p.bn) for p in pairs] == [("d1", "bn1")]
-    assert skipped == [SkippedBN("bn_after_relu", "follows ReLU 'r1', not a Dense"),
-                       SkippedBN("bn_after_act", "follows Dense 'd2' which has its own activation 'relu'")]
+    assert skipped == [
+        SkippedBN("bn_after_relu", "follows ReLU 'r1', not a Dense"),
+        SkippedBN("bn_after_act", "follows Dense 'd2' which has its own activation 'relu'"),
+    ]
     xs = _inputs_for(model)
     assert _rel_diff(model(xs, training=False), folded(xs, training=False)) <= FOLD_RTOL
     with pytest.raises(ModelError) as info:
         fold_model(model, strict=True)
-    assert str(info.value) == ("cannot fold exactly: bn_after_relu follows ReLU 'r1', not a Dense; "
-                               "bn_after_act follows Dense 'd2' which has its own activation 'relu'")
-
+    assert str(info.value) == (
+        "cannot fold exactly: bn_after_relu follows ReLU 'r1', not a Dense; "
+        "bn_after_act follows Dense 'd2' which has its own activation 'relu'"
+    )
 
 
 @pytest.mark.parametrize("outer", ["sequential", "functional"])
@@ -422,8 +502,10 @@ def test_fold_model_names_bn_inside_a_nested_model(keras, outer):
     from pipeline.fold import fold_model
 
     k = keras
-    block = k.Sequential([k.Input((4,)), k.layers.Dense(3, name="d"),
-                          k.layers.BatchNormalization(name="bn")], name="block")
+    block = k.Sequential(
+        [k.Input((4,)), k.layers.Dense(3, name="d"), k.layers.BatchNormalization(name="bn")],
+        name="block",
+    )
     if outer == "sequential":
         model = k.Sequential([k.Input((4,)), block, k.layers.Dense(2, name="out")])
     else:
@@ -434,8 +516,9 @@ def test_fold_model_names_bn_inside_a_nested_model(keras, outer):
     reason = "is inside the nested model 'block'; bnpipe folds only the outer model's own layers"
     assert pairs == [] and skipped == [SkippedBN("bn", reason)]
     xs = _inputs_for(model)
-    np.testing.assert_array_equal(np.asarray(model(xs, training=False)),
-                                  np.asarray(folded(xs, training=False)))
+    np.testing.assert_array_equal(
+        np.asarray(model(xs, training=False)), np.asarray(folded(xs, training=False))
+    )
     with pytest.raises(ModelError) as info:
         fold_model(model, strict=True)
     assert str(info.value) == f"cannot fold exactly: bn {reason}"
@@ -450,9 +533,13 @@ def test_fold_model_names_a_batch_normalization_subclass(keras):
         def call(self, inputs, training=None):
             return super().call(inputs, training=training) + 1.0
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"), ShiftedBN(name="bn")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="d"), ShiftedBN(name="bn")]
+    )
     _, pairs, skipped = fold_model(model)
-    assert pairs == [] and skipped == [SkippedBN("bn", "is a ShiftedBN, which bnpipe does not fold")]
+    assert pairs == [] and skipped == [
+        SkippedBN("bn", "is a ShiftedBN, which bnpipe does not fold")
+    ]
 
 
 def test_fold_model_leaves_a_foreign_layer_named_custombatchnorm_alone(keras, tf):
@@ -466,17 +553,23 @@ def test_fold_model_leaves_a_foreign_layer_named_custombatchnorm_alone(keras, tf
             mean, variance = tf.nn.moments(inputs, axes=[0])
             return (inputs - mean) / tf.sqrt(variance + 1e-3)
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"), CustomBatchNorm(name="bn")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="d"), CustomBatchNorm(name="bn")]
+    )
     folded, pairs, skipped = fold_model(model)
     assert pairs == [] and skipped == []
     assert type(folded.get_layer("bn")) is CustomBatchNorm  # the foreign class, not bnpipe's
 
+
 # --- run_fold end to end ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("fixture,bn_class", [("trained", "BatchNormalization"),
-                                               ("trained_custom", "CustomBatchNorm")])
-def test_run_fold_on_trained_model_writes_folded_model_and_record(request, fixture, bn_class,
-                                                                  digits, tmp_path):
+
+@pytest.mark.parametrize(
+    "fixture,bn_class", [("trained", "BatchNormalization"), ("trained_custom", "CustomBatchNorm")]
+)
+def test_run_fold_on_trained_model_writes_folded_model_and_record(
+    request, fixture, bn_class, digits, tmp_path
+):
     from pipeline.fold import run_fold
     from pipeline.model import load_model
 
@@ -485,7 +578,9 @@ def test_run_fold_on_trained_model_writes_folded_model_and_record(request, fixtu
     warnings = []
     out = run_fold(result.model_path, tmp_path, warn=warnings.append)
     assert warnings == []
-    assert out.folded_path == tmp_path / "folded.keras" and out.record_path == tmp_path / "fold.json"
+    assert (
+        out.folded_path == tmp_path / "folded.keras" and out.record_path == tmp_path / "fold.json"
+    )
     assert sha256_file(result.model_path) == model_sha  # the original is not touched
 
     rec = json.loads(out.record_path.read_text())
@@ -494,17 +589,28 @@ def test_run_fold_on_trained_model_writes_folded_model_and_record(request, fixtu
     assert rec["outputs"] == {"folded.keras": sha256_file(out.folded_path)}
     report = rec["report"]
     assert [(p["dense"], p["bn"], p["bn_class"], p["units"]) for p in report["pairs"]] == [
-        ("dense_1", "bn_1", bn_class, 16), ("dense_2", "bn_2", bn_class, 16)]
+        ("dense_1", "bn_1", bn_class, 16),
+        ("dense_2", "bn_2", bn_class, 16),
+    ]
     for p in report["pairs"]:
         assert 0 <= p["max_rel_diff"] <= FOLD_RTOL and p["max_abs_diff"] >= 0
     assert report["skipped"] == [] and report["failures"] == [] and report["passed"] is True
     assert report["rtol"] == FOLD_RTOL and 0 <= report["output_max_rel_diff"] <= FOLD_RTOL
     n_test = len(digits.y_test)
-    assert report["samples"] == n_test and report["sample_source"] == f"{n_test} test samples of digits"
+    assert (
+        report["samples"] == n_test
+        and report["sample_source"] == f"{n_test} test samples of digits"
+    )
 
     original, folded = load_model(result.model_path), load_model(out.folded_path)
     _assert_no_bn(folded)
-    assert [layer.name for layer in folded.layers] == ["dense_1", "relu_1", "dense_2", "relu_2", "classes"]
+    assert [layer.name for layer in folded.layers] == [
+        "dense_1",
+        "relu_1",
+        "dense_2",
+        "relu_2",
+        "classes",
+    ]
     a = original(digits.x_test, training=False)
     assert _rel_diff(a, folded(digits.x_test, training=False)) <= FOLD_RTOL
 
@@ -535,8 +641,11 @@ def test_run_fold_fails_beyond_tolerance_and_writes_nothing(trained, tmp_path):
 
     _, result = trained
     # Float32 round-off between the two models is ≈ 1e-7 relative, so 1e-12 must fail.
-    with pytest.raises(ModelError, match=r"^folded model differs from the original: dense_1\+bn_1: "
-                                         r"relative difference .* > 1e-12"):
+    with pytest.raises(
+        ModelError,
+        match=r"^folded model differs from the original: dense_1\+bn_1: "
+        r"relative difference .* > 1e-12",
+    ):
         run_fold(result.model_path, tmp_path, config=FoldConfig(rtol=1e-12))
     assert list(tmp_path.iterdir()) == []
 

@@ -1,5 +1,6 @@
 """`bnpipe inspect`: every exported file described in text and JSON; malformed files refused
 with exit 2 and one line, never a crash (the file is parsed in Python, no interpreter loads it)."""
+
 import json
 
 import numpy as np
@@ -24,10 +25,14 @@ def test_inspect_text(exported, record, mode):
     lines = result.stdout.splitlines()
     ops = record["modes"][mode]["operators"]
     n_ops = sum(ops.values())
-    assert lines[0].startswith(f"{path}: {path.stat().st_size} bytes, schema v3, {n_ops} operators, ")
+    assert lines[0].startswith(
+        f"{path}: {path.stat().st_size} bytes, schema v3, {n_ops} operators, "
+    )
     assert lines[1] == f"bnpipe metadata: mode {mode}, inputs divided by 16.0, 10 classes"
     listed = lines[2].removeprefix("operators: ").split(", ")
-    assert sorted(op.split(":", 1)[1] for op in listed) == sorted(k for k, v in ops.items() for _ in range(v))
+    assert sorted(op.split(":", 1)[1] for op in listed) == sorted(
+        k for k, v in ops.items() for _ in range(v)
+    )
     assert sum(" (input)" in line for line in lines) == 1
     assert sum(" (output)" in line for line in lines) == 1
     in_dtype = record["modes"][mode]["input"]["dtype"]

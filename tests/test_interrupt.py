@@ -6,6 +6,7 @@ line on stderr and no traceback, every artifact and the manifest byte for byte a
 temporary file left. The moments are found by watching what the child writes (its progress lines,
 its per-epoch checkpoint), not by sleeping, so the signal lands where each test says it does.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -50,16 +51,20 @@ def finished(tmp_path_factory):
     """An artifacts dir after a complete `bnpipe run` of CONFIG (read-only: tests copy it)."""
     tmp = tmp_path_factory.mktemp("finished")
     (tmp / "bnpipe.toml").write_text(CONFIG)
-    result = CliRunner().invoke(cli, ["run", "--config", str(tmp / "bnpipe.toml"),
-                                      "--artifacts", str(tmp / "a"), "-q"])
+    result = CliRunner().invoke(
+        cli, ["run", "--config", str(tmp / "bnpipe.toml"), "--artifacts", str(tmp / "a"), "-q"]
+    )
     assert result.exit_code == 0, result.output
     return tmp / "a"
 
 
 def _state(d: Path) -> dict[str, str]:
     """sha256 of every file under `d`, but the resume checkpoints (kept on purpose, see train.py)."""
-    return {str(p.relative_to(d)): sha256_file(p) for p in sorted(d.rglob("*"))
-            if p.is_file() and ".resume" not in p.relative_to(d).parts}
+    return {
+        str(p.relative_to(d)): sha256_file(p)
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and ".resume" not in p.relative_to(d).parts
+    }
 
 
 def _temporaries(d: Path) -> list[Path]:
@@ -77,9 +82,13 @@ class Child:
 
     def __init__(self, *args: str):
         self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=_as_in_a_terminal)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_as_in_a_terminal,
+        )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -119,8 +128,18 @@ def _copy(finished: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_interrupt_during_training(finished, tmp_path):
     out, before = _copy(finished, tmp_path)
     ckpts = out / ".resume" / "train"
-    child = Child("train", "--hidden", "8,8", "--epochs", "40", "--seed", "7", "--quiet",
-                  "--artifacts", str(out))
+    child = Child(
+        "train",
+        "--hidden",
+        "8,8",
+        "--epochs",
+        "40",
+        "--seed",
+        "7",
+        "--quiet",
+        "--artifacts",
+        str(out),
+    )
     code = child.interrupt_when(lambda: any(ckpts.glob("epoch-*")))
     _assert_untouched(out, before, child, code)
     assert len(list(ckpts.glob("epoch-*"))) == 1  # the resume point is kept, and only one
@@ -131,16 +150,38 @@ def test_interrupt_during_export(finished, tmp_path, moment):
     # "export int8": inside quantization-aware training, before any file is written.
     # "export ptq-int8": int8 and float32 are done and held in memory, the last mode is converting.
     out, before = _copy(finished, tmp_path)
-    child = Child("export", "--mode", "int8", "--mode", "float32", "--mode", "ptq-int8",
-                  "--qat-epochs", "30", "--seed", "5", "--artifacts", str(out))
+    child = Child(
+        "export",
+        "--mode",
+        "int8",
+        "--mode",
+        "float32",
+        "--mode",
+        "ptq-int8",
+        "--qat-epochs",
+        "30",
+        "--seed",
+        "5",
+        "--artifacts",
+        str(out),
+    )
     code = child.interrupt_when(lambda: child.said(moment))
     _assert_untouched(out, before, child, code)
 
 
 def test_interrupt_during_verify(finished, tmp_path):
     out, before = _copy(finished, tmp_path)
-    child = Child("verify", "--targets", "host,host-ref,tflm", "--max-drop", "100",
-                  "--min-agreement", "0", "--artifacts", str(out))
+    child = Child(
+        "verify",
+        "--targets",
+        "host,host-ref,tflm",
+        "--max-drop",
+        "100",
+        "--min-agreement",
+        "0",
+        "--artifacts",
+        str(out),
+    )
     code = child.interrupt_when(lambda: child.said("on tflm"))
     _assert_untouched(out, before, child, code)
 
@@ -170,8 +211,21 @@ def test_sigterm_discards_the_stage_like_ctrl_c(finished, tmp_path):
     """SIGTERM (a CI timeout, `kill`, a container stop) is handled like Ctrl-C: exit 143, the
     artifacts as before and no temporary file, where the default action would leave them."""
     out, before = _copy(finished, tmp_path)
-    child = Child("export", "--mode", "int8", "--mode", "float32", "--mode", "ptq-int8",
-                  "--qat-epochs", "30", "--seed", "5", "--artifacts", str(out))
+    child = Child(
+        "export",
+        "--mode",
+        "int8",
+        "--mode",
+        "float32",
+        "--mode",
+        "ptq-int8",
+        "--qat-epochs",
+        "30",
+        "--seed",
+        "5",
+        "--artifacts",
+        str(out),
+    )
     code = child.interrupt_when(lambda: child.said("export ptq-int8"), signum=signal.SIGTERM)
     assert code == 143, child.lines
     assert child.lines[-1] == "Terminated: artifacts are as they were before this stage."

@@ -1,5 +1,6 @@
 """model.py: the article's flaw and our fix, CustomBatchNorm's maths and moving statistics,
 saving and loading, and the files load_model refuses."""
+
 from __future__ import annotations
 
 import json
@@ -52,16 +53,23 @@ def _fit_tiny(model, ds, tiny):
     from pipeline.model import compile_model
 
     compile_model(model, tiny["learning_rate"])
-    model.fit(ds.x_train, ds.y_train, epochs=tiny["epochs"], batch_size=tiny["batch_size"],
-              shuffle=True, verbose=0)
+    model.fit(
+        ds.x_train,
+        ds.y_train,
+        epochs=tiny["epochs"],
+        batch_size=tiny["batch_size"],
+        shuffle=True,
+        verbose=0,
+    )
     return model
 
 
 def _predict_one_by_one(model, x):
-    return np.concatenate([np.asarray(model(x[i:i + 1], training=False)) for i in range(len(x))])
+    return np.concatenate([np.asarray(model(x[i : i + 1], training=False)) for i in range(len(x))])
 
 
 # --- the article's flaw, and ours free of it --------------------------------------------------
+
 
 def test_article_custom_bn_collapses_at_batch_size_1(keras, tf, digits, tiny):
     from pipeline.tfenv import set_determinism
@@ -84,8 +92,9 @@ def test_article_custom_bn_collapses_at_batch_size_1(keras, tf, digits, tiny):
     constant = int(one_by_one[0].argmax())
     accuracy_1 = np.mean(one_by_one.argmax(1) == y)
     assert accuracy_1 == np.mean(y == constant) <= CHANCE_PLUS_SLACK
-    np.testing.assert_array_equal(np.asarray(model(np.zeros((1, x.shape[1]), np.float32))),
-                                  one_by_one[:1])
+    np.testing.assert_array_equal(
+        np.asarray(model(np.zeros((1, x.shape[1]), np.float32))), one_by_one[:1]
+    )
 
 
 def test_our_custom_bn_is_independent_of_batch_size(trained_custom, digits):
@@ -107,6 +116,7 @@ def test_our_custom_bn_is_independent_of_batch_size(trained_custom, digits):
 
 # --- CustomBatchNorm's maths ------------------------------------------------------------------
 
+
 def _numpy_bn(x, gamma, beta, mean, variance, epsilon):
     return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta
 
@@ -120,15 +130,21 @@ def test_custom_bn_training_step_uses_batch_moments_and_moves_statistics(keras):
     y = np.asarray(layer(x, training=True))
     gamma, beta = np.ones(5), np.zeros(5)
     mean, var = x.astype(np.float64).mean(0), x.astype(np.float64).var(0)  # biased variance
-    np.testing.assert_allclose(y, _numpy_bn(x, gamma, beta, mean, var, 1e-3), rtol=F32_RTOL, atol=F32_RTOL)
+    np.testing.assert_allclose(
+        y, _numpy_bn(x, gamma, beta, mean, var, 1e-3), rtol=F32_RTOL, atol=F32_RTOL
+    )
     np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, rtol=F32_RTOL)
     np.testing.assert_allclose(layer.moving_variance.numpy(), 0.9 + 0.1 * var, rtol=F32_RTOL)
 
     # Inference: the moving statistics, not the batch's; training=None means inference.
     mm, mv = layer.moving_mean.numpy(), layer.moving_variance.numpy()
     for flag in (False, None):
-        np.testing.assert_allclose(np.asarray(layer(x, training=flag)),
-                                   _numpy_bn(x, gamma, beta, mm, mv, 1e-3), rtol=F32_RTOL, atol=F32_RTOL)
+        np.testing.assert_allclose(
+            np.asarray(layer(x, training=flag)),
+            _numpy_bn(x, gamma, beta, mm, mv, 1e-3),
+            rtol=F32_RTOL,
+            atol=F32_RTOL,
+        )
     np.testing.assert_array_equal(layer.moving_mean.numpy(), mm)  # inference does not move them
 
 
@@ -141,12 +157,21 @@ def test_custom_bn_matches_keras_batch_normalization(keras):
     ref = keras.layers.BatchNormalization(momentum=0.8, epsilon=1e-2)
     ours.build((None, 4))
     ref.build((None, 4))
-    weights = [rng.uniform(-2, 2, 4), rng.normal(size=4), rng.normal(size=4), rng.uniform(0.1, 3, 4)]
+    weights = [
+        rng.uniform(-2, 2, 4),
+        rng.normal(size=4),
+        rng.normal(size=4),
+        rng.uniform(0.1, 3, 4),
+    ]
     ours.set_weights([w.astype(np.float32) for w in weights])  # gamma, beta, mean, variance
     ref.set_weights([w.astype(np.float32) for w in weights])
     for training in (False, True):
-        np.testing.assert_allclose(np.asarray(ours(x, training=training)),
-                                   np.asarray(ref(x, training=training)), rtol=F32_RTOL, atol=F32_RTOL)
+        np.testing.assert_allclose(
+            np.asarray(ours(x, training=training)),
+            np.asarray(ref(x, training=training)),
+            rtol=F32_RTOL,
+            atol=F32_RTOL,
+        )
     for a, b in zip(ours.get_weights(), ref.get_weights()):  # one training step moved both alike
         np.testing.assert_allclose(a, b, rtol=F32_RTOL, atol=F32_RTOL)
 
@@ -156,7 +181,9 @@ def test_custom_bn_moving_statistics_move_during_fit(keras, digits):
     from pipeline.tfenv import set_determinism
 
     set_determinism(0)
-    model = compile_model(build_mlp(digits.preprocessing.n_features, digits.num_classes, (4,), "custom"))
+    model = compile_model(
+        build_mlp(digits.preprocessing.n_features, digits.num_classes, (4,), "custom")
+    )
     bn = model.get_layer("bn_1")
     assert isinstance(bn, custom_bn_class())
     np.testing.assert_array_equal(bn.moving_mean.numpy(), np.zeros(4))
@@ -166,7 +193,9 @@ def test_custom_bn_moving_statistics_move_during_fit(keras, digits):
     assert np.all(bn.moving_variance.numpy() != 1.0)
     assert np.all(bn.moving_variance.numpy() > 0.0)
     assert [w.name.split("/")[-1].split(":")[0] for w in bn.non_trainable_weights] == [
-        "moving_mean", "moving_variance"]
+        "moving_mean",
+        "moving_variance",
+    ]
 
 
 @pytest.mark.parametrize("bn_kind", ["keras", "custom"])
@@ -200,13 +229,21 @@ def test_custom_bn_rejects_bad_arguments(keras):
 
 # --- building, saving and loading -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bn", ["keras", "custom"])
 def test_build_mlp_is_the_articles_network(keras, bn):
     from pipeline.model import build_mlp, is_batch_norm
 
     model = build_mlp(64, 10, (64, 64), bn)
     assert [layer.name for layer in model.layers] == [
-        "dense_1", "bn_1", "relu_1", "dense_2", "bn_2", "relu_2", "classes"]
+        "dense_1",
+        "bn_1",
+        "relu_1",
+        "dense_2",
+        "bn_2",
+        "relu_2",
+        "classes",
+    ]
     assert [is_batch_norm(layer) for layer in model.layers] == [False, True, False] * 2 + [False]
     assert model.get_layer("classes").activation.__name__ == "softmax"
     assert model.get_layer("dense_1").activation.__name__ == "linear"
@@ -220,7 +257,9 @@ def test_build_mlp_rejects_bad_arguments():
 
     with pytest.raises(ValueError, match="bn must be one of"):
         build_mlp(64, bn="torch")
-    with pytest.raises(ValueError, match=r"bad shape: n_features=64, num_classes=10, hidden=\(0,\)"):
+    with pytest.raises(
+        ValueError, match=r"bad shape: n_features=64, num_classes=10, hidden=\(0,\)"
+    ):
         build_mlp(64, 10, (0,))
 
 
@@ -228,13 +267,21 @@ def test_custom_bn_save_load_round_trip(keras, tmp_path):
     from pipeline.model import custom_bn_class, load_model, save_model
 
     CBN = custom_bn_class()
-    model = keras.Sequential([
-        keras.Input((6,)), keras.layers.Dense(5, name="d1"),
-        CBN(momentum=0.9, epsilon=0.5, center=False, name="bn_a"),
-        keras.layers.Dense(4, name="d2"), CBN(scale=False, name="bn_b"),
-        keras.layers.Dense(3, name="d3"), CBN(name="bn_c")])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, name="d1"),
+            CBN(momentum=0.9, epsilon=0.5, center=False, name="bn_a"),
+            keras.layers.Dense(4, name="d2"),
+            CBN(scale=False, name="bn_b"),
+            keras.layers.Dense(3, name="d3"),
+            CBN(name="bn_c"),
+        ]
+    )
     rng = np.random.default_rng(2)
-    model.set_weights([rng.uniform(0.1, 2, w.shape).astype(np.float32) for w in model.get_weights()])
+    model.set_weights(
+        [rng.uniform(0.1, 2, w.shape).astype(np.float32) for w in model.get_weights()]
+    )
     path = save_model(model, tmp_path / "m.keras")
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]  # no temporary file left
     loaded = load_model(path)
@@ -252,6 +299,7 @@ def test_custom_bn_save_load_round_trip(keras, tmp_path):
 
 # --- what load_model refuses ------------------------------------------------------------------
 
+
 def test_load_model_refuses_missing_file(tmp_path):
     from pipeline.model import load_model
 
@@ -265,8 +313,10 @@ def test_load_model_refuses_directory(tmp_path):
 
     with pytest.raises(ModelError) as info:
         load_model(tmp_path)
-    assert str(info.value) == (f"{tmp_path} is a directory (SavedModel?); bnpipe loads only .keras "
-                               "files, which Keras can load in safe mode")
+    assert str(info.value) == (
+        f"{tmp_path} is a directory (SavedModel?); bnpipe loads only .keras "
+        "files, which Keras can load in safe mode"
+    )
 
 
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
@@ -277,20 +327,29 @@ def test_load_model_refuses_h5(keras, tmp_path):
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
     with pytest.raises(ModelError) as info:
         load_model(path)
-    assert str(info.value) == (f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save "
-                               "the model as .keras (model.save('model.keras'))")
+    assert str(info.value) == (
+        f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save "
+        "the model as .keras (model.save('model.keras'))"
+    )
 
 
 def test_load_model_refuses_lambda_layers(keras, tmp_path):
     from pipeline.model import load_model
 
     path = tmp_path / "lambda.keras"
-    keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda t: t * 2, name="double"),
-                      keras.layers.Dense(2)]).save(path)
+    keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Lambda(lambda t: t * 2, name="double"),
+            keras.layers.Dense(2),
+        ]
+    ).save(path)
     with pytest.raises(ModelError) as info:
         load_model(path)
-    assert str(info.value) == (f"{path} holds Lambda layer(s) double, which carry Python code; "
-                               "bnpipe refuses them (replace them with built-in layers)")
+    assert str(info.value) == (
+        f"{path} holds Lambda layer(s) double, which carry Python code; "
+        "bnpipe refuses them (replace them with built-in layers)"
+    )
 
 
 def test_load_model_refuses_non_zip_file(tmp_path):
@@ -300,8 +359,10 @@ def test_load_model_refuses_non_zip_file(tmp_path):
     path.write_text("this is not a model\n")
     with pytest.raises(ModelError) as info:
         load_model(path)
-    assert str(info.value) == (f"{path} is not a Keras .keras file (expected a zip archive holding "
-                               "config.json and model.weights.h5)")
+    assert str(info.value) == (
+        f"{path} is not a Keras .keras file (expected a zip archive holding "
+        "config.json and model.weights.h5)"
+    )
 
 
 def test_load_model_refuses_truncated_file(trained, tmp_path):
@@ -334,7 +395,11 @@ def test_load_model_refuses_zip_without_config_or_with_unknown_layer(keras, tmp_
     with pytest.raises(ModelError, match=r"garbled\.keras is damaged: "):
         load_model(garbled)
 
-    unknown = _zip(tmp_path / "unknown.keras", config_json=json.dumps(
-        {"class_name": "EvilLayer", "module": "evil", "config": {"name": "x"}}))
+    unknown = _zip(
+        tmp_path / "unknown.keras",
+        config_json=json.dumps(
+            {"class_name": "EvilLayer", "module": "evil", "config": {"name": "x"}}
+        ),
+    )
     with pytest.raises(ModelError, match=r"^cannot load .*unknown\.keras: "):
         load_model(unknown)

@@ -3,14 +3,14 @@
 The model's first operator is QUANTIZE (float32 input → int8); LiteRT is asked to keep every
 intermediate tensor (experimental_preserve_all_tensors) so its output can be read after invoke.
 """
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import numpy as np
 import pytest
+from test_runtimes_host import N_FEATURES, tiny_models
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.quantize import dequantize, quantize
 from pipeline.tflite_file import read_tflite
-from test_runtimes_host import N_FEATURES, tiny_models
 
 # "Next to a tie": x / scale within a few float32 ulps of k + 0.5 (|x / scale| ≤ ~260 here, where
 # one float32 ulp is ≤ 3e-5), the most a division and a multiply by the reciprocal can disagree.
@@ -81,8 +81,10 @@ def test_quantize_equals_tflite_reference_quantize_op(quantize_op):
     ours = quantize(x, scale, zero_point)
     assert ours.dtype == expected.dtype == np.int8
     bad = np.flatnonzero(ours != expected)
-    assert bad.size == 0, (f"{bad.size} of {x.size} values differ, e.g. x={x[bad[:5]].tolist()}: "
-                           f"ours {ours[bad[:5]].tolist()} vs TFLite {expected[bad[:5]].tolist()}")
+    assert bad.size == 0, (
+        f"{bad.size} of {x.size} values differ, e.g. x={x[bad[:5]].tolist()}: "
+        f"ours {ours[bad[:5]].tolist()} vs TFLite {expected[bad[:5]].tolist()}"
+    )
     # The ties really are ties: rounding them half-to-even (NumPy's np.round) gives other codes.
     half_even = np.clip(np.round(ties / np.float32(scale)) + zero_point, -128, 127)
     assert np.any(half_even != quantize(ties, scale, zero_point))
@@ -95,8 +97,10 @@ def test_quantize_equals_tflm_quantize_op(quantize_op):
     path, _, q_index, scale, zero_point = quantize_op
     x, _ = probe_inputs(scale, zero_point)
     interp = runtime.Interpreter.from_file(
-        str(path), arena_size=64 * 1024,
-        intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors)  # sic: TFLM's spelling
+        str(path),
+        arena_size=64 * 1024,
+        intrepreter_config=runtime.InterpreterConfig.kPreserveAllTensors,
+    )  # sic: TFLM's spelling
     got = []
     for row in x.reshape(-1, N_FEATURES):  # TFLM: batch 1
         interp.set_input(np.ascontiguousarray(row[None]), 0)
@@ -119,7 +123,9 @@ def test_xnnpack_quantize_differs_only_next_to_ties(quantize_op):
     assert np.abs(fast.astype(np.int16) - ours.astype(np.int16)).max() <= 1
     v = x[differ].astype(np.float64) / scale
     distance_to_half = np.abs(v - np.floor(v) - 0.5)
-    assert np.all(distance_to_half <= NEAR_TIE), f"XNNPACK differs away from a tie: x={x[differ][distance_to_half > NEAR_TIE][:5]}"
+    assert np.all(distance_to_half <= NEAR_TIE), (
+        f"XNNPACK differs away from a tie: x={x[differ][distance_to_half > NEAR_TIE][:5]}"
+    )
 
 
 def test_ties_round_half_away_from_zero():
@@ -158,7 +164,9 @@ def test_bad_scale_is_a_value_error(scale):
 
 @pytest.mark.parametrize("dtype", ["float32", "int4", "int32"])
 def test_bad_dtype_is_a_value_error(dtype):
-    with pytest.raises(ValueError, match=rf"dtype must be one of \['int16', 'int8', 'uint8'\], got '{dtype}'"):
+    with pytest.raises(
+        ValueError, match=rf"dtype must be one of \['int16', 'int8', 'uint8'\], got '{dtype}'"
+    ):
         quantize(np.zeros(3, np.float32), 0.1, 0, dtype)
 
 
@@ -183,7 +191,7 @@ def test_quantize_is_the_same_in_every_slice():
     x = rng.uniform(-20, 20, 3 * CHUNK + 17).astype(np.float32)
     ties = (2 * rng.integers(-200, 200, 600) + 1).astype(np.float32) / 16
     for start in (0, CHUNK + 5, 3 * CHUNK - 300):
-        x[start:start + 300] = ties[:300]
+        x[start : start + 300] = ties[:300]
         x[start + 300] = np.float32(3e38)  # 3e38 / 0.125 overflows float32: +inf
         x[start + 301] = -np.float32(3e38)
     x = x.reshape(-1, 5)  # 2-D: 3·CHUNK + 17 is a multiple of 5
@@ -198,8 +206,9 @@ def test_quantize_is_the_same_in_every_slice():
 
 def test_quantize_reads_strided_input_and_empty_input():
     x = np.random.default_rng(4).uniform(0, 1, (50, 40)).astype(np.float32)
-    np.testing.assert_array_equal(quantize(x[:, ::3], 1 / 255, -128),
-                                  half_away_reference(x[:, ::3], 1 / 255, -128, "int8"))
+    np.testing.assert_array_equal(
+        quantize(x[:, ::3], 1 / 255, -128), half_away_reference(x[:, ::3], 1 / 255, -128, "int8")
+    )
     empty = quantize(np.zeros((0, 5), np.float32), 0.1, 0)
     assert empty.shape == (0, 5) and empty.dtype == np.int8
 
@@ -207,9 +216,14 @@ def test_quantize_reads_strided_input_and_empty_input():
 # (divisor of the preprocessing, scale, zero point, dtype): the QAT int8 input (1/255, −128: the
 # table is a plain shift), digits with the same input (a true table), a scale that puts every odd
 # pixel of digits on a tie (k/16 / 1/8 = k/2), int16 (ptq-int16x8's input) and uint8.
-TABLE_CASES = [(255.0, 1 / 255, -128, "int8"), (16.0, 1 / 255, -128, "int8"),
-               (16.0, 0.125, -5, "int8"), (255.0, 1 / 32767, 0, "int16"),
-               (255.0, 0.0041, 7, "uint8"), (1.0, 0.02, -128, "int8")]
+TABLE_CASES = [
+    (255.0, 1 / 255, -128, "int8"),
+    (16.0, 1 / 255, -128, "int8"),
+    (16.0, 0.125, -5, "int8"),
+    (255.0, 1 / 32767, 0, "int16"),
+    (255.0, 0.0041, 7, "uint8"),
+    (1.0, 0.02, -128, "int8"),
+]
 
 
 @pytest.mark.parametrize("divisor,scale,zero_point,dtype", TABLE_CASES)
@@ -243,13 +257,21 @@ def test_to_input_with_and_without_codes_agree():
     pre = Preprocessing(divisor=16.0, n_features=8)
     codes = np.random.default_rng(6).integers(0, 17, (300, 8)).astype(np.uint8)
     x = pre.apply(codes)
-    for tensor in ({"dtype": "int8", "scale": 0.0625, "zero_point": -128},
-                   {"dtype": "int16", "scale": 1 / 32767, "zero_point": 0}):
-        np.testing.assert_array_equal(to_input(x, tensor, codes, pre.code_values()), to_input(x, tensor))
-    same = to_input(x, {"dtype": "float32", "scale": None, "zero_point": None}, codes, pre.code_values())
+    for tensor in (
+        {"dtype": "int8", "scale": 0.0625, "zero_point": -128},
+        {"dtype": "int16", "scale": 1 / 32767, "zero_point": 0},
+    ):
+        np.testing.assert_array_equal(
+            to_input(x, tensor, codes, pre.code_values()), to_input(x, tensor)
+        )
+    same = to_input(
+        x, {"dtype": "float32", "scale": None, "zero_point": None}, codes, pre.code_values()
+    )
     assert same is x  # a float model takes the floats themselves
     with pytest.raises(ValueError, match=r"codes have shape \(300, 4\) but the inputs \(300, 8\)"):
-        to_input(x, {"dtype": "int8", "scale": 0.1, "zero_point": 0}, codes[:, :4], pre.code_values())
+        to_input(
+            x, {"dtype": "int8", "scale": 0.1, "zero_point": 0}, codes[:, :4], pre.code_values()
+        )
 
 
 def test_quantize_codes_checks_its_arguments():
@@ -258,9 +280,13 @@ def test_quantize_codes_checks_its_arguments():
     values = np.arange(256, dtype=np.float32) / 255
     with pytest.raises(ValueError, match="codes must be uint8 pixel codes, got dtype int16"):
         quantize_codes(np.zeros(3, np.int16), values, 0.1, 0)
-    with pytest.raises(ValueError, match=r"values must be float32 of shape \(256,\), got float64 \(256,\)"):
+    with pytest.raises(
+        ValueError, match=r"values must be float32 of shape \(256,\), got float64 \(256,\)"
+    ):
         quantize_codes(np.zeros(3, np.uint8), values.astype(np.float64), 0.1, 0)
-    with pytest.raises(ValueError, match=r"values must be float32 of shape \(256,\), got float32 \(17,\)"):
+    with pytest.raises(
+        ValueError, match=r"values must be float32 of shape \(256,\), got float32 \(17,\)"
+    ):
         quantize_codes(np.zeros(3, np.uint8), values[:17], 0.1, 0)
     with pytest.raises(ValueError, match="scale must be a finite number > 0, got 0.0"):
         quantize_codes(np.zeros(3, np.uint8), values, 0.0, 0)

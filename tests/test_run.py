@@ -1,6 +1,6 @@
 """bnpipe run end to end: lineage, skipping, tamper refusal, config files — through the CLI."""
+
 import json
-import os
 
 import pytest
 from click.testing import CliRunner
@@ -34,11 +34,15 @@ keras_runs = 2
 def _run(tmp_path, epochs=1, *extra):
     cfg = tmp_path / "bnpipe.toml"
     cfg.write_text(TINY.format(epochs=epochs))
-    return CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q", *extra])
+    return CliRunner().invoke(
+        cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q", *extra]
+    )
 
 
 def _snapshot(d):
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(d.iterdir()) if p.is_file()}
+    return {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(d.iterdir()) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +56,20 @@ def first_run(tmp_path_factory):
 def test_first_run_writes_every_stage_and_a_summary(first_run):
     tmp, result = first_run
     out = tmp / "a"
-    for f in ["model.keras", "train.json", "folded.keras", "fold.json", "model_int8.tflite",
-              "model_float32.tflite", "export.json", "verify.json", "verify.md", "bench.json",
-              "bench.md", "manifest.json"]:
+    for f in [
+        "model.keras",
+        "train.json",
+        "folded.keras",
+        "fold.json",
+        "model_int8.tflite",
+        "model_float32.tflite",
+        "export.json",
+        "verify.json",
+        "verify.md",
+        "bench.json",
+        "bench.md",
+        "manifest.json",
+    ]:
         assert (out / f).is_file(), f
     assert "verdict: PASS" in result.output
     stages = json.loads((out / "manifest.json").read_text())["stages"]
@@ -72,7 +87,10 @@ def test_unchanged_second_run_rewrites_nothing(first_run):
     after = _snapshot(out)
     changed = sorted(n for n in before if before[n] != after.get(n))
     assert changed == []
-    assert "stages: train skipped, fold skipped, export skipped, verify skipped, bench skipped" in result.output
+    assert (
+        "stages: train skipped, fold skipped, export skipped, verify skipped, bench skipped"
+        in result.output
+    )
 
 
 def test_tampered_tflite_is_refused_with_its_name(first_run, tmp_path):
@@ -96,23 +114,30 @@ def test_changed_parameter_reruns_that_stage_and_downstream_only(first_run, tmp_
     shutil.copytree(src / "a", tmp_path / "a")
     cfg = tmp_path / "bnpipe.toml"
     cfg.write_text(TINY.format(epochs=1).replace("qat_epochs = 1", "qat_epochs = 2"))
-    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"])
+    result = CliRunner().invoke(
+        cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"]
+    )
     assert result.exit_code == 0, result.output
     line = [l for l in result.output.splitlines() if l.startswith("stages:")][0]
     assert "train skipped" in line and "fold skipped" in line
     assert "export skipped" not in line and "verify skipped" not in line
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[trian]\nepochs = 1\n", "unknown table(s) trian"),
-    ("[train]\nepoch = 1\n", "[train] has unknown key(s) epoch"),
-    ("[train\n", "is not valid TOML"),
-    ("[train]\nepochs = 0\n", "--epochs must be ≥ 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[trian]\nepochs = 1\n", "unknown table(s) trian"),
+        ("[train]\nepoch = 1\n", "[train] has unknown key(s) epoch"),
+        ("[train\n", "is not valid TOML"),
+        ("[train]\nepochs = 0\n", "--epochs must be ≥ 1, got 0"),
+    ],
+)
 def test_bad_config_file_is_one_line_exit_2(tmp_path, text, message):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
-    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a")])
+    result = CliRunner().invoke(
+        cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a")]
+    )
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
@@ -127,8 +152,10 @@ def test_single_stage_commands_keep_the_manifest(first_run, tmp_path):
     src, _ = first_run
     out = tmp_path / "a"
     shutil.copytree(src / "a", out)
-    result = CliRunner().invoke(cli, ["train", "--hidden", "8,8", "--epochs", "1", "--seed", "4",
-                                      "-q", "--artifacts", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--hidden", "8,8", "--epochs", "1", "--seed", "4", "-q", "--artifacts", str(out)],
+    )
     assert result.exit_code == 0, result.output
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     assert stages["train"]["params"]["seed"] == 4
@@ -154,10 +181,25 @@ def test_train_alone_then_run_reruns_downstream_without_refusing(first_run, tmp_
     shutil.copytree(src / "a", tmp_path / "a")
     cfg = tmp_path / "bnpipe.toml"
     cfg.write_text(TINY.format(epochs=1).replace("epochs = 1", "epochs = 1\nseed = 2", 1))
-    trained = CliRunner().invoke(cli, ["train", "--hidden", "8,8", "--epochs", "1", "--seed", "2",
-                                       "-q", "--artifacts", str(tmp_path / "a")])
+    trained = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--hidden",
+            "8,8",
+            "--epochs",
+            "1",
+            "--seed",
+            "2",
+            "-q",
+            "--artifacts",
+            str(tmp_path / "a"),
+        ],
+    )
     assert trained.exit_code == 0, trained.output
-    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"])
+    result = CliRunner().invoke(
+        cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"]
+    )
     assert result.exit_code == 0, result.output
     line = [l for l in result.output.splitlines() if l.startswith("stages:")][0]
     assert "train skipped" in line and "fold skipped" not in line
@@ -165,8 +207,15 @@ def test_train_alone_then_run_reruns_downstream_without_refusing(first_run, tmp_
 
 def test_run_with_multi_worker_training_needs_the_workers_first(tmp_path):
     cfg = tmp_path / "bnpipe.toml"
-    cfg.write_text(TINY.format(epochs=1).replace("epochs = 1", 'epochs = 1\nstrategy = "multi-worker"', 1))
-    result = CliRunner().invoke(cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"])
+    cfg.write_text(
+        TINY.format(epochs=1).replace("epochs = 1", 'epochs = 1\nstrategy = "multi-worker"', 1)
+    )
+    result = CliRunner().invoke(
+        cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"]
+    )
     assert result.exit_code == 2, result.output
-    assert "run `bnpipe train --strategy multi-worker` (same options) on every worker first" in result.output
+    assert (
+        "run `bnpipe train --strategy multi-worker` (same options) on every worker first"
+        in result.output
+    )
     assert not (tmp_path / "a" / "model.keras").exists()

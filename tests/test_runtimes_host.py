@@ -3,13 +3,13 @@
 The tiny models are built here once per test session (`tiny_models`) and reused by
 tests/test_tflm.py and tests/test_quantize.py.
 """
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import warnings
 
 import numpy as np
 import pytest
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.errors import BnpipeError, ModelError, TargetUnavailable
 from pipeline.quantize import quantize
 from pipeline.runtimes import device_runner
@@ -42,11 +42,13 @@ def build_tiny_models(directory):
 
     tf, keras = tf(), keras()
     keras.utils.set_random_seed(SEED)
-    model = keras.Sequential([
-        keras.layers.Input((N_FEATURES,)),
-        keras.layers.Dense(N_HIDDEN, activation="relu"),
-        keras.layers.Dense(N_CLASSES, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.layers.Input((N_FEATURES,)),
+            keras.layers.Dense(N_HIDDEN, activation="relu"),
+            keras.layers.Dense(N_CLASSES, activation="softmax"),
+        ]
+    )
     calibration = np.random.default_rng(SEED).random((200, N_FEATURES), dtype=np.float32)
     paths = {"keras": model}
 
@@ -108,7 +110,9 @@ def test_int8_host_and_host_ref_agree_within_one_lsb(models):
     assert fast.outputs.dtype == ref.outputs.dtype == np.int8
     assert fast.outputs.shape == ref.outputs.shape == (2000, N_CLASSES)
     diff = np.abs(fast.outputs.astype(np.int16) - ref.outputs.astype(np.int16))
-    assert diff.max() <= INT8_LSB_TOLERANCE, f"{int((diff > INT8_LSB_TOLERANCE).sum())} outputs differ by more"
+    assert diff.max() <= INT8_LSB_TOLERANCE, (
+        f"{int((diff > INT8_LSB_TOLERANCE).sum())} outputs differ by more"
+    )
     assert fast.info["kernels"] == "default (XNNPACK delegate)"
     assert ref.info["kernels"] == "builtin_ref"
     assert ref.info["litert_version"] == device_runner.LITERT_VERSION
@@ -136,7 +140,9 @@ def test_run_is_batched_not_per_sample(models, monkeypatch):
         return interp
 
     monkeypatch.setattr(device_runner, "load_interpreter", counting)
-    result = HostRuntime(reference=True).run(models["int8"], model_inputs(models["int8"], features(2500)))
+    result = HostRuntime(reference=True).run(
+        models["int8"], model_inputs(models["int8"], features(2500))
+    )
     assert len(invokes) == 3
     assert result.info["batch"] == 1024 and result.info["n"] == 2500
     assert result.invoke_seconds > 0
@@ -150,7 +156,8 @@ def test_wrong_input_dtype_is_a_model_error(models):
 def test_bench_passes_through(models):
     x = model_inputs(models["int8"], features(8))
     report = HostRuntime(reference=True, threads=1).bench(
-        models["int8"], x, batch_sizes=(1, 4), warmup=1, runs=3)
+        models["int8"], x, batch_sizes=(1, 4), warmup=1, runs=3
+    )
     assert report["target"] == "host-ref" and report["reference"] is True
     assert [(r["threads"], r["batch"]) for r in report["results"]] == [(1, 1), (1, 4)]
 
@@ -166,10 +173,13 @@ def _malformed(model_bytes):
     }
 
 
-@pytest.mark.parametrize("case", ["random bytes", "truncated model", "truncated tail", "header only", "empty"])
+@pytest.mark.parametrize(
+    "case", ["random bytes", "truncated model", "truncated tail", "header only", "empty"]
+)
 @pytest.mark.parametrize("reference", [False, True])
-def test_malformed_file_is_a_model_error_before_litert_sees_it(models, tmp_path, monkeypatch,
-                                                                case, reference):
+def test_malformed_file_is_a_model_error_before_litert_sees_it(
+    models, tmp_path, monkeypatch, case, reference
+):
     def must_not_load(*args, **kwargs):
         raise AssertionError("a malformed file reached LiteRT")
 
@@ -196,7 +206,9 @@ def test_a_checked_model_is_parsed_once_per_content(models, tmp_path, monkeypatc
 
     parsed = []
     real = host.parse_tflite
-    monkeypatch.setattr(host, "parse_tflite", lambda data, name: (parsed.append(name), real(data, name))[1])
+    monkeypatch.setattr(
+        host, "parse_tflite", lambda data, name: (parsed.append(name), real(data, name))[1]
+    )
     host.forget_checked()
     good = models["int8"].read_bytes()
     a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
@@ -276,12 +288,17 @@ def test_parse_targets_defaults_order_and_duplicates():
     assert parse_targets(None) == parse_targets("") == parse_targets(" , ") == list(DEFAULT_TARGETS)
     assert DEFAULT_TARGETS == ("host", "host-ref", "tflm", "arm64")
     assert parse_targets(" tflm,host ,tflm,ssh:pi@board.local:2222") == [
-        "tflm", "host", "ssh:pi@board.local:2222"]
+        "tflm",
+        "host",
+        "ssh:pi@board.local:2222",
+    ]
 
 
 def test_unknown_target_lists_the_valid_ones():
-    expected = (r"^unknown target 'gpu': expected one of host, host-ref, tflm, arm64, "
-                r"ssh:USER@HOST\[:PORT\]$")
+    expected = (
+        r"^unknown target 'gpu': expected one of host, host-ref, tflm, arm64, "
+        r"ssh:USER@HOST\[:PORT\]$"
+    )
     with pytest.raises(BnpipeError, match=expected):
         parse_targets("host,gpu")
     with pytest.raises(BnpipeError, match=expected):
@@ -310,12 +327,16 @@ def test_resolve_skips_or_raises_for_an_unavailable_target(monkeypatch):
     from pipeline.runtimes import registry
 
     real = registry.get_runtime
-    monkeypatch.setattr(registry, "get_runtime",
-                        lambda name: _Unavailable() if name == "arm64" else real(name))
+    monkeypatch.setattr(
+        registry, "get_runtime", lambda name: _Unavailable() if name == "arm64" else real(name)
+    )
     runtimes, skipped = resolve(None, explicit=False)
     assert [r.name for r in runtimes] == ["host", "host-ref", "tflm"]
     assert skipped == [("arm64", "the arm64 emulator is not set up: run the set-up script")]
     assert [r.name for r in resolve("host,tflm", explicit=True)[0]] == ["host", "tflm"]
-    with pytest.raises(TargetUnavailable, match=r"^target arm64 is not available: the arm64 "
-                                                r"emulator is not set up: run the set-up script$"):
+    with pytest.raises(
+        TargetUnavailable,
+        match=r"^target arm64 is not available: the arm64 "
+        r"emulator is not set up: run the set-up script$",
+    ):
         resolve(["host", "arm64"], explicit=True)

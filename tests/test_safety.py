@@ -8,7 +8,6 @@ to show that the marker would appear if bnpipe's guard were missing (so the abse
 something). The models are tiny and untrained (built in a second, no training): what is checked
 here happens before any number is computed.
 """
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import os
 import pickle
@@ -22,15 +21,22 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.cli import cli
 
 N_FEATURES, N_CLASSES = 64, 10  # the shape of the default `digits` data, so --data digits fits
-LAMBDA_MSG = ("{path} holds Lambda layer(s) {names}, which carry Python code; bnpipe refuses them "
-              "(replace them with built-in layers)")
-H5_MSG = ("{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the model as .keras "
-          "(model.save('model.keras'))")
-NOT_KERAS_MSG = ("{path} does not end in .keras; bnpipe loads only .keras files (Keras's safe "
-                 "format), so rename it if it is one")
+LAMBDA_MSG = (
+    "{path} holds Lambda layer(s) {names}, which carry Python code; bnpipe refuses them "
+    "(replace them with built-in layers)"
+)
+H5_MSG = (
+    "{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the model as .keras "
+    "(model.save('model.keras'))"
+)
+NOT_KERAS_MSG = (
+    "{path} does not end in .keras; bnpipe loads only .keras files (Keras's safe "
+    "format), so rename it if it is one"
+)
 OBJECT_NPZ_MSG = "{path} holds object arrays (x_train); bnpipe never unpickles; save plain numeric arrays instead"
 # Fast bench settings: the tests check what bench refuses, not how fast anything runs.
 BENCH_ARGS = ["--batch-sizes", "1", "--threads", "1", "--warmup", "0", "--runs", "5", "-q"]
@@ -77,20 +83,35 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("safety")
     marker = d / "MARKER"
     set_determinism(0)
-    good = k.Sequential([k.Input((N_FEATURES,), name="pixels"), k.layers.Dense(8, activation="relu"),
-                         k.layers.Dense(N_CLASSES, activation="softmax")])
+    good = k.Sequential(
+        [
+            k.Input((N_FEATURES,), name="pixels"),
+            k.layers.Dense(8, activation="relu"),
+            k.layers.Dense(N_CLASSES, activation="softmax"),
+        ]
+    )
     good.save(d / "good.keras")
     x = np.random.default_rng(0).random((64, N_FEATURES), dtype=np.float32)
     for mode in ("int8", "float32"):
-        (d / f"good_{mode}.tflite").write_bytes(convert(good, mode, x, ExportConfig(calibration_samples=64)))
+        (d / f"good_{mode}.tflite").write_bytes(
+            convert(good, mode, x, ExportConfig(calibration_samples=64))
+        )
 
-    evil = k.Sequential([k.Input((N_FEATURES,)), k.layers.Lambda(_marking(str(marker)), name="mark"),
-                         k.layers.Dense(N_CLASSES, activation="softmax")])
+    evil = k.Sequential(
+        [
+            k.Input((N_FEATURES,)),
+            k.layers.Lambda(_marking(str(marker)), name="mark"),
+            k.layers.Dense(N_CLASSES, activation="softmax"),
+        ]
+    )
     evil.save(d / "lambda.keras")
-    inner = k.Sequential([k.Input((N_FEATURES,)), k.layers.Lambda(_marking(str(marker)), name="deep")],
-                         name="inner")
+    inner = k.Sequential(
+        [k.Input((N_FEATURES,)), k.layers.Lambda(_marking(str(marker)), name="deep")], name="inner"
+    )
     i = k.Input((N_FEATURES,))
-    k.Model(i, k.layers.Dense(N_CLASSES, activation="softmax")(inner(i))).save(d / "nested_lambda.keras")
+    k.Model(i, k.layers.Dense(N_CLASSES, activation="softmax")(inner(i))).save(
+        d / "nested_lambda.keras"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "You are saving your model as an HDF5 file"
         good.save(d / "legacy.h5")
@@ -101,7 +122,9 @@ def files(tmp_path_factory):
     # config.json free of Lambda layers) and HDF5 (which Keras reads with no safe mode).
     with zipfile.ZipFile(d / "decoy.zip", "w") as zf:
         zf.writestr("config.json", '{"class_name": "Sequential", "config": {"layers": []}}')
-    (d / "polyglot.model").write_bytes((d / "lambda.h5").read_bytes() + (d / "decoy.zip").read_bytes())
+    (d / "polyglot.model").write_bytes(
+        (d / "lambda.h5").read_bytes() + (d / "decoy.zip").read_bytes()
+    )
 
     # A softmax with beta 0: well-formed and in range everywhere, so the structural check passes,
     # but LiteRT's reference SOFTMAX kernel aborts the process on it.
@@ -147,6 +170,7 @@ def _artifacts(tmp_path, files, members):
 
 # --- the payloads are live: loading them unsafely runs them ----------------------------------
 
+
 def test_lambda_payload_is_live(files, marker):
     from pipeline.tfenv import keras
 
@@ -161,7 +185,9 @@ def test_hdf5_and_polyglot_payloads_are_live(files, marker):
 
     d, _ = files
     for name in ("lambda.h5", "polyglot.model"):
-        keras().models.load_model(d / name, compile=False)  # safe_mode defaults to True; HDF5 ignores it
+        keras().models.load_model(
+            d / name, compile=False
+        )  # safe_mode defaults to True; HDF5 ignores it
         assert marker.exists(), name
         marker.unlink()
 
@@ -175,12 +201,17 @@ def test_pickle_payload_is_live(files, marker):
 
 # --- Lambda layers: refused by fold, export, verify and bench ---------------------------------
 
-@pytest.mark.parametrize("name, layers", [("lambda.keras", "mark"), ("nested_lambda.keras", "deep")])
+
+@pytest.mark.parametrize(
+    "name, layers", [("lambda.keras", "mark"), ("nested_lambda.keras", "deep")]
+)
 def test_fold_refuses_lambda_layers(files, marker, tmp_path, name, layers):
     path = files[0] / name
     out = tmp_path / "art"
-    assert_one_line_error(invoke("fold", "--model", path, "--artifacts", out),
-                          LAMBDA_MSG.format(path=path, names=layers))
+    assert_one_line_error(
+        invoke("fold", "--model", path, "--artifacts", out),
+        LAMBDA_MSG.format(path=path, names=layers),
+    )
     assert not (out / "folded.keras").exists()
     assert_no_code_ran(marker)
 
@@ -188,41 +219,61 @@ def test_fold_refuses_lambda_layers(files, marker, tmp_path, name, layers):
 def test_export_refuses_lambda_layers(files, marker, tmp_path):
     path = files[0] / "lambda.keras"
     out = tmp_path / "art"
-    assert_one_line_error(invoke("export", "--model", path, "--data", "digits", "--qat-epochs", "0",
-                                 "-q", "--artifacts", out),
-                          LAMBDA_MSG.format(path=path, names="mark"))
+    assert_one_line_error(
+        invoke(
+            "export",
+            "--model",
+            path,
+            "--data",
+            "digits",
+            "--qat-epochs",
+            "0",
+            "-q",
+            "--artifacts",
+            out,
+        ),
+        LAMBDA_MSG.format(path=path, names="mark"),
+    )
     assert not out.exists() or not list(out.glob("*.tflite"))
     assert_no_code_ran(marker)
 
 
 def test_verify_refuses_a_lambda_reference_model(files, marker, tmp_path):
     out = _artifacts(tmp_path, files, {"model.keras": "lambda.keras"})
-    assert_one_line_error(invoke("verify", "--targets", "host-ref", "--data", "digits", "-q",
-                                 "--artifacts", out),
-                          LAMBDA_MSG.format(path=out / "model.keras", names="mark"))
+    assert_one_line_error(
+        invoke("verify", "--targets", "host-ref", "--data", "digits", "-q", "--artifacts", out),
+        LAMBDA_MSG.format(path=out / "model.keras", names="mark"),
+    )
     assert not (out / "verify.json").exists()
     assert_no_code_ran(marker)
 
 
 def test_verify_refuses_a_lambda_folded_model(files, marker, tmp_path):
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras", "folded.keras": "lambda.keras"})
-    assert_one_line_error(invoke("verify", "--targets", "host-ref", "--data", "digits", "-q",
-                                 "--artifacts", out),
-                          LAMBDA_MSG.format(path=out / "folded.keras", names="mark"))
+    assert_one_line_error(
+        invoke("verify", "--targets", "host-ref", "--data", "digits", "-q", "--artifacts", out),
+        LAMBDA_MSG.format(path=out / "folded.keras", names="mark"),
+    )
     assert not (out / "verify.json").exists()
     assert_no_code_ran(marker)
 
 
 def test_bench_refuses_a_lambda_keras_baseline(files, marker, tmp_path):
-    out = _artifacts(tmp_path, files, {"model.keras": "lambda.keras",
-                                       "model_float32.tflite": "good_float32.tflite"})
-    assert_one_line_error(invoke("bench", *BENCH_ARGS, "--artifacts", out),
-                          LAMBDA_MSG.format(path=out / "model.keras", names="mark"))
+    out = _artifacts(
+        tmp_path,
+        files,
+        {"model.keras": "lambda.keras", "model_float32.tflite": "good_float32.tflite"},
+    )
+    assert_one_line_error(
+        invoke("bench", *BENCH_ARGS, "--artifacts", out),
+        LAMBDA_MSG.format(path=out / "model.keras", names="mark"),
+    )
     assert not (out / "bench.json").exists()
     assert_no_code_ran(marker)
 
 
 # --- legacy HDF5: refused whatever it holds, under whatever name ------------------------------
+
 
 @pytest.mark.parametrize("name", ["legacy.h5", "lambda.h5"])
 @pytest.mark.parametrize("command", ["fold", "export"])
@@ -230,17 +281,19 @@ def test_hdf5_models_are_refused(files, marker, tmp_path, command, name):
     path = files[0] / name
     out = tmp_path / "art"
     extra = ["--data", "digits", "-q"] if command == "export" else []
-    assert_one_line_error(invoke(command, "--model", path, *extra, "--artifacts", out),
-                          H5_MSG.format(path=path))
+    assert_one_line_error(
+        invoke(command, "--model", path, *extra, "--artifacts", out), H5_MSG.format(path=path)
+    )
     assert not out.exists() or not [p for p in out.iterdir() if p.suffix in (".keras", ".tflite")]
     assert_no_code_ran(marker)
 
 
 def test_hdf5_under_a_keras_name_is_refused_by_verify(files, marker, tmp_path):
     out = _artifacts(tmp_path, files, {"model.keras": "h5_named.keras"})
-    assert_one_line_error(invoke("verify", "--targets", "host-ref", "--data", "digits", "-q",
-                                 "--artifacts", out),
-                          H5_MSG.format(path=out / "model.keras"))
+    assert_one_line_error(
+        invoke("verify", "--targets", "host-ref", "--data", "digits", "-q", "--artifacts", out),
+        H5_MSG.format(path=out / "model.keras"),
+    )
     assert_no_code_ran(marker)
 
 
@@ -258,21 +311,29 @@ def test_a_keras_file_under_another_name_is_refused(files, marker, tmp_path):
 
     path = tmp_path / "good.KERAS"
     shutil.copy(files[0] / "good.keras", path)
-    assert_one_line_error(invoke("fold", "--model", path, "--artifacts", tmp_path / "art"),
-                          NOT_KERAS_MSG.format(path=path))
+    assert_one_line_error(
+        invoke("fold", "--model", path, "--artifacts", tmp_path / "art"),
+        NOT_KERAS_MSG.format(path=path),
+    )
 
 
 # --- .npz data: never unpickled ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", ["train", "run", "export"])
 def test_object_arrays_in_npz_are_refused(files, marker, tmp_path, command):
     d, _ = files
     path = d / "objects.npz"
     out = tmp_path / "art"
-    extra = {"train": ["--epochs", "1", "-q"], "run": ["-q"],
-             "export": ["--model", d / "good.keras", "-q"]}[command]
-    assert_one_line_error(invoke(command, "--data", path, *extra, "--artifacts", out),
-                          OBJECT_NPZ_MSG.format(path=path))
+    extra = {
+        "train": ["--epochs", "1", "-q"],
+        "run": ["-q"],
+        "export": ["--model", d / "good.keras", "-q"],
+    }[command]
+    assert_one_line_error(
+        invoke(command, "--data", path, *extra, "--artifacts", out),
+        OBJECT_NPZ_MSG.format(path=path),
+    )
     assert not out.exists() or not [p for p in out.iterdir() if p.suffix in (".keras", ".tflite")]
     assert_no_code_ran(marker)
 
@@ -280,14 +341,17 @@ def test_object_arrays_in_npz_are_refused(files, marker, tmp_path, command):
 def test_a_pickle_named_npz_is_refused(files, marker, tmp_path):
     path = files[0] / "pickle.npz"
     first = path.read_bytes()[:4]
-    assert_one_line_error(invoke("train", "--data", path, "--epochs", "1", "-q", "--artifacts", tmp_path / "art"),
-                          f"{path} is not a readable .npz archive: it does not start like a zip file "
-                          f"(first bytes {first!r})")
+    assert_one_line_error(
+        invoke("train", "--data", path, "--epochs", "1", "-q", "--artifacts", tmp_path / "art"),
+        f"{path} is not a readable .npz archive: it does not start like a zip file "
+        f"(first bytes {first!r})",
+    )
     assert not (tmp_path / "art" / "model.keras").exists()
     assert_no_code_ran(marker)
 
 
 # --- corrupted .tflite files: refused before an interpreter sees them --------------------------
+
 
 def _rewrite(data: bytes, change) -> bytes:
     from ai_edge_litert import schema_py_generated as fb
@@ -320,14 +384,22 @@ def _corrupted(files, tmp_path):
     n_tensors, n_buffers = len(model.subgraphs[0].tensors), len(model.buffers)
     n_codes = len(model.operatorCodes)
     cases = {
-        "op-input.tflite": (_rewrite(good, lambda m: _first_op_input(m, 999)),
-                            f"is damaged: operator 0 refers to tensor 999 of {n_tensors}"),
-        "buffer-index.tflite": (_rewrite(good, lambda m: _first_tensor_buffer(m, 9999)),
-                                f"is damaged: tensor 0 points at buffer 9999 of {n_buffers}"),
-        "opcode.tflite": (_rewrite(good, lambda m: _first_op_code(m, 7)),
-                          f"is damaged: operator 0 has opcode 7 of {n_codes}"),
-        "identifier.tflite": (good[:4] + b"XXXX" + good[8:],
-                              "is not a TFLite model: no TFL3 identifier (found b'XXXX')"),
+        "op-input.tflite": (
+            _rewrite(good, lambda m: _first_op_input(m, 999)),
+            f"is damaged: operator 0 refers to tensor 999 of {n_tensors}",
+        ),
+        "buffer-index.tflite": (
+            _rewrite(good, lambda m: _first_tensor_buffer(m, 9999)),
+            f"is damaged: tensor 0 points at buffer 9999 of {n_buffers}",
+        ),
+        "opcode.tflite": (
+            _rewrite(good, lambda m: _first_op_code(m, 7)),
+            f"is damaged: operator 0 has opcode 7 of {n_codes}",
+        ),
+        "identifier.tflite": (
+            good[:4] + b"XXXX" + good[8:],
+            "is not a TFLite model: no TFL3 identifier (found b'XXXX')",
+        ),
         "truncated.tflite": (good[: len(good) // 2], None),
     }
     paths = {}
@@ -343,17 +415,31 @@ def _assert_refused(result, path, message):
     else:
         assert result.exit_code == 2, (path.name, result.output)
         assert "Traceback" not in result.output
-        assert result.stderr.startswith(f"Error: {path} is ") and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"Error: {path} is ") and result.stderr.count("\n") == 1, (
+            result.stderr
+        )
 
 
 @pytest.mark.parametrize("command", ["inspect", "verify", "bench"])
 def test_corrupted_tflite_files_are_refused(files, tmp_path, command):
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
     for path, message in _corrupted(files, tmp_path).items():
-        args = {"inspect": ["inspect", path],
-                "verify": ["verify", "--tflite", path, "--targets", "host-ref", "--data", "digits", "-q",
-                           "--artifacts", out],
-                "bench": ["bench", "--tflite", path, *BENCH_ARGS, "--artifacts", out]}[command]
+        args = {
+            "inspect": ["inspect", path],
+            "verify": [
+                "verify",
+                "--tflite",
+                path,
+                "--targets",
+                "host-ref",
+                "--data",
+                "digits",
+                "-q",
+                "--artifacts",
+                out,
+            ],
+            "bench": ["bench", "--tflite", path, *BENCH_ARGS, "--artifacts", out],
+        }[command]
         _assert_refused(invoke(*args), path, message)
     assert sorted(p.name for p in out.iterdir()) == ["model.keras"]  # no report of any kind
 
@@ -371,9 +457,28 @@ def test_a_model_that_aborts_the_reference_kernels_is_exit_2(files, tmp_path):
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
     path = files[0] / "beta0.tflite"
     env = {k: v for k, v in os.environ.items() if k != "BNPIPE_ARTIFACTS"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", "--tflite", str(path),
-                           "--targets", "host-ref", "--data", "digits", "-q", "--artifacts", str(out)],
-                          check=False, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "verify",
+            "--tflite",
+            str(path),
+            "--targets",
+            "host-ref",
+            "--data",
+            "digits",
+            "-q",
+            "--artifacts",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
     assert f"Error: {path} " in proc.stderr and "Traceback" not in proc.stderr
 
@@ -388,8 +493,9 @@ def test_the_probe_turns_the_abort_into_a_model_error_in_process(files):
     host.forget_checked()
     with pytest.raises(ModelError) as info:
         host.HostRuntime(reference=True).run(str(path), np.zeros((4, N_FEATURES), np.int8))
-    assert str(info.value).startswith(f"{path} crashes LiteRT's reference kernels when loaded and "
-                                      "run once on zeros (signal ")
+    assert str(info.value).startswith(
+        f"{path} crashes LiteRT's reference kernels when loaded and run once on zeros (signal "
+    )
     host.probe_in_child([(path, False)])
     assert len(host._probed) == 1  # the good pair only; the crashing one is never remembered
 
@@ -399,8 +505,18 @@ def test_a_model_that_ran_on_no_target_fails_the_gate(files, tmp_path):
     ran nowhere, which is no evidence of anything: exit 1 naming it, never a PASS."""
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
     path = files[0] / "beta0.tflite"
-    result = invoke("verify", "--tflite", path, "--targets", "tflm", "--data", "digits", "-q",
-                    "--artifacts", out)
+    result = invoke(
+        "verify",
+        "--tflite",
+        path,
+        "--targets",
+        "tflm",
+        "--data",
+        "digits",
+        "-q",
+        "--artifacts",
+        out,
+    )
     assert result.exit_code == 1, result.output
     assert "beta0.tflite ran on no target (tflm: failed: tflm: " in result.stderr
     assert "FAIL" in result.stdout
@@ -414,7 +530,9 @@ def test_io_quantization_bnpipe_cannot_feed_is_exit_2(files, tmp_path):
 
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
     for case in ("two scales", "no zero point"):
-        model = fb.ModelT.InitFromPackedBuf(bytearray((files[0] / "good_int8.tflite").read_bytes()), 0)
+        model = fb.ModelT.InitFromPackedBuf(
+            bytearray((files[0] / "good_int8.tflite").read_bytes()), 0
+        )
         sg = model.subgraphs[0]
         q = sg.tensors[sg.inputs[0]].quantization
         if case == "two scales":
@@ -423,8 +541,21 @@ def test_io_quantization_bnpipe_cannot_feed_is_exit_2(files, tmp_path):
             q.zeroPoint = []
         path = tmp_path / f"{case.replace(' ', '_')}.tflite"
         path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
-        result = invoke("verify", "--tflite", path, "--targets", "host-ref", "--data", "digits",
-                        "-q", "--artifacts", out)
+        result = invoke(
+            "verify",
+            "--tflite",
+            path,
+            "--targets",
+            "host-ref",
+            "--data",
+            "digits",
+            "-q",
+            "--artifacts",
+            out,
+        )
         assert result.exit_code == 2, (case, result.output)
-        assert result.stderr.startswith(f"Error: {path}: its input tensor ") and "Traceback" not in result.output
+        assert (
+            result.stderr.startswith(f"Error: {path}: its input tensor ")
+            and "Traceback" not in result.output
+        )
         assert "bnpipe needs one finite scale > 0 and one zero point" in result.stderr

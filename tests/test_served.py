@@ -1,6 +1,5 @@
 """ServedRunner: one `device_runner.py serve` process for many requests, here under this test's own
 python (fast); tests/test_arm64.py runs the same under qemu. Real LiteRT, real processes."""
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import gc
 import os
@@ -10,12 +9,18 @@ import threading
 
 import numpy as np
 import pytest
+from test_device_runner import (
+    N_CLASSES,
+    N_FEATURES,
+    build_crashing_model,
+    build_tiny_models,
+    quantized_inputs,
+)
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.errors import ModelError, TargetUnavailable
 from pipeline.runtimes import device_runner as dr
 from pipeline.runtimes.served import ServedRunner, how_it_ended
-from test_device_runner import (N_CLASSES, N_FEATURES, build_crashing_model, build_tiny_models,
-                                quantized_inputs)
 
 RUNNER = [sys.executable, dr.__file__, "serve"]
 # A bench long enough never to finish within the short timeouts below (≈ minutes on the host).
@@ -42,8 +47,13 @@ def runner():
 def run_request(models, tmp_path, mode="int8", n=20, reference=False, name="y.npy"):
     x = quantized_inputs(models["int8" if mode == "crash" else mode], n)
     np.save(tmp_path / "x.npy", x)
-    return {"command": "run", "model": str(models[mode]), "inputs": str(tmp_path / "x.npy"),
-            "outputs": str(tmp_path / name), "reference": reference}, x
+    return {
+        "command": "run",
+        "model": str(models[mode]),
+        "inputs": str(tmp_path / "x.npy"),
+        "outputs": str(tmp_path / name),
+        "reference": reference,
+    }, x
 
 
 def test_one_process_answers_every_request(runner, models, tmp_path):
@@ -65,14 +75,18 @@ def test_one_process_answers_every_request(runner, models, tmp_path):
         os.kill(pid, 0)
 
 
-def test_a_crash_is_that_models_error_and_the_next_request_gets_a_new_process(runner, models,
-                                                                              tmp_path):
+def test_a_crash_is_that_models_error_and_the_next_request_gets_a_new_process(
+    runner, models, tmp_path
+):
     request, _ = run_request(models, tmp_path)
     runner.request(request, what="good")
     first = runner.process
     crash, _ = run_request(models, tmp_path, "crash", reference=True)
-    with pytest.raises(ModelError, match=r"^test: the device runner crashed on beta0\.tflite "
-                                         r"\(signal 6 \(SIGABRT\): "):
+    with pytest.raises(
+        ModelError,
+        match=r"^test: the device runner crashed on beta0\.tflite "
+        r"\(signal 6 \(SIGABRT\): ",
+    ):
         runner.request(crash, what="beta0.tflite")
     assert first.returncode == -signal.SIGABRT and runner.process is None
     result = runner.request(request, what="good")
@@ -82,8 +96,9 @@ def test_a_crash_is_that_models_error_and_the_next_request_gets_a_new_process(ru
 def test_a_refused_request_is_a_model_error_and_the_process_stays(runner, models, tmp_path):
     request, _ = run_request(models, tmp_path)
     with pytest.raises(ModelError, match=r"^test: inputs have dtype float32 but .* is int8"):
-        runner.request({**request, "inputs": _saved(tmp_path, np.zeros((2, N_FEATURES),
-                                                                      np.float32))}, what="m")
+        runner.request(
+            {**request, "inputs": _saved(tmp_path, np.zeros((2, N_FEATURES), np.float32))}, what="m"
+        )
     with pytest.raises(ModelError, match=r"^test: bad request: 'batch' must be an integer"):
         runner.request({**request, "batch": 1.5}, what="m")
     assert runner.request(request, what="m")["n"] == 20
@@ -128,8 +143,11 @@ def test_a_dropped_runner_stops_its_process(models, tmp_path):
 def test_a_runner_that_cannot_start_is_unavailable_with_its_message():
     # -S: no site-packages, so the runner's `import numpy` fails, as on a board without numpy
     served = ServedRunner(command([sys.executable, "-S", dr.__file__, "serve"]), "test", 60)
-    with pytest.raises(TargetUnavailable, match=r"^test: the device runner failed \(exit 1: "
-                                                r"ModuleNotFoundError: No module named 'numpy'\)"):
+    with pytest.raises(
+        TargetUnavailable,
+        match=r"^test: the device runner failed \(exit 1: "
+        r"ModuleNotFoundError: No module named 'numpy'\)",
+    ):
         served.request({"command": "run"}, what="m")
     assert served.process is None
 
@@ -150,14 +168,30 @@ def test_a_missing_program_is_unavailable(tmp_path):
 def test_a_request_past_the_timeout_is_unavailable_and_the_process_killed(models, tmp_path):
     served = ServedRunner(command(), target="test", timeout=5)
     np.save(tmp_path / "x.npy", quantized_inputs(models["int8"], 4))
-    served.request({"command": "run", "model": str(models["int8"]),
-                    "inputs": str(tmp_path / "x.npy"), "outputs": str(tmp_path / "y.npy")},
-                   what="m")
+    served.request(
+        {
+            "command": "run",
+            "model": str(models["int8"]),
+            "inputs": str(tmp_path / "x.npy"),
+            "outputs": str(tmp_path / "y.npy"),
+        },
+        what="m",
+    )
     popen = served.process
-    with pytest.raises(TargetUnavailable, match=r"^test: the device runner did not answer "
-                                                r"within 5 s \(slow\.tflite\)"):
-        served.request({"command": "bench", "model": str(models["int8"]),
-                        "inputs": str(tmp_path / "x.npy"), **ENDLESS_BENCH}, what="slow.tflite")
+    with pytest.raises(
+        TargetUnavailable,
+        match=r"^test: the device runner did not answer "
+        r"within 5 s \(slow\.tflite\)",
+    ):
+        served.request(
+            {
+                "command": "bench",
+                "model": str(models["int8"]),
+                "inputs": str(tmp_path / "x.npy"),
+                **ENDLESS_BENCH,
+            },
+            what="slow.tflite",
+        )
     assert popen.returncode == -signal.SIGKILL and served.process is None
 
 
@@ -167,8 +201,12 @@ class Interrupted(BaseException):
 
 def test_an_interrupt_during_a_request_kills_the_process_at_once(runner, models, tmp_path):
     np.save(tmp_path / "x.npy", quantized_inputs(models["int8"], 4))
-    bench = {"command": "bench", "model": str(models["int8"]), "inputs": str(tmp_path / "x.npy"),
-             **ENDLESS_BENCH}
+    bench = {
+        "command": "bench",
+        "model": str(models["int8"]),
+        "inputs": str(tmp_path / "x.npy"),
+        **ENDLESS_BENCH,
+    }
 
     def interrupt(signum, frame):
         raise Interrupted
@@ -176,9 +214,15 @@ def test_an_interrupt_during_a_request_kills_the_process_at_once(runner, models,
     previous = signal.signal(signal.SIGUSR1, interrupt)
     timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGUSR1))
     try:
-        runner.request({"command": "run", "model": str(models["int8"]),
-                        "inputs": str(tmp_path / "x.npy"), "outputs": str(tmp_path / "y.npy")},
-                       what="m")
+        runner.request(
+            {
+                "command": "run",
+                "model": str(models["int8"]),
+                "inputs": str(tmp_path / "x.npy"),
+                "outputs": str(tmp_path / "y.npy"),
+            },
+            what="m",
+        )
         popen = runner.process
         timer.start()
         with pytest.raises(Interrupted):
@@ -189,7 +233,15 @@ def test_an_interrupt_during_a_request_kills_the_process_at_once(runner, models,
     assert popen.returncode == -signal.SIGKILL and runner.process is None
 
 
-@pytest.mark.parametrize("code, words", [(0, "exit 0"), (3, "exit 3"), (-6, "signal 6 (SIGABRT)"),
-                                         (-11, "signal 11 (SIGSEGV)"), (None, "still running")])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (0, "exit 0"),
+        (3, "exit 3"),
+        (-6, "signal 6 (SIGABRT)"),
+        (-11, "signal 11 (SIGSEGV)"),
+        (None, "still running"),
+    ],
+)
 def test_how_it_ended(code, words):
     assert how_it_ended(code) == words

@@ -3,7 +3,6 @@
 The "board" is this machine: the remote python is this test's own interpreter, so the outputs
 must equal an in-process run of the same runner exactly.
 """
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import json
 import os
@@ -16,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_device_runner import N_CLASSES, N_FEATURES, build_tiny_models, quantized_inputs
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.errors import BnpipeError, ModelError, TargetUnavailable
 from pipeline.runtimes import device_runner as dr
 from pipeline.runtimes.ssh import SshRuntime, parse_spec
-from test_device_runner import N_CLASSES, N_FEATURES, build_tiny_models, quantized_inputs
 
 pytestmark = pytest.mark.device
 
@@ -39,16 +39,21 @@ def sshd(tmp_path_factory):
     if shutil.which("ssh") is None or shutil.which("scp") is None:
         unusable("the ssh client (openssh-client) is not installed")
     directory = tmp_path_factory.mktemp("sshd")
-    proc = subprocess.run(["bash", str(START_SSHD), str(directory)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(START_SSHD), str(directory)], capture_output=True, text=True, timeout=300
+    )
     if proc.returncode != 0:
         unusable(f"the test sshd did not start: {proc.stderr.strip()[-300:]}")
     try:
-        yield {"target": (directory / "target").read_text().strip(),
-               "ssh_opts": (directory / "ssh_opts").read_text().strip(), "dir": directory}
+        yield {
+            "target": (directory / "target").read_text().strip(),
+            "ssh_opts": (directory / "ssh_opts").read_text().strip(),
+            "dir": directory,
+        }
     finally:
-        subprocess.run(["bash", str(START_SSHD), "stop", str(directory)], capture_output=True,
-                       timeout=60)
+        subprocess.run(
+            ["bash", str(START_SSHD), "stop", str(directory)], capture_output=True, timeout=60
+        )
 
 
 @pytest.fixture
@@ -87,9 +92,20 @@ def test_run_round_trip_equals_in_process_run(board, models):
 
 def test_run_removes_its_remote_dir(board, models, sshd):
     # The "remote" temp root is this machine's; find it as the remote shell sees it.
-    probe = subprocess.run(["ssh", *shlex.split(sshd["ssh_opts"]), "-p", str(board.port),
-                            f"{board.user}@{board.host}", "mktemp -u -d -t bnpipe.XXXXXX"],
-                           capture_output=True, text=True, timeout=60, check=True)
+    probe = subprocess.run(
+        [
+            "ssh",
+            *shlex.split(sshd["ssh_opts"]),
+            "-p",
+            str(board.port),
+            f"{board.user}@{board.host}",
+            "mktemp -u -d -t bnpipe.XXXXXX",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     temp_root = Path(probe.stdout.strip()).parent
     before = set(temp_root.glob("bnpipe.*"))
     board.run(str(models["int8"]), quantized_inputs(models["int8"], 5))
@@ -97,8 +113,14 @@ def test_run_removes_its_remote_dir(board, models, sshd):
 
 
 def test_bench_over_ssh(board, models):
-    report = board.bench(str(models["int8"]), quantized_inputs(models["int8"], 4),
-                         batch_sizes=(1, 8), threads=(1,), warmup=1, runs=3)
+    report = board.bench(
+        str(models["int8"]),
+        quantized_inputs(models["int8"], 4),
+        batch_sizes=(1, 8),
+        threads=(1,),
+        warmup=1,
+        runs=3,
+    )
     json.dumps(report)
     assert report["emulated"] is False and report["host"] == "127.0.0.1"
     assert [(r["threads"], r["batch"]) for r in report["results"]] == [(1, 1), (1, 8)]
@@ -124,19 +146,33 @@ def test_unreachable_host_gives_a_clear_error(models, sshd, monkeypatch):
         runtime.run(str(models["int8"]), np.zeros((1, N_FEATURES), np.int8))
 
 
-@pytest.mark.parametrize("spec, parsed", [
-    ("pi@raspberrypi.local", ("pi", "raspberrypi.local", 22)),
-    ("root@192.0.2.7:2222", ("root", "192.0.2.7", 2222)),
-    ("me@[::1]:22", ("me", "::1", 22)),
-])
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("pi@raspberrypi.local", ("pi", "raspberrypi.local", 22)),
+        ("root@192.0.2.7:2222", ("root", "192.0.2.7", 2222)),
+        ("me@[::1]:22", ("me", "::1", 22)),
+    ],
+)
 def test_parse_spec(spec, parsed):
     assert parse_spec(spec) == parsed
 
 
-@pytest.mark.parametrize("spec", [
-    "raspberrypi", "pi@", "@host", "pi@host:0", "pi@host:70000", "pi@host:ssh",
-    "-oProxyCommand=x@h", "pi@-oProxyCommand=x", "pi@host name", "",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "raspberrypi",
+        "pi@",
+        "@host",
+        "pi@host:0",
+        "pi@host:70000",
+        "pi@host:ssh",
+        "-oProxyCommand=x@h",
+        "pi@-oProxyCommand=x",
+        "pi@host name",
+        "",
+    ],
+)
 def test_bad_spec_names_the_value_and_the_form(spec):
     with pytest.raises(BnpipeError) as err:
         SshRuntime(spec)

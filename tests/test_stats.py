@@ -1,5 +1,6 @@
 """stats: the Wilson interval, the exact McNemar test and the paired comparison, each checked against
 an independent reference (a published table, scipy, a hand count)."""
+
 import math
 import statistics
 
@@ -75,12 +76,15 @@ def test_mcnemar_exact_matches_scipy_binomtest(b, c):
     assert mcnemar_exact(b, c) == pytest.approx(expected, rel=PVALUE_RTOL)
 
 
-@pytest.mark.parametrize("b, c, expected", [
-    (0, 0, 1.0),  # no discordant sample: no evidence of any difference
-    (3, 3, 1.0),  # balanced: 2·P(X ≤ 3) > 1, capped
-    (0, 5, 2 / 32),  # 2 · (1/2)^5
-    (1, 9, 2 * 11 / 1024),  # 2 · (C(10,0) + C(10,1)) / 2^10
-])
+@pytest.mark.parametrize(
+    "b, c, expected",
+    [
+        (0, 0, 1.0),  # no discordant sample: no evidence of any difference
+        (3, 3, 1.0),  # balanced: 2·P(X ≤ 3) > 1, capped
+        (0, 5, 2 / 32),  # 2 · (1/2)^5
+        (1, 9, 2 * 11 / 1024),  # 2 · (C(10,0) + C(10,1)) / 2^10
+    ],
+)
 def test_mcnemar_exact_hand_values(b, c, expected):
     assert mcnemar_exact(b, c) == pytest.approx(expected, rel=PVALUE_RTOL)
     assert mcnemar_exact(c, b) == mcnemar_exact(b, c)  # symmetric in the two counts

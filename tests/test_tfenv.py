@@ -1,4 +1,5 @@
 """tfenv.py: the filter for native code's stderr noise (no TensorFlow needed)."""
+
 import os
 
 from pipeline.tfenv import NATIVE_NOISE, native_noise_filtered

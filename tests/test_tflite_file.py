@@ -1,5 +1,4 @@
 """tflite_file: parsing and structural checks without an interpreter, and bnpipe's metadata entry."""
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import json
 import re
@@ -9,12 +8,19 @@ import pytest
 from ai_edge_litert import schema_py_generated as fb
 from ai_edge_litert.tools import flatbuffer_utils
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.config import EXPORT_MODES
 from pipeline.errors import ModelError
 from pipeline.export import tflite_name
 from pipeline.quantize import to_input
 from pipeline.runtimes.host import HostRuntime
-from pipeline.tflite_file import METADATA_NAME, parse_tflite, quant_params, read_tflite, with_metadata
+from pipeline.tflite_file import (
+    METADATA_NAME,
+    parse_tflite,
+    quant_params,
+    read_tflite,
+    with_metadata,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +42,7 @@ def _rewrite(data: bytes, change) -> bytes:
 
 # --- reading the exported files ---------------------------------------------------------------
 
+
 def test_int8_file_is_described_exactly(int8_bytes):
     info = parse_tflite(int8_bytes, "m.tflite")
     assert info.size_bytes == len(int8_bytes) and info.version == 3
@@ -44,9 +51,16 @@ def test_int8_file_is_described_exactly(int8_bytes):
     assert info.input_tensor().shape == [-1, 64] and info.output_tensor().shape == [-1, 10]
     # Input q = x/scale + zp maps [0, 1] onto the whole int8 range; the softmax output of TFLite's
     # int8 kernels is fixed at scale 1/256, zero point −128.
-    assert quant_params(info.input_tensor()) == {"dtype": "int8", "scale": pytest.approx(1 / 255),
-                                                 "zero_point": -128}
-    assert quant_params(info.output_tensor()) == {"dtype": "int8", "scale": 1 / 256, "zero_point": -128}
+    assert quant_params(info.input_tensor()) == {
+        "dtype": "int8",
+        "scale": pytest.approx(1 / 255),
+        "zero_point": -128,
+    }
+    assert quant_params(info.output_tensor()) == {
+        "dtype": "int8",
+        "scale": 1 / 256,
+        "zero_point": -128,
+    }
     # Every operator's tensor indices are in range (the parser checked them) and chain up.
     assert info.operators[0].inputs[0] == info.inputs[0]
     assert info.operators[-1].outputs == info.outputs
@@ -54,7 +68,11 @@ def test_int8_file_is_described_exactly(int8_bytes):
 
 def test_float_file_has_float_io_and_no_quantization(float_bytes):
     info = parse_tflite(float_bytes)
-    assert quant_params(info.input_tensor()) == {"dtype": "float32", "scale": None, "zero_point": None}
+    assert quant_params(info.input_tensor()) == {
+        "dtype": "float32",
+        "scale": None,
+        "zero_point": None,
+    }
     assert all(t.dtype == "float32" for t in info.tensors)
 
 
@@ -71,6 +89,7 @@ def test_exported_files_carry_bnpipe_metadata(exported):
 
 
 # --- metadata round trip ----------------------------------------------------------------------
+
 
 def test_with_metadata_round_trip(float_bytes):
     payload = {"mode": "x", "nested": {"divisor": 255.0, "list": [1, 2, 3]}, "text": "é µ"}
@@ -98,7 +117,9 @@ def test_with_metadata_leaves_the_outputs_bit_identical(int8_bytes, tmp_path, di
     assert parse_tflite(plain.read_bytes()).metadata == {}
     x = to_input(digits.x_test[:50], quant_params(parse_tflite(int8_bytes).input_tensor()))
     ref = HostRuntime(reference=True)
-    np.testing.assert_array_equal(ref.run(str(plain), x).outputs, ref.run(str(annotated), x).outputs)
+    np.testing.assert_array_equal(
+        ref.run(str(plain), x).outputs, ref.run(str(annotated), x).outputs
+    )
 
 
 def test_metadata_that_is_not_json_reads_as_empty(float_bytes):
@@ -112,13 +133,27 @@ def test_metadata_that_is_not_json_reads_as_empty(float_bytes):
 
 # --- structural checks ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "is not a TFLite model: 0 bytes is too short"),
-    (b"\x00" * 31, "is not a TFLite model: 31 bytes is too short"),
-    (b"\x10\x00\x00\x00ABCD" + b"\x00" * 40, "is not a TFLite model: no TFL3 identifier (found b'ABCD')"),
-    (b"\xff\xff\xff\x00TFL3" + b"\x00" * 40, "is damaged: root offset 16777215 is outside the 48-byte file"),
-    (b"\x04\x00\x00\x00TFL3" + b"\x00" * 40, "is damaged: root offset 4 is outside the 48-byte file"),
-], ids=["empty", "short", "identifier", "root-far", "root-in-header"])
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "is not a TFLite model: 0 bytes is too short"),
+        (b"\x00" * 31, "is not a TFLite model: 31 bytes is too short"),
+        (
+            b"\x10\x00\x00\x00ABCD" + b"\x00" * 40,
+            "is not a TFLite model: no TFL3 identifier (found b'ABCD')",
+        ),
+        (
+            b"\xff\xff\xff\x00TFL3" + b"\x00" * 40,
+            "is damaged: root offset 16777215 is outside the 48-byte file",
+        ),
+        (
+            b"\x04\x00\x00\x00TFL3" + b"\x00" * 40,
+            "is damaged: root offset 4 is outside the 48-byte file",
+        ),
+    ],
+    ids=["empty", "short", "identifier", "root-far", "root-in-header"],
+)
 def test_header_checks(data, message):
     with pytest.raises(ModelError, match="^m.tflite " + re.escape(message) + "$"):
         parse_tflite(data, "m.tflite")
@@ -143,25 +178,35 @@ def test_header_only_with_garbage_is_a_model_error():
 def _set_first_op_input(i):
     def change(model):
         model.subgraphs[0].operators[0].inputs[0] = i
+
     return change
 
 
 def _set_first_tensor(attr, value):
     def change(model):
         setattr(model.subgraphs[0].tensors[0], attr, value)
+
     return change
 
 
-@pytest.mark.parametrize("change, message", [
-    (_set_first_op_input(999), "is damaged: operator 0 refers to tensor 999 of 11"),
-    (lambda m: setattr(m.subgraphs[0].operators[0], "opcodeIndex", 7),
-     "is damaged: operator 0 has opcode 7 of 2"),
-    (_set_first_tensor("buffer", 9999), "is damaged: tensor 0 points at buffer 9999 of"),
-    (_set_first_tensor("type", 99), "is damaged: tensor 0 has unknown type 99"),
-    (lambda m: setattr(m, "subgraphs", []), "is damaged: it has no subgraph"),
-    (lambda m: setattr(m.subgraphs[0], "outputs", []), "has no inputs or no outputs"),
-    (lambda m: setattr(m.subgraphs[0], "inputs", [42]), "is damaged: the inputs refers to tensor 42 of 11"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (_set_first_op_input(999), "is damaged: operator 0 refers to tensor 999 of 11"),
+        (
+            lambda m: setattr(m.subgraphs[0].operators[0], "opcodeIndex", 7),
+            "is damaged: operator 0 has opcode 7 of 2",
+        ),
+        (_set_first_tensor("buffer", 9999), "is damaged: tensor 0 points at buffer 9999 of"),
+        (_set_first_tensor("type", 99), "is damaged: tensor 0 has unknown type 99"),
+        (lambda m: setattr(m, "subgraphs", []), "is damaged: it has no subgraph"),
+        (lambda m: setattr(m.subgraphs[0], "outputs", []), "has no inputs or no outputs"),
+        (
+            lambda m: setattr(m.subgraphs[0], "inputs", [42]),
+            "is damaged: the inputs refers to tensor 42 of 11",
+        ),
+    ],
+)
 def test_structural_checks_name_the_broken_index(int8_bytes, change, message):
     with pytest.raises(ModelError, match="^m.tflite " + message):
         parse_tflite(_rewrite(int8_bytes, change), "m.tflite")
@@ -176,15 +221,23 @@ def test_read_tflite_missing_file_and_directory(tmp_path):
 
 # --- the reader against LiteRT's generated schema and its object API ----------------------------
 
+
 def _slot_classes():
     from pipeline import tflite_file as tf_file
 
-    return [(tf_file._Model, fb.Model), (tf_file._OperatorCode, fb.OperatorCode),
-            (tf_file._SubGraph, fb.SubGraph), (tf_file._Tensor, fb.Tensor),
-            (tf_file._Quantization, fb.QuantizationParameters), (tf_file._Operator, fb.Operator),
-            (tf_file._Buffer, fb.Buffer), (tf_file._Metadata, fb.Metadata),
-            (tf_file._SignatureDef, fb.SignatureDef), (tf_file._TensorMap, fb.TensorMap),
-            (tf_file._VariantSubType, fb.VariantSubType)]
+    return [
+        (tf_file._Model, fb.Model),
+        (tf_file._OperatorCode, fb.OperatorCode),
+        (tf_file._SubGraph, fb.SubGraph),
+        (tf_file._Tensor, fb.Tensor),
+        (tf_file._Quantization, fb.QuantizationParameters),
+        (tf_file._Operator, fb.Operator),
+        (tf_file._Buffer, fb.Buffer),
+        (tf_file._Metadata, fb.Metadata),
+        (tf_file._SignatureDef, fb.SignatureDef),
+        (tf_file._TensorMap, fb.TensorMap),
+        (tf_file._VariantSubType, fb.VariantSubType),
+    ]
 
 
 @pytest.mark.parametrize("ours, generated", _slot_classes(), ids=lambda c: c.__name__)
@@ -224,22 +277,44 @@ def _from_object_api(data: bytes, name: str):
     tensors = []
     for i, t in enumerate(sg.tensors or []):
         q, buf = t.quantization, buffers[t.buffer] if buffers else None
-        tensors.append(TensorInfo(
-            i, text(t.name), ints(t.shapeSignature if t.shapeSignature is not None else t.shape),
-            types[t.type].lower(), [] if q is None or q.scale is None else [float(s) for s in q.scale],
-            ints(None if q is None else q.zeroPoint),
-            buf is not None and ((buf.data is not None and len(buf.data) > 0) or buf.size > 0)))
-    operators = [OperatorInfo(i, codes[op.opcodeIndex], ints(op.inputs), ints(op.outputs))
-                 for i, op in enumerate(sg.operators or [])]
+        tensors.append(
+            TensorInfo(
+                i,
+                text(t.name),
+                ints(t.shapeSignature if t.shapeSignature is not None else t.shape),
+                types[t.type].lower(),
+                [] if q is None or q.scale is None else [float(s) for s in q.scale],
+                ints(None if q is None else q.zeroPoint),
+                buf is not None and ((buf.data is not None and len(buf.data) > 0) or buf.size > 0),
+            )
+        )
+    operators = [
+        OperatorInfo(i, codes[op.opcodeIndex], ints(op.inputs), ints(op.outputs))
+        for i, op in enumerate(sg.operators or [])
+    ]
     meta = {}
     for m in model.metadata or []:
-        if text(m.name) == METADATA_NAME and m.buffer < len(buffers) and buffers[m.buffer].data is not None:
+        if (
+            text(m.name) == METADATA_NAME
+            and m.buffer < len(buffers)
+            and buffers[m.buffer].data is not None
+        ):
             try:
                 meta = json.loads(bytes(buffers[m.buffer].data).decode("utf-8"))
             except ValueError:  # what parse_tflite promises: an entry that is not JSON reads as {}
                 meta = {}
-    return TfliteInfo(name, len(data), model.version, text(model.description), operators, tensors,
-                      ints(sg.inputs), ints(sg.outputs), meta, [text(m.name) for m in model.metadata or []])
+    return TfliteInfo(
+        name,
+        len(data),
+        model.version,
+        text(model.description),
+        operators,
+        tensors,
+        ints(sg.inputs),
+        ints(sg.outputs),
+        meta,
+        [text(m.name) for m in model.metadata or []],
+    )
 
 
 @pytest.mark.parametrize("mode", EXPORT_MODES)
@@ -265,7 +340,7 @@ def test_damage_the_object_api_refuses_is_refused_and_the_rest_reads_alike(int8_
         data = bytes(data)
         try:
             expected = _from_object_api(data, "f.tflite")
-        except Exception:  # noqa: BLE001  (struct.error, IndexError, KeyError … from the API)
+        except Exception:
             expected = None
         try:
             got = parse_tflite(data, "f.tflite")
@@ -285,23 +360,31 @@ def _string_length_position(data: bytes) -> int:
     """Where the length of tensor 0's name is stored."""
     t = fb.Model.GetRootAs(data, 0).Subgraphs(0).Tensors(0)
     field = t._tab.Pos + t._tab.Offset(10)  # Tensor.name
-    return field + int.from_bytes(data[field:field + 4], "little")
+    return field + int.from_bytes(data[field : field + 4], "little")
 
 
 def test_a_name_reaching_past_the_end_is_refused(int8_bytes):
     """The object API cut such a string short at the end of the file and read on; LiteRT's own
     verifier refuses it, and so does the reader."""
     at = _string_length_position(int8_bytes)
-    data = int8_bytes[:at] + (0x7FFF0000).to_bytes(4, "little") + int8_bytes[at + 4:]
-    with pytest.raises(ModelError, match=r"^m\.tflite is damaged or truncated: a tensor's name at "
-                                         rf"bytes {at + 4}–{at + 4 + 0x7FFF0000} lies outside the "
-                                         rf"{len(data)}-byte file$"):
+    data = int8_bytes[:at] + (0x7FFF0000).to_bytes(4, "little") + int8_bytes[at + 4 :]
+    with pytest.raises(
+        ModelError,
+        match=r"^m\.tflite is damaged or truncated: a tensor's name at "
+        rf"bytes {at + 4}–{at + 4 + 0x7FFF0000} lies outside the "
+        rf"{len(data)}-byte file$",
+    ):
         parse_tflite(data, "m.tflite")
 
 
 def test_a_vtable_before_the_start_of_the_file_is_refused(int8_bytes):
     root = int.from_bytes(int8_bytes[:4], "little")
-    data = int8_bytes[:root] + (root + 100).to_bytes(4, "little", signed=True) + int8_bytes[root + 4:]
-    with pytest.raises(ModelError, match=r"^m\.tflite is damaged or truncated: the vtable of the "
-                                         r"model table at bytes -100–-96 lies outside"):
+    data = (
+        int8_bytes[:root] + (root + 100).to_bytes(4, "little", signed=True) + int8_bytes[root + 4 :]
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"^m\.tflite is damaged or truncated: the vtable of the "
+        r"model table at bytes -100–-96 lies outside",
+    ):
         parse_tflite(data, "m.tflite")

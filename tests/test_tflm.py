@@ -1,14 +1,14 @@
 """The tflm target: TensorFlow Lite Micro's interpreter, one sample per invoke, arena sized for it."""
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import numpy as np
 import pytest
+from test_runtimes_host import N_CLASSES, N_FEATURES, features, model_inputs, tiny_models
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.errors import ModelError
 from pipeline.runtimes import tflm
 from pipeline.runtimes.host import HostRuntime
 from pipeline.runtimes.tflm import ARENA_START, TflmRuntime, find_arena, try_arena
-from test_runtimes_host import N_CLASSES, N_FEATURES, features, model_inputs, tiny_models
 
 # TFLM's float FULLY_CONNECTED / SOFTMAX are reference loops like LiteRT's BUILTIN_REF ones, but
 # compiled separately (the compiler may contract a*b+c into an FMA in one and not the other), so
@@ -29,7 +29,11 @@ def models(tmp_path_factory):
 def int8_run(models):
     """(inputs, TFLM result, host-ref result) for 300 rows of the int8 model."""
     x = model_inputs(models["int8"], features(300))
-    return x, TflmRuntime().run(models["int8"], x), HostRuntime(reference=True).run(models["int8"], x)
+    return (
+        x,
+        TflmRuntime().run(models["int8"], x),
+        HostRuntime(reference=True).run(models["int8"], x),
+    )
 
 
 def test_available():
@@ -48,7 +52,9 @@ def test_int8_outputs_equal_host_ref_within_one_lsb(int8_run):
     assert micro.outputs.dtype == np.int8 and micro.outputs.shape == (300, N_CLASSES)
     diff = np.abs(micro.outputs.astype(np.int16) - ref.outputs.astype(np.int16))
     assert diff.max() <= INT8_LSB_TOLERANCE
-    assert np.mean(diff > 0) <= MAX_DIFFERING_SHARE, f"{int((diff > 0).sum())} of {diff.size} differ"
+    assert np.mean(diff > 0) <= MAX_DIFFERING_SHARE, (
+        f"{int((diff > 0).sum())} of {diff.size} differ"
+    )
 
 
 def test_one_invoke_per_sample_with_batch_one(int8_run):
@@ -132,11 +138,15 @@ def test_malformed_file_never_reaches_tflm(models, tmp_path, monkeypatch, case):
     monkeypatch.setattr(runtime.Interpreter, "from_bytes", must_not_run)
     data = models["int8"].read_bytes()
     path = tmp_path / "bad.tflite"
-    path.write_bytes({
-        "random bytes": np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes(),
-        "truncated model": data[: len(data) // 2],
-        "header only": data[:8],
-    }[case])
+    path.write_bytes(
+        {
+            "random bytes": np.random.default_rng(0)
+            .integers(0, 256, 2000, dtype=np.uint8)
+            .tobytes(),
+            "truncated model": data[: len(data) // 2],
+            "header only": data[:8],
+        }[case]
+    )
     with pytest.raises(ModelError, match="bad.tflite"):
         TflmRuntime().run(path, np.zeros((2, N_FEATURES), dtype=np.int8))
 
@@ -146,7 +156,9 @@ def test_a_model_tflm_does_not_support_is_refused_after_one_try_at_the_limit(exp
     arena shows memory is not the reason, so the search stops there (2 children, not 9)."""
     tried = []
     real = tflm.try_arena
-    monkeypatch.setattr(tflm, "try_arena", lambda path, size: tried.append(size) or real(path, size))
+    monkeypatch.setattr(
+        tflm, "try_arena", lambda path, size: tried.append(size) or real(path, size)
+    )
     with pytest.raises(ModelError) as info:
         find_arena(exported / "model_ptq-float16.tflite")
     assert str(info.value).startswith(f"tflm: cannot run {exported / 'model_ptq-float16.tflite'}: ")
@@ -162,7 +174,10 @@ def test_a_prepare_failure_from_a_small_arena_keeps_doubling(exported):
     size, attempts = find_arena(path, start=1024)
     smallest = next(s for s in (1024 << k for k in range(13)) if try_arena(path, s)[0])
     assert size == smallest
-    prepare = [a for a in attempts if "failed to prepare" in a.get("error", "")
-               or "was not true" in a.get("error", "")]
+    prepare = [
+        a
+        for a in attempts
+        if "failed to prepare" in a.get("error", "") or "was not true" in a.get("error", "")
+    ]
     if prepare:  # the case this test is for: the limit was tried once, and worked
         assert [(a["arena_bytes"], a["ok"]) for a in attempts].count((tflm.ARENA_LIMIT, True)) == 1

@@ -1,4 +1,5 @@
 """train.py: determinism, the train.json record, and both BN kinds."""
+
 from __future__ import annotations
 
 import json
@@ -67,15 +68,20 @@ def test_train_json_records_config_history_accuracy_versions_and_hash(trained, d
         assert rec["versions"][package], package
     assert rec["outputs"] == {"model.keras": sha256_file(result.model_path)}
     assert rec["inputs"] == {"data": digits.fingerprint()}
-    assert rec["dataset"]["sizes"] == {"train": len(digits.y_train), "val": len(digits.y_val),
-                                       "test": len(digits.y_test)}
+    assert rec["dataset"]["sizes"] == {
+        "train": len(digits.y_train),
+        "val": len(digits.y_val),
+        "test": len(digits.y_test),
+    }
     assert rec["preprocessing"] == {"divisor": 16.0, "n_features": 64}
     # 64·16+16 + 4·16 + 16·16+16 + 4·16 + 16·10+10
     assert rec["parameters"] == 1040 + 64 + 272 + 64 + 170
 
     # The recorded test accuracy is the saved model's, on the same test split: same count.
     model = load_model(result.model_path)
-    correct = int(np.sum(np.asarray(model(digits.x_test, training=False)).argmax(1) == digits.y_test))
+    correct = int(
+        np.sum(np.asarray(model(digits.x_test, training=False)).argmax(1) == digits.y_test)
+    )
     assert round(rec["test_accuracy"] * len(digits.y_test)) == correct
     assert rec["test_accuracy"] >= 0.85  # the TINY recipe measured 0.94; chance is 0.10
 
@@ -101,17 +107,22 @@ def test_train_bad_data_writes_nothing(tmp_path):
     from pipeline.train import train
 
     with pytest.raises(DataError):
-        train(TrainConfig(data=str(tmp_path / "missing.npz"), epochs=1), tmp_path / "out", quiet=True)
+        train(
+            TrainConfig(data=str(tmp_path / "missing.npz"), epochs=1), tmp_path / "out", quiet=True
+        )
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(epochs=0), "--epochs must be ≥ 1, got 0"),
-    (dict(hidden=(16, 0)), "--hidden needs one or more positive widths, got 16,0"),
-    (dict(bn="torch"), "--bn must be keras or custom, got 'torch'"),
-    (dict(batch_size=0), "--batch-size must be ≥ 1, got 0"),
-    (dict(val_fraction=0.0), "val_fraction must be in (0, 0.5), got 0.0"),  # data.py needs > 0
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(epochs=0), "--epochs must be ≥ 1, got 0"),
+        (dict(hidden=(16, 0)), "--hidden needs one or more positive widths, got 16,0"),
+        (dict(bn="torch"), "--bn must be keras or custom, got 'torch'"),
+        (dict(batch_size=0), "--batch-size must be ≥ 1, got 0"),
+        (dict(val_fraction=0.0), "val_fraction must be in (0, 0.5), got 0.0"),  # data.py needs > 0
+    ],
+)
 def test_train_config_validates_on_construction(kwargs, message):
     from pipeline.errors import BnpipeError
 
@@ -128,9 +139,19 @@ RESUME_AT = 2
 
 
 def _cli_args(cfg: dict) -> list[str]:
-    return ["--hidden", ",".join(map(str, cfg["hidden"])), "--epochs", str(cfg["epochs"]),
-            "--batch-size", str(cfg["batch_size"]), "--learning-rate", str(cfg["learning_rate"]),
-            "--seed", str(cfg["seed"]), "--quiet"]
+    return [
+        "--hidden",
+        ",".join(map(str, cfg["hidden"])),
+        "--epochs",
+        str(cfg["epochs"]),
+        "--batch-size",
+        str(cfg["batch_size"]),
+        "--learning-rate",
+        str(cfg["learning_rate"]),
+        "--seed",
+        str(cfg["seed"]),
+        "--quiet",
+    ]
 
 
 def _as_in_a_terminal():
@@ -166,11 +187,23 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path):
 
     out = tmp_path / "interrupted"
     ckpts = out / RESUME_DIR
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "train", *_cli_args(RESUME),
-                             "--artifacts", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_as_in_a_terminal)
-    code = _interrupt_when(proc, lambda: any(int(p.name.split("-")[1]) >= RESUME_AT
-                                             for p in ckpts.glob("epoch-*")))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "train",
+            *_cli_args(RESUME),
+            "--artifacts",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_as_in_a_terminal,
+    )
+    code = _interrupt_when(
+        proc, lambda: any(int(p.name.split("-")[1]) >= RESUME_AT for p in ckpts.glob("epoch-*"))
+    )
     stderr = proc.stderr.read().decode()
     assert code == 130, stderr
     assert "Interrupted" in stderr and "Traceback" not in stderr
@@ -182,7 +215,10 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path):
     assert RESUME_AT <= stopped_after < RESUME["epochs"]
 
     result = CliRunner().invoke(
-        cli, ["train", *_cli_args(RESUME), "--resume", "--artifacts", str(out)], catch_exceptions=False)
+        cli,
+        ["train", *_cli_args(RESUME), "--resume", "--artifacts", str(out)],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert f"resuming after epoch {stopped_after} of {RESUME['epochs']}" in result.stderr
     assert not (out / ".resume").exists()  # removed once training ended
@@ -201,10 +237,10 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path):
 def test_resume_refuses_a_checkpoint_of_other_options(tmp_path):
     import dataclasses
 
-    from pipeline.errors import ArtifactError
-    from pipeline.train import RESUME_DIR, _save_checkpoint, train
     from pipeline.data import load_dataset
+    from pipeline.errors import ArtifactError
     from pipeline.model import build_mlp, compile_model
+    from pipeline.train import RESUME_DIR, _save_checkpoint, train
 
     config = TrainConfig(**{**RESUME, "epochs": 2})
     ds = load_dataset("digits", seed=config.seed)
@@ -224,8 +260,11 @@ def test_resume_without_a_checkpoint_trains_from_the_start(tmp_path):
     from pipeline.train import train
 
     notes = []
-    res = train(TrainConfig(**{**RESUME, "epochs": 1}), tmp_path, quiet=True, resume=True,
-                say=notes.append)
+    res = train(
+        TrainConfig(**{**RESUME, "epochs": 1}), tmp_path, quiet=True, resume=True, say=notes.append
+    )
     assert res.resumed_from == 0
-    assert notes == [f"no interrupted training to resume in {tmp_path / '.resume' / 'train'}; "
-                     "training from the start"]
+    assert notes == [
+        f"no interrupted training to resume in {tmp_path / '.resume' / 'train'}; "
+        "training from the start"
+    ]

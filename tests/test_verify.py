@@ -1,6 +1,5 @@
 """verify: the gates pass on the exported models, fail (exit 1, naming the row) on a model trained
 differently, and bad input is exit 2; the LSB columns match a direct computation."""
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 
 import json
 import shutil
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.cli import cli
 from pipeline.config import EXPORT_MODES, ExportConfig, TrainConfig, VerifyConfig
 from pipeline.errors import GateFailed
@@ -51,7 +51,9 @@ def _png_size(path) -> tuple[int, int]:
 def verified(exported, tmp_path_factory):
     """(artifacts dir, CliRunner result) of `bnpipe verify` on every exported model."""
     out = _copy(exported, tmp_path_factory.mktemp("verify"))
-    result = CliRunner().invoke(cli, ["verify", "--targets", TARGETS, "-q", "--artifacts", str(out)])
+    result = CliRunner().invoke(
+        cli, ["verify", "--targets", TARGETS, "-q", "--artifacts", str(out)]
+    )
     return out, result
 
 
@@ -74,7 +76,11 @@ def test_verify_record_and_report(verified, record):
     assert (out / "verify.md").read_text().splitlines()[0] == f"# bnpipe verify: **{verdict}**"
     assert result.stdout.startswith(f"# bnpipe verify: **{verdict}**\n")
     assert record["n"] == 360 and record["dataset"]["name"] == "digits"
-    assert record["schema_version"] == 1 and set(record["inputs"]) >= {"model.keras", "folded.keras", "data"}
+    assert record["schema_version"] == 1 and set(record["inputs"]) >= {
+        "model.keras",
+        "folded.keras",
+        "data",
+    }
     assert record["config"]["targets"] == TARGETS.split(",")
 
 
@@ -85,8 +91,9 @@ def test_verify_rows_cover_every_candidate_and_target(record):
         targets = ["host-ref", "host"] + ([] if mode in NOT_ON_TFLM else ["tflm"])
         expected += [(tflite_name(mode), t) for t in targets]
     assert got == expected
-    assert sorted((s["candidate"], s["target"]) for s in record["skipped"]) == \
-        [(tflite_name(m), "tflm") for m in NOT_ON_TFLM]
+    assert sorted((s["candidate"], s["target"]) for s in record["skipped"]) == [
+        (tflite_name(m), "tflm") for m in NOT_ON_TFLM
+    ]
     assert all(s["reason"].startswith("failed: tflm: ") for s in record["skipped"])
     for r in record["rows"]:
         # Accuracy and agreement hold on every row; the LSB gate is as its own columns say.
@@ -114,11 +121,15 @@ def test_tflm_lsb_matches_a_direct_computation(exported, digits, record, mode):
     """verify's tflm column is max |TFLM − host-ref| over the raw outputs, computed here directly."""
     path = exported / tflite_name(mode)
     x = to_input(digits.x_test, quant_params(read_tflite(path).input_tensor()))
-    diff = np.abs(TflmRuntime().run(str(path), x).outputs.astype(np.int64)
-                  - HostRuntime(reference=True).run(str(path), x).outputs.astype(np.int64))
+    diff = np.abs(
+        TflmRuntime().run(str(path), x).outputs.astype(np.int64)
+        - HostRuntime(reference=True).run(str(path), x).outputs.astype(np.int64)
+    )
     row = next(r for r in record["rows"] if r["candidate"] == path.name and r["target"] == "tflm")
-    print(f"{mode} on tflm: max {diff.max()} steps from host-ref on {np.mean(diff > 0):.2%} of "
-          f"values (allowed {row['lsb_allowed']})")
+    print(
+        f"{mode} on tflm: max {diff.max()} steps from host-ref on {np.mean(diff > 0):.2%} of "
+        f"values (allowed {row['lsb_allowed']})"
+    )
     assert (row["lsb_max"], row["lsb_share"]) == (int(diff.max()), float(np.mean(diff > 0)))
 
 
@@ -137,11 +148,26 @@ def test_same_int8_file_under_two_names_gives_identical_rows(exported, tmp_path)
     a, b = out / "a_int8.tflite", out / "b_int8.tflite"
     shutil.copy(out / tflite_name("int8"), a)
     shutil.copy(out / tflite_name("int8"), b)
-    result = CliRunner().invoke(cli, ["verify", "--tflite", str(a), "--tflite", str(b), "--targets",
-                                      "host,host-ref", "-q", "--artifacts", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "verify",
+            "--tflite",
+            str(a),
+            "--tflite",
+            str(b),
+            "--targets",
+            "host,host-ref",
+            "-q",
+            "--artifacts",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("# bnpipe verify: **PASS — fit to ship**\n")
-    assert result.stdout.rstrip().splitlines()[-1].startswith("PASS: every gate holds on 360 samples")
+    assert (
+        result.stdout.rstrip().splitlines()[-1].startswith("PASS: every gate holds on 360 samples")
+    )
     record = json.loads((out / "verify.json").read_text())
     assert record["passed"] is True and record["failures"] == []
     rows = {(r["candidate"], r["target"]): r for r in record["rows"]}
@@ -151,8 +177,9 @@ def test_same_int8_file_under_two_names_gives_identical_rows(exported, tmp_path)
         assert rows[name, "host"]["lsb_max"] <= 1
     for t in ("host-ref", "host"):
         ra, rb = rows[a.name, t], rows[b.name, t]
-        assert [ra[k] for k in ("accuracy", "agreement", "lsb_max", "lsb_share", "lsb_allowed")] == \
-            [rb[k] for k in ("accuracy", "agreement", "lsb_max", "lsb_share", "lsb_allowed")]
+        assert [
+            ra[k] for k in ("accuracy", "agreement", "lsb_max", "lsb_share", "lsb_allowed")
+        ] == [rb[k] for k in ("accuracy", "agreement", "lsb_max", "lsb_share", "lsb_allowed")]
 
 
 def test_model_inputs_are_the_float_path_bits_made_once_per_quantization(exported, digits):
@@ -173,14 +200,19 @@ def test_model_inputs_are_the_float_path_bits_made_once_per_quantization(exporte
 
 
 def _tflm_steps(path, x) -> int:
-    return int(np.abs(TflmRuntime().run(str(path), x).outputs.astype(np.int64)
-                      - HostRuntime(reference=True).run(str(path), x).outputs.astype(np.int64)).max())
+    return int(
+        np.abs(
+            TflmRuntime().run(str(path), x).outputs.astype(np.int64)
+            - HostRuntime(reference=True).run(str(path), x).outputs.astype(np.int64)
+        ).max()
+    )
 
 
 def test_softmax_moves_a_probability_by_at_most_half_the_largest_logit_change():
     """The bound behind softmax_gain, checked on the function itself: logits each moved by at most
     δ move no probability by more than δ/2, and δ/2 is approached (so δ/4, the slope of one
     logit alone, would be too tight when every logit moves)."""
+
     def softmax(z):
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
@@ -205,7 +237,10 @@ def test_lsb_allowance_is_the_softmax_gain(exported, record, mode):
     info = read_tflite(exported / tflite_name(mode))
     softmax = info.operators[-1]
     assert softmax.op == "SOFTMAX"
-    s_in, s_out = info.tensors[softmax.inputs[0]].scale[0], info.tensors[softmax.outputs[0]].scale[0]
+    s_in, s_out = (
+        info.tensors[softmax.inputs[0]].scale[0],
+        info.tensors[softmax.outputs[0]].scale[0],
+    )
     gain = max(1, int(np.ceil(s_in / (2 * s_out) - 1e-9)))
     assert softmax_gain(info) == gain
     for r in record["rows"]:
@@ -220,12 +255,16 @@ def test_lsb_gate_fails_naming_the_row_and_the_distance(exported, digits, tmp_pa
     host-ref on this int8 model (measured: 3 steps) fails it on tflm, and only there."""
     out = _copy(exported, tmp_path)
     path = out / tflite_name("int8")
-    steps = _tflm_steps(path, to_input(digits.x_test, quant_params(read_tflite(path).input_tensor())))
+    steps = _tflm_steps(
+        path, to_input(digits.x_test, quant_params(read_tflite(path).input_tensor()))
+    )
     assert steps > 1
     with pytest.raises(GateFailed) as info:
         run_verify(out, config=VerifyConfig(targets=("host-ref", "tflm"), max_lsb=0), tflite=[path])
-    assert info.value.failures == [f"model_int8.tflite on tflm: outputs differ from host-ref by {steps} "
-                                   "quantization steps (allowed 1)"]
+    assert info.value.failures == [
+        f"model_int8.tflite on tflm: outputs differ from host-ref by {steps} "
+        "quantization steps (allowed 1)"
+    ]
     rec = json.loads((out / "verify.json").read_text())
     assert rec["passed"] is False
     assert [r["failures"] for r in rec["rows"]] == [[], ["max-lsb"]]
@@ -245,8 +284,19 @@ def test_a_model_trained_differently_fails_the_gate(exported, other_int8, tmp_pa
     out = _copy(exported, tmp_path)
     candidate = out / "other_int8.tflite"
     shutil.copy(other_int8, candidate)
-    result = CliRunner().invoke(cli, ["verify", "--tflite", str(candidate), "--targets", "host,host-ref",
-                                      "-q", "--artifacts", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "verify",
+            "--tflite",
+            str(candidate),
+            "--targets",
+            "host,host-ref",
+            "-q",
+            "--artifacts",
+            str(out),
+        ],
+    )
     assert result.exit_code == 1, result.output
     line = _one_error_line(result)
     assert "other_int8.tflite on host-ref: agrees with the original on " in line
@@ -254,12 +304,16 @@ def test_a_model_trained_differently_fails_the_gate(exported, other_int8, tmp_pa
     assert result.stdout.startswith("# bnpipe verify: **FAIL — not fit to ship**")
     rec = json.loads((out / "verify.json").read_text())
     assert rec["passed"] is False
-    assert [(r["candidate"], r["target"]) for r in rec["rows"]] == \
-        [("other_int8.tflite", "host-ref"), ("other_int8.tflite", "host")]
+    assert [(r["candidate"], r["target"]) for r in rec["rows"]] == [
+        ("other_int8.tflite", "host-ref"),
+        ("other_int8.tflite", "host"),
+    ]
     for r in rec["rows"]:
         assert "min-agreement" in r["failures"]
         assert r["agreement"] < VerifyConfig().min_agreement
-    assert rec["failures"] and all(f.startswith("other_int8.tflite on host") for f in rec["failures"])
+    assert rec["failures"] and all(
+        f.startswith("other_int8.tflite on host") for f in rec["failures"]
+    )
 
 
 def _crafted(tmp_path, exported):
@@ -272,7 +326,9 @@ def _crafted(tmp_path, exported):
     }
 
 
-def test_the_probe_runs_while_the_reference_model_loads_and_predicts(exported, tmp_path, monkeypatch):
+def test_the_probe_runs_while_the_reference_model_loads_and_predicts(
+    exported, tmp_path, monkeypatch
+):
     """verify starts the child probe of every candidate × host kernels right after the structural
     checks and waits for it only before the first candidate runs, so that the reference model's
     loading and predictions hide its wall time. (The real probe runs; the wrappers only log.)"""
@@ -295,11 +351,18 @@ def test_the_probe_runs_while_the_reference_model_loads_and_predicts(exported, t
     monkeypatch.setattr(host.Probe, "wait", wait)
     host.forget_checked()
     path = out / tflite_name("int8")
-    run_verify(out, config=VerifyConfig(targets=("host-ref", "host")), tflite=[path],
-               progress=events.append)
-    assert events[:4] == [("started", [(path.name, False), (path.name, True)]),
-                          "reference: model.keras on TensorFlow (host)", "waited",
-                          f"{path.name} on host-ref"]
+    run_verify(
+        out,
+        config=VerifyConfig(targets=("host-ref", "host")),
+        tflite=[path],
+        progress=events.append,
+    )
+    assert events[:4] == [
+        ("started", [(path.name, False), (path.name, True)]),
+        "reference: model.keras on TensorFlow (host)",
+        "waited",
+        f"{path.name} on host-ref",
+    ]
     # HostRuntime.run finds both probes remembered (by the checked bytes) and starts no other.
     assert events[4:] == [f"{path.name} on host"]
 
@@ -309,8 +372,19 @@ def test_crafted_tflite_files_exit_2_before_writing(exported, tmp_path):
     for name, data in _crafted(tmp_path, exported).items():
         path = tmp_path / name
         path.write_bytes(data)
-        result = CliRunner().invoke(cli, ["verify", "--tflite", str(path), "--targets", "host-ref",
-                                          "-q", "--artifacts", str(out)])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "verify",
+                "--tflite",
+                str(path),
+                "--targets",
+                "host-ref",
+                "-q",
+                "--artifacts",
+                str(out),
+            ],
+        )
         assert result.exit_code == 2, (name, result.output)
         assert _one_error_line(result).startswith(f"Error: {path} "), name
         assert not (out / "verify.json").exists()
@@ -322,21 +396,28 @@ def test_data_with_another_feature_count_exits_2_with_both_numbers(exported, tmp
     csv = tmp_path / "ten.csv"
     rows = [[i % 10] + list(rng.integers(0, 256, 10)) for i in range(200)]
     csv.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
-    result = CliRunner().invoke(cli, ["verify", "--data", str(csv), "--targets", "host-ref", "-q",
-                                      "--artifacts", str(out)])
+    result = CliRunner().invoke(
+        cli, ["verify", "--data", str(csv), "--targets", "host-ref", "-q", "--artifacts", str(out)]
+    )
     assert result.exit_code == 2, result.output
-    assert _one_error_line(result) == "Error: the data has 10 features per sample but the model takes 64"
+    assert (
+        _one_error_line(result)
+        == "Error: the data has 10 features per sample but the model takes 64"
+    )
     assert not (out / "verify.json").exists()
 
 
 def test_unreachable_ssh_target_asked_for_exits_2(exported, tmp_path):
     out = _copy(exported, tmp_path)
-    result = CliRunner().invoke(cli, ["verify", "--targets", "ssh:nobody@127.0.0.1:1", "-q",
-                                      "--artifacts", str(out)])
+    result = CliRunner().invoke(
+        cli, ["verify", "--targets", "ssh:nobody@127.0.0.1:1", "-q", "--artifacts", str(out)]
+    )
     assert result.exit_code == 2, result.output
     line = _one_error_line(result)
-    assert line.startswith("Error: target ssh:nobody@127.0.0.1:1 is not available: cannot reach "
-                           "ssh:nobody@127.0.0.1:1: ")
+    assert line.startswith(
+        "Error: target ssh:nobody@127.0.0.1:1 is not available: cannot reach "
+        "ssh:nobody@127.0.0.1:1: "
+    )
     assert "port 1: Connection refused" in line
     assert not (out / "verify.json").exists()
 
@@ -344,9 +425,12 @@ def test_unreachable_ssh_target_asked_for_exits_2(exported, tmp_path):
 def test_arm64_target_not_set_up_exits_2_with_the_set_up_command(exported, tmp_path, monkeypatch):
     monkeypatch.setenv("BNPIPE_CACHE", str(tmp_path / "empty-cache"))
     out = _copy(exported, tmp_path)
-    result = CliRunner().invoke(cli, ["verify", "--targets", "host,arm64", "-q", "--artifacts", str(out)])
+    result = CliRunner().invoke(
+        cli, ["verify", "--targets", "host,arm64", "-q", "--artifacts", str(out)]
+    )
     assert result.exit_code == 2, result.output
     assert _one_error_line(result) == (
         f"Error: target arm64 is not available: the arm64 emulator is not set up in "
         f"{tmp_path / 'empty-cache' / 'arm64'}: run `bash scripts/setup_arm64_emulator.sh` "
-        "(no root needed; about a minute)")
+        "(no root needed; about a minute)"
+    )

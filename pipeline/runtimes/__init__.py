@@ -14,6 +14,7 @@ in quantization steps.
 The standalone runner (runtimes/device_runner.py) imports only numpy and LiteRT so that the same
 file runs in the emulator and on a board; host and host-ref call its functions in-process.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

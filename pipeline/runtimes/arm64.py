@@ -17,6 +17,7 @@ and at interpreter exit.
 
 Only the standard library and numpy are imported here (no TensorFlow, no LiteRT).
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,9 +65,16 @@ def model_file(model_path: str, target: str) -> Path:
 
 def bench_options(batch_sizes, threads, warmup: int, runs: int) -> list[str]:
     """The runner's `bench` options for these settings (threads None or 0: LiteRT's default)."""
-    return ["--batch-sizes", ",".join(str(int(b)) for b in batch_sizes),
-            "--threads", ",".join(str(int(t or 0)) for t in threads),
-            "--warmup", str(int(warmup)), "--runs", str(int(runs))]
+    return [
+        "--batch-sizes",
+        ",".join(str(int(b)) for b in batch_sizes),
+        "--threads",
+        ",".join(str(int(t or 0)) for t in threads),
+        "--warmup",
+        str(int(warmup)),
+        "--runs",
+        str(int(runs)),
+    ]
 
 
 def runner_json(proc: subprocess.CompletedProcess, target: str) -> dict:
@@ -91,16 +99,20 @@ def runner_json(proc: subprocess.CompletedProcess, target: str) -> dict:
         ) from None
 
 
-def runner_command(qemu: Path, cpu: str, sysroot: Path, python: Path, site_packages: Path,
-                   args: list[str]) -> tuple[list[str], dict[str, str], None]:
+def runner_command(
+    qemu: Path, cpu: str, sysroot: Path, python: Path, site_packages: Path, args: list[str]
+) -> tuple[list[str], dict[str, str], None]:
     """(argv, env, cwd) running `device_runner.py ARGS` with the emulated python.
 
     The host's Python settings are dropped from the environment: the emulated python must see
     only the sysroot's stdlib and the aarch64 wheels.
     """
     argv = [str(qemu), "-cpu", cpu, "-L", str(sysroot), str(python), str(RUNNER), *args]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONPATH", "VIRTUAL_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONHOME", "PYTHONSTARTUP", "PYTHONPATH", "VIRTUAL_ENV")
+    }
     env.update(PYTHONPATH=str(site_packages), PYTHONNOUSERSITE="1")
     return argv, env, None
 
@@ -115,16 +127,23 @@ class Arm64Runtime:
 
     name = "arm64"
 
-    def __init__(self, reference: bool = False, threads: int | None = None, batch: int = 1024,
-                 timeout: float = DEFAULT_TIMEOUT_S, directory: str | os.PathLike | None = None,
-                 cpu: str | None = None):
+    def __init__(
+        self,
+        reference: bool = False,
+        threads: int | None = None,
+        batch: int = 1024,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        directory: str | os.PathLike | None = None,
+        cpu: str | None = None,
+    ):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.cpu = cpu or os.environ.get("BNPIPE_QEMU_CPU") or DEFAULT_CPU
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.cpu):
             raise TargetUnavailable(
                 f"arm64: bad qemu cpu model {self.cpu!r}: expected a name such as {DEFAULT_CPU} "
-                f"(qemu-aarch64 -cpu help lists them)")
+                f"(qemu-aarch64 -cpu help lists them)"
+            )
         self.reference = reference
         self.threads = threads
         self.batch = batch
@@ -138,18 +157,31 @@ class Arm64Runtime:
         # A partial, not a bound method: the runner must not keep this object alive, so that
         # dropping the runtime stops its emulator.
         self.server = ServedRunner(
-            functools.partial(runner_command, self.qemu, self.cpu, self.sysroot, self.python,
-                              self.site_packages, ["serve"]),
-            target="arm64", timeout=timeout)
+            functools.partial(
+                runner_command,
+                self.qemu,
+                self.cpu,
+                self.sysroot,
+                self.python,
+                self.site_packages,
+                ["serve"],
+            ),
+            target="arm64",
+            timeout=timeout,
+        )
 
     def available(self) -> tuple[bool, str]:
         if not self.stamp.is_file():
-            return False, (f"the arm64 emulator is not set up in {self.dir}: run "
-                           f"`bash {SETUP_SCRIPT}` (no root needed; about a minute)")
+            return False, (
+                f"the arm64 emulator is not set up in {self.dir}: run "
+                f"`bash {SETUP_SCRIPT}` (no root needed; about a minute)"
+            )
         missing = [str(p) for p in (self.qemu, self.python, self.site_packages) if not p.exists()]
         if missing:
-            return False, (f"the arm64 emulator in {self.dir} is incomplete "
-                           f"(missing {missing[0]}): delete {self.stamp} and run `bash {SETUP_SCRIPT}` again")
+            return False, (
+                f"the arm64 emulator in {self.dir} is incomplete "
+                f"(missing {missing[0]}): delete {self.stamp} and run `bash {SETUP_SCRIPT}` again"
+            )
         return True, ""
 
     def setup_info(self) -> dict[str, str]:
@@ -168,8 +200,9 @@ class Arm64Runtime:
 
     def runner_command(self, args: list[str]) -> tuple[list[str], dict[str, str], None]:
         """(argv, env, cwd) of `device_runner.py ARGS` in this emulator, e.g. a one-shot `run`."""
-        return runner_command(self.qemu, self.cpu, self.sysroot, self.python, self.site_packages,
-                              args)
+        return runner_command(
+            self.qemu, self.cpu, self.sysroot, self.python, self.site_packages, args
+        )
 
     def close(self) -> None:
         """Stop the emulated runner (if one is running). Idempotent; a later run() restarts it."""
@@ -182,8 +215,11 @@ class Arm64Runtime:
         self.close()
 
     def _emulator_info(self) -> dict:
-        return {"emulated": True, "qemu_cpu": self.cpu,
-                "qemu_version": self.setup_info().get("qemu_version", "unknown")}
+        return {
+            "emulated": True,
+            "qemu_cpu": self.cpu,
+            "qemu_version": self.setup_info().get("qemu_version", "unknown"),
+        }
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
         """Run every row of `inputs` (model input dtype) under emulation. Mutates nothing."""
@@ -194,17 +230,35 @@ class Arm64Runtime:
             x_path, y_path = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
             np.save(x_path, inputs, allow_pickle=False)
             result = self.server.request(
-                {"command": "run", "model": str(model.resolve()), "inputs": str(x_path),
-                 "outputs": str(y_path), "reference": bool(self.reference),
-                 "threads": self.threads or None, "batch": int(self.batch)},
-                what=model.name)
+                {
+                    "command": "run",
+                    "model": str(model.resolve()),
+                    "inputs": str(x_path),
+                    "outputs": str(y_path),
+                    "reference": bool(self.reference),
+                    "threads": self.threads or None,
+                    "batch": int(self.batch),
+                },
+                what=model.name,
+            )
             outputs = np.load(y_path, allow_pickle=False)
         info = {**result, "emulated": True, "machine": "aarch64", **self._emulator_info()}
-        return RunResult(target=self.name, outputs=outputs,
-                         invoke_seconds=float(result["invoke_seconds"]), info=info)
+        return RunResult(
+            target=self.name,
+            outputs=outputs,
+            invoke_seconds=float(result["invoke_seconds"]),
+            info=info,
+        )
 
-    def bench(self, model_path: str, sample: np.ndarray, batch_sizes=(1, 32, 1024),
-              threads=(1, None), warmup: int = 20, runs: int = 200) -> dict:
+    def bench(
+        self,
+        model_path: str,
+        sample: np.ndarray,
+        batch_sizes=(1, 32, 1024),
+        threads=(1, None),
+        warmup: int = 20,
+        runs: int = 200,
+    ) -> dict:
         """device_runner.bench under emulation; the runner's dict plus "emulated": True.
 
         Its peak RSS figures are the serving process's: "served_before" says how many requests
@@ -215,10 +269,17 @@ class Arm64Runtime:
             x_path = Path(tmp) / "sample.npy"
             np.save(x_path, np.asarray(sample), allow_pickle=False)
             result = self.server.request(
-                {"command": "bench", "model": str(model.resolve()), "inputs": str(x_path),
-                 "batch_sizes": [int(b) for b in batch_sizes],
-                 "threads": [int(t or 0) for t in threads], "warmup": int(warmup),
-                 "runs": int(runs), "reference": bool(self.reference)},
-                what=model.name)
+                {
+                    "command": "bench",
+                    "model": str(model.resolve()),
+                    "inputs": str(x_path),
+                    "batch_sizes": [int(b) for b in batch_sizes],
+                    "threads": [int(t or 0) for t in threads],
+                    "warmup": int(warmup),
+                    "runs": int(runs),
+                    "reference": bool(self.reference),
+                },
+                what=model.name,
+            )
         result.update(self._emulator_info())
         return result

@@ -40,6 +40,7 @@ and knows which model did it. Native code that writes to stdout would corrupt th
 serve keeps the real stdout for them and points file descriptor 1 at stderr. SIGINT is ignored:
 Ctrl-C is the caller's to handle, and the caller closes stdin (or kills the process) itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,10 @@ class LiteRtMissing(RuntimeError):
 
 
 def _litert_missing():
-    return LiteRtMissing("neither ai_edge_litert nor tflite_runtime is importable by %s "
-                         "(pip install ai-edge-litert)" % sys.executable)
+    return LiteRtMissing(
+        "neither ai_edge_litert nor tflite_runtime is importable by %s "
+        "(pip install ai-edge-litert)" % sys.executable
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -166,7 +169,7 @@ def run_batched(interp, x, batch=DEFAULT_BATCH):
     seconds = 0.0
     allocated_rows = None
     for start in range(0, n, batch):
-        chunk = np.ascontiguousarray(x[start:start + batch])
+        chunk = np.ascontiguousarray(x[start : start + batch])
         rows = chunk.shape[0]
         if rows != allocated_rows:
             interp.resize_tensor_input(inp["index"], [rows] + list(feature_shape))
@@ -179,7 +182,7 @@ def run_batched(interp, x, batch=DEFAULT_BATCH):
         y = interp.get_tensor(out["index"])  # a copy, safe to keep past the next invoke
         if outputs is None:
             outputs = np.empty((n,) + tuple(y.shape[1:]), dtype=y.dtype)
-        outputs[start:start + rows] = y
+        outputs[start : start + rows] = y
     return outputs, seconds
 
 
@@ -208,8 +211,15 @@ def environment():
     }
 
 
-def bench(model_path, sample, batch_sizes=(1, 32, 1024), threads=(1, None), warmup=20, runs=200,
-          reference=False):
+def bench(
+    model_path,
+    sample,
+    batch_sizes=(1, 32, 1024),
+    threads=(1, None),
+    warmup=20,
+    runs=200,
+    reference=False,
+):
     """Latency and throughput of `model_path` for every (threads, batch size) pair.
 
     sample: (M, *input feature shape) in the input dtype, repeated to fill each batch. Each pair
@@ -251,17 +261,22 @@ def bench(model_path, sample, batch_sizes=(1, 32, 1024), threads=(1, None), warm
                 interp.invoke()
                 latencies[i] = time.perf_counter() - t0
             median, p90, p99 = np.percentile(latencies, [50, 90, 99]) * 1e6
-            results.append({
-                "threads": n_threads,  # None: LiteRT's default
-                "batch": rows,
-                "init_seconds": init_seconds,
-                "first_invoke_seconds": first_seconds,
-                "latency_us": {
-                    "median": float(median), "p90": float(p90), "p99": float(p99),
-                    "mean": float(latencies.mean() * 1e6), "min": float(latencies.min() * 1e6),
-                },
-                "throughput_per_s": rows * int(runs) / float(latencies.sum()),
-            })
+            results.append(
+                {
+                    "threads": n_threads,  # None: LiteRT's default
+                    "batch": rows,
+                    "init_seconds": init_seconds,
+                    "first_invoke_seconds": first_seconds,
+                    "latency_us": {
+                        "median": float(median),
+                        "p90": float(p90),
+                        "p99": float(p99),
+                        "mean": float(latencies.mean() * 1e6),
+                        "min": float(latencies.min() * 1e6),
+                    },
+                    "throughput_per_s": rows * int(runs) / float(latencies.sum()),
+                }
+            )
             del interp
 
     report = {
@@ -318,8 +333,12 @@ def _parser():
     bench_p.add_argument("--model", required=True, help=".tflite file")
     bench_p.add_argument("--inputs", required=True, help=".npy sample in the input dtype")
     bench_p.add_argument("--batch-sizes", type=_int_list, default=[1, 32, 1024])
-    bench_p.add_argument("--threads", type=_int_list, default=[1, 0],
-                         help="comma-separated; 0 means LiteRT's default")
+    bench_p.add_argument(
+        "--threads",
+        type=_int_list,
+        default=[1, 0],
+        help="comma-separated; 0 means LiteRT's default",
+    )
     bench_p.add_argument("--warmup", type=int, default=20)
     bench_p.add_argument("--runs", type=int, default=200)
     bench_p.add_argument("--reference", action="store_true", help="builtin reference kernels")
@@ -338,32 +357,60 @@ def run_file(model, inputs, outputs, reference=False, threads=None, batch=DEFAUL
     result, seconds = run_batched(interp, x, batch=batch)
     with open(outputs, "wb") as f:  # exactly this path (np.save would append .npy)
         np.save(f, result, allow_pickle=False)
-    info = {"n": int(x.shape[0]), "invoke_seconds": seconds, "reference": bool(reference),
-            "threads": threads or None, "batch": batch,
-            "output_dtype": str(result.dtype), "output_shape": list(result.shape)}
+    info = {
+        "n": int(x.shape[0]),
+        "invoke_seconds": seconds,
+        "reference": bool(reference),
+        "threads": threads or None,
+        "batch": batch,
+        "output_dtype": str(result.dtype),
+        "output_shape": list(result.shape),
+    }
     info.update(environment())
     return info
 
 
-def bench_file(model, inputs, batch_sizes=(1, 32, 1024), threads=(1, 0), warmup=20, runs=200,
-               reference=False):
+def bench_file(
+    model, inputs, batch_sizes=(1, 32, 1024), threads=(1, 0), warmup=20, runs=200, reference=False
+):
     """bench() on the sample in the .npy `inputs`: what `bench` prints."""
-    return bench(model, _load_npy(inputs, "inputs"), batch_sizes=batch_sizes, threads=threads,
-                 warmup=warmup, runs=runs, reference=reference)
+    return bench(
+        model,
+        _load_npy(inputs, "inputs"),
+        batch_sizes=batch_sizes,
+        threads=threads,
+        warmup=warmup,
+        runs=runs,
+        reference=reference,
+    )
 
 
 def _cmd_run(args):
-    return run_file(args.model, args.inputs, args.outputs, reference=args.reference,
-                    threads=args.threads, batch=args.batch)
+    return run_file(
+        args.model,
+        args.inputs,
+        args.outputs,
+        reference=args.reference,
+        threads=args.threads,
+        batch=args.batch,
+    )
 
 
 def _cmd_bench(args):
-    return bench_file(args.model, args.inputs, batch_sizes=args.batch_sizes, threads=args.threads,
-                      warmup=args.warmup, runs=args.runs, reference=args.reference)
+    return bench_file(
+        args.model,
+        args.inputs,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        reference=args.reference,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # serve: many requests in one process (see the module docstring for the protocol)
+
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
@@ -387,8 +434,11 @@ _RUN_FIELDS = {
 _BENCH_FIELDS = {
     "model": _RUN_FIELDS["model"],
     "inputs": _RUN_FIELDS["inputs"],
-    "batch_sizes": (lambda v: isinstance(v, list) and all(_is_int(b) for b in v),
-                    "a list of integers", [1, 32, 1024]),
+    "batch_sizes": (
+        lambda v: isinstance(v, list) and all(_is_int(b) for b in v),
+        "a list of integers",
+        [1, 32, 1024],
+    ),
     "threads": (_is_thread_list, "a list of integers (0 or null: LiteRT's default)", [1, 0]),
     "warmup": (_is_int, "an integer", 20),
     "runs": (_is_int, "an integer", 200),
@@ -407,7 +457,7 @@ def _request_args(request, fields):
         value = request.get(name, default)
         if value is _REQUIRED:
             raise ValueError("bad request: %r is missing" % name)
-        if not (check(value) or value is None and default is None):
+        if not (check(value) or (value is None and default is None)):
             raise ValueError("bad request: %r must be %s, got %r" % (name, wanted, value))
         kwargs[name] = value
     return kwargs
@@ -438,8 +488,9 @@ def _answer(request, served_before):
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        reply.update(ok=False, exit=EXIT_INTERNAL,
-                     error="%s: %s" % (type(err).__name__, _one_line(err)))
+        reply.update(
+            ok=False, exit=EXIT_INTERNAL, error="%s: %s" % (type(err).__name__, _one_line(err))
+        )
     else:
         reply.update(ok=True, result=result)
     return reply
@@ -480,8 +531,14 @@ def serve(stdin=None, stdout=None):
         try:
             request = json.loads(line)
         except ValueError as err:
-            say({"id": None, "ok": False, "exit": EXIT_BAD_INPUT,
-                 "error": "bad request: not JSON: %s" % _one_line(err)})
+            say(
+                {
+                    "id": None,
+                    "ok": False,
+                    "exit": EXIT_BAD_INPUT,
+                    "error": "bad request: not JSON: %s" % _one_line(err),
+                }
+            )
             continue
         say(_answer(request, served))
         served += 1

@@ -13,6 +13,7 @@ before a model's first run in this process it is loaded and run once on zeros in
 (`probe_in_child`): a crash there is a ModelError here, and the CLI's process lives on. verify
 starts that child early (`start_probe`) and waits for it just before the candidates run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ModelError, TargetUnavailable
-from pipeline.tfenv import native_noise_filtered
 from pipeline.runtimes import RunResult
+from pipeline.tfenv import native_noise_filtered
 from pipeline.tflite_file import TfliteInfo, parse_tflite, read_tflite
 
 INSTALL_HINT = "pip install ai-edge-litert"
@@ -127,10 +128,13 @@ def start_probe(models: list[tuple[str | os.PathLike, bool]]) -> Probe:
     if not todo:
         return Probe([], [], None)
     runner_dir = str(Path(__file__).resolve().parent)  # where device_runner.py lives
-    proc = subprocess.Popen([sys.executable, "-c", _PROBE, runner_dir,
-                             *[f"{int(ref)}:{path}" for path, ref in todo]],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PROBE, runner_dir, *[f"{int(ref)}:{path}" for path, ref in todo]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     return Probe(todo, keys, proc)
 
 
@@ -168,8 +172,10 @@ class Probe:
             out, err = proc.communicate(timeout=PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self._reaper()
-            return ModelError(f"loading {', '.join(str(p) for p, _ in self.models)} in LiteRT took "
-                              f"more than {PROBE_TIMEOUT_S} s")
+            return ModelError(
+                f"loading {', '.join(str(p) for p, _ in self.models)} in LiteRT took "
+                f"more than {PROBE_TIMEOUT_S} s"
+            )
         self._reaper.detach()
         done = out.split().count("ok")
         _probed.update(self._keys[:done])
@@ -177,11 +183,16 @@ class Probe:
             return None
         path, reference = self.models[done]
         kernels = "reference" if reference else "default (XNNPACK)"
-        how = (f"signal {-proc.returncode}" if proc.returncode < 0
-               else f"exit {proc.returncode}: {(err.strip().splitlines() or ['no message'])[-1]}")
-        return ModelError(f"{path} crashes LiteRT's {kernels} kernels when loaded and run once on "
-                          f"zeros ({how}); the file is malformed or uses an operator in a way the "
-                          "kernels do not accept")
+        how = (
+            f"signal {-proc.returncode}"
+            if proc.returncode < 0
+            else f"exit {proc.returncode}: {(err.strip().splitlines() or ['no message'])[-1]}"
+        )
+        return ModelError(
+            f"{path} crashes LiteRT's {kernels} kernels when loaded and run once on "
+            f"zeros ({how}); the file is malformed or uses an operator in a way the "
+            "kernels do not accept"
+        )
 
 
 def _one_line(err: BaseException) -> str:
@@ -204,7 +215,9 @@ class HostRuntime:
     never one Python call per sample).
     """
 
-    def __init__(self, reference: bool = False, threads: int | None = None, batch: int | None = None):
+    def __init__(
+        self, reference: bool = False, threads: int | None = None, batch: int | None = None
+    ):
         if threads is not None and int(threads) < 0:
             raise ValueError(f"threads must be None or >= 0, got {threads}")
         if batch is not None and int(batch) < 1:
@@ -247,7 +260,9 @@ class HostRuntime:
         batch = self.batch or runner.DEFAULT_BATCH
         try:
             with native_noise_filtered():  # LiteRT's "Created … XNNPACK delegate" line
-                interp = runner.load_interpreter(path, reference=self.reference, threads=self.threads)
+                interp = runner.load_interpreter(
+                    path, reference=self.reference, threads=self.threads
+                )
                 outputs, seconds = runner.run_batched(interp, np.asarray(inputs), batch=batch)
         except ValueError as err:  # the runner's one message for a bad file, dtype or shape
             raise ModelError(f"{self.name}: {_one_line(err)}") from None
@@ -260,7 +275,9 @@ class HostRuntime:
             "n": int(outputs.shape[0]),
             "emulated": False,
         }
-        return RunResult(target=self.name, outputs=outputs, invoke_seconds=float(seconds), info=info)
+        return RunResult(
+            target=self.name, outputs=outputs, invoke_seconds=float(seconds), info=info
+        )
 
     def bench(self, model_path: str, sample: np.ndarray, **kw) -> dict:
         """device_runner.bench for this target's kernels; keyword arguments pass through.

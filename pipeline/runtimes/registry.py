@@ -6,9 +6,10 @@
 Each runtime module is imported only when its target is asked for: arm64 and ssh are plain
 subprocess wrappers, but host and tflm import LiteRT / TFLM when they run.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from pipeline.errors import BnpipeError, TargetUnavailable
 
@@ -45,7 +46,7 @@ def get_runtime(name: str):
     if name.startswith(SSH_PREFIX):
         from pipeline.runtimes.ssh import SshRuntime
 
-        return SshRuntime(name[len(SSH_PREFIX):])
+        return SshRuntime(name[len(SSH_PREFIX) :])
     raise _unknown(name)
 
 
@@ -82,7 +83,7 @@ def parse_targets(text: str | None) -> list[str]:
         if name.startswith(SSH_PREFIX):
             from pipeline.runtimes.ssh import parse_spec
 
-            parse_spec(name[len(SSH_PREFIX):])  # BnpipeError for a malformed address
+            parse_spec(name[len(SSH_PREFIX) :])  # BnpipeError for a malformed address
         elif name not in TARGETS:
             raise _unknown(name)
         names.append(name)
@@ -97,8 +98,11 @@ def resolve(targets: Iterable[str] | str | None, explicit: bool):
     its set-up instructions), not a silent skip. Each runtime serves every model of the run; pass
     them to close_all() at the end.
     """
-    names = parse_targets(targets) if targets is None or isinstance(targets, str) else \
-        parse_targets(",".join(targets))
+    names = (
+        parse_targets(targets)
+        if targets is None or isinstance(targets, str)
+        else parse_targets(",".join(targets))
+    )
     runtimes, skipped = [], []
     for name in names:
         runtime = get_runtime(name)

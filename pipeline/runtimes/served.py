@@ -14,6 +14,7 @@ starts a fresh process.
 
 Only the standard library is imported here.
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,7 +25,7 @@ import subprocess
 import threading
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.errors import ModelError, TargetUnavailable
 
@@ -42,7 +43,7 @@ def last_error_line(stderr: str) -> str:
     lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
     for line in reversed(lines):
         if line.startswith("error: "):
-            return line[len("error: "):]
+            return line[len("error: ") :]
     return lines[-1] if lines else "no message on stderr"
 
 
@@ -64,15 +65,29 @@ class _Process:
     its stderr (the last lines, for messages), so that neither pipe can fill up and block it."""
 
     def __init__(self, argv: list[str], env: dict[str, str] | None, cwd: str | None):
-        self.popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, env=env, cwd=cwd)
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+        )
         self.answers: queue.Queue[str | None] = queue.Queue()
         self.stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.threads = [
-            threading.Thread(target=self._drain, daemon=True, name="bnpipe-runner-stdout",
-                             args=(self.popen.stdout, self.answers.put, True)),
-            threading.Thread(target=self._drain, daemon=True, name="bnpipe-runner-stderr",
-                             args=(self.popen.stderr, self.stderr.append, False)),
+            threading.Thread(
+                target=self._drain,
+                daemon=True,
+                name="bnpipe-runner-stdout",
+                args=(self.popen.stdout, self.answers.put, True),
+            ),
+            threading.Thread(
+                target=self._drain,
+                daemon=True,
+                name="bnpipe-runner-stderr",
+                args=(self.popen.stderr, self.stderr.append, False),
+            ),
         ]
         for thread in self.threads:
             thread.start()
@@ -147,8 +162,12 @@ class ServedRunner:
     the next request.
     """
 
-    def __init__(self, command: Callable[[], tuple[list[str], dict | None, str | None]],
-                 target: str, timeout: float):
+    def __init__(
+        self,
+        command: Callable[[], tuple[list[str], dict | None, str | None]],
+        target: str,
+        timeout: float,
+    ):
         self.command, self.target, self.timeout = command, target, timeout
         self._lock = threading.Lock()
         self._state = {"process": None}  # shared with the finalizer, which must not hold self
@@ -179,15 +198,18 @@ class ServedRunner:
                 line = proc.next_line(deadline)
             except TimeoutError:
                 self._drop(kill=True)
-                raise TargetUnavailable(f"{self.target}: the device runner did not answer within "
-                                        f"{self.timeout:g} s ({what})") from None
+                raise TargetUnavailable(
+                    f"{self.target}: the device runner did not answer within "
+                    f"{self.timeout:g} s ({what})"
+                ) from None
             except BaseException:  # Ctrl-C while it works: stop it now, not after the request
                 self._drop(kill=True)
                 raise
             if line is None:  # it died on this request: the request's fault, not the target's
                 self._state["process"] = None
-                raise ModelError(f"{self.target}: the device runner crashed on {what} "
-                                 f"({proc.reap()})")
+                raise ModelError(
+                    f"{self.target}: the device runner crashed on {what} ({proc.reap()})"
+                )
             return self._result(line, request["id"])
 
     def close(self) -> None:
@@ -222,8 +244,9 @@ class ServedRunner:
             line = proc.next_line(deadline)
         except TimeoutError:
             self._drop(kill=True)
-            raise TargetUnavailable(f"{self.target}: the device runner did not start within "
-                                    f"{self.timeout:g} s") from None
+            raise TargetUnavailable(
+                f"{self.target}: the device runner did not start within {self.timeout:g} s"
+            ) from None
         except BaseException:  # Ctrl-C while it starts
             self._drop(kill=True)
             raise
@@ -236,8 +259,10 @@ class ServedRunner:
             ready = None
         if not isinstance(ready, dict) or ready.get("ready") is not True:
             self._drop(kill=True)
-            raise TargetUnavailable(f"{self.target}: the device runner printed "
-                                    f"{line.strip()[:200]!r} instead of its ready line")
+            raise TargetUnavailable(
+                f"{self.target}: the device runner printed "
+                f"{line.strip()[:200]!r} instead of its ready line"
+            )
         return proc
 
     def _result(self, line: str, request_id: int) -> dict:
@@ -246,12 +271,16 @@ class ServedRunner:
             ok, answered = reply["ok"], reply["id"]
         except (json.JSONDecodeError, KeyError, TypeError):
             self._drop(kill=True)
-            raise TargetUnavailable(f"{self.target}: the device runner answered "
-                                    f"{line.strip()[:200]!r}, not a JSON reply") from None
+            raise TargetUnavailable(
+                f"{self.target}: the device runner answered "
+                f"{line.strip()[:200]!r}, not a JSON reply"
+            ) from None
         if answered != request_id:
             self._drop(kill=True)
-            raise TargetUnavailable(f"{self.target}: the device runner answered request "
-                                    f"{answered!r} when {request_id} was asked")
+            raise TargetUnavailable(
+                f"{self.target}: the device runner answered request "
+                f"{answered!r} when {request_id} was asked"
+            )
         if ok:
             return reply["result"]
         message = " ".join(str(reply.get("error", "no message")).split())

@@ -11,6 +11,7 @@ Settings, besides the constructor's arguments:
 
 Only the standard library and numpy are imported here (no TensorFlow, no LiteRT).
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ _SPEC = re.compile(
     r"(?::(?P<port>[0-9]{1,5}))?$"
 )
 # Imports the runner needs on the board; tflite_runtime stands in for ai_edge_litert.
-_PROBE = ("import numpy\n"
-          "try:\n    import ai_edge_litert\nexcept ImportError:\n    import tflite_runtime")
+_PROBE = (
+    "import numpy\ntry:\n    import ai_edge_litert\nexcept ImportError:\n    import tflite_runtime"
+)
 
 
 def parse_spec(spec: str) -> tuple[str, str, int]:
@@ -56,11 +58,18 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
 class SshRuntime:
     """Runs a .tflite model with the board's own LiteRT over ssh. See the module docstring."""
 
-    def __init__(self, spec: str, identity_file: str | None = None,
-                 remote_python: str | None = None, ssh_options: str | None = None,
-                 reference: bool = False, threads: int | None = None, batch: int = 1024,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
-                 timeout: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self,
+        spec: str,
+        identity_file: str | None = None,
+        remote_python: str | None = None,
+        ssh_options: str | None = None,
+        reference: bool = False,
+        threads: int | None = None,
+        batch: int = 1024,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ):
         self.user, self.host, self.port = parse_spec(spec)
         self.spec = spec
         self.name = f"ssh:{spec}"
@@ -97,16 +106,27 @@ class SshRuntime:
         if shutil.which(cmd[0]) is None:
             raise TargetUnavailable(f"{self.name}: `{cmd[0]}` is not installed on this machine")
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=timeout or self.timeout)
+            return subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout or self.timeout,
+            )
         except subprocess.TimeoutExpired:
             raise TargetUnavailable(
                 f"{self.name}: {what} did not finish within {timeout or self.timeout:g} s"
             ) from None
 
     def _ssh(self, remote_command: str, what: str, timeout: float | None = None):
-        cmd = ["ssh", "-p", str(self.port), *self._common_options(), f"{self.user}@{self.host}",
-               remote_command]
+        cmd = [
+            "ssh",
+            "-p",
+            str(self.port),
+            *self._common_options(),
+            f"{self.user}@{self.host}",
+            remote_command,
+        ]
         return self._exec(cmd, what, timeout)
 
     def _scp(self, sources: list[str], dest: str, what: str) -> None:
@@ -118,13 +138,15 @@ class SshRuntime:
             raise TargetUnavailable(f"{self.name}: {what} failed: {last_error_line(proc.stderr)}")
         return proc
 
-    def _with_remote_dir(self, files: dict[str, Path], runner_args: list[str],
-                         fetch: str | None, local_dir: Path) -> dict:
+    def _with_remote_dir(
+        self, files: dict[str, Path], runner_args: list[str], fetch: str | None, local_dir: Path
+    ) -> dict:
         """Copy `files` (remote name → local path) and the runner into a fresh remote dir, run
         the runner there with `runner_args`, copy `fetch` back into local_dir, remove the dir."""
         what = "creating a remote temp dir"
-        made = self._checked(self._ssh("mktemp -d -t bnpipe.XXXXXX", what,
-                                       timeout=self.connect_timeout + 30), what)
+        made = self._checked(
+            self._ssh("mktemp -d -t bnpipe.XXXXXX", what, timeout=self.connect_timeout + 30), what
+        )
         remote_dir = made.stdout.strip().splitlines()[-1] if made.stdout.strip() else ""
         if not remote_dir.startswith("/"):
             raise TargetUnavailable(f"{self.name}: `mktemp -d` printed {made.stdout!r}, not a path")
@@ -133,27 +155,39 @@ class SshRuntime:
             staged.mkdir()
             for name, path in {"device_runner.py": RUNNER, **files}.items():
                 shutil.copyfile(path, staged / name)
-            self._scp([str(p) for p in sorted(staged.iterdir())],
-                      self._remote(remote_dir + "/"), "copying the model and inputs")
+            self._scp(
+                [str(p) for p in sorted(staged.iterdir())],
+                self._remote(remote_dir + "/"),
+                "copying the model and inputs",
+            )
             command = "cd {} && {} device_runner.py {}".format(
-                shlex.quote(remote_dir), self._python(),
-                " ".join(shlex.quote(a) for a in runner_args))
+                shlex.quote(remote_dir),
+                self._python(),
+                " ".join(shlex.quote(a) for a in runner_args),
+            )
             proc = self._ssh(command, "the device runner")
             if proc.returncode == SSH_EXIT_CONNECTION:
                 self._checked(proc, "the device runner")
             if proc.returncode == 127:  # the remote shell found no such command
                 raise TargetUnavailable(
                     f"{self.name}: remote python {self.remote_python!r} not found "
-                    f"(set BNPIPE_SSH_PYTHON): {last_error_line(proc.stderr)}")
+                    f"(set BNPIPE_SSH_PYTHON): {last_error_line(proc.stderr)}"
+                )
             result = runner_json(proc, self.name)
             if fetch is not None:
-                self._scp([self._remote(f"{remote_dir}/{fetch}")], str(local_dir / fetch),
-                          "copying the outputs back")
+                self._scp(
+                    [self._remote(f"{remote_dir}/{fetch}")],
+                    str(local_dir / fetch),
+                    "copying the outputs back",
+                )
             return result
         finally:
             # Best effort: a board that went away keeps a few KB in its temp dir.
-            self._ssh(f"rm -rf {shlex.quote(remote_dir)}", "removing the remote temp dir",
-                      timeout=self.connect_timeout + 30)
+            self._ssh(
+                f"rm -rf {shlex.quote(remote_dir)}",
+                "removing the remote temp dir",
+                timeout=self.connect_timeout + 30,
+            )
 
     def _kernel_args(self) -> list[str]:
         args = ["--reference"] if self.reference else []
@@ -165,21 +199,30 @@ class SshRuntime:
 
     def available(self) -> tuple[bool, str]:
         try:
-            proc = self._ssh(f"{self._python()} -c {shlex.quote(_PROBE)}", "the LiteRT check",
-                             timeout=self.connect_timeout + 30)
+            proc = self._ssh(
+                f"{self._python()} -c {shlex.quote(_PROBE)}",
+                "the LiteRT check",
+                timeout=self.connect_timeout + 30,
+            )
         except TargetUnavailable as err:
             return False, str(err)
         if proc.returncode == SSH_EXIT_CONNECTION:
-            return False, (f"cannot reach {self.name}: {last_error_line(proc.stderr)}; check that the "
-                           "board is up, that `ssh -o BatchMode=yes USER@HOST` logs in with a key, "
-                           "and that its python3 has numpy and ai-edge-litert")
+            return False, (
+                f"cannot reach {self.name}: {last_error_line(proc.stderr)}; check that the "
+                "board is up, that `ssh -o BatchMode=yes USER@HOST` logs in with a key, "
+                "and that its python3 has numpy and ai-edge-litert"
+            )
         if proc.returncode == 127:  # the remote shell found no such command
-            return False, (f"remote python {self.remote_python!r} not found on {self.name} "
-                           f"(set BNPIPE_SSH_PYTHON): {last_error_line(proc.stderr)}")
+            return False, (
+                f"remote python {self.remote_python!r} not found on {self.name} "
+                f"(set BNPIPE_SSH_PYTHON): {last_error_line(proc.stderr)}"
+            )
         if proc.returncode != 0:
-            return False, (f"{self.remote_python} on {self.name} cannot import numpy and LiteRT "
-                           f"({last_error_line(proc.stderr)}); there: pip install numpy "
-                           f"ai-edge-litert, or set BNPIPE_SSH_PYTHON")
+            return False, (
+                f"{self.remote_python} on {self.name} cannot import numpy and LiteRT "
+                f"({last_error_line(proc.stderr)}); there: pip install numpy "
+                f"ai-edge-litert, or set BNPIPE_SSH_PYTHON"
+            )
         return True, ""
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
@@ -190,26 +233,56 @@ class SshRuntime:
             np.save(x_path, np.asarray(inputs), allow_pickle=False)
             result = self._with_remote_dir(
                 {"model.tflite": model, "inputs.npy": x_path},
-                ["run", "--model", "model.tflite", "--inputs", "inputs.npy",
-                 "--outputs", "outputs.npy", "--batch", str(self.batch), *self._kernel_args()],
-                fetch="outputs.npy", local_dir=Path(tmp))
+                [
+                    "run",
+                    "--model",
+                    "model.tflite",
+                    "--inputs",
+                    "inputs.npy",
+                    "--outputs",
+                    "outputs.npy",
+                    "--batch",
+                    str(self.batch),
+                    *self._kernel_args(),
+                ],
+                fetch="outputs.npy",
+                local_dir=Path(tmp),
+            )
             outputs = np.load(Path(tmp) / "outputs.npy", allow_pickle=False)
         info = {**result, "emulated": False, "host": self.host, "port": self.port}
-        return RunResult(target=self.name, outputs=outputs,
-                         invoke_seconds=float(result["invoke_seconds"]), info=info)
+        return RunResult(
+            target=self.name,
+            outputs=outputs,
+            invoke_seconds=float(result["invoke_seconds"]),
+            info=info,
+        )
 
-    def bench(self, model_path: str, sample: np.ndarray, batch_sizes=(1, 32, 1024),
-              threads=(1, None), warmup: int = 20, runs: int = 200) -> dict:
+    def bench(
+        self,
+        model_path: str,
+        sample: np.ndarray,
+        batch_sizes=(1, 32, 1024),
+        threads=(1, None),
+        warmup: int = 20,
+        runs: int = 200,
+    ) -> dict:
         """device_runner.bench on the board; the runner's dict plus "emulated": False."""
         model = model_file(model_path, self.name)
         with tempfile.TemporaryDirectory(prefix="bnpipe-ssh-") as tmp:
             x_path = Path(tmp) / "sample.npy"
             np.save(x_path, np.asarray(sample), allow_pickle=False)
-            args = ["bench", "--model", "model.tflite", "--inputs", "sample.npy",
-                    *bench_options(batch_sizes, threads, warmup, runs)]
+            args = [
+                "bench",
+                "--model",
+                "model.tflite",
+                "--inputs",
+                "sample.npy",
+                *bench_options(batch_sizes, threads, warmup, runs),
+            ]
             if self.reference:
                 args.append("--reference")
-            result = self._with_remote_dir({"model.tflite": model, "sample.npy": x_path}, args,
-                                           fetch=None, local_dir=Path(tmp))
+            result = self._with_remote_dir(
+                {"model.tflite": model, "sample.npy": x_path}, args, fetch=None, local_dir=Path(tmp)
+            )
         result.update(emulated=False, host=self.host, port=self.port)
         return result

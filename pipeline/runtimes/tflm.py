@@ -35,6 +35,7 @@ captured by pointing file descriptors 1 and 2 at a temporary file for the call (
 do not run two TFLM captures in parallel threads). The package (checked: tflite_micro
 0.dev2026…) has no API that returns the used bytes directly.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,7 +91,10 @@ def try_arena(model_path: str | os.PathLike, arena_size: int) -> tuple[bool, str
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE, os.fspath(model_path), str(int(arena_size))],
-            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         return False, f"building the interpreter took more than {PROBE_TIMEOUT_S} s"
@@ -101,8 +105,9 @@ def try_arena(model_path: str | os.PathLike, arena_size: int) -> tuple[bool, str
     return False, _last_lines(proc.stderr)
 
 
-def find_arena(model_path: str | os.PathLike, start: int = ARENA_START,
-               limit: int = ARENA_LIMIT) -> tuple[int, list[dict]]:
+def find_arena(
+    model_path: str | os.PathLike, start: int = ARENA_START, limit: int = ARENA_LIMIT
+) -> tuple[int, list[dict]]:
     """The first of start, 2·start, 4·start … ≤ limit in which TFLM can build the model.
 
     Returns (arena bytes, attempts): attempts lists every size tried and its outcome. ModelError
@@ -122,8 +127,13 @@ def find_arena(model_path: str | os.PathLike, start: int = ARENA_START,
             # at the largest arena tells them apart without walking every size up to it.
             tried_limit = True
             ok_at_limit, why_at_limit = try_arena(model_path, limit)
-            attempts.append({"arena_bytes": limit, "ok": ok_at_limit,
-                             **({} if ok_at_limit else {"error": why_at_limit})})
+            attempts.append(
+                {
+                    "arena_bytes": limit,
+                    "ok": ok_at_limit,
+                    **({} if ok_at_limit else {"error": why_at_limit}),
+                }
+            )
             if not ok_at_limit:
                 raise ModelError(f"tflm: cannot run {model_path}: {why_at_limit}")
         size *= 2
@@ -178,8 +188,11 @@ def arena_report(interpreter) -> dict:
         match = pattern.search(text)
         return int(match.group(1)) if match else None
 
-    return {"arena_bytes_used": grab(_TOTAL), "arena_bytes_head": grab(_HEAD),
-            "arena_bytes_tail": grab(_TAIL)}
+    return {
+        "arena_bytes_used": grab(_TOTAL),
+        "arena_bytes_head": grab(_HEAD),
+        "arena_bytes_tail": grab(_TAIL),
+    }
 
 
 class TflmRuntime:
@@ -243,18 +256,20 @@ class TflmRuntime:
         if x.dtype != want:
             raise ModelError(
                 f"tflm: inputs have dtype {x.dtype} but {path}'s input tensor is {want} "
-                f"(quantize on the host first)")
+                f"(quantize on the host first)"
+            )
         if x.ndim < 1 or tuple(x.shape[1:]) != in_shape[1:]:
             raise ModelError(
                 f"tflm: inputs have shape {tuple(x.shape)} but {path}'s input tensor wants "
-                f"(N, {', '.join(str(d) for d in in_shape[1:])})")
+                f"(N, {', '.join(str(d) for d in in_shape[1:])})"
+            )
 
         n = x.shape[0]
         outputs = np.empty((n,) + out_shape[1:], dtype=np.dtype(out["dtype"]))
         seconds = 0.0
         try:
             for i in range(n):  # one sample per invoke: the microcontroller's way
-                interp.set_input(x[i:i + 1], 0)  # (1, *features), copied into the arena
+                interp.set_input(x[i : i + 1], 0)  # (1, *features), copied into the arena
                 t0 = time.perf_counter()
                 interp.invoke()
                 seconds += time.perf_counter() - t0
