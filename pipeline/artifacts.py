@@ -223,10 +223,8 @@ def interrupts_deferred(note: str = "") -> Iterator[None]:
         handler = previous[signum]
         if handler is signal.SIG_IGN:
             continue
-        if (
-            handler is signal.default_int_handler
-            or (handler in (signal.SIG_DFL, None)
-            and signum == signal.SIGINT)
+        if handler is signal.default_int_handler or (
+            handler in (signal.SIG_DFL, None) and signum == signal.SIGINT
         ):
             raise KeyboardInterrupt(note) if note else KeyboardInterrupt
         if callable(handler):

@@ -30,16 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, files
 from .config import BenchConfig
 from .errors import BnpipeError, ModelError
 from .quantize import to_input
 from .tfenv import native_noise_filtered
 from .tflite_file import check_io, quant_params, read_tflite
 
-RECORD_FILE = "bench.json"
-REPORT_FILE = "bench.md"
-BASELINE = "model_float32.tflite"
+BASELINE = files.FLOAT_BASELINE
 SAMPLE_ROWS = 1024  # distinct test samples fed (repeated to fill larger batches)
 
 
@@ -138,17 +136,17 @@ def run_bench(
 ) -> BenchResult:
     """Benchmark every model; write bench.json, bench.md and plots. `progress(label, steps_done)`."""
     from .runtimes import device_runner
-    from .train import recorded_dataset
+    from .data import recorded_dataset
 
     t0 = time.perf_counter()
     out = artifacts_dir
-    files = [Path(p) for p in tflite] if tflite else sorted(out.glob("model_*.tflite"))
-    if not files:
+    paths = [Path(p) for p in tflite] if tflite else [out / n for n in files.tflite_files(out)]
+    if not paths:
         raise BnpipeError(
             f"no .tflite files in {out}; run `bnpipe export --mode all` first or pass --tflite"
         )
-    infos = {p: check_io(read_tflite(p)) for p in files}
-    keras_path = out / "model.keras"
+    infos = {p: check_io(read_tflite(p)) for p in paths}
+    keras_path = out / files.MODEL
     tick = progress or (lambda label, n=1: None)
 
     try:
@@ -156,7 +154,7 @@ def run_bench(
         x = ds.x_test[:SAMPLE_ROWS]
         sample_source = f"{len(x)} test samples of {ds.name}"
     except BnpipeError:
-        n_in = infos[files[0]].input_tensor().shape[-1]
+        n_in = infos[paths[0]].input_tensor().shape[-1]
         x = np.random.default_rng(0).random((SAMPLE_ROWS, n_in), dtype=np.float32)
         sample_source = f"{SAMPLE_ROWS} uniform random inputs (no training record)"
     threads = [t if t > 0 else (os.cpu_count() or 1) for t in config.threads]
@@ -176,7 +174,7 @@ def run_bench(
 
     # Steady state, interleaved.
     configs: list[tuple[Config, Any]] = []  # (what is timed, its interpreter)
-    for p in files:
+    for p in paths:
         for th in threads:
             for b in config.batch_sizes:
                 interp = device_runner.load_interpreter(str(p), threads=th)
@@ -219,10 +217,10 @@ def run_bench(
         rows += keras.rows()
     _add_ratios(rows, models)
 
-    arena = _tflm_arenas(files, infos, inputs)
+    arena = _tflm_arenas(paths, infos, inputs)
     for name, a in arena.items():
         models[name]["tflm_arena"] = a
-    remote = _remote_targets(config, files, inputs, tick)
+    remote = _remote_targets(config, paths, inputs, tick)
 
     record = {
         "stage": "bench",
@@ -244,9 +242,9 @@ def run_bench(
     from .report import bench_markdown, bench_plots
 
     plots = bench_plots(record, out)
-    inputs_sha = {p.name: models[p.name]["sha256"] for p in files}
-    record_path = artifacts.write_json(out / RECORD_FILE, record, inputs=inputs_sha)
-    report_path = artifacts.write_text(out / REPORT_FILE, bench_markdown(record, plots))
+    inputs_sha = {p.name: models[p.name]["sha256"] for p in paths}
+    record_path = artifacts.write_json(out / files.BENCH_RECORD, record, inputs=inputs_sha)
+    report_path = artifacts.write_text(out / files.BENCH_REPORT, bench_markdown(record, plots))
     return BenchResult(record, record_path, report_path, plots, time.perf_counter() - t0)
 
 

@@ -1,7 +1,9 @@
 """The `bnpipe` command line: parse, call one library function, print its result.
 
-Nothing here imports TensorFlow at module level: `bnpipe --help` and `bnpipe CMD --help` stay fast.
-Library exceptions become exit codes here and only here (see errors.py).
+Nothing here imports TensorFlow at module level: `bnpipe --help` and `bnpipe CMD --help` stay
+fast. Every stage command builds its config and a stages.Request and calls stages.execute (the
+same call `bnpipe run` makes for each stage). Library exceptions become exit codes here and only
+here (see errors.py).
 """
 
 from __future__ import annotations
@@ -30,12 +32,10 @@ class BnpipeGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except BnpipeError as exc:
-            raise _Fail(_one_line(exc), exc.exit_code) from None
-        except GateFailed as exc:
+        except (BnpipeError, GateFailed) as exc:
             raise _Fail(_one_line(exc), exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            saved = str(exc) if isinstance(exc, KeyboardInterrupt) and str(exc) else ""
+            saved = str(exc)
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
             click.echo(
                 f"{what}: {saved}."
@@ -60,10 +60,44 @@ def artifacts_option(f):
     )(f)
 
 
-def _artifacts(path: Path | None) -> Path:
-    from .artifacts import artifacts_dir
+def quiet_option(f):
+    return click.option("--quiet", "-q", is_flag=True, help="No progress output.")(f)
 
-    return artifacts_dir(path)
+
+def _progress(message: str) -> None:
+    click.echo(f"… {message}", err=True)
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _request(artifacts: Path | None, quiet: bool = False, say=None, **fields):
+    """A stages.Request for the artifacts dir (resolved as DESIGN.md says) and these fields.
+
+    `say` defaults to progress lines on stderr, none when quiet."""
+    from .artifacts import artifacts_dir
+    from .stages import Request
+
+    say = say or ((lambda m: None) if quiet else _progress)
+    return Request(out=artifacts_dir(artifacts), quiet=quiet, say=say, **fields)
+
+
+def _execute(name: str, config, request):
+    from .stages import execute
+
+    return execute(name, config, request)
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BnpipeError(f"{option} takes comma-separated integers; got {text!r}") from None
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(t for t in text.split(",") if t) if text else None
 
 
 @click.group(cls=BnpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,7 +147,7 @@ def cli():
     help="none: one process; mirrored: this machine's devices; multi-worker: one process "
     "per worker, as $TF_CONFIG lists them (only the chief writes artifacts).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @artifacts_option
 def train(
     data,
@@ -139,13 +173,11 @@ def train(
     Example: bnpipe train --data digits --epochs 10 --seed 0
     """
     from .config import TrainConfig
-    from .run import OUTPUTS, recorded_stage
-    from .train import train as run_train
 
     config = TrainConfig(
         data=data,
         test_data=test_data,
-        hidden=_widths(hidden),
+        hidden=_ints(hidden, "--hidden"),
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
@@ -153,54 +185,24 @@ def train(
         seed=seed,
         strategy=strategy,
     )
-    out = _artifacts(artifacts)
     if strategy == "multi-worker":
-        from .distribute import current_cluster
+        from .cluster import current_cluster
 
-        cluster = current_cluster()  # exit 2 on a missing or malformed TF_CONFIG, before TensorFlow
-        if not cluster.is_chief:  # trains in lockstep with the chief, which alone writes artifacts
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="bnpipe-worker-") as scratch:
-                result = run_train(
-                    config,
-                    Path(scratch),
-                    quiet=quiet,
-                    resume=resume,
-                    say=lambda m: click.echo(m, err=True),
-                )
-            click.echo(
-                f"{cluster.describe()}: test accuracy {result.test_accuracy:.4f}; the chief, "
-                f"{cluster.describe(0)}, writes the artifacts ({result.seconds:.1f} s)"
-            )
-            return
-    done = {}
-    with recorded_stage(
-        out,
-        "train",
-        config,
-        lambda: OUTPUTS["train"],
-        reads=[],
-        inputs=lambda: {"data": done["result"].dataset["fingerprint"]},
-    ):
-        result = done["result"] = run_train(
-            config, out, quiet=quiet, resume=resume, say=lambda m: click.echo(m, err=True)
+        cluster = current_cluster()  # exit 2 on a missing or malformed TF_CONFIG, before TF
+    # Keras's own progress bar is the progress here; bnpipe's notes go to stderr even when quiet.
+    request = _request(artifacts, quiet, say=_note, resume=resume)
+    result = _execute("train", config, request)
+    if strategy == "multi-worker" and not cluster.is_chief:
+        click.echo(
+            f"{cluster.describe()}: test accuracy {result.test_accuracy:.4f}; the chief, "
+            f"{cluster.describe(0)}, writes the artifacts ({result.seconds:.1f} s)"
         )
+        return
     click.echo(
         f"test accuracy {result.test_accuracy:.4f} on {result.dataset['sizes']['test']} "
         f"samples; wrote {result.model_path} and {result.record_path.name} "
         f"({result.seconds:.1f} s)"
     )
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise BnpipeError(
-            f"--hidden takes comma-separated integers such as 64,64; got {text!r}"
-        ) from None
-    return widths
 
 
 @cli.command()
@@ -214,12 +216,10 @@ def _widths(text: str) -> tuple[int, ...]:
 @click.option(
     "--data",
     default=None,
-    help="Data to check the fold on [default: the data recorded at training, else random inputs].",
+    help="Data to check the fold on [default: the data recorded at training, else random].",
 )
 @click.option(
-    "--strict",
-    is_flag=True,
-    help="Fail (exit 2) if any BatchNormalization cannot be folded exactly.",
+    "--strict", is_flag=True, help="Fail (exit 2) if any BatchNormalization cannot be folded."
 )
 @artifacts_option
 def fold(model_path, data, strict, artifacts):
@@ -229,27 +229,10 @@ def fold(model_path, data, strict, artifacts):
 
     Example: bnpipe fold --model artifacts/model.keras --strict
     """
-    from .artifacts import require_file
     from .config import FoldConfig
-    from .fold import run_fold
-    from .run import OUTPUTS, recorded_stage, stage_reads
 
-    out = _artifacts(artifacts)
-    src = model_path or require_file(
-        out / "model.keras", "model", "run `bnpipe train` first or pass --model"
-    )
-    config = FoldConfig(strict=strict)
-    explicit = model_path is not None or data is not None
-    with recorded_stage(
-        out,
-        "fold",
-        config,
-        lambda: OUTPUTS["fold"],
-        reads=None if explicit else stage_reads("fold", out),
-    ):
-        result = run_fold(
-            src, out, data=data, config=config, warn=lambda m: click.echo(m, err=True)
-        )
+    request = _request(artifacts, say=_note, model=model_path, data=data)  # warnings: stderr
+    result = _execute("fold", FoldConfig(strict=strict), request)
     r = result.report
     for p in r.pairs:
         click.echo(f"folded {p.bn} into {p.dense}: max relative difference {p.max_rel_diff:.2e}")
@@ -273,7 +256,8 @@ def fold(model_path, data, strict, artifacts):
     multiple=True,
     default=("int8",),
     show_default=True,
-    help="int8 (QAT) | float32 | ptq-dynamic | ptq-float16 | ptq-int8 | ptq-int16x8 | all. Repeatable.",
+    help="int8 (QAT) | float32 | ptq-dynamic | ptq-float16 | ptq-int8 | ptq-int16x8 | all. "
+    "Repeatable.",
 )
 @click.option(
     "--data", default=None, help="Training data [default: the data recorded at training]."
@@ -285,7 +269,8 @@ def fold(model_path, data, strict, artifacts):
     type=click.Choice(["distill", "labels"]),
     default="distill",
     show_default=True,
-    help="distill: fit the float model's probabilities (keeps its predictions); labels: fit the labels.",
+    help="distill: fit the float model's probabilities (keeps its predictions); labels: fit the "
+    "labels.",
 )
 @click.option(
     "--calibration-samples",
@@ -295,12 +280,10 @@ def fold(model_path, data, strict, artifacts):
     help="Training samples for the representative dataset (int8, int16x8).",
 )
 @click.option(
-    "--float-io",
-    is_flag=True,
-    help="Keep float32 input and output (QUANTIZE/DEQUANTIZE at the edges).",
+    "--float-io", is_flag=True, help="Keep float32 input and output (QUANTIZE/DEQUANTIZE at edges)."
 )
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--quiet", "-q", is_flag=True)
+@quiet_option
 @artifacts_option
 def export(
     model_path,
@@ -322,15 +305,10 @@ def export(
 
     Example: bnpipe export --mode int8 --mode ptq-int8
     """
-    from .artifacts import require_file
     from .config import ExportConfig
-    from .export import run_export, tflite_name
-    from .run import recorded_stage, stage_reads
 
-    out = _artifacts(artifacts)
-    modes = tuple(m for text in modes for m in text.split(",") if m)
     config = ExportConfig(
-        modes=modes,
+        modes=tuple(m for text in modes for m in text.split(",") if m),
         qat_epochs=qat_epochs,
         qat_learning_rate=qat_learning_rate,
         qat_target=qat_target,
@@ -338,19 +316,8 @@ def export(
         float_io=float_io,
         seed=seed,
     )
-    src = model_path or require_file(
-        out / "folded.keras", "folded model", "run `bnpipe fold` first or pass --model"
-    )
-    say = (lambda m: None) if quiet else (lambda m: click.echo(f"… {m}", err=True))
-    explicit = model_path is not None or data is not None
-    with recorded_stage(
-        out,
-        "export",
-        config,
-        lambda: [tflite_name(m) for m in config.modes] + ["export.json"],
-        reads=None if explicit else stage_reads("export", out),
-    ):
-        result = run_export(src, out, config=config, data=data, progress=say)
+    request = _request(artifacts, quiet, model=model_path, data=data)
+    result = _execute("export", config, request)
     click.echo(
         f"{'mode':<12} {'bytes':>8} {'keras acc':>9} {'tflite acc':>10} {'agree':>7}  operators"
     )
@@ -361,7 +328,7 @@ def export(
             f"{r.agreement_with_float:>7.2%}  {ops}"
         )
     click.echo(
-        f"wrote {', '.join(r.file for r in result.modes)} and export.json to {out} "
+        f"wrote {', '.join(r.file for r in result.modes)} and export.json to {request.out} "
         f"({result.seconds:.1f} s)"
     )
 
@@ -376,47 +343,19 @@ def inspect(tflite, as_json):
 
     Example: bnpipe inspect artifacts/model_int8.tflite --json
     """
-    import dataclasses
-    import json
-
+    from .report import tflite_json, tflite_text
     from .tflite_file import read_tflite
 
     info = read_tflite(tflite)
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(info) | {"op_counts": info.op_counts()}, indent=2))
-        return
-    click.echo(
-        f"{tflite}: {info.size_bytes} bytes, schema v{info.version}, "
-        f"{len(info.operators)} operators, {len(info.tensors)} tensors"
-    )
-    if info.metadata:
-        pre = info.metadata.get("preprocessing", {})
-        click.echo(
-            f"bnpipe metadata: mode {info.metadata.get('mode')}, inputs divided by "
-            f"{pre.get('divisor')}, {info.metadata.get('num_classes')} classes"
-        )
-    click.echo("operators: " + ", ".join(f"{o.index}:{o.op}" for o in info.operators))
-    click.echo(f"{'#':>3} {'name':<44} {'shape':<12} {'dtype':<8} quantization")
-    for t in info.tensors:
-        role = (
-            " (input)" if t.index in info.inputs else " (output)" if t.index in info.outputs else ""
-        )
-        q = ""
-        if t.scale:
-            q = (
-                f"scale={t.scale[0]:.6g} zp={t.zero_point[0]}"
-                if len(t.scale) == 1
-                else f"per-channel ×{len(t.scale)}"
-            )
-        name = (t.name[:40] + "…") if len(t.name) > 41 else t.name
-        click.echo(f"{t.index:>3} {name + role:<44} {t.shape!s:<12} {t.dtype:<8} {q}")
+    click.echo(tflite_json(info) if as_json else tflite_text(info))
 
 
 @cli.command()
 @click.option(
     "--targets",
     default=None,
-    help="Comma-separated: host, host-ref, tflm, arm64, ssh:USER@HOST[:PORT] [default: every one available].",
+    help="Comma-separated: host, host-ref, tflm, arm64, ssh:USER@HOST[:PORT] "
+    "[default: every one available].",
 )
 @click.option(
     "--tflite",
@@ -425,9 +364,7 @@ def inspect(tflite, as_json):
     type=click.Path(dir_okay=False, path_type=Path),
     help="A .tflite file to verify (repeatable) [default: model_*.tflite in the artifacts dir].",
 )
-@click.option(
-    "--data", default=None, help="Test data [default: the data and split recorded at training]."
-)
+@click.option("--data", default=None, help="Test data [default: the data and split of training].")
 @click.option(
     "--max-drop",
     default=0.5,
@@ -450,59 +387,38 @@ def inspect(tflite, as_json):
     help="Gate: largest difference of integer outputs from host-ref, in quantization steps.",
 )
 @click.option("--max-samples", default=None, type=int, help="Use at most this many test samples.")
-@click.option("--quiet", "-q", is_flag=True)
+@quiet_option
 @artifacts_option
 def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples, quiet, artifacts):
     """Check that the folded and quantized models match the original, on every target runtime.
 
-    Exit 0 when every gate passes, 1 when one fails (the model is not fit to ship), 2 on bad input.
-    Writes verify.json, verify.md and verify_*.png.
+    Exit 0 when every gate passes, 1 when one fails (the model is not fit to ship), 2 on bad
+    input. Writes verify.json, verify.md and verify_*.png.
 
     Example: bnpipe verify --targets host,host-ref,tflm,arm64 --max-drop 0.3
     """
     from .config import VerifyConfig
-    from .errors import GateFailed
-    from .run import OUTPUTS, recorded_stage, stage_reads
-    from .verify import run_verify
+    from .files import VERIFY_REPORT
 
-    out = _artifacts(artifacts)
     config = VerifyConfig(
-        targets=tuple(t for t in targets.split(",") if t) if targets else None,
+        targets=_names(targets),
         max_drop=max_drop,
         min_agreement=min_agreement,
         max_lsb=max_lsb,
         max_samples=max_samples,
     )
-    say = (lambda m: None) if quiet else (lambda m: click.echo(f"… {m}", err=True))
-    explicit = bool(tflite) or data is not None
+    request = _request(artifacts, quiet, tflite=tuple(tflite), data=data)
     try:
-        with recorded_stage(
-            out,
-            "verify",
-            config,
-            lambda: OUTPUTS["verify"],
-            reads=None if explicit else _existing(out, stage_reads("verify", out)),
-        ):
-            result = run_verify(
-                out, config=config, tflite=list(tflite) or None, data=data, progress=say
-            )
+        result = _execute("verify", config, request)
     except GateFailed:
-        click.echo(
-            (out / "verify.md").read_text() if (out / "verify.md").is_file() else "", err=False
-        )
+        report = request.out / VERIFY_REPORT
+        click.echo(report.read_text() if report.is_file() else "")
         raise
     click.echo(result.report_path.read_text())
     click.echo(
         f"PASS: every gate holds on {result.n} samples ({result.seconds:.1f} s); "
         f"wrote {result.record_path.name}, {result.report_path.name}"
     )
-
-
-def _ints(text: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise BnpipeError(f"{option} takes comma-separated integers; got {text!r}") from None
 
 
 @cli.command()
@@ -521,9 +437,10 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     "--targets",
     default="host",
     show_default=True,
-    help="host, plus arm64 (emulated: functional only, not device timing) or ssh:USER@HOST[:PORT] (a real board).",
+    help="host, plus arm64 (emulated: functional only, not device timing) or ssh:USER@HOST[:PORT] "
+    "(a real board).",
 )
-@click.option("--quiet", "-q", is_flag=True)
+@quiet_option
 @artifacts_option
 def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts):
     """Benchmark latency, throughput, size and memory of every .tflite model against Keras.
@@ -532,58 +449,48 @@ def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts)
 
     Example: bnpipe bench --batch-sizes 1,32,1024 --threads 1,0 --runs 200
     """
-    from .bench import run_bench
     from .config import BenchConfig
-    from .run import OUTPUTS, recorded_stage, stage_reads
 
-    out = _artifacts(artifacts)
     config = BenchConfig(
         batch_sizes=_ints(batch_sizes, "--batch-sizes"),
         threads=_ints(threads, "--threads"),
         warmup=warmup,
         runs=runs,
-        targets=tuple(t for t in targets.split(",") if t),
+        targets=_names(targets) or (),
     )
     show = not quiet and sys.stderr.isatty()
-    total = 64
-    with (
-        click.progressbar(length=total, label="bench", file=sys.stderr, show_pos=False)
-        if show
-        else _NoBar() as bar
-    ):
-
-        def progress(label, n=1):
-            bar.label = f"bench: {label}"
-            bar.update(n)
-
-        with recorded_stage(
-            out,
-            "bench",
-            config,
-            lambda: OUTPUTS["bench"],
-            reads=None if tflite else _existing(out, stage_reads("bench", out)),
-        ):
-            result = run_bench(out, config=config, tflite=list(tflite) or None, progress=progress)
+    with _progress_bar(show, "bench", 64) as bar:
+        request = _request(artifacts, quiet, tflite=tuple(tflite), tick=bar.step)
+        result = _execute("bench", config, request)
     click.echo(result.report_path.read_text().split("## Every configuration")[0].rstrip())
-    click.echo(f"\nwrote bench.json, bench.md and plots to {out} ({result.seconds:.1f} s)")
+    click.echo(f"\nwrote bench.json, bench.md and plots to {request.out} ({result.seconds:.1f} s)")
 
 
-def _existing(out: Path, names: list[str]) -> list[str]:
-    """The names of files that exist: verify and bench run without folded.keras or model.keras."""
-    return [n for n in names if (out / n).is_file()]
+class _progress_bar:  # noqa: N801 (used like a function: `with _progress_bar(...) as bar`)
+    """A click progress bar on stderr, or nothing; `step(label, n)` advances it."""
 
-
-class _NoBar:
-    label = ""
+    def __init__(self, show: bool, label: str, total: int):
+        self.label = label
+        self.bar = (
+            click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
+            if show
+            else None
+        )
 
     def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
         return False
 
-    def update(self, n):
-        pass
+    def step(self, label: str, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.label = f"{self.label}: {label}"
+            self.bar.update(n)
 
 
 @cli.command("run")
@@ -592,24 +499,27 @@ class _NoBar:
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="A TOML file with tables [train] [fold] [export] [verify] [bench]; keys are the options' names.",
+    help="A TOML file with tables [train] [fold] [export] [verify] [bench]; keys are the "
+    "options' names.",
 )
 @click.option("--data", default=None, help="Overrides [train] data.")
 @click.option("--force", is_flag=True, help="Rerun every stage, even those that are up to date.")
-@click.option("--quiet", "-q", is_flag=True)
+@quiet_option
 @artifacts_option
 def run_cmd(config_path, data, force, quiet, artifacts):
-    """Run train → fold → export → verify → bench; skip stages whose inputs and options are unchanged.
+    """Run train → fold → export → verify → bench; skip stages whose inputs and options are
+    unchanged.
 
     Prints one summary table and exits with verify's code (0 pass, 1 a gate failed).
 
     Example: bnpipe run --config bnpipe.toml
     """
-    from .run import load_run_config, run_all
+    from .config import load_run_config
+    from .run import run_all
 
     config = load_run_config(config_path, {"train": {"data": data}} if data else None)
-    say = (lambda m: None) if quiet else (lambda m: click.echo(f"… {m}", err=True))
-    result = run_all(_artifacts(artifacts), config, force=force, say=say, quiet=quiet)
+    request = _request(artifacts, quiet)
+    result = run_all(request.out, config, force=force, say=request.say, quiet=quiet)
     click.echo(result.summary)
     if result.exit_code:
         raise GateFailed("verification failed: " + "; ".join(result.failures), result.failures)

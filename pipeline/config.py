@@ -1,22 +1,60 @@
 """Configuration dataclasses: every default says why; each validates itself on construction.
 
 A stage saves its config beside its outputs (in its JSON record), so a result can be reproduced.
+`bnpipe run --config bnpipe.toml` reads one table per stage, keyed by the options' names
+(`load_run_config`). A value of the wrong type or out of range is a ConfigError naming the
+option: as a CLI flag (`--epochs must be ≥ 1, got 0`) or, from a file, as its table and key.
+The upper bounds keep a typo (`epochs = 1000000`, `hidden = [10000000]`) from turning into an
+allocation that takes the machine down: they are far beyond what a small edge classifier needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from .errors import BnpipeError
 
 
-def _check(cond: bool, message: str) -> None:
+class ConfigError(BnpipeError):
+    """An option with a value it cannot take. `field` is the dataclass field, `problem` the
+    rest of the sentence ("must be ≥ 1, got 0")."""
+
+    def __init__(self, field: str, problem: str, flag: bool | str = True):
+        self.field, self.problem = field, problem
+        if isinstance(flag, str):  # the CLI spells this option otherwise (--mode for modes)
+            name = flag
+        else:
+            name = "--" + field.replace("_", "-") if flag else field
+        super().__init__(f"{name} {problem}")
+
+    def in_file(self, where: str, table: str) -> BnpipeError:
+        """The same problem, named as a config file's table and key."""
+        return BnpipeError(f"{where}: [{table}] {self.field} {self.problem}")
+
+
+def _check(cond: bool, field: str, problem: str, flag: bool | str = True) -> None:
     if not cond:
-        raise BnpipeError(message)
+        raise ConfigError(field, problem, flag)
 
 
+def _int_in(value: Any, field: str, lo: int, hi: int, flag: bool = True) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+    _check(ok, field, f"must be an integer from {lo:,} to {hi:,}, got {value!r}", flag)
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (and so Keras's set_random_seed) takes 32 bits
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 20  # samples per step; a bigger batch is a typo on a 24 GiB machine
+MAX_WIDTH = 8192  # units per hidden layer: 8192 × 8192 weights with Adam's state is ~800 MB
+MAX_LAYERS = 64
 TRAIN_STRATEGIES = ("none", "mirrored", "multi-worker")  # see pipeline/distribute.py
+ARCHITECTURES = ("mlp",)
 
 
 @dataclass(frozen=True)
@@ -37,34 +75,67 @@ class TrainConfig:
     strategy: str = "none"
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _check(isinstance(self.data, str) and self.data != "", "data", "must name a data set")
+        hidden = self.hidden if isinstance(self.hidden, (tuple, list)) else ()
         _check(
-            len(self.hidden) >= 1 and min(self.hidden) >= 1,
-            f"--hidden needs one or more positive widths, got {','.join(map(str, self.hidden))}",
+            bool(hidden)
+            and len(hidden) <= MAX_LAYERS
+            and all(
+                isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH
+                for h in hidden
+            ),
+            "hidden",
+            f"needs 1 to {MAX_LAYERS} widths from 1 to {MAX_WIDTH:,}, got {_listed(self.hidden)}",
         )
-        _check(self.epochs >= 1, f"--epochs must be ≥ 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"--batch-size must be ≥ 1, got {self.batch_size}")
+        object.__setattr__(self, "hidden", tuple(hidden))
+        _int_in(self.epochs, "epochs", 1, MAX_EPOCHS)
+        _int_in(self.batch_size, "batch_size", 1, MAX_BATCH)
         _check(
-            0 < self.learning_rate < 1,
-            f"--learning-rate must be in (0, 1), got {self.learning_rate}",
+            _number(self.learning_rate) and 0 < self.learning_rate < 1,
+            "learning_rate",
+            f"must be in (0, 1), got {self.learning_rate!r}",
         )
-        _check(self.bn in ("keras", "custom"), f"--bn must be keras or custom, got {self.bn!r}")
-        _check(
-            0 < self.val_fraction < 0.5,
-            f"val_fraction must be in (0, 0.5), got {self.val_fraction}",
-        )
-        _check(
-            0 < self.test_fraction < 0.5,
-            f"test_fraction must be in (0, 0.5), got {self.test_fraction}",
-        )
-        _check(self.seed >= 0, f"--seed must be ≥ 0, got {self.seed}")
+        _check(self.bn in ("keras", "custom"), "bn", f"must be keras or custom, got {self.bn!r}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _check(
+                _number(value) and 0 < value < 0.5,
+                name,
+                f"must be in (0, 0.5), got {value!r}",
+                flag=False,
+            )
+        _int_in(self.seed, "seed", 0, MAX_SEED)
         _check(
             self.strategy in TRAIN_STRATEGIES,
-            f"--strategy must be one of {', '.join(TRAIN_STRATEGIES)}, got {self.strategy!r}",
+            "strategy",
+            f"must be one of {', '.join(TRAIN_STRATEGIES)}, got {self.strategy!r}",
         )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _names(config: Any, field: str) -> None:
+    """config.field must be a list of names (strings); stored as a tuple (frozen dataclass)."""
+    value = getattr(config, field)
+    _check(
+        isinstance(value, (tuple, list)) and all(isinstance(t, str) for t in value),
+        field,
+        f"must be a list of target names, got {value!r}",
+    )
+    object.__setattr__(config, field, tuple(value))
+
+
+def _listed(value: Any) -> str:
+    """16,0 for (16, 0), as the option was typed; repr for anything else."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return repr(value)
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # Largest relative difference tolerated between the original and the folded model's outputs.
@@ -83,8 +154,17 @@ class FoldConfig:
     random_samples: int = 512  # when no data is known: uniform [0, 1) inputs of the model's shape
 
     def __post_init__(self):
-        _check(self.rtol > 0, f"rtol must be > 0, got {self.rtol}")
-        _check(self.check_samples >= 1, f"check_samples must be ≥ 1, got {self.check_samples}")
+        _check(
+            isinstance(self.strict, bool), "strict", f"must be true or false, got {self.strict!r}"
+        )
+        _check(
+            _number(self.rtol) and 0 < self.rtol < 1,
+            "rtol",
+            f"must be in (0, 1), got {self.rtol!r}",
+            flag=False,
+        )
+        _int_in(self.check_samples, "check_samples", 1, 10_000_000, flag=False)
+        _int_in(self.random_samples, "random_samples", 1, 1_000_000, flag=False)
 
 
 EXPORT_MODES = ("int8", "float32", "ptq-dynamic", "ptq-float16", "ptq-int8", "ptq-int16x8")
@@ -98,41 +178,45 @@ class ExportConfig:
     # test samples each: 3 distillation epochs at 1e-5 kept 100 % top-1 agreement on both (PTQ
     # int8: 100 % and 99.72 %); fitting labels reached 97.5–99.4 % agreement.
     qat_epochs: int = 3
-    qat_learning_rate: float = (
-        1e-5  # 100× below training's: QAT nudges the ranges, it does not retrain
-    )
-    qat_target: str = (
-        "distill"  # fit the float model's probabilities, not the labels: keeps its predictions
-    )
+    qat_learning_rate: float = 1e-5  # 100× below training's: QAT nudges the ranges, not retrains
+    qat_target: str = "distill"  # fit the float model's probabilities, not the labels
     qat_batch_size: int = 32  # as in training
     calibration_samples: int = 500  # representative data: enough for stable min/max on 64 units
     float_io: bool = False  # True keeps float32 input/output (QUANTIZE/DEQUANTIZE at the edges)
     seed: int = 0  # QAT shuffling and calibration sample choice
 
     def __post_init__(self):
-        modes = tuple(self.modes)
+        modes = tuple(self.modes) if isinstance(self.modes, (tuple, list)) else (self.modes,)
         if "all" in modes:
             modes = EXPORT_MODES
         object.__setattr__(self, "modes", tuple(dict.fromkeys(modes)))
+        _check(bool(self.modes), "modes", "needs at least one mode", "--mode")
         for m in self.modes:
             _check(
                 m in EXPORT_MODES,
-                f"unknown mode {m!r}; expected one of {', '.join(EXPORT_MODES)} or all",
+                "modes",
+                f"must be one of {', '.join(EXPORT_MODES)} or all, got {m!r}",
+                "--mode",
             )
-        _check(self.qat_epochs >= 0, f"--qat-epochs must be ≥ 0, got {self.qat_epochs}")
+        _int_in(self.qat_epochs, "qat_epochs", 0, MAX_EPOCHS)
         _check(
-            0 < self.qat_learning_rate < 1,
-            f"--qat-learning-rate must be in (0, 1), got {self.qat_learning_rate}",
+            _number(self.qat_learning_rate) and 0 < self.qat_learning_rate < 1,
+            "qat_learning_rate",
+            f"must be in (0, 1), got {self.qat_learning_rate!r}",
         )
         _check(
             self.qat_target in QAT_TARGETS,
-            f"--qat-target must be one of {', '.join(QAT_TARGETS)}, got {self.qat_target!r}",
+            "qat_target",
+            f"must be one of {', '.join(QAT_TARGETS)}, got {self.qat_target!r}",
         )
+        _int_in(self.calibration_samples, "calibration_samples", 1, 1_000_000)
+        _int_in(self.qat_batch_size, "qat_batch_size", 1, MAX_BATCH, flag=False)
         _check(
-            self.calibration_samples >= 1,
-            f"--calibration-samples must be ≥ 1, got {self.calibration_samples}",
+            isinstance(self.float_io, bool),
+            "float_io",
+            f"must be true or false, got {self.float_io!r}",
         )
-        _check(self.qat_batch_size >= 1, f"qat batch size must be ≥ 1, got {self.qat_batch_size}")
+        _int_in(self.seed, "seed", 0, MAX_SEED)
 
 
 # Verification gates. The defaults are what a model fit to ship must meet on the test split.
@@ -152,25 +236,30 @@ class VerifyConfig:
     max_samples: int | None = None  # cap on test samples (None: the whole test split)
 
     def __post_init__(self):
-        _check(self.max_drop >= 0, f"--max-drop must be ≥ 0 percentage points, got {self.max_drop}")
+        if self.targets is not None:
+            _names(self, "targets")
         _check(
-            0 <= self.min_agreement <= 1,
-            f"--min-agreement must be in [0, 1], got {self.min_agreement}",
+            _number(self.max_drop) and 0 <= self.max_drop <= 100,
+            "max_drop",
+            f"must be from 0 to 100 percentage points, got {self.max_drop!r}",
         )
-        _check(self.max_lsb >= 0, f"--max-lsb must be ≥ 0, got {self.max_lsb}")
         _check(
-            self.max_samples is None or self.max_samples >= 1,
-            f"--max-samples must be ≥ 1, got {self.max_samples}",
+            _number(self.min_agreement) and 0 <= self.min_agreement <= 1,
+            "min_agreement",
+            f"must be in [0, 1], got {self.min_agreement!r}",
         )
+        _int_in(self.max_lsb, "max_lsb", 0, 65_535)
+        if self.max_samples is not None:
+            _int_in(self.max_samples, "max_samples", 1, 100_000_000)
+
+
+MAX_BENCH_BATCH = 65_536  # × 784 float32 inputs is 200 MB per interpreter
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     batch_sizes: tuple[int, ...] = (1, 32, 1024)  # one request; a small batch; bulk scoring
-    threads: tuple[int, ...] = (
-        1,
-        0,
-    )  # 0 = every core of this machine; 1 = what a phone app often gets
+    threads: tuple[int, ...] = (1, 0)  # 0 = every core; 1 = what a phone app often gets
     warmup: int = 20  # untimed invokes per configuration before timing (caches, XNNPACK packing)
     runs: int = 200  # timed invokes per configuration, split across the interleaved rounds
     rounds: int = 5  # the models take turns this many times, so drift hits every model alike
@@ -178,17 +267,150 @@ class BenchConfig:
     targets: tuple[str, ...] = ("host",)  # where to time; arm64 is emulated (not device timing)
 
     def __post_init__(self):
-        _check(
-            bool(self.batch_sizes) and min(self.batch_sizes) >= 1,
-            f"--batch-sizes must be positive integers, got {self.batch_sizes}",
+        for name, lo, hi in (("batch_sizes", 1, MAX_BENCH_BATCH), ("threads", 0, 1024)):
+            values = getattr(self, name)
+            ok = (
+                isinstance(values, (tuple, list))
+                and bool(values)
+                and all(
+                    isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in values
+                )
+            )
+            _check(ok, name, f"must be integers from {lo} to {hi:,}, got {values!r}")
+            object.__setattr__(self, name, tuple(values))
+        _int_in(self.warmup, "warmup", 0, 1_000_000)
+        _int_in(self.rounds, "rounds", 1, 1_000, flag=False)
+        _int_in(self.runs, "runs", self.rounds, 10_000_000)
+        _int_in(self.keras_runs, "keras_runs", 1, 100_000, flag=False)
+        _names(self, "targets")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One config per stage: what `bnpipe run` runs."""
+
+    train: TrainConfig = TrainConfig()
+    fold: FoldConfig = FoldConfig()
+    export: ExportConfig = ExportConfig(modes=("all",))  # every mode, so bench can compare
+    verify: VerifyConfig = VerifyConfig()
+    bench: BenchConfig = BenchConfig()
+
+
+STAGE_CONFIGS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+
+
+def load_run_config(
+    path: Path | None, overrides: dict[str, dict[str, Any]] | None = None
+) -> RunConfig:
+    """RunConfig from a TOML file whose tables [train], [fold], … take the options' names as keys.
+
+    Every value is checked against its option's type before any stage runs: ConfigError naming
+    the file, the table and the key.
+    """
+    data = _read_toml(path) if path is not None else {}
+    where = f"config file {path}" if path is not None else "the options"
+    unknown = sorted(set(data) - set(STAGE_CONFIGS))
+    if unknown:
+        raise BnpipeError(
+            f"{where}: unknown table(s) {', '.join(unknown)}; expected {', '.join(STAGE_CONFIGS)}"
         )
-        _check(
-            bool(self.threads) and min(self.threads) >= 0,
-            f"--threads must be ≥ 0, got {self.threads}",
+    defaults = RunConfig()
+    parts = {}
+    for name in STAGE_CONFIGS:
+        section = data.get(name, {})
+        if not isinstance(section, dict):
+            raise BnpipeError(
+                f"{where}: [{name}] must be a table of options, got {type(section).__name__} "
+                f"{section!r}"
+            )
+        section = {**section, **(overrides or {}).get(name, {})}
+        parts[name] = _section(where, name, getattr(defaults, name), section)
+    return RunConfig(**parts)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        text = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise BnpipeError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise BnpipeError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BnpipeError(
+            f"config file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BnpipeError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _section(where: str, table: str, default: Any, section: dict[str, Any]) -> Any:
+    cls = type(default)
+    hints = typing.get_type_hints(cls)
+    keys = [f.name for f in dataclasses.fields(cls)]
+    bad = sorted(set(section) - set(keys))
+    if bad:
+        raise BnpipeError(
+            f"{where}: [{table}] has unknown key(s) {', '.join(bad)}; "
+            f"expected some of {', '.join(sorted(keys))}"
         )
-        _check(self.warmup >= 0, f"--warmup must be ≥ 0, got {self.warmup}")
-        _check(
-            self.runs >= self.rounds >= 1,
-            f"--runs must be ≥ rounds ({self.rounds}) ≥ 1, got {self.runs}",
-        )
-        _check(self.keras_runs >= 1, f"keras_runs must be ≥ 1, got {self.keras_runs}")
+    values = {}
+    for key, value in section.items():
+        problem = _type_problem(hints[key], value)
+        if problem:
+            raise ConfigError(key, problem).in_file(where, table) from None
+        values[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return dataclasses.replace(default, **values)
+    except ConfigError as exc:
+        raise exc.in_file(where, table) from None
+
+
+def _type_problem(hint: Any, value: Any) -> str:
+    """Why `value` (as TOML gives it) cannot be an option of type `hint` ("" if it can)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]  # TOML has no null: the inner type
+        return _type_problem(inner[0], value)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list):
+            return f"must be a list, got {_toml_kind(value)} {value!r}"
+        for item in value:
+            if _type_problem(args[0], item):
+                return f"must be a list of {_kind_name(args[0], plural=True)}, got {value!r}"
+        return ""
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    return "" if ok else f"must be {_kind_name(hint)}, got {_toml_kind(value)} {value!r}"
+
+
+def _kind_name(hint: Any, plural: bool = False) -> str:
+    if plural:
+        return {int: "integers", float: "numbers", str: "strings"}.get(hint, str(hint))
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, str(hint)
+    )
+
+
+def _toml_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)

@@ -1,4 +1,4 @@
-"""Data sets, their readers, and the preprocessing every later stage repeats.
+"""Data sets: checked, scaled and split; the preprocessing every later stage repeats.
 
 `load_dataset(spec)` accepts the forms of DESIGN.md's `--data` contract:
 
@@ -18,48 +18,23 @@ and TensorFlow only when MNIST has to be downloaded, so `bnpipe --help` stays fa
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
 import math
-import os
-import struct
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import DataError
+from .readers import RawPart, read_csv, read_source
 
-# The accepted `--data` forms, quoted by every "unknown format" message.
-ACCEPTED_FORMS = (
-    "'digits', 'mnist', a .npz file with x_train, y_train, x_test, y_test, "
-    "a directory holding the four MNIST IDX files, or a .csv file with the label "
-    "in the first column"
-)
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-# The four MNIST IDX files, by role. Each may also be gzipped or spelt with a dot
-# (`train-images.idx3-ubyte`), as some mirrors ship them.
-IDX_FILES = {
-    "x_train": "train-images-idx3-ubyte",
-    "y_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte",
-    "y_test": "t10k-labels-idx1-ubyte",
-}
-# IDX type codes (the third byte of the magic number) -> big-endian numpy dtype.
-IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-MNIST_FILE = "mnist.npz"
 DIGITS_DIVISOR = 16.0  # load_digits pixels are counts 0..16 of a 4x4 block
 PIXEL_DIVISOR = 255.0  # 8-bit pixels
+# Classes a model may have: labels are class numbers 0 … MAX_CLASSES − 1. Far beyond the 10 of
+# MNIST (and ImageNet's 1,000); a label of 2**40 is a damaged file, not a class.
+MAX_CLASSES = 10_000
 PIXEL_CODES = 256  # integer pixels as uint8 codes 0..255 (digits use 0..16 of them)
-MNIST_HINT = (
-    "supply MNIST locally instead: --data PATH.npz (keys x_train, y_train, x_test, "
-    "y_test) or --data DIR holding train-images-idx3-ubyte[.gz], "
-    "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
-    "t10k-labels-idx1-ubyte[.gz]"
-)
 
 
 @dataclass(frozen=True)
@@ -167,26 +142,6 @@ class Dataset:
         }
 
 
-@dataclass
-class _Part:
-    """Raw arrays of one split as read from the source, before scaling."""
-
-    split: str  # "train" or "test"
-    origin: str  # the file (or data set) it came from, for messages
-    x: np.ndarray  # (n, ...) any numeric dtype
-    y: np.ndarray  # (n,)
-    # (sample index, feature index or None) -> where that is in the source, for messages
-    where: Callable[..., str] = field(default=None)
-
-    def __post_init__(self):
-        if self.where is None:
-            self.where = _array_where
-
-
-def _array_where(i: int, j: int | None = None) -> str:
-    return f"index {i}" if j is None else f"sample {i}, feature {j}"
-
-
 # ---------------------------------------------------------------------------------------------
 # The entry point
 
@@ -209,43 +164,43 @@ def load_dataset(
     `val_fraction` of the training part, split the same way. Same arguments -> identical arrays.
     """
     spec = str(spec)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"seed must be an integer >= 0, got {seed!r}")
-    seed = int(seed)
-    _check_fraction("val_fraction", val_fraction)
-    _check_fraction("test_fraction", test_fraction)
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
-    ):
-        raise DataError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-
-    train, test, source, kind = _read_source(spec)
-    divisor = DIGITS_DIVISOR if kind == "digits" else None
-    if test_spec is not None:
-        if kind == "digits":
-            raise DataError(
-                f"--test-data {test_spec} was given with digits, whose test split "
-                "bnpipe makes itself (test_fraction); --test-data is only for a .csv"
-            )
-        if kind != "csv":
-            raise DataError(
-                f"--test-data {test_spec} was given, but {spec} ({kind}) has its own "
-                "test split; --test-data is only for a .csv without one"
-            )
-        test_path = Path(str(test_spec))
-        if not test_path.exists():
-            raise DataError(f"--test-data path {test_spec} does not exist")
-        if test_path.is_dir() or test_path.suffix.lower() != ".csv":
-            raise DataError(
-                f"--test-data {test_spec} is not a .csv file; the test data of a .csv "
-                "data set must be a .csv file as well"
-            )
-        test = _read_csv(test_path, "test")
-        source += f" + test file {test_spec} ({len(test.y)} samples)"
-
+    seed = _check_arguments(seed, val_fraction, test_fraction, num_classes)
+    train, test, source, kind = _read_parts(spec, test_spec)
     parts = [p for p in (train, test) if p is not None]
     for p in parts:
         _check_part(p, num_classes)
+    n_features = _feature_count(train, test)
+    if num_classes is None:
+        num_classes = _count_classes(spec, parts)
+    divisor = DIGITS_DIVISOR if kind == "digits" else _infer_divisor(parts)
+    pre = Preprocessing(divisor=divisor, n_features=n_features)
+    split = {
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "source_has_test_split": kind in ("mnist", "npz", "idx"),
+    }
+    x_all, y_all = pre.apply(train.x), train.y.reshape(-1).astype(np.int64)
+    if test is not None:
+        x_test, y_test = pre.apply(test.x), test.y.reshape(-1).astype(np.int64)
+        split.update(test_from="source" if test_spec is None else "test_data",
+                     test_fraction=None, test_stratified=None)  # fmt: skip
+        if test_spec is not None:
+            split["test_data"] = str(test_spec)
+        x_pool, y_pool = x_all, y_all
+    else:
+        x_pool, x_test, y_pool, y_test, stratified = seeded_split(
+            x_all, y_all, test_fraction, seed, "the data", "test"
+        )
+        split.update(test_from="split", test_fraction=test_fraction, test_stratified=stratified)
+    x_train, x_val, y_train, y_val, split["val_stratified"] = seeded_split(
+        x_pool, y_pool, val_fraction, seed, "the training part", "validation"
+    )
+    arrays = (x_train, y_train, x_val, y_val, x_test, y_test)
+    codes = pixel_codes(x_test, pre)
+    return Dataset(spec, source, *arrays, num_classes, pre, split, x_test_codes=codes)
+
+
+def _feature_count(train: RawPart, test: RawPart | None) -> int:
     n_features = int(np.prod(train.x.shape[1:], dtype=np.int64))
     if test is not None:
         test_features = int(np.prod(test.x.shape[1:], dtype=np.int64))
@@ -254,55 +209,63 @@ def load_dataset(
                 f"the training data has {n_features} features per sample but the test "
                 f"data ({test.origin}) has {test_features}"
             )
-    if num_classes is None:
-        num_classes = int(max(int(p.y.max()) for p in parts)) + 1
-        if num_classes < 2:
-            raise DataError(f"{spec} holds only the label 0; a classifier needs at least 2 classes")
-    if divisor is None:
-        divisor = _infer_divisor(parts)
-    pre = Preprocessing(divisor=divisor, n_features=n_features)
+    return n_features
 
-    x_all = pre.apply(train.x)
-    y_all = train.y.reshape(-1).astype(np.int64)
-    split = {
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "source_has_test_split": kind in ("mnist", "npz", "idx"),
-    }
-    if test is not None:
-        x_test, y_test = pre.apply(test.x), test.y.reshape(-1).astype(np.int64)
-        split.update(
-            test_from="source" if test_spec is None else "test_data",
-            test_fraction=None,
-            test_stratified=None,
-        )
-        if test_spec is not None:
-            split["test_data"] = str(test_spec)
-        x_pool, y_pool = x_all, y_all
-    else:
-        x_pool, x_test, y_pool, y_test, stratified = _split(
-            x_all, y_all, test_fraction, seed, "the data", "test"
-        )
-        split.update(test_from="split", test_fraction=test_fraction, test_stratified=stratified)
-    x_train, x_val, y_train, y_val, stratified = _split(
-        x_pool, y_pool, val_fraction, seed, "the training part", "validation"
-    )
-    split["val_stratified"] = stratified
 
-    return Dataset(
-        name=spec,
-        source=source,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        num_classes=num_classes,
-        preprocessing=pre,
-        split=split,
-        x_test_codes=pixel_codes(x_test, pre),
-    )
+def _check_arguments(seed, val_fraction, test_fraction, num_classes) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be an integer >= 0, got {seed!r}")
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if num_classes is not None and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or not 2 <= num_classes <= MAX_CLASSES
+    ):
+        raise DataError(
+            f"num_classes must be an integer from 2 to {MAX_CLASSES}, got {num_classes!r}"
+        )
+    return int(seed)
+
+
+def _read_parts(spec: str, test_spec: str | None) -> tuple[RawPart, RawPart | None, str, str]:
+    """read_source(spec), with the separate test file a .csv may have."""
+    train, test, source, kind = read_source(spec)
+    if test_spec is None:
+        return train, test, source, kind
+    if kind == "digits":
+        raise DataError(
+            f"--test-data {test_spec} was given with digits, whose test split "
+            "bnpipe makes itself (test_fraction); --test-data is only for a .csv"
+        )
+    if kind != "csv":
+        raise DataError(
+            f"--test-data {test_spec} was given, but {spec} ({kind}) has its own "
+            "test split; --test-data is only for a .csv without one"
+        )
+    test_path = Path(str(test_spec))
+    if not test_path.exists():
+        raise DataError(f"--test-data path {test_spec} does not exist")
+    if not test_path.is_file() or test_path.suffix.lower() != ".csv":
+        raise DataError(
+            f"--test-data {test_spec} is not a .csv file; the test data of a .csv "
+            "data set must be a .csv file as well"
+        )
+    test = read_csv(test_path, "test")
+    return train, test, source + f" + test file {test_spec} ({len(test.y)} samples)", kind
+
+
+def _count_classes(spec: str, parts: list[RawPart]) -> int:
+    """The largest label + 1, bounded: a label of 2**40 would ask for a 2**40-way classifier."""
+    top = max(int(p.y.max()) for p in parts)
+    if top < 1:
+        raise DataError(f"{spec} holds only the label 0; a classifier needs at least 2 classes")
+    if top >= MAX_CLASSES:
+        raise DataError(
+            f"{spec} has the label {top}; bnpipe trains classifiers of at most {MAX_CLASSES} "
+            f"classes, numbered 0 to {MAX_CLASSES - 1}"
+        )
+    return top + 1
 
 
 def pixel_codes(x: np.ndarray, pre: Preprocessing) -> np.ndarray | None:
@@ -329,327 +292,11 @@ def _check_fraction(name: str, value: float) -> None:
         raise DataError(f"{name} must be a number between 0 and 1 (exclusive), got {value!r}")
 
 
-def _read_source(spec: str) -> tuple[_Part, _Part | None, str, str]:
-    """(train part, test part or None, description, kind) for a `--data` spec."""
-    if spec == "digits":
-        train, source = _read_digits()
-        return train, None, source, "digits"
-    if spec == "mnist":
-        train, test, source = _read_mnist()
-        return train, test, source, "mnist"
-    path = Path(spec)
-    if not path.exists():
-        if path.suffix.lower() in (".npz", ".csv") or os.sep in spec or "/" in spec:
-            raise DataError(f"data path {spec} does not exist")
-        raise DataError(
-            f"unknown data set {spec!r}: it is neither a keyword nor an existing path; "
-            f"expected {ACCEPTED_FORMS}"
-        )
-    if path.is_dir():
-        train, test = _read_idx_dir(path)
-        n = len(train.y) + len(test.y)
-        return train, test, f"MNIST IDX files in {spec} ({n} samples)", "idx"
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        train, test = _read_npz(path, spec)
-        n = len(train.y) + len(test.y)
-        return train, test, f"npz file {spec} ({n} samples)", "npz"
-    if suffix == ".csv":
-        train = _read_csv(path, "train")
-        return train, None, f"CSV file {spec} ({len(train.y)} samples)", "csv"
-    raise DataError(
-        f"unknown data format {spec!r} (suffix {suffix or 'none'}); expected {ACCEPTED_FORMS}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Readers. Each returns raw arrays as stored; checks common to all live in _check_part.
-
-
-def _read_digits() -> tuple[_Part, str]:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no network
-
-    bunch = load_digits()
-    x, y = bunch.data, bunch.target  # (1797, 64) float64 pixels 0..16, (1797,) int
-    return _Part("train", "digits", x, y), f"scikit-learn digits ({len(y)} samples)"
-
-
-def keras_home() -> Path:
-    """Keras's cache root: $KERAS_HOME, else ~/.keras (tf_keras always uses ~/.keras)."""
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
-
-
-def mnist_cache_path() -> Path:
-    """Where Keras caches MNIST: <keras home>/datasets/mnist.npz (it may not exist)."""
-    return keras_home() / "datasets" / MNIST_FILE
-
-
-def find_cached_mnist() -> Path | None:
-    path = mnist_cache_path()
-    return path if path.is_file() else None
-
-
-def _download_mnist(cache_root: Path) -> None:
-    """Have tf_keras fetch mnist.npz into <cache_root>/datasets (it checks the file's sha256)."""
-    import tf_keras  # TensorFlow is imported here only, never at module import
-
-    tf_keras.datasets.mnist.load_data(path=MNIST_FILE, cache_dir=str(cache_root))
-
-
-def _read_mnist() -> tuple[_Part, _Part, str]:
-    """MNIST from Keras's cache, downloading it first if needed.
-
-    The cached file is read by bnpipe's own .npz reader (allow_pickle=False), not by tf_keras,
-    whose loader enables pickle; so a cached copy needs no TensorFlow at all.
-    """
-    cached = find_cached_mnist()
-    if cached is None:
-        expected = mnist_cache_path()
-        try:
-            _download_mnist(expected.parent.parent)
-        except Exception as exc:  # network, proxy, disk, hash mismatch: all end the same way
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataError(
-                f"MNIST is not cached at {expected} and the download failed "
-                f"({type(exc).__name__}: {reason}); {MNIST_HINT}"
-            ) from None
-        cached = find_cached_mnist()
-        if cached is None:
-            raise DataError(f"MNIST download finished but {expected} does not exist; {MNIST_HINT}")
-    train, test = _read_npz(cached, f"Keras MNIST cache {MNIST_FILE}")
-    return train, test, f"Keras MNIST ({len(train.y) + len(test.y)} samples)"
-
-
-def _read_npz(path: Path, label: str) -> tuple[_Part, _Part]:
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as exc:
-        raise DataError(f"{label} cannot be read: {exc.strerror}") from None
-    # Check for a zip first: np.load takes anything else for a pickle and says so, misleadingly.
-    if magic[:2] != b"PK" and magic != b"\x93NUM":
-        raise DataError(
-            f"{label} is not a readable .npz archive: it does not start like a zip "
-            f"file (first bytes {magic!r})"
-        )
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise DataError(f"{label} holds pickled data; bnpipe never unpickles") from None
-        raise DataError(f"{label} is not a readable .npz archive: {exc}") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{label} is not a readable .npz archive: {exc}") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(
-            f"{label} is a single .npy array, not a .npz archive with keys {', '.join(NPZ_KEYS)}"
-        )
-    with archive:
-        found = list(archive.files)
-        missing = [k for k in NPZ_KEYS if k not in found]
-        if missing:
-            raise DataError(
-                f"{label} lacks the keys {', '.join(missing)}; found "
-                f"{', '.join(found) or 'no keys'}; expected {', '.join(NPZ_KEYS)}"
-            )
-        arrays = {}
-        for key in NPZ_KEYS:
-            try:
-                arrays[key] = archive[key]
-            except ValueError as exc:
-                if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-                    raise DataError(
-                        f"{label} holds object arrays ({key}); bnpipe never unpickles; "
-                        "save plain numeric arrays instead"
-                    ) from None
-                raise DataError(f"{label}: array {key} is unreadable: {exc}") from None
-            except (OSError, EOFError) as exc:  # a truncated or corrupt member
-                raise DataError(f"{label}: array {key} is unreadable: {exc}") from None
-    return (
-        _Part("train", f"{label} (x_train, y_train)", arrays["x_train"], arrays["y_train"]),
-        _Part("test", f"{label} (x_test, y_test)", arrays["x_test"], arrays["y_test"]),
-    )
-
-
-def _idx_candidates(base: str) -> list[str]:
-    dotted = base.replace("-idx", ".idx", 1)
-    return [base, base + ".gz", dotted, dotted + ".gz"]
-
-
-def _read_idx_dir(directory: Path) -> tuple[_Part, _Part]:
-    found: dict[str, Path] = {}
-    for role, base in IDX_FILES.items():
-        for name in _idx_candidates(base):
-            if (directory / name).is_file():
-                found[role] = directory / name
-                break
-    if not found:
-        raise DataError(
-            f"directory {directory} holds none of the MNIST IDX files "
-            f"({', '.join(b + '[.gz]' for b in IDX_FILES.values())}); "
-            f"expected {ACCEPTED_FORMS}"
-        )
-    missing = [IDX_FILES[r] + "[.gz]" for r in IDX_FILES if r not in found]
-    if missing:
-        raise DataError(
-            f"directory {directory} lacks {', '.join(missing)}; found "
-            f"{', '.join(p.name for p in found.values())}"
-        )
-    arrays = {role: read_idx(path) for role, path in found.items()}
-    for role in ("x_train", "x_test"):
-        if arrays[role].ndim != 3:
-            raise DataError(
-                f"{found[role]} holds a {arrays[role].ndim}-D array "
-                f"{arrays[role].shape}; expected images (n, rows, cols)"
-            )
-    for role in ("y_train", "y_test"):
-        if arrays[role].ndim != 1:
-            raise DataError(
-                f"{found[role]} holds a {arrays[role].ndim}-D array "
-                f"{arrays[role].shape}; expected labels (n,)"
-            )
-    return (
-        _Part(
-            "train",
-            f"{found['x_train'].name} / {found['y_train'].name}",
-            arrays["x_train"],
-            arrays["y_train"],
-        ),
-        _Part(
-            "test",
-            f"{found['x_test'].name} / {found['y_test'].name}",
-            arrays["x_test"],
-            arrays["y_test"],
-        ),
-    )
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """One IDX file (optionally .gz) -> a native-endian numpy array of the declared shape.
-
-    Layout: 2 zero bytes, a type code byte, a dims count byte, one big-endian uint32 per dim,
-    then the values in big-endian C order. The size is checked against the header both ways.
-    """
-    path = Path(path)
-    try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError) as exc:  # gzip: a truncated stream is an EOFError
-        raise DataError(f"IDX file {path} cannot be read: {exc}") from None
-    if len(data) < 4:
-        raise DataError(
-            f"IDX file {path} is truncated: {len(data)} bytes, shorter than the 4-byte magic number"
-        )
-    zero, code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or code not in IDX_DTYPES or ndim == 0:
-        raise DataError(
-            f"{path} is not an IDX file: magic number 0x{data[:4].hex()}; expected "
-            "0x0000 then a type code (08 09 0b 0c 0d 0e) and a dims count"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(
-            f"IDX file {path} is truncated: {len(data)} bytes, the header alone needs {header}"
-        )
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(IDX_DTYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    actual = len(data) - header
-    if actual < expected:
-        raise DataError(
-            f"IDX file {path} is truncated: the header declares shape {dims} "
-            f"({expected} data bytes) but the file holds {actual}"
-        )
-    if actual > expected:
-        raise DataError(
-            f"IDX file {path} has {actual - expected} bytes after the {expected} "
-            f"data bytes its header (shape {dims}) declares"
-        )
-    values = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-    return values.astype(dtype.newbyteorder("="))
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _read_csv(path: Path, split: str) -> _Part:
-    """A CSV whose first column is the label; a first row that is not all numeric is a header."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"CSV file {path} cannot be read as UTF-8 text: {exc}") from None
-    # 1-based line numbers of the non-blank rows; messages point at these.
-    row_lines = [i + 1 for i, line in enumerate(lines) if line.strip()]
-    if not row_lines:
-        raise DataError(f"CSV file {path} is empty; expected rows of label,feature,feature,...")
-    first = next(csv.reader([lines[row_lines[0] - 1]]))
-    has_header = not all(_is_number(c) for c in first)
-    if has_header:
-        row_lines = row_lines[1:]
-    if not row_lines:
-        raise DataError(f"CSV file {path} has a header row but no data rows")
-    width = len(first)
-    if width < 2:
-        raise DataError(
-            f"CSV file {path} has {width} column; expected the label and at least "
-            "one feature column"
-        )
-
-    data = None
-    try:  # numpy's C parser; on any complaint the slow pass below says exactly where
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = np.loadtxt(
-                path,
-                delimiter=",",
-                skiprows=row_lines[0] - 1,
-                ndmin=2,
-                dtype=np.float64,
-                encoding="utf-8",
-                quotechar='"',
-                comments=None,
-            )
-        if data.shape != (len(row_lines), width):
-            data = None
-    except ValueError:
-        data = None
-    if data is None:
-        data = np.empty((len(row_lines), width), dtype=np.float64)
-        for r, line_no in enumerate(row_lines):
-            cells = next(csv.reader([lines[line_no - 1]]))
-            if len(cells) != width:
-                raise DataError(
-                    f"CSV file {path}, row {line_no}: {len(cells)} columns; expected "
-                    f"{width} like the first row"
-                )
-            for c, cell in enumerate(cells):
-                try:
-                    data[r, c] = float(cell)
-                except ValueError:
-                    raise DataError(
-                        f"CSV file {path}, row {line_no}, column {c + 1}: {cell!r} is not a number"
-                    ) from None
-
-    def where(i: int, j: int | None = None) -> str:
-        return f"row {row_lines[i]}" + ("" if j is None else f", column {j + 2}")
-
-    return _Part(split, f"CSV file {path}", data[:, 1:], data[:, 0], where)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checks, scaling and splitting
 
 
-def _check_part(p: _Part, num_classes: int | None) -> None:
+def _check_part(p: RawPart, num_classes: int | None) -> None:
     """Counts, emptiness, label values and finite pixels of one raw split. Raises one DataError."""
     x, y = p.x, p.y
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
@@ -675,7 +322,21 @@ def _check_part(p: _Part, num_classes: int | None) -> None:
     if x.shape[1:] and int(np.prod(x.shape[1:])) == 0:
         raise DataError(f"{p.origin}: the {p.split} images have shape {x.shape}, no features")
     p.y = y
+    _check_labels(p, num_classes)
+    if np.issubdtype(x.dtype, np.floating):
+        flat = x.reshape(len(x), -1)
+        bad = ~np.isfinite(flat)
+        if bad.any():
+            i, j = (int(v) for v in np.argwhere(bad)[0])
+            raise DataError(
+                f"{p.origin}: {int(bad.sum())} NaN or infinite values in the {p.split} "
+                f"images, the first at {p.where(i, j)}; expected finite numbers"
+            )
 
+
+def _check_labels(p: RawPart, num_classes: int | None) -> None:
+    """Labels are whole numbers from 0 (below num_classes when it is given)."""
+    y = p.y
     if np.issubdtype(y.dtype, np.floating):
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if bad.size:
@@ -701,23 +362,13 @@ def _check_part(p: _Part, num_classes: int | None) -> None:
                 f"{num_classes - 1}"
             )
 
-    if np.issubdtype(x.dtype, np.floating):
-        flat = x.reshape(len(x), -1)
-        bad = ~np.isfinite(flat)
-        if bad.any():
-            i, j = (int(v) for v in np.argwhere(bad)[0])
-            raise DataError(
-                f"{p.origin}: {int(bad.sum())} NaN or infinite values in the {p.split} "
-                f"images, the first at {p.where(i, j)}; expected finite numbers"
-            )
-
 
 def _fmt(value) -> str:
     """A label as a person writes it: 7, -1, 1.5, nan (not np.float64(7.0))."""
     return f"{float(value):g}"
 
 
-def _infer_divisor(parts: list[_Part]) -> float:
+def _infer_divisor(parts: list[RawPart]) -> float:
     """255 for 8-bit pixels, 1 for values already in [0, 1]; anything else is refused.
 
     Decided over train and test together so that both get the same scaling. uint8 is always
@@ -743,7 +394,9 @@ def _infer_divisor(parts: list[_Part]) -> float:
     )
 
 
-def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str, held_out: str):
+def seeded_split(
+    x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str, held_out: str
+):
     """Seeded split of `fraction` off (x, y) -> (x_keep, x_out, y_keep, y_out, stratified).
 
     Stratified when every class has at least two members and both sides can hold one sample
@@ -770,3 +423,100 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str, 
         stratify=y if stratified else None,
     )
     return x_keep, x_out, y_keep, y_out, stratified
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the n training samples in `epoch`: a function of (seed, epoch) only, so a
+    resumed run draws exactly the orders the uninterrupted one would have. int64 (n,)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def source_fingerprint(spec: str, test_spec: str | None = None) -> str:
+    """sha256 naming what `--data spec [--test-data test_spec]` would read, without reading it.
+
+    Hashes the source's files (the bundled digits file, the cached MNIST, the .npz / .csv, the
+    IDX files) rather than the arrays, so that deciding whether training is up to date costs a
+    pass over the bytes on disk, not a load, check and split of the whole data set. Train's
+    options (seed, fractions) are recorded beside it, so the split needs no place here. A source
+    that does not exist yet (MNIST not cached) gets a fingerprint of its own name: training then
+    reruns and finds out.
+    """
+    h = hashlib.sha256(b"bnpipe-source|")
+    for role, given in (("data", spec), ("test_data", test_spec)):
+        if given is None:
+            continue
+        h.update(f"{role}|{given}|".encode())
+        for path in source_files(str(given)):
+            h.update(f"{path.name}|".encode())
+            h.update(_file_sha256(path).encode())
+    return h.hexdigest()
+
+
+def source_files(spec: str) -> list[Path]:
+    """The files a `--data` spec reads, as far as they exist (none for an unknown name)."""
+    from . import readers
+
+    if spec == "digits":
+        return [p for p in [readers.digits_file()] if p is not None]
+    if spec == "mnist":
+        cached = readers.find_cached_mnist()
+        return [cached] if cached else []
+    path = Path(spec)
+    if path.is_dir():
+        found = []
+        for base in readers.IDX_FILES.values():
+            found += [path / n for n in readers.idx_candidates(base) if (path / n).is_file()]
+        return found
+    return [path] if path.is_file() else []
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def recorded_dataset(where: Path | list[Path], data: str | None = None, model=None):
+    """The data set a later stage should use, and its preprocessing (a dict).
+
+    `data` if given (loaded with the default split); else the data and split recorded in the
+    first train.json found in `where` (one or more directories). The split is seeded, so the
+    test set is the very one training held out. DataError if neither exists or if the feature
+    count does not match `model`'s input.
+    """
+    from .artifacts import read_json
+
+    dirs = [where] if isinstance(where, Path) else list(where)
+    cfg = None
+    if data is None:
+        for d in dirs:
+            if (d / files.TRAIN_RECORD).is_file():
+                cfg = read_json(d / files.TRAIN_RECORD).get("config", {})
+                break
+        if cfg is None:
+            raise DataError(
+                "no data given and no train.json found beside the model; pass --data "
+                "(digits, mnist, a .npz, an IDX directory or a .csv)"
+            )
+        ds = load_dataset(
+            cfg.get("data", "digits"),
+            cfg.get("test_data"),
+            seed=cfg.get("seed", 0),
+            val_fraction=cfg.get("val_fraction", 0.1),
+            test_fraction=cfg.get("test_fraction", 0.2),
+        )
+    else:
+        ds = load_dataset(data)
+    if model is not None:
+        n_in = int(model.inputs[0].shape[-1])
+        n_out = int(model.outputs[0].shape[-1])
+        if ds.preprocessing.n_features != n_in:
+            raise DataError(
+                f"the data has {ds.preprocessing.n_features} features per sample but "
+                f"the model takes {n_in}"
+            )
+        if ds.num_classes > n_out:
+            raise DataError(f"the data has {ds.num_classes} classes but the model outputs {n_out}")
+    return ds, ds.preprocessing.to_dict()

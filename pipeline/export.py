@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, files
+from .files import tflite_name
 from .config import ExportConfig
 from .errors import ModelError
 from .tfenv import native_noise_filtered
 from .tflite_file import TfliteInfo, parse_tflite, quant_params, with_metadata
 
-RECORD_FILE = "export.json"
-FOLDED_FILE = "folded.keras"
 INTEGER_ONLY_MODES = ("int8", "ptq-int8", "ptq-int16x8")
 # Operators a folded MLP may legitimately contain after conversion.
 MLP_OPS = {"FULLY_CONNECTED", "SOFTMAX"}
@@ -45,10 +44,6 @@ QAT_LAYERS = {
     "Dropout",
     "Reshape",
 }
-
-
-def tflite_name(mode: str) -> str:
-    return f"model_{mode}.tflite"
 
 
 @dataclass
@@ -128,7 +123,9 @@ def graph_check(info: TfliteInfo, mode: str, float_io: bool) -> list[str]:
                     problems.append(
                         f"{op.op} #{op.index} has a {dt} tensor {info.tensors[t].name!r}"
                     )
-        elif (op.op == "QUANTIZE" and float_io and set(op.inputs) <= inp) or (op.op == "DEQUANTIZE" and float_io and set(op.outputs) <= out):
+        elif (op.op == "QUANTIZE" and float_io and set(op.inputs) <= inp) or (
+            op.op == "DEQUANTIZE" and float_io and set(op.outputs) <= out
+        ):
             continue
         else:
             problems.append(f"operator {op.op} #{op.index} does not belong in an integer-only MLP")
@@ -274,6 +271,63 @@ def _tflite_predict(data: bytes, x: np.ndarray, info: TfliteInfo) -> np.ndarray:
     return np.argmax(y, axis=1)
 
 
+def _export_mode(mode, folded, ds, preprocessing, float_acc, float_pred, config, verbose):
+    """(ModeResult, the file's bytes) for one mode: convert, check the graph, add bnpipe's
+    metadata, and score the file on the test split with LiteRT's reference kernels."""
+    t1 = time.perf_counter()
+    history: dict = {}
+    with native_noise_filtered():
+        if mode == "int8":
+            keras_model, history = qat_fine_tune(folded, ds, config, verbose)
+            keras_acc, _ = _keras_accuracy(keras_model, ds.x_test, ds.y_test)
+        else:
+            keras_model, keras_acc = folded, float_acc
+        blob = convert(keras_model, mode, ds.x_train, config)
+    info = parse_tflite(blob, tflite_name(mode))
+    problems = graph_check(info, mode, config.float_io)
+    if problems:
+        raise ModelError(f"{tflite_name(mode)} fails the graph check: " + "; ".join(problems))
+    io = {"input": quant_params(info.input_tensor()), "output": quant_params(info.output_tensor())}
+    meta = {
+        "bnpipe_version": artifacts.tool_versions()["bnpipe"],
+        "mode": mode,
+        "preprocessing": preprocessing,
+        **io,
+        "num_classes": int(info.output_tensor().shape[-1]),
+    }
+    blob = with_metadata(blob, meta)
+    with native_noise_filtered():
+        pred = _tflite_predict(blob, ds.x_test, info)
+    result = ModeResult(
+        mode,
+        tflite_name(mode),
+        len(blob),
+        artifacts.sha256_bytes(blob),
+        info.op_counts(),
+        io["input"],
+        io["output"],
+        keras_acc,
+        float(np.mean(pred == ds.y_test)),
+        float(np.mean(pred == float_pred)),
+        time.perf_counter() - t1,
+        history,
+    )
+    return result, blob
+
+
+def _keep_earlier_modes(out: Path, record: dict) -> None:
+    """Carry into `record` (mutated) the modes an earlier export wrote that this one did not
+    redo, as long as their files are still there."""
+    previous = out / files.EXPORT_RECORD
+    if not previous.is_file():
+        return
+    old = artifacts.read_json(previous)
+    for m, r in old.get("modes", {}).items():
+        if m not in record["modes"] and (out / r.get("file", "")).is_file():
+            record["modes"][m] = r
+            record["outputs"][r["file"]] = r.get("sha256")
+
+
 @artifacts.transactional
 def run_export(
     model_path: Path,
@@ -290,7 +344,7 @@ def run_export(
     is renamed into place, so a failing mode leaves the previous files as they were.
     """
     from .model import load_model
-    from .train import recorded_dataset
+    from .data import recorded_dataset
 
     t0 = time.perf_counter()
     folded = load_model(model_path)
@@ -301,52 +355,10 @@ def run_export(
     for mode in config.modes:
         if progress:
             progress(f"export {mode}")
-        t1 = time.perf_counter()
-        history: dict = {}
-        with native_noise_filtered():
-            if mode == "int8":
-                keras_model, history = qat_fine_tune(folded, ds, config, verbose)
-                keras_acc, _ = _keras_accuracy(keras_model, ds.x_test, ds.y_test)
-            else:
-                keras_model, keras_acc = folded, float_acc
-            blob = convert(keras_model, mode, ds.x_train, config)
-        info = parse_tflite(blob, tflite_name(mode))
-        problems = graph_check(info, mode, config.float_io)
-        if problems:
-            raise ModelError(f"{tflite_name(mode)} fails the graph check: " + "; ".join(problems))
-        io = {
-            "input": quant_params(info.input_tensor()),
-            "output": quant_params(info.output_tensor()),
-        }
-        blob = with_metadata(
-            blob,
-            {
-                "bnpipe_version": artifacts.tool_versions()["bnpipe"],
-                "mode": mode,
-                "preprocessing": preprocessing,
-                **io,
-                "num_classes": int(info.output_tensor().shape[-1]),
-            },
+        result, blobs[mode] = _export_mode(
+            mode, folded, ds, preprocessing, float_acc, float_pred, config, verbose
         )
-        with native_noise_filtered():
-            pred = _tflite_predict(blob, ds.x_test, info)
-        blobs[mode] = blob
-        results.append(
-            ModeResult(
-                mode,
-                tflite_name(mode),
-                len(blob),
-                artifacts.sha256_bytes(blob),
-                info.op_counts(),
-                io["input"],
-                io["output"],
-                keras_acc,
-                float(np.mean(pred == ds.y_test)),
-                float(np.mean(pred == float_pred)),
-                time.perf_counter() - t1,
-                history,
-            )
-        )
+        results.append(result)
     out = artifacts.ensure_dir(artifacts_dir)
     for mode, blob in blobs.items():
         artifacts.write_bytes(out / tflite_name(mode), blob)
@@ -361,15 +373,9 @@ def run_export(
         "outputs": {r.file: r.sha256 for r in results},
         "timings": {"total_s": time.perf_counter() - t0},
     }
-    previous = out / RECORD_FILE
-    if previous.is_file():  # keep modes exported earlier that this call did not redo
-        old = artifacts.read_json(previous)
-        for m, r in old.get("modes", {}).items():
-            if m not in record["modes"] and (out / r.get("file", "")).is_file():
-                record["modes"][m] = r
-                record["outputs"][r["file"]] = r.get("sha256")
+    _keep_earlier_modes(out, record)
     record_path = artifacts.write_json(
-        out / RECORD_FILE,
+        out / files.EXPORT_RECORD,
         record,
         inputs={"model": artifacts.sha256_file(model_path), "data": ds.fingerprint()},
     )

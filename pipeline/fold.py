@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, files
 from .config import FoldConfig
 from .errors import DataError, ModelError
 
-FOLDED_FILE = "folded.keras"
-RECORD_FILE = "fold.json"
 BN_CLASSES = ("BatchNormalization", "CustomBatchNorm", "bnpipe>CustomBatchNorm")
 
 
@@ -381,10 +379,9 @@ def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig)
         )
     input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     n_features = int(np.prod(input_shape, dtype=np.int64))
-    from .train import RECORD_FILE as TRAIN_RECORD
-    from .train import recorded_dataset
+    from .data import recorded_dataset
 
-    if data is None and not (model_path.parent / TRAIN_RECORD).is_file():
+    if data is None and not (model_path.parent / files.TRAIN_RECORD).is_file():
         rng = np.random.default_rng(0)
         x = rng.random((config.random_samples, *input_shape), dtype=np.float32)
         return x, f"{config.random_samples} uniform random inputs (no data known)"
@@ -421,16 +418,16 @@ def run_fold(
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
     out = artifacts.ensure_dir(artifacts_dir)
-    folded_path = save_model(folded, out / FOLDED_FILE)
+    folded_path = save_model(folded, out / files.FOLDED)
     record = {
         "stage": "fold",
         "config": dataclasses.asdict(config),
         "report": report,
         "model": str(model_path),
-        "outputs": {FOLDED_FILE: artifacts.sha256_file(folded_path)},
+        "outputs": {files.FOLDED: artifacts.sha256_file(folded_path)},
         "timings": {"total_s": time.perf_counter() - t0},
     }
     record_path = artifacts.write_json(
-        out / RECORD_FILE, record, inputs={"model": artifacts.sha256_file(model_path)}
+        out / files.FOLD_RECORD, record, inputs={"model": artifacts.sha256_file(model_path)}
     )
     return FoldResult(folded_path, record_path, report, time.perf_counter() - t0)

@@ -1,10 +1,6 @@
-"""The seed article's network, its custom BatchNormalization layer made correct, and safe loading.
+"""The seed article's network, safe loading and deterministic saving of `.keras` models.
 
-The article's `CustomBatchNorm` normalized with the current batch's mean and variance even at
-inference, so a prediction depended on which other samples shared its batch (one sample alone is
-normalized to exactly β). `CustomBatchNorm` here keeps the article's learnable γ and β and adds
-what BatchNormalization needs to be a deterministic function at inference: moving mean and
-variance, updated during training and used in inference.
+The article's BN layer, made correct, is custom_bn.CustomBatchNorm (`--bn custom`).
 """
 
 from __future__ import annotations
@@ -13,110 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import ModelError
-from .tfenv import keras, tf
+from .tfenv import keras
 
 BN_KINDS = ("keras", "custom")
 
-_custom_bn_class = None
-
 
 def custom_bn_class():
-    """The CustomBatchNorm class, created (and registered for loading) on first use.
+    """The CustomBatchNorm class (custom_bn.py), registered for loading; imports TensorFlow."""
+    from .custom_bn import CustomBatchNorm
 
-    Defined lazily because subclassing a Keras layer needs TensorFlow imported.
-    """
-    global _custom_bn_class
-    if _custom_bn_class is not None:
-        return _custom_bn_class
-    k, t = keras(), tf()
-
-    @k.saving.register_keras_serializable(package="bnpipe", name="CustomBatchNorm")
-    class CustomBatchNorm(k.layers.Layer):
-        """Batch normalization over the last axis with learnable γ, β and moving statistics.
-
-        Training: y = γ·(x − mean_B)/√(var_B + ε) + β with the batch's statistics, and the moving
-        statistics move toward them: m ← momentum·m + (1 − momentum)·stat_B.
-        Inference: the same with the moving mean and variance, so y depends on x alone.
-        The variance is the biased batch variance, as in keras.layers.BatchNormalization.
-        """
-
-        def __init__(self, momentum=0.99, epsilon=1e-3, center=True, scale=True, **kwargs):
-            super().__init__(**kwargs)
-            if not 0.0 <= momentum < 1.0:
-                raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-            if epsilon <= 0:
-                raise ValueError(f"epsilon must be > 0, got {epsilon}")
-            self.momentum, self.epsilon = float(momentum), float(epsilon)
-            self.center, self.scale = bool(center), bool(scale)
-            self.axis = -1
-
-        def build(self, input_shape):
-            dim = int(input_shape[-1])
-            self.gamma = (
-                self.add_weight(name="gamma", shape=(dim,), initializer="ones")
-                if self.scale
-                else None
-            )
-            self.beta = (
-                self.add_weight(name="beta", shape=(dim,), initializer="zeros")
-                if self.center
-                else None
-            )
-            statistic = self._statistic_options()
-            self.moving_mean = self.add_weight(
-                name="moving_mean", shape=(dim,), initializer="zeros", **statistic
-            )
-            self.moving_variance = self.add_weight(
-                name="moving_variance", shape=(dim,), initializer="ones", **statistic
-            )
-            super().build(input_shape)
-
-        def _statistic_options(self) -> dict:
-            """add_weight options of the moving statistics (distribute.py adds how replicas
-            share them)."""
-            return {"trainable": False}
-
-        def _normalize(self, x, mean, variance):
-            y = (x - mean) * t.math.rsqrt(variance + self.epsilon)
-            if self.gamma is not None:
-                y = y * self.gamma
-            if self.beta is not None:
-                y = y + self.beta
-            return y
-
-        def _train(self, x):
-            axes = list(range(len(x.shape) - 1))
-            mean, variance = t.nn.moments(x, axes=axes)
-            m = self.momentum
-            self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
-            self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * variance)
-            return self._normalize(x, mean, variance)
-
-        def _infer(self, x):
-            return self._normalize(x, self.moving_mean, self.moving_variance)
-
-        def call(self, inputs, training=None):
-            if training is None or not self.trainable:
-                # Frozen (trainable=False), like keras's BatchNormalization since TF 2.0: run in
-                # inference mode, so fine-tuning a frozen BN neither uses batch statistics nor
-                # moves the moving ones.
-                training = False
-            if isinstance(training, bool):
-                return self._train(inputs) if training else self._infer(inputs)
-            return t.cond(
-                t.cast(training, t.bool), lambda: self._train(inputs), lambda: self._infer(inputs)
-            )
-
-        def get_config(self):
-            return {
-                **super().get_config(),
-                "momentum": self.momentum,
-                "epsilon": self.epsilon,
-                "center": self.center,
-                "scale": self.scale,
-            }
-
-    _custom_bn_class = CustomBatchNorm
     return CustomBatchNorm
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .artifacts import atomic_path, jsonable
 
 
@@ -37,10 +38,52 @@ def save_figure(fig, dest: Path) -> Path:
     return dest
 
 
+# --- inspect ----------------------------------------------------------------------------------
+
+
+def tflite_json(info) -> str:
+    """A TfliteInfo as indented JSON, with its operator counts."""
+    import dataclasses
+    import json
+
+    return json.dumps(dataclasses.asdict(info) | {"op_counts": info.op_counts()}, indent=2)
+
+
+def tflite_text(info) -> str:
+    """A TfliteInfo as a person reads it: size, operators, then one line per tensor."""
+    lines = [
+        f"{info.path}: {info.size_bytes} bytes, schema v{info.version}, "
+        f"{len(info.operators)} operators, {len(info.tensors)} tensors"
+    ]
+    if info.metadata:
+        pre = info.metadata.get("preprocessing", {})
+        lines.append(
+            f"bnpipe metadata: mode {info.metadata.get('mode')}, inputs divided by "
+            f"{pre.get('divisor')}, {info.metadata.get('num_classes')} classes"
+        )
+    lines.append("operators: " + ", ".join(f"{o.index}:{o.op}" for o in info.operators))
+    lines.append(f"{'#':>3} {'name':<44} {'shape':<12} {'dtype':<8} quantization")
+    for t in info.tensors:
+        role = (
+            " (input)" if t.index in info.inputs else " (output)" if t.index in info.outputs else ""
+        )
+        q = ""
+        if t.scale:
+            q = (
+                f"scale={t.scale[0]:.6g} zp={t.zero_point[0]}"
+                if len(t.scale) == 1
+                else f"per-channel ×{len(t.scale)}"
+            )
+        name = (t.name[:40] + "…") if len(t.name) > 41 else t.name
+        lines.append(f"{t.index:>3} {name + role:<44} {str(t.shape):<12} {t.dtype:<8} {q}")
+    return "\n".join(lines)
+
+
 # --- verify -----------------------------------------------------------------------------------
 
 
 def verify_markdown(record: dict, plots: list[Path]) -> str:
+    """verify.md: the verdict, failed gates, reference and gates, the table, what did not run."""
     rec = jsonable(record)
     verdict = "PASS — fit to ship" if rec["passed"] else "FAIL — not fit to ship"
     ref = rec["reference"]
@@ -56,44 +99,7 @@ def verify_markdown(record: dict, plots: list[Path]) -> str:
         f"SOFTMAX: ≤ the row's allowed output steps).",
         "",
     ]
-    rows = []
-    for r in rec["rows"]:
-        lo, hi = r["accuracy_ci"]
-        dlo, dhi = r["diff_ci_pp"]
-        lsb = (
-            "—"
-            if r["lsb_max"] is None
-            else f"{r['lsb_max']} of ≤{r['lsb_allowed']} ({r['lsb_share']:.1%})"
-        )
-        status = "✗ " + ",".join(r["failures"]) if r["failures"] else "✓"
-        rows.append(
-            [
-                f"`{r['candidate']}`",
-                r["target"],
-                f"{r['accuracy']:.2%} [{lo:.1%}, {hi:.1%}]",
-                f"{r['diff_pp']:+.2f} [{dlo:+.2f}, {dhi:+.2f}]",
-                f"{r['mcnemar_p']:.3g}",
-                f"{r['agreement']:.2%}",
-                lsb,
-                status,
-            ]
-        )
-    lines.append(
-        md_table(
-            [
-                "candidate",
-                "target",
-                "accuracy [95 % CI]",
-                "Δ pp vs original [95 % CI]",
-                "McNemar p",
-                "agreement",
-                "max LSB vs host-ref (share ≠)",
-                "gate",
-            ],
-            rows,
-            "llrrrrrl",
-        )
-    )
+    lines.append(_verify_table(rec["rows"]))
     if rec["skipped"]:
         lines += (
             ["Not run:", ""]
@@ -109,6 +115,34 @@ def verify_markdown(record: dict, plots: list[Path]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _verify_table(rows: list[dict]) -> str:
+    """One row per candidate × target: accuracy, paired difference, McNemar, agreement, LSB."""
+    table = []
+    for r in rows:
+        lo, hi = r["accuracy_ci"]
+        dlo, dhi = r["diff_ci_pp"]
+        lsb = (
+            "—"
+            if r["lsb_max"] is None
+            else f"{r['lsb_max']} of ≤{r['lsb_allowed']} ({r['lsb_share']:.1%})"
+        )
+        table.append(
+            [
+                f"`{r['candidate']}`",
+                r["target"],
+                f"{r['accuracy']:.2%} [{lo:.1%}, {hi:.1%}]",
+                f"{r['diff_pp']:+.2f} [{dlo:+.2f}, {dhi:+.2f}]",
+                f"{r['mcnemar_p']:.3g}",
+                f"{r['agreement']:.2%}",
+                lsb,
+                "✗ " + ",".join(r["failures"]) if r["failures"] else "✓",
+            ]
+        )
+    headers = ["candidate", "target", "accuracy [95 % CI]", "Δ pp vs original [95 % CI]",
+               "McNemar p", "agreement", "max LSB vs host-ref (share ≠)", "gate"]  # fmt: skip
+    return md_table(headers, table, "llrrrrrl")
 
 
 def verify_plots(record: dict, out: Path) -> list[Path]:
@@ -141,7 +175,7 @@ def verify_plots(record: dict, out: Path) -> list[Path]:
     ax.set_ylabel("test accuracy, % (95 % CI)")
     ax.set_title("Accuracy per candidate and target (red: a gate failed)")
     ax.legend(fontsize=7, loc="lower left")
-    paths.append(save_figure(fig, out / "verify_accuracy.png"))
+    paths.append(save_figure(fig, out / files.VERIFY_ACCURACY_PLOT))
 
     dis = [r for r in rows if any(r["disagreement_by_class"])]
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -169,7 +203,7 @@ def verify_plots(record: dict, out: Path) -> list[Path]:
     ax.set_xlabel("class predicted by the original model")
     ax.set_ylabel("samples with another top-1")
     ax.set_title("Where candidates disagree with the original")
-    paths.append(save_figure(fig, out / "verify_disagreement.png"))
+    paths.append(save_figure(fig, out / files.VERIFY_DISAGREEMENT_PLOT))
     return paths
 
 
@@ -181,41 +215,63 @@ def _fmt_us(v: float) -> str:
 
 
 def bench_markdown(record: dict, plots: list[Path]) -> str:
+    """bench.md: the summary table per model, the Keras baseline, then every configuration."""
     rec = jsonable(record)
-    rows, models = rec["rows"], rec["models"]
-    t1 = 1
-    tmax = max(rec["threads_used"])
-    bmax = max(rec["config"]["batch_sizes"])
     m = rec.get("machine", {})
+    cfg = rec["config"]
     lines = [
         "# bnpipe bench",
         "",
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores; LiteRT with its default delegate "
-        f"(XNNPACK); inputs: {rec['sample']}. Medians of {rec['config']['runs']} timed invokes "
-        f"after {rec['config']['warmup']} warm-up ones, models interleaved over "
-        f"{rec['config']['rounds']} rounds. Ratios are to `{rec['baseline']}` in the same run.",
+        f"(XNNPACK); inputs: {rec['sample']}. Medians of {cfg['runs']} timed invokes "
+        f"after {cfg['warmup']} warm-up ones, models interleaved over "
+        f"{cfg['rounds']} rounds. Ratios are to `{rec['baseline']}` in the same run.",
         "",
+        _bench_summary(rec),
+        *_keras_baseline(rec),
+        "",
+        "## Every configuration",
+        "",
+        _every_configuration(rec),
     ]
+    for rem in rec.get("remote", []):
+        res = rem["report"].get("results", [])
+        b1 = next((r for r in res if r["batch"] == 1), None)
+        timing = (
+            f"; batch-1 median {_fmt_us(b1['latency_us']['median'])}"
+            if b1 and not rem["emulated"]
+            else ""
+        )
+        lines.append(f"- {rem['target']} `{rem['model']}`: {rem['timing_meaning']}{timing}")
+    for p in plots:
+        lines += ["", f"![{p.stem}]({p.name})"]
+    lines.append("")
+    return "\n".join(lines)
 
-    def find(model, threads, batch, runtime=None):
-        for r in rows:
-            if (
-                r["model"] == model
-                and r["batch"] == batch
-                and (threads is None or r["threads"] == threads)
-                and (runtime is None or r["runtime"] == runtime)
-            ):
-                return r
-        return None
 
+def _find(rows: list[dict], model: str, threads: int | None, batch: int, runtime=None):
+    """The bench row of `model` at (threads, batch) (threads None: any), or None."""
+    for r in rows:
+        if (
+            r["model"] == model
+            and r["batch"] == batch
+            and (threads is None or r["threads"] == threads)
+            and (runtime is None or r["runtime"] == runtime)
+        ):
+            return r
+    return None
+
+
+def _bench_summary(rec: dict) -> str:
+    """One row per .tflite: size, cold start, batch-1 latency, bulk throughput, memory, arena."""
+    rows = rec["rows"]
+    tmax, bmax = max(rec["threads_used"]), max(rec["config"]["batch_sizes"])
     table = []
-    for name, info in models.items():
-        if name == "model.keras":
+    for name, info in rec["models"].items():
+        if name == files.MODEL:
             continue
-        lat = find(name, t1, 1)
-        thr = find(name, tmax, bmax)
+        lat, thr = _find(rows, name, 1, 1), _find(rows, name, tmax, bmax)
         arena = info.get("tflm_arena", {})
-        arena_s = f"{arena['arena_bytes_used']:,} B" if "arena_bytes_used" in arena else "—"
         rss = info.get("peak_rss_added_kb")
         table.append(
             [
@@ -228,90 +284,63 @@ def bench_markdown(record: dict, plots: list[Path]) -> str:
                 f"{thr['throughput_per_s']:,.0f}/s"
                 + (f" ({thr['throughput_ratio']:.2f}×)" if "throughput_ratio" in thr else ""),
                 f"{rss:,} KiB" if rss is not None else "—",
-                arena_s,
+                f"{arena['arena_bytes_used']:,} B" if "arena_bytes_used" in arena else "—",
             ]
         )
-    lines.append(
-        md_table(
-            [
-                "model",
-                "size (vs float32)",
-                "init",
-                "first invoke",
-                "batch-1 latency median / p99, 1 thread (vs float32)",
-                f"throughput, batch {bmax}, {tmax} threads (vs float32)",
-                "peak RSS added",
-                "TFLM arena",
-            ],
-            table,
-            "lrrrrrrr",
-        )
-    )
-    kc = find("model.keras", None, 1, "keras model(x)")
-    kp = find("model.keras", None, 1, "keras predict")
-    i8 = find("model_int8.tflite", t1, 1)
-    if kc and kp:
-        lines += [
-            "",
-            f"Keras baseline (`model.keras`, TensorFlow, host): `model(x)` on one sample "
-            f"{_fmt_us(kc['latency_us']['median'])}, `model.predict(x)` on one sample "
-            f"{_fmt_us(kp['latency_us']['median'])}.",
-        ]
-        if i8:
-            lines.append(
-                f"int8 TFLite batch-1 latency is **{kp['latency_us']['median'] / i8['latency_us']['median']:,.0f}×** "
-                f"below Keras `predict` and {kc['latency_us']['median'] / i8['latency_us']['median']:,.0f}× below `model(x)`."
-            )
-    lines += ["", "## Every configuration", ""]
-    full = []
-    for r in rows:
-        full.append(
-            [
-                f"`{r['model']}`",
-                r["runtime"],
-                r["threads"] if r["threads"] else "—",
-                r["batch"],
-                _fmt_us(r["latency_us"]["median"]),
-                _fmt_us(r["latency_us"]["p90"]),
-                _fmt_us(r["latency_us"]["p99"]),
-                f"{r['throughput_per_s']:,.0f}",
-                f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "—",
-                f"{r['throughput_ratio']:.2f}" if "throughput_ratio" in r else "—",
-            ]
-        )
-    lines.append(
-        md_table(
-            [
-                "model",
-                "runtime",
-                "threads",
-                "batch",
-                "median",
-                "p90",
-                "p99",
-                "samples/s",
-                "latency ÷ float32",
-                "throughput ÷ float32",
-            ],
-            full,
-            "llrrrrrrrr",
-        )
-    )
-    for rem in rec.get("remote", []):
-        res = rem["report"].get("results", [])
-        b1 = next((r for r in res if r["batch"] == 1), None)
+    headers = [
+        "model",
+        "size (vs float32)",
+        "init",
+        "first invoke",
+        "batch-1 latency median / p99, 1 thread (vs float32)",
+        f"throughput, batch {bmax}, {tmax} threads (vs float32)",
+        "peak RSS added",
+        "TFLM arena",
+    ]
+    return md_table(headers, table, "lrrrrrrr")
+
+
+def _keras_baseline(rec: dict) -> list[str]:
+    rows = rec["rows"]
+    kc = _find(rows, files.MODEL, None, 1, "keras model(x)")
+    kp = _find(rows, files.MODEL, None, 1, "keras predict")
+    i8 = _find(rows, files.tflite_name("int8"), 1, 1)
+    if not (kc and kp):
+        return []
+    lines = [
+        "",
+        f"Keras baseline (`{files.MODEL}`, TensorFlow, host): `model(x)` on one sample "
+        f"{_fmt_us(kc['latency_us']['median'])}, `model.predict(x)` on one sample "
+        f"{_fmt_us(kp['latency_us']['median'])}.",
+    ]
+    if i8:
+        fast = i8["latency_us"]["median"]
         lines.append(
-            f"- {rem['target']} `{rem['model']}`: {rem['timing_meaning']}"
-            + (
-                f"; batch-1 median {_fmt_us(b1['latency_us']['median'])}"
-                if b1 and not rem["emulated"]
-                else ""
-            )
+            f"int8 TFLite batch-1 latency is **{kp['latency_us']['median'] / fast:,.0f}×** "
+            f"below Keras `predict` and {kc['latency_us']['median'] / fast:,.0f}× below `model(x)`."
         )
-    for p in plots:
-        lines += ["", f"![{p.stem}]({p.name})"]
-    lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _every_configuration(rec: dict) -> str:
+    full = [
+        [
+            f"`{r['model']}`",
+            r["runtime"],
+            r["threads"] if r["threads"] else "—",
+            r["batch"],
+            _fmt_us(r["latency_us"]["median"]),
+            _fmt_us(r["latency_us"]["p90"]),
+            _fmt_us(r["latency_us"]["p99"]),
+            f"{r['throughput_per_s']:,.0f}",
+            f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "—",
+            f"{r['throughput_ratio']:.2f}" if "throughput_ratio" in r else "—",
+        ]
+        for r in rec["rows"]
+    ]
+    headers = ["model", "runtime", "threads", "batch", "median", "p90", "p99", "samples/s",
+               "latency ÷ float32", "throughput ÷ float32"]  # fmt: skip
+    return md_table(headers, full, "llrrrrrrrr")
 
 
 def bench_plots(record: dict, out: Path) -> list[Path]:
@@ -320,8 +349,8 @@ def bench_plots(record: dict, out: Path) -> list[Path]:
     plt = _pyplot()
     paths = []
     for key, fname, ylabel in (
-        ("latency", "bench_latency.png", "median latency per invoke (µs)"),
-        ("throughput", "bench_throughput.png", "throughput (samples/s)"),
+        ("latency", files.BENCH_LATENCY_PLOT, "median latency per invoke (µs)"),
+        ("throughput", files.BENCH_THROUGHPUT_PLOT, "throughput (samples/s)"),
     ):
         fig, axes = plt.subplots(
             1, len(rec["threads_used"]), figsize=(5 * len(rec["threads_used"]), 3.8), squeeze=False

@@ -18,15 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, files
 from .config import VerifyConfig
 from .errors import DataError, GateFailed, ModelError
 from .quantize import to_input
 from .stats import compare
 from .tflite_file import check_io, quant_params
 
-RECORD_FILE = "verify.json"
-REPORT_FILE = "verify.md"
 REFERENCE_TARGET = "host-ref"
 
 
@@ -76,7 +74,7 @@ class VerifyResult:
 def _candidate_files(out: Path, tflite: list[Path] | None) -> list[Path]:
     if tflite:
         return [Path(p) for p in tflite]
-    return sorted(out.glob("model_*.tflite"))
+    return [out / name for name in files.tflite_files(out)]
 
 
 def _integer(tensor: dict) -> bool:
@@ -109,38 +107,39 @@ class ModelInputs:
         return self._made[key]
 
 
-def run_row(
-    rt,
-    path: Path,
-    info,
-    xin: np.ndarray,
-    ref_pred: np.ndarray,
-    y: np.ndarray,
-    n_classes: int,
-    raw_ref: np.ndarray | None,
-    config: VerifyConfig,
+@dataclass
+class Reference:
+    """The test split and what the original model (TensorFlow, host) says on it."""
+
+    x: np.ndarray  # float32 (N, features), preprocessed
+    y: np.ndarray  # int64 (N,) labels
+    pred: np.ndarray  # int64 (N,) the original model's top-1 classes
+    n_classes: int
+    inputs: ModelInputs  # x as each candidate's input tensor takes it
+    dataset: dict  # Dataset.summary()
+    preprocessing: dict
+    fingerprint: str  # the test data's (Dataset.fingerprint)
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.pred == self.y))
+
+
+def run_candidate(
+    rt, path: Path, info, ref: Reference, raw_ref: np.ndarray | None, config: VerifyConfig
 ) -> tuple[Row, np.ndarray]:
     """One candidate on one target: its row, and its raw outputs (N, classes).
 
-    Runs `xin` (ModelInputs.for_tensor) on `rt`, scores the top-1 classes against the labels `y`
-    and the reference's `ref_pred`, and for an integer model measures the distance of the raw
-    outputs from `raw_ref` (the host-ref outputs; None before host-ref ran; on host-ref itself
-    its own outputs, distance 0) in quantization steps. ModelError from the runtime passes through.
+    Runs the test inputs on `rt`, scores the top-1 classes against the labels and the
+    reference's, and for an integer model measures the distance of the raw outputs from
+    `raw_ref` (the host-ref outputs; None before host-ref ran; on host-ref itself its own
+    outputs, distance 0) in quantization steps. ModelError from the runtime passes through.
     """
-    res = rt.run(str(path), xin)
-    raw = res.outputs.reshape(len(y), -1)
+    res = rt.run(str(path), ref.inputs.for_tensor(quant_params(info.input_tensor())))
+    raw = res.outputs.reshape(len(ref.y), -1)
     if rt.name == REFERENCE_TARGET:
         raw_ref = raw
-    row = _row(
-        path.name,
-        rt.name,
-        np.argmax(raw, axis=1),
-        ref_pred,
-        y,
-        n_classes,
-        res.invoke_seconds,
-        res.info,
-    )
+    row = _row(path.name, rt.name, np.argmax(raw, axis=1), ref, res.invoke_seconds, res.info)
     if _integer(quant_params(info.output_tensor())) and raw_ref is not None:
         # Steps apart, in the narrowest type that holds any difference (int8 codes: int16, 20×
         # faster than int64 on 10,000 × 10 outputs; int16 codes: int32).
@@ -164,152 +163,185 @@ def run_verify(
     Raises GateFailed (after writing the reports) when a gate fails; ModelError / DataError /
     TargetUnavailable for bad input, before anything is written.
     """
-    from .model import load_model
-    from .runtimes.host import HostRuntime, checked_tflite, start_probe
-    from .runtimes.registry import close_all, parse_targets, resolve
-    from .train import recorded_dataset
+    from .runtimes.registry import close_all
 
     t0 = time.perf_counter()
     say = progress or (lambda m: None)
     out = artifacts_dir
     ref_path = artifacts.require_file(
-        out / "model.keras",
+        out / files.MODEL,
         "reference model",
         "run `bnpipe train` first (verify compares against it)",
     )
-    files = _candidate_files(out, tflite)
-    infos = {
-        p: check_io(checked_tflite(p)) for p in files
-    }  # structural check before any interpreter
-    explicit = config.targets is not None
-    runtimes, unavailable = resolve(
-        parse_targets(",".join(config.targets) if explicit else None), explicit
-    )
-    # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can be
-    # well formed and still abort a kernel) is bad input, exit 2, and never reaches this process.
-    # Started now, it runs while the reference model loads and predicts (which takes longer).
-    probe = start_probe(
-        [(p, rt.reference) for p in files for rt in runtimes if isinstance(rt, HostRuntime)]
-    )
-
-    reference = load_model(ref_path)
-    ds, preprocessing = recorded_dataset([out], data, reference)
-    x, y, codes = ds.x_test, ds.y_test, ds.x_test_codes
-    if config.max_samples:
-        x, y = x[: config.max_samples], y[: config.max_samples]
-        codes = None if codes is None else codes[: config.max_samples]
-    n_classes = int(reference.outputs[0].shape[-1])
-    for p, info in infos.items():
-        shape = info.input_tensor().shape
-        if shape[-1] != x.shape[1]:
-            raise DataError(
-                f"{p.name} takes {shape[-1]} features per sample but the data has {x.shape[1]}"
-            )
-        if info.output_tensor().shape[-1] != n_classes:
-            raise ModelError(
-                f"{p.name} outputs {info.output_tensor().shape[-1]} classes but the "
-                f"reference model outputs {n_classes}"
-            )
-        pre = info.metadata.get("preprocessing")
-        if pre and abs(float(pre.get("divisor", 0)) - preprocessing["divisor"]) > 0:
-            raise DataError(
-                f"{p.name} was exported for inputs divided by {pre['divisor']} but the "
-                f"data is divided by {preprocessing['divisor']}"
-            )
-
-    say("reference: model.keras on TensorFlow (host)")
-    from .tfenv import muted_stderr
-
-    with muted_stderr():
-        ref_pred = np.argmax(reference.predict(x, batch_size=1024, verbose=0), axis=1)
+    candidates = _candidate_files(out, tflite)
+    infos, runtimes, unavailable, probe = _prepare(candidates, config)
+    ref = _reference(ref_path, out, data, config, say)
+    _check_fit(infos, ref)
     rows: list[Row] = []
     skipped = [Skipped("*", name, reason) for name, reason in unavailable]
-
-    folded_path = out / "folded.keras"
+    folded_path = out / files.FOLDED
     if folded_path.is_file() and not tflite:
-        say("folded.keras on TensorFlow (host)")
-        t1 = time.perf_counter()
-        pred = np.argmax(load_model(folded_path).predict(x, batch_size=1024, verbose=0), axis=1)
-        rows.append(
-            _row(
-                "folded.keras",
-                "tensorflow",
-                pred,
-                ref_pred,
-                y,
-                n_classes,
-                time.perf_counter() - t1,
-                {},
-            )
-        )
-
+        rows.append(_folded_row(folded_path, ref, say))
     probe.wait()  # ModelError naming a file that crashed the probe's child
-    test_inputs = ModelInputs(x, codes, None if codes is None else ds.preprocessing.code_values())
-    ordered = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
     try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed
         for p, info in infos.items():
-            xin = test_inputs.for_tensor(quant_params(info.input_tensor()))
-            raw_ref = None
-            for rt in ordered:
-                say(f"{p.name} on {rt.name}")
-                try:
-                    row, raw = run_row(rt, p, info, xin, ref_pred, y, n_classes, raw_ref, config)
-                except ModelError as exc:
-                    skipped.append(Skipped(p.name, rt.name, f"failed: {exc}"))
-                    continue
-                if rt.name == REFERENCE_TARGET:
-                    raw_ref = raw
-                rows.append(row)
+            _run_everywhere(p, info, runtimes, ref, config, rows, skipped, say)
     finally:
         close_all(runtimes)
 
     failures = _apply_gates(rows, config) + _run_failures(infos, rows, skipped)
-    passed = not failures
-    record = {
-        "stage": "verify",
-        "machine": artifacts.machine_info(),
-        "config": dataclasses.asdict(config),
-        "passed": passed,
-        "failures": failures,
-        "reference": {
-            "model": "model.keras",
-            "runtime": "tensorflow (host)",
-            "accuracy": float(np.mean(ref_pred == y)),
-        },
-        "n": len(y),
-        "dataset": ds.summary(),
-        "preprocessing": preprocessing,
-        "rows": rows,
-        "skipped": skipped,
-        "models": {p.name: artifacts.sha256_file(p) for p in files},
-        "timings": {"total_s": time.perf_counter() - t0},
-    }
-    inputs = {"model.keras": artifacts.sha256_file(ref_path), "data": ds.fingerprint()}
+    record = _record(config, ref, rows, skipped, failures, candidates, t0)
+    inputs = {files.MODEL: artifacts.sha256_file(ref_path), "data": ref.fingerprint}
     inputs.update(record["models"])
     if folded_path.is_file():
-        inputs["folded.keras"] = artifacts.sha256_file(folded_path)
-    artifacts.ensure_dir(out)
-    from .report import verify_markdown, verify_plots
-
-    with artifacts.transaction():  # the reports land together, gate or no gate
-        plots = verify_plots(record, out)
-        record_path = artifacts.write_json(out / RECORD_FILE, record, inputs=inputs)
-        report_path = artifacts.write_text(out / REPORT_FILE, verify_markdown(record, plots))
-    result = VerifyResult(
-        rows,
-        skipped,
-        float(np.mean(ref_pred == y)),
-        len(y),
-        passed,
-        failures,
-        record_path,
-        report_path,
-        plots,
-        time.perf_counter() - t0,
-    )
+        inputs[files.FOLDED] = artifacts.sha256_file(folded_path)
+    paths = _write_reports(out, record, inputs)
+    result = VerifyResult(rows, skipped, ref.accuracy, len(ref.y), not failures, failures,
+                          *paths, time.perf_counter() - t0)  # fmt: skip
     if failures:
         raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
     return result
+
+
+def _prepare(candidates: list[Path], config: VerifyConfig):
+    """(infos, runtimes, unavailable targets, probe): every file checked structurally before
+    any interpreter sees one, the targets resolved, and the child-process probe started."""
+    from .runtimes.host import HostRuntime, checked_tflite, start_probe
+    from .runtimes.registry import parse_targets, resolve
+
+    infos = {p: check_io(checked_tflite(p)) for p in candidates}
+    explicit = config.targets is not None
+    runtimes, unavailable = resolve(
+        parse_targets(",".join(config.targets) if explicit else None), explicit
+    )
+    # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can
+    # be well formed and still abort a kernel) is bad input, exit 2, and never reaches this
+    # process. Started now, it runs while the reference model loads and predicts (slower).
+    probe = start_probe(
+        [(p, rt.reference) for p in candidates for rt in runtimes if isinstance(rt, HostRuntime)]
+    )
+    return infos, runtimes, unavailable, probe
+
+
+def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig, say) -> Reference:
+    """The test split (the one training held out, or `data`'s) and the original's predictions."""
+    from .data import recorded_dataset
+    from .model import load_model
+    from .tfenv import muted_stderr
+
+    model = load_model(ref_path)
+    ds, preprocessing = recorded_dataset([out], data, model)
+    x, y, codes = ds.x_test, ds.y_test, ds.x_test_codes
+    if config.max_samples:
+        x, y = x[: config.max_samples], y[: config.max_samples]
+        codes = None if codes is None else codes[: config.max_samples]
+    say(f"reference: {files.MODEL} on TensorFlow (host)")
+    with muted_stderr():
+        pred = np.argmax(model.predict(x, batch_size=1024, verbose=0), axis=1)
+    values = None if codes is None else ds.preprocessing.code_values()
+    return Reference(
+        x,
+        y,
+        pred,
+        int(model.outputs[0].shape[-1]),
+        ModelInputs(x, codes, values),
+        ds.summary(),
+        preprocessing,
+        ds.fingerprint(),
+    )
+
+
+def _check_fit(infos: dict, ref: Reference) -> None:
+    """Every candidate takes the data's features, gives the reference's classes, and was
+    exported for the data's scaling: DataError / ModelError naming the file otherwise."""
+    for p, info in infos.items():
+        features = info.input_tensor().shape[-1]
+        if features != ref.x.shape[1]:
+            raise DataError(
+                f"{p.name} takes {features} features per sample but the data has {ref.x.shape[1]}"
+            )
+        classes = info.output_tensor().shape[-1]
+        if classes != ref.n_classes:
+            raise ModelError(
+                f"{p.name} outputs {classes} classes but the reference model outputs "
+                f"{ref.n_classes}"
+            )
+        pre = info.metadata.get("preprocessing")
+        divisor = ref.preprocessing["divisor"]
+        if pre and abs(float(pre.get("divisor", 0)) - divisor) > 0:
+            raise DataError(
+                f"{p.name} was exported for inputs divided by {pre['divisor']} but the "
+                f"data is divided by {divisor}"
+            )
+
+
+def _folded_row(folded_path: Path, ref: Reference, say) -> Row:
+    from .model import load_model
+
+    say(f"{files.FOLDED} on TensorFlow (host)")
+    t1 = time.perf_counter()
+    pred = np.argmax(load_model(folded_path).predict(ref.x, batch_size=1024, verbose=0), axis=1)
+    return _row(files.FOLDED, "tensorflow", pred, ref, time.perf_counter() - t1, {})
+
+
+def _run_everywhere(
+    path: Path,
+    info,
+    runtimes,
+    ref: Reference,
+    config: VerifyConfig,
+    rows: list[Row],
+    skipped: list[Skipped],
+    say,
+) -> None:
+    """One candidate on every runtime, host-ref first (the others' outputs are measured against
+    it); appends to `rows`, and to `skipped` where a runtime failed on it."""
+    raw_ref = None
+    for rt in sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET):
+        say(f"{path.name} on {rt.name}")
+        try:
+            row, raw = run_candidate(rt, path, info, ref, raw_ref, config)
+        except ModelError as exc:
+            skipped.append(Skipped(path.name, rt.name, f"failed: {exc}"))
+            continue
+        if rt.name == REFERENCE_TARGET:
+            raw_ref = raw
+        rows.append(row)
+
+
+def _record(config, ref: Reference, rows, skipped, failures, candidates, t0) -> dict:
+    return {
+        "stage": "verify",
+        "machine": artifacts.machine_info(),
+        "config": dataclasses.asdict(config),
+        "passed": not failures,
+        "failures": failures,
+        "reference": {
+            "model": files.MODEL,
+            "runtime": "tensorflow (host)",
+            "accuracy": ref.accuracy,
+        },
+        "n": len(ref.y),
+        "dataset": ref.dataset,
+        "preprocessing": ref.preprocessing,
+        "rows": rows,
+        "skipped": skipped,
+        "models": {p.name: artifacts.sha256_file(p) for p in candidates},
+        "timings": {"total_s": time.perf_counter() - t0},
+    }
+
+
+def _write_reports(out: Path, record: dict, inputs: dict) -> tuple[Path, Path, list[Path]]:
+    from .report import verify_markdown, verify_plots
+
+    artifacts.ensure_dir(out)
+    with artifacts.transaction():  # the reports land together, gate or no gate
+        plots = verify_plots(record, out)
+        record_path = artifacts.write_json(out / files.VERIFY_RECORD, record, inputs=inputs)
+        report_path = artifacts.write_text(
+            out / files.VERIFY_REPORT, verify_markdown(record, plots)
+        )
+    return record_path, report_path, plots
 
 
 def _ends_in_softmax(info) -> bool:
@@ -358,9 +390,11 @@ def softmax_slack(info) -> int:
     return max(1, math.floor(SOFTMAX_SLACK_PROBABILITY / t_out.scale[0] + 1e-6))
 
 
-def _row(candidate, target, pred, ref_pred, y, n_classes, seconds, info) -> Row:
-    c = compare(pred, ref_pred, y)
-    dis = np.bincount(ref_pred[pred != ref_pred], minlength=n_classes)
+def _row(
+    candidate: str, target: str, pred: np.ndarray, ref: Reference, seconds: float, info: dict
+) -> Row:
+    c = compare(pred, ref.pred, ref.y)
+    dis = np.bincount(ref.pred[pred != ref.pred], minlength=ref.n_classes)
     return Row(
         candidate,
         target,

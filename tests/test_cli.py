@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 from pipeline.artifacts import ARTIFACTS_ENV
 from pipeline.cli import cli
@@ -26,16 +27,6 @@ def run(monkeypatch, tmp_path):
         return CliRunner().invoke(cli, [str(a) for a in args], env=env, prog_name="bnpipe")
 
     return invoke
-
-
-def assert_one_line_error(result, message=None, code=2):
-    """Exit `code`, stderr is exactly one line `Error: <message>`, no traceback anywhere."""
-    assert result.exit_code == code, (result.exit_code, result.output)
-    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught error
-    assert "Traceback" not in result.output
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
-    if message is not None:
-        assert result.stderr == f"Error: {message}\n"
 
 
 # --- help -------------------------------------------------------------------------------------
@@ -107,10 +98,10 @@ def test_fold_on_a_file_that_is_not_a_model(run, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--hidden", "a,b"], "--hidden takes comma-separated integers such as 64,64; got 'a,b'"),
-        (["--hidden", "16,0"], "--hidden needs one or more positive widths, got 16,0"),
-        (["--epochs", "0"], "--epochs must be ≥ 1, got 0"),
-        (["--batch-size", "0"], "--batch-size must be ≥ 1, got 0"),
+        (["--hidden", "a,b"], "--hidden takes comma-separated integers; got 'a,b'"),
+        (["--hidden", "16,0"], "--hidden needs 1 to 64 widths from 1 to 8,192, got 16,0"),
+        (["--epochs", "0"], "--epochs must be an integer from 1 to 10,000, got 0"),
+        (["--batch-size", "0"], "--batch-size must be an integer from 1 to 1,048,576, got 0"),
     ],
 )
 def test_train_bad_values(run, tmp_path, args, message):

@@ -1,82 +1,17 @@
-"""pipeline.data: every reader on real files written here, the checks, scaling and splits."""
+"""pipeline.data: the checks, scaling and splits every source goes through, and fingerprints."""
 
-import gzip
 import json
-import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import csv_rows, raises_data_error, write_csv, write_npz
 
 from pipeline import data
-from pipeline.data import Dataset, Preprocessing, load_dataset, read_idx
-from pipeline.errors import DataError
+from pipeline.data import Dataset, Preprocessing, load_dataset
 
 RNG = np.random.default_rng(1234)
-
-
-def _images(n, rows=4, cols=4, classes=3, seed=0):
-    """(n, rows, cols) uint8 pixels and (n,) uint8 labels cycling through every class."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, size=(n, rows, cols), dtype=np.uint8)
-    y = (np.arange(n) % classes).astype(np.uint8)
-    return x, y
-
-
-def _write_npz(path, n_train=30, n_test=12, **override):
-    x_train, y_train = _images(n_train, seed=1)
-    x_test, y_test = _images(n_test, seed=2)
-    arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    arrays.update(override)
-    np.savez(path, **arrays)
-    return arrays
-
-
-def _idx_bytes(a: np.ndarray) -> bytes:
-    """The IDX encoding written independently of the reader: magic, dims, big-endian values."""
-    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}[a.dtype]
-    header = struct.pack(">HBB", 0, code, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
-    return header + a.astype(a.dtype.newbyteorder(">")).tobytes()
-
-
-def _write_idx_dir(directory, gz=False, dotted=False, n_train=30, n_test=12):
-    directory.mkdir(exist_ok=True)
-    x_train, y_train = _images(n_train, seed=1)
-    x_test, y_test = _images(n_test, seed=2)
-    for base, a in (
-        ("train-images-idx3-ubyte", x_train),
-        ("train-labels-idx1-ubyte", y_train),
-        ("t10k-images-idx3-ubyte", x_test),
-        ("t10k-labels-idx1-ubyte", y_test),
-    ):
-        name = base.replace("-idx", ".idx", 1) if dotted else base
-        raw = _idx_bytes(a)
-        if gz:
-            (directory / (name + ".gz")).write_bytes(gzip.compress(raw))
-        else:
-            (directory / name).write_bytes(raw)
-    return x_train, y_train, x_test, y_test
-
-
-def _write_csv(path, rows, header=None):
-    lines = ([",".join(header)] if header else []) + [",".join(str(v) for v in r) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _csv_rows(n=40, features=5, classes=2):
-    x = RNG.integers(0, 256, size=(n, features))
-    y = np.arange(n) % classes
-    return [[int(y[i]), *map(int, x[i])] for i in range(n)], x, y
-
-
-def _raises(fragment, fn, *args, **kwargs):
-    with pytest.raises(DataError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert fragment in message, message
-    assert "\n" not in message  # one line for the CLI
-    return message
 
 
 # --- digits -----------------------------------------------------------------------------------
@@ -163,286 +98,25 @@ def test_loading_digits_does_not_import_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-# --- npz ---------------------------------------------------------------------------------------
-
-
-def test_npz_keeps_its_test_split_and_scales_by_255(tmp_path):
-    path = tmp_path / "small.npz"
-    arrays = _write_npz(path)
-    ds = load_dataset(str(path), seed=3)
-    np.testing.assert_array_equal(
-        ds.x_test, arrays["x_test"].reshape(12, 16).astype(np.float32) / np.float32(255)
-    )
-    np.testing.assert_array_equal(ds.y_test, arrays["y_test"].astype(np.int64))
-    assert len(ds.y_train) == 27 and len(ds.y_val) == 3
-    assert ds.preprocessing == Preprocessing(255.0, 16)
-    assert ds.num_classes == 3
-    assert ds.split["source_has_test_split"] and ds.split["test_from"] == "source"
-    assert ds.split["test_fraction"] is None
-    assert ds.source == f"npz file {path} (42 samples)"
-
-
-def test_npz_float_data_in_unit_range_keeps_divisor_1(tmp_path):
-    path = tmp_path / "f.npz"
-    _write_npz(
-        path,
-        x_train=RNG.random((30, 6)).astype(np.float32),
-        x_test=RNG.random((12, 6)).astype(np.float32),
-    )
-    ds = load_dataset(str(path))
-    assert ds.preprocessing.divisor == 1.0 and ds.preprocessing.n_features == 6
-
-
-def test_npz_missing_keys_named(tmp_path):
-    path = tmp_path / "bad.npz"
-    np.savez(path, x_train=np.zeros((3, 4)), images=np.zeros((3, 4)))
-    msg = _raises(
-        "lacks the keys y_train, x_test, y_test; found x_train, images", load_dataset, str(path)
-    )
-    assert "expected x_train, y_train, x_test, y_test" in msg
-
-
-def test_npz_object_arrays_refused_without_unpickling(tmp_path):
-    path = tmp_path / "obj.npz"
-    x, y = _images(5)
-    np.savez(
-        path,
-        x_train=np.array([x[0], "not a picture"], dtype=object),
-        y_train=y,
-        x_test=x,
-        y_test=y,
-        allow_pickle=True,
-    )
-    _raises("holds object arrays (x_train); bnpipe never unpickles", load_dataset, str(path))
-
-
-def test_npz_not_an_archive(tmp_path):
-    path = tmp_path / "junk.npz"
-    path.write_bytes(b"this is no zip file")
-    _raises("is not a readable .npz archive", load_dataset, str(path))
-
-
-def test_npz_refuses_test_data(tmp_path):
-    path = tmp_path / "small.npz"
-    _write_npz(path)
-    other = tmp_path / "t.csv"
-    _write_csv(other, _csv_rows()[0])
-    _raises(
-        "has its own test split; --test-data is only for a .csv",
-        load_dataset,
-        str(path),
-        str(other),
-    )
-
-
-def test_digits_refuses_test_data(tmp_path):
-    other = tmp_path / "t.csv"
-    _write_csv(other, _csv_rows()[0])
-    _raises(
-        "given with digits, whose test split bnpipe makes itself",
-        load_dataset,
-        "digits",
-        str(other),
-    )
-
-
-# --- IDX ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("gz,dotted", [(False, False), (True, False), (False, True), (True, True)])
-def test_idx_directory_plain_gzipped_and_dotted(tmp_path, gz, dotted):
-    x_train, y_train, x_test, y_test = _write_idx_dir(tmp_path / "mnist", gz=gz, dotted=dotted)
-    ds = load_dataset(str(tmp_path / "mnist"))
-    np.testing.assert_array_equal(
-        ds.x_test, x_test.reshape(12, 16).astype(np.float32) / np.float32(255)
-    )
-    np.testing.assert_array_equal(ds.y_test, y_test)
-    assert len(ds.y_train) + len(ds.y_val) == 30
-    assert ds.preprocessing == Preprocessing(255.0, 16)
-    # the training pool is the IDX training set, reshuffled
-    pool = np.concatenate([ds.y_train, ds.y_val])
-    np.testing.assert_array_equal(np.sort(pool), np.sort(y_train))
-
-
-def test_read_idx_other_dtypes_round_trip(tmp_path):
-    for a in (
-        np.arange(24, dtype=np.int32).reshape(2, 3, 4) - 5,
-        np.linspace(0, 1, 6, dtype=np.float32),
-    ):
-        (tmp_path / "f").write_bytes(_idx_bytes(a))
-        out = read_idx(tmp_path / "f")
-        assert out.dtype == a.dtype and out.dtype.isnative
-        np.testing.assert_array_equal(out, a)
-
-
-def test_idx_truncated_file(tmp_path):
-    _write_idx_dir(tmp_path / "m")
-    f = tmp_path / "m" / "t10k-images-idx3-ubyte"
-    f.write_bytes(f.read_bytes()[:-7])
-    _raises(
-        "is truncated: the header declares shape (12, 4, 4) (192 data bytes) but the file holds 185",
-        load_dataset,
-        str(tmp_path / "m"),
-    )
-
-
-def test_idx_truncated_gzip(tmp_path):
-    _write_idx_dir(tmp_path / "m", gz=True)
-    f = tmp_path / "m" / "train-labels-idx1-ubyte.gz"
-    f.write_bytes(f.read_bytes()[:-12])
-    _raises("train-labels-idx1-ubyte.gz cannot be read", load_dataset, str(tmp_path / "m"))
-
-
-def test_idx_trailing_bytes_and_bad_magic(tmp_path):
-    _write_idx_dir(tmp_path / "m")
-    f = tmp_path / "m" / "train-labels-idx1-ubyte"
-    good = f.read_bytes()
-    f.write_bytes(good + b"\0\0")
-    _raises(
-        "has 2 bytes after the 30 data bytes its header (shape (30,)) declares",
-        load_dataset,
-        str(tmp_path / "m"),
-    )
-    f.write_bytes(b"\x01\x02" + good[2:])
-    _raises("is not an IDX file: magic number 0x01020801", load_dataset, str(tmp_path / "m"))
-
-
-def test_idx_directory_missing_files(tmp_path):
-    _write_idx_dir(tmp_path / "m")
-    (tmp_path / "m" / "t10k-labels-idx1-ubyte").unlink()
-    _raises(
-        "lacks t10k-labels-idx1-ubyte[.gz]; found train-images-idx3-ubyte",
-        load_dataset,
-        str(tmp_path / "m"),
-    )
-    (tmp_path / "empty").mkdir()
-    _raises("holds none of the MNIST IDX files", load_dataset, str(tmp_path / "empty"))
-
-
-def test_idx_label_count_mismatch(tmp_path):
-    _write_idx_dir(tmp_path / "m")
-    (tmp_path / "m" / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(29, np.uint8)))
-    _raises("30 train images but 29 train labels", load_dataset, str(tmp_path / "m"))
-
-
-# --- CSV ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("header", [None, ["label"] + [f"px{i}" for i in range(5)]])
-def test_csv_with_and_without_header(tmp_path, header):
-    rows, x, y = _csv_rows()
-    path = tmp_path / "d.csv"
-    _write_csv(path, rows, header)
-    ds = load_dataset(str(path), seed=2, test_fraction=0.25)
-    assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == 40 and len(ds.y_test) == 10
-    assert ds.preprocessing == Preprocessing(255.0, 5)
-    assert ds.split["test_from"] == "split" and ds.split["test_fraction"] == 0.25
-    # every test sample is one of the file's rows, scaled
-    expected = {(int(y[i]), *(x[i] / 255).astype(np.float32).tolist()) for i in range(40)}
-    for xi, yi in zip(ds.x_test, ds.y_test):
-        assert (int(yi), *xi.tolist()) in expected
-
-
-def test_csv_separate_test_file(tmp_path):
-    rows, _, _ = _csv_rows()
-    _write_csv(tmp_path / "train.csv", rows)
-    test_rows, _, _ = _csv_rows(n=8)
-    _write_csv(tmp_path / "test.csv", test_rows, header=["y", "a", "b", "c", "d", "e"])
-    ds = load_dataset(str(tmp_path / "train.csv"), str(tmp_path / "test.csv"))
-    assert len(ds.y_test) == 8 and len(ds.y_train) + len(ds.y_val) == 40
-    np.testing.assert_array_equal(ds.y_test, [r[0] for r in test_rows])
-    assert ds.split["test_from"] == "test_data" and ds.split["test_data"] == str(
-        tmp_path / "test.csv"
-    )
-    assert ds.source.endswith(f"+ test file {tmp_path / 'test.csv'} (8 samples)")
-
-
-def test_csv_non_numeric_cell_named_by_row_and_column(tmp_path):
-    rows, _, _ = _csv_rows(n=6)
-    rows[3][4] = "oops"
-    path = tmp_path / "d.csv"
-    _write_csv(path, rows, header=["label", "a", "b", "c", "d", "e"])
-    _raises("row 5, column 5: 'oops' is not a number", load_dataset, str(path))
-
-
-def test_csv_ragged_row(tmp_path):
-    rows, _, _ = _csv_rows(n=6)
-    rows[2] = rows[2][:-1]
-    path = tmp_path / "d.csv"
-    _write_csv(path, rows)
-    _raises("row 3: 5 columns; expected 6", load_dataset, str(path))
-
-
-def test_csv_feature_count_differs_from_test_file(tmp_path):
-    _write_csv(tmp_path / "train.csv", _csv_rows()[0])
-    _write_csv(tmp_path / "test.csv", _csv_rows(features=4)[0])
-    _raises(
-        "the training data has 5 features per sample but the test data (CSV file",
-        load_dataset,
-        str(tmp_path / "train.csv"),
-        str(tmp_path / "test.csv"),
-    )
-
-
-def test_csv_label_problems_point_at_the_row(tmp_path):
-    rows, _, _ = _csv_rows(n=10)
-    path = tmp_path / "d.csv"
-    rows[6][0] = 1.5
-    _write_csv(path, rows, header=["l", "a", "b", "c", "d", "e"])
-    _raises("1 train labels are not integers, the first 1.5 at row 8", load_dataset, str(path))
-    rows[6][0] = -1
-    _write_csv(path, rows)
-    _raises("1 train labels are negative, the first -1 at row 7", load_dataset, str(path))
-    rows[6][0] = 7
-    _write_csv(path, rows)
-    _raises(
-        "1 train labels are >= num_classes 3, the first 7 at row 7; expected 0 to 2",
-        load_dataset,
-        str(path),
-        num_classes=3,
-    )
-
-
-def test_csv_nan_counted_and_located(tmp_path):
-    rows, _, _ = _csv_rows(n=10)
-    rows[2][3] = "nan"
-    rows[5][1] = "inf"
-    path = tmp_path / "d.csv"
-    _write_csv(path, rows)
-    _raises(
-        "2 NaN or infinite values in the train images, the first at row 3, column 4",
-        load_dataset,
-        str(path),
-    )
-
-
-def test_csv_header_only_and_empty(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text("label,a,b\n")
-    _raises("has a header row but no data rows", load_dataset, str(path))
-    path.write_text("\n")
-    _raises("is empty", load_dataset, str(path))
-
-
 # --- checks common to all formats ----------------------------------------------------------------
 
 
 def test_missing_path_and_unknown_formats(tmp_path):
-    _raises(
+    raises_data_error(
         f"data path {tmp_path / 'nope.npz'} does not exist",
         load_dataset,
         str(tmp_path / "nope.npz"),
     )
-    msg = _raises(
+    msg = raises_data_error(
         "unknown data set 'fashion': it is neither a keyword nor an existing path",
         load_dataset,
         "fashion",
     )
     assert "'digits', 'mnist', a .npz file" in msg
     (tmp_path / "d.txt").write_text("1,2\n")
-    _raises("unknown data format", load_dataset, str(tmp_path / "d.txt"))
-    _write_csv(tmp_path / "d.csv", _csv_rows()[0])
-    _raises(
+    raises_data_error("unknown data format", load_dataset, str(tmp_path / "d.txt"))
+    write_csv(tmp_path / "d.csv", csv_rows()[0])
+    raises_data_error(
         f"--test-data path {tmp_path / 'none.csv'} does not exist",
         load_dataset,
         str(tmp_path / "d.csv"),
@@ -452,31 +126,33 @@ def test_missing_path_and_unknown_formats(tmp_path):
 
 def test_count_mismatch_named_with_both_numbers(tmp_path):
     path = tmp_path / "m.npz"
-    _write_npz(path, y_test=np.zeros(11, np.uint8))
-    _raises("12 test images but 11 test labels", load_dataset, str(path))
+    write_npz(path, y_test=np.zeros(11, np.uint8))
+    raises_data_error("12 test images but 11 test labels", load_dataset, str(path))
 
 
 def test_labels_out_of_range_in_arrays(tmp_path):
     path = tmp_path / "m.npz"
     y = np.array([0, 1, 2] * 10)
     y[17] = 9
-    _write_npz(path, y_train=y)
-    _raises(
+    write_npz(path, y_train=y)
+    raises_data_error(
         "1 train labels are >= num_classes 3, the first 9 at index 17",
         load_dataset,
         str(path),
         num_classes=3,
     )
-    _write_npz(path, y_train=np.full(30, 0.5))
-    _raises("30 train labels are not integers, the first 0.5 at index 0", load_dataset, str(path))
+    write_npz(path, y_train=np.full(30, 0.5))
+    raises_data_error(
+        "30 train labels are not integers, the first 0.5 at index 0", load_dataset, str(path)
+    )
 
 
 def test_nan_in_arrays(tmp_path):
     path = tmp_path / "m.npz"
     x = RNG.random((30, 3, 2))
     x[4, 1, 0] = np.nan
-    _write_npz(path, x_train=x)
-    _raises(
+    write_npz(path, x_train=x)
+    raises_data_error(
         "1 NaN or infinite values in the train images, the first at sample 4, feature 2",
         load_dataset,
         str(path),
@@ -485,14 +161,14 @@ def test_nan_in_arrays(tmp_path):
 
 def test_empty_split(tmp_path):
     path = tmp_path / "m.npz"
-    _write_npz(path, x_test=np.zeros((0, 4, 4), np.uint8), y_test=np.zeros(0, np.uint8))
-    _raises("the test set is empty", load_dataset, str(path))
+    write_npz(path, x_test=np.zeros((0, 4, 4), np.uint8), y_test=np.zeros(0, np.uint8))
+    raises_data_error("the test set is empty", load_dataset, str(path))
 
 
 def test_too_few_samples_to_split(tmp_path):
     path = tmp_path / "d.csv"
-    _write_csv(path, [[0, 1, 2], [1, 3, 4]])
-    _raises(
+    write_csv(path, [[0, 1, 2], [1, 3, 4]])
+    raises_data_error(
         "the training part holds 1 samples, too few to split off a validation set",
         load_dataset,
         str(path),
@@ -511,27 +187,34 @@ def test_value_range_refused(tmp_path, x, fragment):
     path = tmp_path / "m.npz"
     x_test = np.zeros((12, 4), np.int32)
     x_test[0, 0] = 255
-    _write_npz(path, x_train=x, x_test=x_test)
-    msg = _raises(fragment, load_dataset, str(path))
+    write_npz(path, x_train=x, x_test=x_test)
+    msg = raises_data_error(fragment, load_dataset, str(path))
     assert "expected 8-bit pixels (integers 0 to 255) or floats already in [0, 1]" in msg
 
 
 def test_unstratified_when_a_class_has_one_member(tmp_path):
-    rows, _, _ = _csv_rows(n=30)
+    rows, _, _ = csv_rows(n=30)
     rows.append([2, 1, 2, 3, 4, 5])  # class 2: one sample only
     path = tmp_path / "d.csv"
-    _write_csv(path, rows)
+    write_csv(path, rows)
     ds = load_dataset(str(path))
     assert ds.split["test_stratified"] is False and ds.num_classes == 3
 
 
 def test_argument_checks():
-    _raises("val_fraction must be a number between 0 and 1", load_dataset, "digits", val_fraction=0)
-    _raises(
+    raises_data_error(
+        "val_fraction must be a number between 0 and 1", load_dataset, "digits", val_fraction=0
+    )
+    raises_data_error(
         "test_fraction must be a number between 0 and 1", load_dataset, "digits", test_fraction=1.5
     )
-    _raises("num_classes must be an integer >= 2, got 1", load_dataset, "digits", num_classes=1)
-    _raises("seed must be an integer >= 0, got -1", load_dataset, "digits", seed=-1)
+    raises_data_error(
+        "num_classes must be an integer from 2 to 10000, got 1",
+        load_dataset,
+        "digits",
+        num_classes=1,
+    )
+    raises_data_error("seed must be an integer >= 0, got -1", load_dataset, "digits", seed=-1)
 
 
 # --- Preprocessing -------------------------------------------------------------------------------
@@ -545,15 +228,15 @@ def test_preprocessing_apply_and_round_trip():
     np.testing.assert_array_equal(out, np.array([[0, 1, 0.2, 0.4]], np.float32))
     assert raw.dtype == np.uint8  # not modified
     assert Preprocessing.from_dict(pre.to_dict()) == pre
-    _raises(
+    raises_data_error(
         "input has 3 features per sample; the preprocessing expects 4", pre.apply, np.zeros((2, 3))
     )
-    _raises(
+    raises_data_error(
         "preprocessing record lacks n_features; found keys divisor",
         Preprocessing.from_dict,
         {"divisor": 1.0},
     )
-    _raises("divisor must be a finite number > 0, got 0", Preprocessing, 0, 4)
+    raises_data_error("divisor must be a finite number > 0, got 0", Preprocessing, 0, 4)
 
 
 # --- integer pixel codes of the test split ------------------------------------------------------
@@ -582,12 +265,12 @@ def test_digits_test_codes_are_its_pixels(digits):
 
 def test_npz_and_csv_test_codes_are_the_stored_pixels(tmp_path):
     path = tmp_path / "small.npz"
-    arrays = _write_npz(path)
+    arrays = write_npz(path)
     np.testing.assert_array_equal(
         load_dataset(str(path)).x_test_codes, arrays["x_test"].reshape(12, 16)
     )
-    rows, x, y = _csv_rows()
-    _write_csv(tmp_path / "d.csv", rows)
+    rows, x, y = csv_rows()
+    write_csv(tmp_path / "d.csv", rows)
     ds = load_dataset(str(tmp_path / "d.csv"), seed=2)
     assert ds.x_test_codes.dtype == np.uint8
     np.testing.assert_array_equal(
@@ -597,7 +280,7 @@ def test_npz_and_csv_test_codes_are_the_stored_pixels(tmp_path):
 
 def test_no_codes_for_data_that_are_not_pixels(tmp_path):
     path = tmp_path / "f.npz"
-    _write_npz(
+    write_npz(
         path,
         x_train=RNG.random((30, 6)).astype(np.float32),
         x_test=RNG.random((12, 6)).astype(np.float32),
@@ -617,34 +300,3 @@ def test_no_codes_for_data_that_are_not_pixels(tmp_path):
         np.zeros((0, 3), np.float32),
     ):
         assert data.pixel_codes(x, pre) is None, x
-
-
-# --- mnist: only the cache path; tests never download -----------------------------------------
-
-
-def test_mnist_read_from_keras_home_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    assert data.find_cached_mnist() is None
-    assert data.mnist_cache_path() == tmp_path / "keras" / "datasets" / "mnist.npz"
-    (tmp_path / "keras" / "datasets").mkdir(parents=True)
-    arrays = _write_npz(tmp_path / "keras" / "datasets" / "mnist.npz")
-    assert data.find_cached_mnist() == data.mnist_cache_path()
-    ds = load_dataset("mnist")
-    assert ds.name == "mnist" and ds.source == "Keras MNIST (42 samples)"
-    np.testing.assert_array_equal(ds.y_test, arrays["y_test"])
-    assert ds.preprocessing == Preprocessing(255.0, 16)
-
-
-def test_mnist_download_failure_says_how_to_supply_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-
-    def offline(cache_root):  # stands in for the network, never reached in tests
-        assert cache_root == tmp_path / "keras"
-        raise OSError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(data, "_download_mnist", offline)
-    msg = _raises(
-        "the download failed (OSError: Temporary failure in name resolution)", load_dataset, "mnist"
-    )
-    assert "supply MNIST locally instead: --data PATH.npz" in msg
-    assert "train-images-idx3-ubyte[.gz]" in msg

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import keras_weights
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.cli import cli
@@ -105,15 +106,9 @@ def runs(tmp_path_factory):
     return dirs
 
 
-def _weights(path: Path) -> list[tuple[str, np.ndarray]]:
-    from pipeline.model import load_model
-
-    return [(w.name, w.numpy()) for w in load_model(path).weights]
-
-
 @pytest.mark.parametrize("name", KERAS_FILES)
-def test_same_seed_gives_identical_weights(runs, name):
-    a, b = _weights(runs["a"] / name), _weights(runs["b"] / name)
+def test_same_seed_gives_identicalkeras_weights(runs, name):
+    a, b = keras_weights(runs["a"] / name), keras_weights(runs["b"] / name)
     assert [n for n, _ in a] == [n for n, _ in b] and len(a) >= 6
     for (n, wa), (_, wb) in zip(a, b):
         assert wa.dtype == wb.dtype and wa.shape == wb.shape, n
@@ -142,7 +137,10 @@ def test_keras_archives_hold_no_time_of_saving(runs, name):
 
 
 def test_other_seed_gives_other_weights_and_files(runs):
-    a, c = dict(_weights(runs["a"] / "model.keras")), dict(_weights(runs["c"] / "model.keras"))
+    a, c = (
+        dict(keras_weights(runs["a"] / "model.keras")),
+        dict(keras_weights(runs["c"] / "model.keras")),
+    )
     kernels = [n for n in a if "kernel" in n]
     assert len(kernels) == 3
     for n in kernels:  # every layer starts from another draw

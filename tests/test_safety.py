@@ -20,6 +20,7 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.cli import cli
@@ -44,14 +45,6 @@ BENCH_ARGS = ["--batch-sizes", "1", "--threads", "1", "--warmup", "0", "--runs",
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], prog_name="bnpipe")
-
-
-def assert_one_line_error(result, message):
-    """Exit 2, stderr exactly `Error: <message>`, no traceback, nothing on stdout."""
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught error
-    assert "Traceback" not in result.output
-    assert result.stderr == f"Error: {message}\n"
 
 
 def _marking(marker):

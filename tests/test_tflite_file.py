@@ -11,7 +11,7 @@ from ai_edge_litert.tools import flatbuffer_utils
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.config import EXPORT_MODES
 from pipeline.errors import ModelError
-from pipeline.export import tflite_name
+from pipeline.files import tflite_name
 from pipeline.quantize import to_input
 from pipeline.runtimes.host import HostRuntime
 from pipeline.tflite_file import (

@@ -6,39 +6,33 @@ import json
 
 import numpy as np
 import pytest
+from helpers import keras_weights
 
 from pipeline.artifacts import TMP_PREFIX, sha256_file
 from pipeline.config import TrainConfig
 
 
-def _weights(path):
-    from pipeline.model import load_model
-
-    model = load_model(path)
-    return [(w.name, w.numpy()) for w in model.weights]
-
-
 @pytest.mark.parametrize("fixture", ["trained", "trained_custom"])
-def test_same_seed_gives_identical_weights(request, fixture, tmp_path):
+def test_same_seed_gives_identicalkeras_weights(request, fixture, tmp_path):
     from pipeline.train import train
 
     config, first = request.getfixturevalue(fixture)
     second = train(config, tmp_path, quiet=True)
-    a, b = _weights(first.model_path), _weights(second.model_path)
+    a, b = keras_weights(first.model_path), keras_weights(second.model_path)
     assert [name for name, _ in a] == [name for name, _ in b]
     for (name, wa), (_, wb) in zip(a, b):
         assert wa.dtype == wb.dtype and np.array_equal(wa, wb), name
     assert second.test_accuracy == first.test_accuracy
 
 
-def test_different_seed_gives_different_weights(trained, tmp_path):
+def test_different_seed_gives_differentkeras_weights(trained, tmp_path):
     import dataclasses
 
     from pipeline.train import train
 
     config, first = trained
     other = train(dataclasses.replace(config, seed=1), tmp_path, quiet=True)
-    a, b = dict(_weights(first.model_path)), dict(_weights(other.model_path))
+    a, b = dict(keras_weights(first.model_path)), dict(keras_weights(other.model_path))
     kernels = [name for name in a if "kernel" in name]
     assert len(kernels) == 3
     for name in kernels:  # every kernel starts from a different draw
@@ -116,10 +110,10 @@ def test_train_bad_data_writes_nothing(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(epochs=0), "--epochs must be ≥ 1, got 0"),
-        (dict(hidden=(16, 0)), "--hidden needs one or more positive widths, got 16,0"),
+        (dict(epochs=0), "--epochs must be an integer from 1 to 10,000, got 0"),
+        (dict(hidden=(16, 0)), "--hidden needs 1 to 64 widths from 1 to 8,192, got 16,0"),
         (dict(bn="torch"), "--bn must be keras or custom, got 'torch'"),
-        (dict(batch_size=0), "--batch-size must be ≥ 1, got 0"),
+        (dict(batch_size=0), "--batch-size must be an integer from 1 to 1,048,576, got 0"),
         (dict(val_fraction=0.0), "val_fraction must be in (0, 0.5), got 0.0"),  # data.py needs > 0
     ],
 )
@@ -176,14 +170,15 @@ def _interrupt_when(proc, ready, timeout=120.0):
     return proc.wait(timeout=120)
 
 
-def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path):
+def test_interrupted_training_resumes_to_the_uninterruptedkeras_weights(tmp_path):
     import subprocess
     import sys
 
     from click.testing import CliRunner
 
     from pipeline.cli import cli
-    from pipeline.train import RESUME_DIR, train
+    from pipeline.files import RESUME_DIR
+    from pipeline.train import train
 
     out = tmp_path / "interrupted"
     ckpts = out / RESUME_DIR
@@ -227,7 +222,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path):
     assert len(rec["history"]["loss"]) == RESUME["epochs"]  # the checkpoint carried the history
 
     whole = train(TrainConfig(**RESUME), tmp_path / "whole", quiet=True)
-    a, b = _weights(out / "model.keras"), _weights(whole.model_path)
+    a, b = keras_weights(out / "model.keras"), keras_weights(whole.model_path)
     assert [n for n, _ in a] == [n for n, _ in b]
     for (name, wa), (_, wb) in zip(a, b):
         assert np.array_equal(wa, wb), name
@@ -237,15 +232,17 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path):
 def test_resume_refuses_a_checkpoint_of_other_options(tmp_path):
     import dataclasses
 
+    from pipeline.checkpoints import save as save_checkpoint
     from pipeline.data import load_dataset
     from pipeline.errors import ArtifactError
+    from pipeline.files import RESUME_DIR
     from pipeline.model import build_mlp, compile_model
-    from pipeline.train import RESUME_DIR, _save_checkpoint, train
+    from pipeline.train import train
 
     config = TrainConfig(**{**RESUME, "epochs": 2})
     ds = load_dataset("digits", seed=config.seed)
     model = compile_model(build_mlp(64, 10, config.hidden, "keras"), config.learning_rate)
-    _save_checkpoint(tmp_path / RESUME_DIR, model, 1, config, ds.fingerprint(), {})
+    save_checkpoint(tmp_path / RESUME_DIR, model, 1, config, ds.fingerprint(), {})
     other = dataclasses.replace(config, learning_rate=0.05)
     with pytest.raises(ArtifactError) as info:
         train(other, tmp_path, quiet=True, resume=True)

@@ -8,12 +8,14 @@ import struct
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.cli import cli
 from pipeline.config import EXPORT_MODES, ExportConfig, TrainConfig, VerifyConfig
 from pipeline.errors import GateFailed
-from pipeline.export import run_export, tflite_name
+from pipeline.export import run_export
+from pipeline.files import tflite_name
 from pipeline.fold import run_fold
 from pipeline.quantize import to_input
 from pipeline.runtimes.host import HostRuntime
@@ -32,13 +34,6 @@ def _copy(exported, tmp_path):
     out = tmp_path / "art"
     shutil.copytree(exported, out)
     return out
-
-
-def _one_error_line(result) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -297,8 +292,7 @@ def test_a_model_trained_differently_fails_the_gate(exported, other_int8, tmp_pa
             str(out),
         ],
     )
-    assert result.exit_code == 1, result.output
-    line = _one_error_line(result)
+    line = assert_one_line_error(result, code=1)
     assert "other_int8.tflite on host-ref: agrees with the original on " in line
     assert "other_int8.tflite on host: agrees with the original on " in line
     assert result.stdout.startswith("# bnpipe verify: **FAIL — not fit to ship**")
@@ -385,8 +379,7 @@ def test_crafted_tflite_files_exit_2_before_writing(exported, tmp_path):
                 str(out),
             ],
         )
-        assert result.exit_code == 2, (name, result.output)
-        assert _one_error_line(result).startswith(f"Error: {path} "), name
+        assert assert_one_line_error(result).startswith(f"Error: {path} "), name
         assert not (out / "verify.json").exists()
 
 
@@ -399,9 +392,8 @@ def test_data_with_another_feature_count_exits_2_with_both_numbers(exported, tmp
     result = CliRunner().invoke(
         cli, ["verify", "--data", str(csv), "--targets", "host-ref", "-q", "--artifacts", str(out)]
     )
-    assert result.exit_code == 2, result.output
     assert (
-        _one_error_line(result)
+        assert_one_line_error(result)
         == "Error: the data has 10 features per sample but the model takes 64"
     )
     assert not (out / "verify.json").exists()
@@ -412,8 +404,7 @@ def test_unreachable_ssh_target_asked_for_exits_2(exported, tmp_path):
     result = CliRunner().invoke(
         cli, ["verify", "--targets", "ssh:nobody@127.0.0.1:1", "-q", "--artifacts", str(out)]
     )
-    assert result.exit_code == 2, result.output
-    line = _one_error_line(result)
+    line = assert_one_line_error(result)
     assert line.startswith(
         "Error: target ssh:nobody@127.0.0.1:1 is not available: cannot reach "
         "ssh:nobody@127.0.0.1:1: "
@@ -428,8 +419,7 @@ def test_arm64_target_not_set_up_exits_2_with_the_set_up_command(exported, tmp_p
     result = CliRunner().invoke(
         cli, ["verify", "--targets", "host,arm64", "-q", "--artifacts", str(out)]
     )
-    assert result.exit_code == 2, result.output
-    assert _one_error_line(result) == (
+    assert assert_one_line_error(result) == (
         f"Error: target arm64 is not available: the arm64 emulator is not set up in "
         f"{tmp_path / 'empty-cache' / 'arm64'}: run `bash scripts/setup_arm64_emulator.sh` "
         "(no root needed; about a minute)"
