@@ -1,0 +1,340 @@
+"""keras3.py: Keras 3 models built here (never downloaded) are told apart from tf_keras ones, read
+safely, and refused by name, before deserializing, when bnpipe cannot translate them.
+
+Keras 3 runs in this process beside tf_keras (TF_USE_LEGACY_KERAS=1, set by the pipeline package).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ModelError
+from pipeline.keras3 import SUPPORTED_LAYERS, load_keras3, saved_by
+
+SUPPORTED = ", ".join(SUPPORTED_LAYERS)
+
+
+@pytest.fixture(scope="session")
+def k3():
+    from pipeline.keras3 import keras3
+
+    return keras3()
+
+
+def _nontrivial_bn(model, seed: int) -> None:
+    """Give every BN of `model` statistics and affine parameters far from their initial values
+    (mean 0, variance 1, γ 1, β 0), as training would: a translation that dropped or swapped any
+    of them changes the outputs."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ != "BatchNormalization":
+            continue
+        n = layer.moving_mean.shape[0]
+        layer.moving_mean.assign(rng.normal(0.0, 1.0, n).astype(np.float32))
+        layer.moving_variance.assign(rng.uniform(0.2, 3.0, n).astype(np.float32))
+        if layer.scale:
+            layer.gamma.assign(rng.uniform(0.5, 2.0, n).astype(np.float32))
+        if layer.center:
+            layer.beta.assign(rng.normal(0.0, 0.5, n).astype(np.float32))
+
+
+# --- the models -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's bundled 8×8 digits, scaled to [0, 1] as bnpipe does: (1797, 64) float32."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def mlp3(k3, digits):
+    """The seed article's MLP in Keras 3, trained 2 epochs on digits (≈ 110 steps of batch 32),
+    enough for the BN moving statistics (momentum 0.99) to leave their initial values."""
+    L = k3.layers
+    k3.utils.set_random_seed(0)
+    model = k3.Sequential(
+        [
+            k3.Input((64,), name="pixels"),
+            L.Dense(64, name="dense_1"),
+            L.BatchNormalization(name="bn_1"),
+            L.ReLU(name="relu_1"),
+            L.Dense(64, name="dense_2"),
+            L.BatchNormalization(name="bn_2"),
+            L.ReLU(name="relu_2"),
+            L.Dense(10, activation="softmax", name="classes"),
+        ],
+        name="bn_mlp",
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x, y = digits
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    return model
+
+
+def _functional(k3):
+    """BN first, a bias-free Dense, BN(center=False), Dropout, Dense(relu) → BN → Dense, with a
+    tensor feeding three consumers, a Concatenate and every ReLU / LeakyReLU / Softmax option."""
+    L = k3.layers
+    k3.utils.set_random_seed(1)
+    x = k3.Input((20,), name="features")
+    h = L.BatchNormalization(epsilon=1e-2, momentum=0.9, name="bn_in")(x)
+    h = L.Dense(16, use_bias=False, name="dense_nobias")(h)
+    h = L.BatchNormalization(center=False, name="bn_nocenter")(h)
+    h = L.Dropout(0.3, name="dropout")(h)  # h feeds dense_relu, leaky and concat
+    a = L.Dense(16, activation="relu", name="dense_relu")(h)
+    a = L.BatchNormalization(scale=False, epsilon=1e-5, name="bn_noscale")(a)
+    b = L.LeakyReLU(negative_slope=0.1, name="leaky")(h)
+    c = L.Concatenate(name="concat")([a, b, h])
+    c = L.ReLU(max_value=6.0, negative_slope=0.05, threshold=0.1, name="relu_capped")(c)
+    c = L.Dense(12, name="dense_3")(c)
+    c = L.Activation("tanh", name="tanh")(c)
+    logits = L.Dense(5, name="logits")(c)
+    out = L.Softmax(name="probabilities")(logits)
+    model = k3.Model(x, out, name="functional_bn")
+    _nontrivial_bn(model, seed=1)
+    return model
+
+
+def _cnn(k3):
+    """Conv2D + BN + ReLU, DepthwiseConv2D(depth_multiplier=2) + BN + ReLU6, SeparableConv2D,
+    a residual Add, max and average pooling, both global poolings, Concatenate, Dense softmax.
+    Input (batch, 12, 12, 3)."""
+    L = k3.layers
+    k3.utils.set_random_seed(2)
+    x = k3.Input((12, 12, 3), name="image")
+    h = L.ZeroPadding2D(1, name="pad")(x)  # (14, 14, 3)
+    h = L.Conv2D(8, 3, name="conv")(h)  # (12, 12, 8)
+    h = L.BatchNormalization(name="bn_conv")(h)
+    h = L.ReLU(name="relu")(h)
+    d = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False, name="dw")(h)
+    d = L.BatchNormalization(name="bn_dw")(d)  # (12, 12, 16)
+    d = L.ReLU(max_value=6.0, name="relu6")(d)
+    s = L.SeparableConv2D(16, 3, padding="same", activation="relu", name="sep")(d)
+    r = L.Add(name="residual")([s, d])  # (12, 12, 16)
+    p1 = L.MaxPooling2D(2, name="maxpool")(r)  # (6, 6, 16)
+    p2 = L.AveragePooling2D(2, name="avgpool")(r)
+    g = L.Concatenate(name="concat")(
+        [L.GlobalAveragePooling2D(name="gap")(p1), L.GlobalMaxPooling2D(name="gmp")(p2)]
+    )  # (32,)
+    out = L.Dense(10, activation="softmax", name="classes")(g)
+    model = k3.Model(x, out, name="small_cnn")
+    _nontrivial_bn(model, seed=2)
+    return model
+
+
+def _conv1d(k3):
+    """The 1-D layers, Flatten and Reshape, and two outputs. Input (batch, 16, 2)."""
+    L = k3.layers
+    k3.utils.set_random_seed(3)
+    x = k3.Input((16, 2), name="signal")
+    h = L.Conv1D(4, 3, padding="causal", name="conv1d")(x)  # (16, 4)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.MaxPooling1D(2, name="maxpool")(h)  # (8, 4)
+    h = L.AveragePooling1D(2, name="avgpool")(h)  # (4, 4)
+    flat = L.Flatten(name="flatten")(L.Reshape((2, 8), name="reshape")(h))  # (16,)
+    g = L.Concatenate(name="concat")([L.GlobalAveragePooling1D(name="gap")(h), flat])
+    score = L.Dense(3, activation="gelu", name="score")(g)
+    gate = L.Activation("sigmoid", name="gate")(score)
+    model = k3.Model(x, [score, gate], name="signal_1d")
+    _nontrivial_bn(model, seed=3)
+    return model
+
+
+BUILDERS = {"functional": _functional, "cnn": _cnn, "conv1d": _conv1d}
+
+
+@pytest.fixture(scope="session")
+def saved(k3, mlp3, tmp_path_factory):
+    """Every test model saved by Keras 3, and the MLP saved by tf_keras: {name: path}."""
+    from pipeline.tfenv import keras
+
+    out = tmp_path_factory.mktemp("keras3_models")
+    paths = {"mlp": out / "mlp.keras"}
+    mlp3.save(paths["mlp"])
+    for name, build in BUILDERS.items():
+        paths[name] = out / f"{name}.keras"
+        build(k3).save(paths[name])
+    tk = keras()
+    paths["tf_keras"] = out / "tf_keras.keras"
+    tk.Sequential([tk.Input((4,)), tk.layers.Dense(2)]).save(paths["tf_keras"])
+    return paths
+
+
+# --- which Keras saved a file ---------------------------------------------------------------------
+
+
+def test_saved_by_and_import_need_no_tensorflow(saved):
+    """In a fresh interpreter: importing the module and reading both files import no Keras or
+    TensorFlow (bnpipe --help must stay fast)."""
+    code = (
+        "import sys, pipeline.keras3 as k\n"
+        f"print(k.saved_by({str(saved['mlp'])!r}), k.saved_by({str(saved['tf_keras'])!r}))\n"
+        "heavy = {'tensorflow', 'keras', 'tf_keras'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split("\n")[:2] == ["keras3 keras2", "[]"]
+
+
+def _rewrite(src: Path, dest: Path, **members: bytes | None) -> Path:
+    """A copy of the zip `src` with members replaced (bytes) or left out (None)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w") as zout:
+        for info in zin.infolist():
+            if info.filename in members:
+                if members[info.filename] is not None:
+                    zout.writestr(info.filename, members[info.filename])
+            else:
+                zout.writestr(info, zin.read(info))
+    return dest
+
+
+def test_saved_by_reads_the_config_when_metadata_is_missing(saved, tmp_path):
+    bare = _rewrite(saved["cnn"], tmp_path / "bare.keras", **{"metadata.json": None})
+    assert saved_by(bare) == "keras3"
+
+
+def test_saved_by_refuses_unreadable_and_contradictory_files(saved, tmp_path):
+    not_zip = tmp_path / "text.keras"
+    not_zip.write_text("hello")
+    with pytest.raises(
+        ModelError, match=r"text\.keras is not a Keras \.keras file \(expected a zip"
+    ):
+        saved_by(not_zip)
+    no_config = _rewrite(saved["mlp"], tmp_path / "noconfig.keras", **{"config.json": None})
+    with pytest.raises(ModelError, match=r"has no config\.json; it is not a Keras \.keras file"):
+        saved_by(no_config)
+    lying = _rewrite(
+        saved["mlp"], tmp_path / "lying.keras", **{"metadata.json": b'{"keras_version": "2.21.0"}'}
+    )
+    with pytest.raises(ModelError) as info:
+        saved_by(lying)
+    assert str(info.value) == (
+        f"{lying} is inconsistent: metadata.json (keras_version 2.21.0) says keras2, "
+        "config.json's form says keras3"
+    )
+
+
+# --- refusals -------------------------------------------------------------------------------------
+
+
+def _lambda(k3):
+    x = k3.Input((4,), name="x")
+    return k3.Model(x, k3.layers.Lambda(lambda t: t * 2.0, name="double")(x))
+
+
+def _lstm(k3):
+    return k3.Sequential([k3.Input((5, 4)), k3.layers.LSTM(3, name="lstm_1"), k3.layers.Dense(2)])
+
+
+def _embedding(k3):
+    L = k3.layers
+    return k3.Sequential([k3.Input((5,)), L.Embedding(10, 3, name="emb"), L.Flatten(), L.Dense(2)])
+
+
+def _custom(k3):
+    @k3.saving.register_keras_serializable(package="thirdparty")
+    class Scale(k3.layers.Layer):
+        def call(self, inputs):
+            return inputs * 2.0
+
+    return k3.Sequential([k3.Input((4,)), k3.layers.Dense(3, name="d"), Scale(name="scale")])
+
+
+REFUSED = {
+    "lambda": (_lambda, "'double' (Lambda)"),
+    "lstm": (_lstm, "'lstm_1' (LSTM)"),
+    "embedding": (_embedding, "'emb' (Embedding)"),
+    "custom": (_custom, f"'scale' (thirdparty>Scale, a custom class from module {__name__!r})"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_unsupported_layers_are_refused_by_name(kind, k3, tmp_path):
+    build, in_file = REFUSED[kind]
+    model = build(k3)
+    path = tmp_path / f"{kind}.keras"
+    model.save(path)
+    with pytest.raises(ModelError) as info:
+        load_keras3(path)
+    assert str(info.value) == f"{path}: layer {in_file} cannot be exported; supported: {SUPPORTED}"
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+
+
+def test_custom_classes_are_refused_before_deserializing(k3, tmp_path):
+    """The registered class is importable here, so Keras would load the file: bnpipe's refusal
+    comes from reading config.json first, not from a failed deserialization."""
+    path = tmp_path / "custom.keras"
+    _custom(k3).save(path)
+    assert k3.models.load_model(path, safe_mode=True).get_layer("scale") is not None
+    with pytest.raises(ModelError, match=r"'scale' \(thirdparty>Scale, a custom class from"):
+        load_keras3(path)
+
+
+def test_custom_functions_and_names_are_refused(k3, tmp_path):
+    L = k3.layers
+
+    @k3.saving.register_keras_serializable(package="thirdparty")
+    def doubled(x):
+        return 2.0 * x
+
+    path = tmp_path / "fn.keras"
+    k3.Sequential([k3.Input((4,)), L.Dense(3, activation=doubled, name="d")]).save(path)
+    with pytest.raises(ModelError) as info:
+        load_keras3(path)
+    assert str(info.value) == (
+        f"{path}: layer 'd' (Dense) holds the custom function 'thirdparty>doubled'; "
+        "bnpipe loads only Keras's own objects (no custom code)"
+    )
+    with pytest.raises(ModelError, match=r"does not end in \.keras"):
+        load_keras3(tmp_path / "model.h5")
+
+
+def _functional_config(**layer) -> bytes:
+    layer = {"module": "keras.layers", "class_name": "Dense", "registered_name": None, **layer}
+    model = {"module": "keras.src.models.functional", "class_name": "Functional"}
+    return json.dumps({**model, "config": {"name": "m", "layers": [layer]}}).encode()
+
+
+CRAFTED = {
+    "not json": (b"{", "cannot read config.json (Expecting property name"),
+    "deep": (b"[" * 100_000, "cannot read config.json"),
+    "a list": (b"[]", "holds a 'None' model (module 'None')"),
+    "another package's model": (
+        b'{"class_name": "Functional", "module": "keras_hub.models", "config": {}}',
+        "holds a 'Functional' model (module 'keras_hub.models'); bnpipe translates Keras",
+    ),
+    "an object from os": (
+        _functional_config(
+            config={"name": "d", "kernel_initializer": {"class_name": "system", "module": "os"}}
+        ),
+        "layer 'd' (Dense) holds the custom object system, a custom class from module 'os'",
+    ),
+    "a lying module": (
+        _functional_config(registered_name="evil>Dense", config={"name": "d"}),
+        "layer 'd' (evil>Dense, a custom class from module 'keras.layers') cannot be exported",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_configs_are_refused_in_one_line(case, saved, tmp_path):
+    """config.json is untrusted: whatever it holds, load_keras3 answers with one ModelError line
+    before Keras sees the file."""
+    body, expected = CRAFTED[case]
+    path = _rewrite(saved["mlp"], tmp_path / "crafted.keras", **{"config.json": body})
+    with pytest.raises(ModelError) as info:
+        load_keras3(path)
+    assert expected in str(info.value) and "\n" not in str(info.value)
