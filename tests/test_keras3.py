@@ -1,5 +1,6 @@
-"""keras3.py: Keras 3 models built here (never downloaded) are told apart from tf_keras ones, read
-safely, and refused by name, before deserializing, when bnpipe cannot translate them.
+"""keras3.py: Keras 3 models built here (never downloaded) are read safely, translated into
+tf_keras with identical weight bits and outputs equal to float32 round-off, and refused by name
+when bnpipe cannot translate them.
 
 Keras 3 runs in this process beside tf_keras (TF_USE_LEGACY_KERAS=1, set by the pipeline package).
 """
@@ -16,7 +17,16 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ModelError
-from pipeline.keras3 import SUPPORTED_LAYERS, load_keras3, saved_by
+from pipeline.keras3 import (
+    SUPPORTED_LAYERS,
+    TRANSLATION_RTOL,
+    load_keras3,
+    probe_inputs,
+    saved_by,
+    to_tf_keras,
+    translate_file,
+    translation_check,
+)
 
 SUPPORTED = ", ".join(SUPPORTED_LAYERS)
 
@@ -43,6 +53,23 @@ def _nontrivial_bn(model, seed: int) -> None:
             layer.gamma.assign(rng.uniform(0.5, 2.0, n).astype(np.float32))
         if layer.center:
             layer.beta.assign(rng.normal(0.0, 0.5, n).astype(np.float32))
+
+
+def _assert_same_weights(a, b) -> None:
+    """Every layer of `a` has, in `b`, a layer of the same name whose weights have the same bits.
+
+    Compared by position (the supported classes create their variables in the same order in both
+    Keras), independently of the translation's own match by name."""
+    for layer in a.layers:
+        wa, wb = layer.get_weights(), b.get_layer(layer.name).get_weights()
+        assert len(wa) == len(wb), layer.name
+        for x, y in zip(wa, wb, strict=True):
+            assert x.dtype == y.dtype == np.float32, layer.name
+            assert np.array_equal(x.view(np.uint32), y.view(np.uint32)), layer.name
+
+
+def _names(model) -> list[str]:
+    return [layer.name for layer in model.layers]
 
 
 # --- the models -----------------------------------------------------------------------------------
@@ -171,6 +198,15 @@ def saved(k3, mlp3, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="session")
+def translated(saved):
+    """translated(kind): translate_file of that saved model on probe inputs, once per session.
+    Read-only: a test that changes a model translates its own."""
+    import functools
+
+    return functools.cache(lambda kind: translate_file(saved[kind]))
+
+
 # --- which Keras saved a file ---------------------------------------------------------------------
 
 
@@ -227,6 +263,72 @@ def test_saved_by_refuses_unreadable_and_contradictory_files(saved, tmp_path):
     )
 
 
+# --- translation: same architecture, same weight bits, same outputs ------------------------------
+
+
+def test_the_article_mlp_translates_exactly(mlp3, translated, digits, k3, keras):
+    bn = mlp3.get_layer("bn_1")
+    # Trained: the statistics are the data's, not the initial zeros and ones.
+    assert np.max(np.abs(bn.moving_mean.numpy())) > 0.1
+    assert np.max(np.abs(bn.moving_variance.numpy() - 1.0)) > 0.1
+    t = translated("mlp")
+    assert isinstance(t.model3, k3.Sequential) and isinstance(t.model2, keras.Sequential)
+    assert _names(t.model2) == _names(mlp3) == _names(t.model3)
+    assert t.model2.inputs[0].name.startswith("pixels")
+    _assert_same_weights(mlp3, t.model2)
+    assert t.check.max_rel_diff <= TRANSLATION_RTOL
+    assert set(t.check.layer_rel_diffs) == set(_names(mlp3))
+    # On real digits too, and the decision is the same for every sample.
+    x = digits[0][:512]
+    assert translation_check(t.model3, t.model2, x).max_rel_diff <= TRANSLATION_RTOL
+    assert np.array_equal(np.argmax(mlp3(x), 1), np.argmax(t.model2(x), 1))
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_functional_graphs_translate_exactly(kind, translated, keras):
+    """Residual Add, Concatenate, multi-consumer tensors, two outputs: loaded from the Keras 3
+    file, translated, and checked at every layer and output on probe inputs in [0, 1)."""
+    t = translated(kind)
+    assert type(t.model2) is not keras.Sequential and type(t.model2).__name__ == "Functional"
+    assert _names(t.model2) == _names(t.model3)
+    _assert_same_weights(t.model3, t.model2)
+    assert t.check.samples == 256
+    assert t.check.max_rel_diff <= TRANSLATION_RTOL
+    assert len(t.check.output_rel_diffs) == (2 if kind == "conv1d" else 1)
+
+
+def test_layer_options_survive_translation(translated):
+    """The options bnpipe cares about reach the tf_keras layers (not only the outputs)."""
+    model2 = translated("functional").model2
+    assert model2.get_layer("leaky").get_config()["alpha"] == pytest.approx(0.1)
+    relu = model2.get_layer("relu_capped").get_config()
+    assert (relu["max_value"], relu["negative_slope"], relu["threshold"]) == pytest.approx(
+        (6.0, 0.05, 0.1)
+    )
+    bn = model2.get_layer("bn_in").get_config()
+    assert (bn["epsilon"], bn["momentum"]) == (1e-2, 0.9)
+    assert model2.get_layer("bn_nocenter").center is False
+    assert model2.get_layer("bn_noscale").scale is False
+    assert model2.get_layer("dense_nobias").use_bias is False
+    assert model2.get_layer("dropout").rate == 0.3
+
+
+def test_a_wrong_translation_fails_the_check(translated):
+    """Negative control: a 1 % error in one BN channel's variance (≈ 0.5 % in that channel's
+    output) is caught at that BN, at each layer after it and at the output."""
+    model3 = translated("functional").model3
+    model2 = to_tf_keras(model3)  # its own copy, to be spoiled
+    weights = model2.get_layer("bn_noscale").get_weights()  # β, mean, variance (scale=False)
+    weights[-1][3] *= 1.01
+    model2.get_layer("bn_noscale").set_weights(weights)
+    with pytest.raises(ModelError) as info:
+        translation_check(model3, model2, probe_inputs(model3))
+    message = str(info.value)
+    assert message.startswith("translation differs from the original: model output: ")
+    assert "layer 'bn_noscale': relative difference" in message
+    assert "layer 'dense_nobias'" not in message  # upstream of the error: still equal
+
+
 # --- refusals -------------------------------------------------------------------------------------
 
 
@@ -254,16 +356,21 @@ def _custom(k3):
 
 
 REFUSED = {
-    "lambda": (_lambda, "'double' (Lambda)"),
-    "lstm": (_lstm, "'lstm_1' (LSTM)"),
-    "embedding": (_embedding, "'emb' (Embedding)"),
-    "custom": (_custom, f"'scale' (thirdparty>Scale, a custom class from module {__name__!r})"),
+    "lambda": (_lambda, "'double' (Lambda)", "'double' (Lambda)"),
+    "lstm": (_lstm, "'lstm_1' (LSTM)", "'lstm_1' (LSTM)"),
+    "embedding": (_embedding, "'emb' (Embedding)", "'emb' (Embedding)"),
+    # The file gives the registered name; the object its class.
+    "custom": (
+        _custom,
+        f"'scale' (thirdparty>Scale, a custom class from module {__name__!r})",
+        f"'scale' (Scale, a custom class from module {__name__!r})",
+    ),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(REFUSED))
 def test_unsupported_layers_are_refused_by_name(kind, k3, tmp_path):
-    build, in_file = REFUSED[kind]
+    build, in_file, in_memory = REFUSED[kind]
     model = build(k3)
     path = tmp_path / f"{kind}.keras"
     model.save(path)
@@ -271,6 +378,9 @@ def test_unsupported_layers_are_refused_by_name(kind, k3, tmp_path):
         load_keras3(path)
     assert str(info.value) == f"{path}: layer {in_file} cannot be exported; supported: {SUPPORTED}"
     assert info.value.exit_code == 2 and "\n" not in str(info.value)
+    with pytest.raises(ModelError) as info:
+        to_tf_keras(model)
+    assert str(info.value) == f"layer {in_memory} cannot be exported; supported: {SUPPORTED}"
 
 
 def test_custom_classes_are_refused_before_deserializing(k3, tmp_path):
@@ -338,3 +448,45 @@ def test_crafted_configs_are_refused_in_one_line(case, saved, tmp_path):
     with pytest.raises(ModelError) as info:
         load_keras3(path)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "layer, message",
+    [
+        (
+            lambda L: L.Dense(3, activation="hard_sigmoid", name="d"),
+            "layer 'd' (Dense) has activation 'hard_sigmoid', which bnpipe does not translate",
+        ),
+        (
+            lambda L: L.Dense(3, dtype="mixed_float16", name="d"),
+            "layer 'd' (Dense) has dtype policy 'mixed_float16'; bnpipe translates float32 "
+            "models only",
+        ),
+    ],
+    ids=["hard_sigmoid", "mixed_float16"],
+)
+def test_options_without_an_exact_equivalent_are_refused(layer, message, k3):
+    """Keras 3's hard_sigmoid is relu6(x + 3)/6, tf_keras's clip(0.2·x + 0.5): same name, other
+    maths. Mixed precision would change every weight's dtype."""
+    model = k3.Sequential([k3.Input((4,)), layer(k3.layers)])
+    with pytest.raises(ModelError) as info:
+        to_tf_keras(model)
+    assert str(info.value).startswith(message)
+
+
+# --- quantization-aware training accepts the translation ------------------------------------------
+
+
+def test_tfmot_quantizes_the_translation(mlp3, digits):
+    """tensorflow-model-optimization refuses Keras 3 models; the translation (folded, as export
+    gives it) is wrapped layer by layer and runs."""
+    import tensorflow_model_optimization as tfmot
+
+    from pipeline.fold import fold_model
+
+    folded2, _, _ = fold_model(to_tf_keras(mlp3), strict=True)
+    qat = tfmot.quantization.keras.quantize_model(folded2)
+    wrapped = [layer.layer.name for layer in qat.layers if hasattr(layer, "quantize_config")]
+    assert wrapped == ["dense_1", "relu_1", "dense_2", "relu_2", "classes"]
+    out = np.asarray(qat(digits[0][:32], training=False))
+    assert out.shape == (32, 10) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
