@@ -1,6 +1,6 @@
 """Keras 3 models in and out: read a Keras 3 `.keras` file safely, translate it into tf_keras
 (Keras 2, which tensorflow-model-optimization needs) with its trained weights, prove the
-translation numerically, and translate a (folded) tf_keras model back into Keras 3.
+translation numerically, and translate a (folded) tf_keras model back into a Keras 3 file.
 
 Approach. A Keras 3 file is loaded by Keras 3 itself, in safe mode, after its config.json has been
 checked for layer classes bnpipe cannot translate (so nothing unsupported is ever deserialized).
@@ -109,6 +109,9 @@ PROBE_SAMPLES = 256
 # of layers. A larger (or lying) entry is refused before it is read into memory.
 CONFIG_MAX_BYTES = 32 << 20
 METADATA_MAX_BYTES = 1 << 20
+
+# The zip format's earliest date, which both Keras already give metadata.json and config.json.
+KERAS_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 # Options one Keras has and the other lacks, and the value meaning "not used": such a key is left
 # out when it holds that value (or None) and refused otherwise.
@@ -873,3 +876,62 @@ def translate_file(path: str | Path, x=None, rtol: float = TRANSLATION_RTOL) -> 
     model2 = to_tf_keras(model3)
     check = translation_check(model3, model2, probe_inputs(model3) if x is None else x, rtol)
     return Translation(model3, model2, check, time.perf_counter() - t0)
+
+
+# --- writing Keras 3 files ----------------------------------------------------------------------
+
+
+def save_keras3(model3, dest: str | Path) -> Path:
+    """Save the Keras 3 `model3` atomically as a `.keras` file a Keras 3 user loads with plain
+    `keras.models.load_model` (safe mode). The same model gives the same bytes: the time of saving
+    and Python object ids are taken out (see _deterministic). `model3` is not modified."""
+    from .artifacts import atomic_path
+
+    if not _is_keras3(model3):
+        raise TypeError(f"save_keras3 needs a Keras 3 model, got {type(model3).__module__}")
+    if not str(dest).endswith(".keras"):
+        raise ValueError(f"dest must end in .keras, got {dest}")
+    with atomic_path(dest, suffix=".keras") as tmp:
+        model3.save(tmp, overwrite=True)
+        _deterministic(tmp)
+    return Path(dest)
+
+
+def _deterministic(path: Path) -> None:
+    """Rewrite a Keras 3 .keras archive in place without what varies from one save to the next.
+
+    Keras 3 puts three such things in: metadata.json's "date_saved"; model.weights.h5's zip
+    entry date (the time of saving); and config.json's "shared_object_id"s, which are Python
+    id()s (memory addresses) of objects several layers share, e.g. the dtype policy. The ids are
+    renumbered 1, 2, … in order of first appearance: Keras only matches equal ids to share one
+    object, so the loaded model is the same. Entries keep their names, order, compression and
+    attributes; Keras 3's loader reads neither metadata.json's date nor the entry dates.
+    """
+    with zipfile.ZipFile(path) as zf:
+        entries = [(info, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(path, "w") as zf:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                meta = json.loads(data)
+                meta.pop("date_saved", None)
+                data = json.dumps(meta).encode("utf-8")
+            elif info.filename == "config.json":
+                data = json.dumps(_renumbered(json.loads(data), {})).encode("utf-8")
+            fixed = zipfile.ZipInfo(info.filename, date_time=KERAS_ZIP_DATE)
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            zf.writestr(fixed, data)
+
+
+def _renumbered(node, ids: dict):
+    """A copy of `node` with every shared_object_id replaced by its rank of first appearance."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "shared_object_id":
+                out[k] = ids.setdefault(v, len(ids) + 1)
+            else:
+                out[k] = _renumbered(v, ids)
+        return out
+    if isinstance(node, list):
+        return [_renumbered(v, ids) for v in node]
+    return node

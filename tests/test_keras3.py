@@ -1,6 +1,6 @@
 """keras3.py: Keras 3 models built here (never downloaded) are read safely, translated into
-tf_keras with identical weight bits and outputs equal to float32 round-off, and refused by name
-when bnpipe cannot translate them.
+tf_keras with identical weight bits and outputs equal to float32 round-off, refused by name when
+bnpipe cannot translate them, and written back as Keras 3 files a Keras 3 user loads as they are.
 
 Keras 3 runs in this process beside tf_keras (TF_USE_LEGACY_KERAS=1, set by the pipeline package).
 """
@@ -22,7 +22,9 @@ from pipeline.keras3 import (
     TRANSLATION_RTOL,
     load_keras3,
     probe_inputs,
+    save_keras3,
     saved_by,
+    to_keras3,
     to_tf_keras,
     translate_file,
     translation_check,
@@ -472,6 +474,76 @@ def test_options_without_an_exact_equivalent_are_refused(layer, message, k3):
     with pytest.raises(ModelError) as info:
         to_tf_keras(model)
     assert str(info.value).startswith(message)
+
+
+# --- back to Keras 3 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["mlp", *sorted(BUILDERS)])
+def test_round_trip_to_a_keras3_file(kind, translated, k3, tmp_path):
+    """tf_keras translation → Keras 3 file → plain keras.models.load_model in safe mode: the same
+    outputs as the tf_keras model, and the original's class, names and weight bits; the same
+    bytes when saved again."""
+    original, model2 = translated(kind).model3, translated(kind).model2
+    path = save_keras3(to_keras3(model2), tmp_path / "back.keras")
+    loaded = k3.models.load_model(path, safe_mode=True)
+    assert type(loaded) is type(original)
+    assert _names(loaded) == _names(original)
+    _assert_same_weights(original, loaded)
+    assert saved_by(path) == "keras3"
+    x = probe_inputs(original)
+    assert translation_check(model2, loaded, x).max_rel_diff <= TRANSLATION_RTOL
+
+    again = save_keras3(to_keras3(model2), tmp_path / "again.keras")
+    assert again.read_bytes() == path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        assert "date_saved" not in json.loads(zf.read("metadata.json"))
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        config = json.loads(zf.read("config.json"))
+    ids = _shared_ids(config)  # numbered, not id()s (see the next test)
+    assert sorted(set(ids)) == list(range(1, len(set(ids)) + 1))
+
+
+def test_save_keras3_takes_object_ids_out(mlp3, k3, tmp_path):
+    """A model built in Keras 3 shares its dtype policy between layers, and Keras writes that
+    object's id() (a memory address, new in every process) into config.json: save_keras3 numbers
+    shared objects 1, 2, … instead, and Keras still loads the model."""
+    mlp3.save(tmp_path / "plain.keras")
+    with zipfile.ZipFile(tmp_path / "plain.keras") as zf:
+        raw = _shared_ids(json.loads(zf.read("config.json")))
+    assert raw and min(raw) > 1000  # addresses
+    path = save_keras3(mlp3, tmp_path / "ours.keras")
+    assert save_keras3(mlp3, tmp_path / "again.keras").read_bytes() == path.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        ids = _shared_ids(json.loads(zf.read("config.json")))
+    assert len(ids) == len(raw) and sorted(set(ids)) == list(range(1, len(set(raw)) + 1))
+    _assert_same_weights(mlp3, k3.models.load_model(path, safe_mode=True))
+
+
+def _shared_ids(node) -> list[int]:
+    if isinstance(node, dict):
+        own = [node["shared_object_id"]] if "shared_object_id" in node else []
+        return own + [i for v in node.values() for i in _shared_ids(v)]
+    if isinstance(node, list):
+        return [i for v in node for i in _shared_ids(v)]
+    return []
+
+
+def test_folded_model_is_written_back_as_keras3(mlp3, digits, k3, tmp_path):
+    """The fold stage's path for a Keras 3 input: translate, fold (tf_keras), write back with
+    to_keras3; a Keras 3 user loads the folded file and gets the original's outputs."""
+    from pipeline.config import FOLD_RTOL
+    from pipeline.fold import fold_model
+
+    folded2, pairs, skipped = fold_model(to_tf_keras(mlp3), strict=True)
+    assert [(p.dense, p.bn) for p in pairs] == [("dense_1", "bn_1"), ("dense_2", "bn_2")]
+    assert not skipped
+    path = save_keras3(to_keras3(folded2), tmp_path / "folded.keras")
+    folded3 = k3.models.load_model(path, safe_mode=True)
+    assert _names(folded3) == ["dense_1", "relu_1", "dense_2", "relu_2", "classes"]
+    x = digits[0][:512]
+    a, b = np.asarray(mlp3(x), np.float64), np.asarray(folded3(x), np.float64)
+    assert np.max(np.abs(a - b)) / np.max(np.abs(a)) <= FOLD_RTOL
 
 
 # --- quantization-aware training accepts the translation ------------------------------------------
