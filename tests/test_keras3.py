@@ -299,6 +299,28 @@ def test_functional_graphs_translate_exactly(kind, translated, keras):
     assert len(t.check.output_rel_diffs) == (2 if kind == "conv1d" else 1)
 
 
+def test_shared_layers_and_two_inputs_translate(k3, keras):
+    """A Dense called on two tensors stays one layer with two calls (one set of weights), in
+    both directions; two inputs and two outputs keep their order."""
+    L = k3.layers
+    k3.utils.set_random_seed(4)
+    a, b = k3.Input((6,), name="a"), k3.Input((6,), name="b")
+    shared = L.Dense(4, name="shared")
+    second = shared(L.ReLU(name="relu")(b))
+    model3 = k3.Model([a, b], [L.Add(name="add")([shared(a), second]), second], name="twins")
+    model2 = to_tf_keras(model3)
+    assert len(model2.get_layer("shared").inbound_nodes) == 2
+    assert [t.name.split(":")[0] for t in model2.inputs] == ["a", "b"]
+    x = probe_inputs(model3)
+    check = translation_check(model3, model2, x)
+    assert len(check.output_rel_diffs) == 2 and check.max_rel_diff <= TRANSLATION_RTOL
+    # A layer with two calls has no single output to compare: the outputs cover it.
+    assert set(check.layer_rel_diffs) == {"relu", "add"}
+    back = to_keras3(model2)
+    assert _names(back) == _names(model3) and back.count_params() == model3.count_params()
+    assert translation_check(model3, back, x).max_rel_diff <= TRANSLATION_RTOL
+
+
 def test_layer_options_survive_translation(translated):
     """The options bnpipe cares about reach the tf_keras layers (not only the outputs)."""
     model2 = translated("functional").model2
