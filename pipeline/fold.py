@@ -31,28 +31,9 @@ import numpy as np
 from . import artifacts, files
 from .config import FoldConfig
 from .errors import DataError, ModelError
+from .foldmath import fold_params
 
 BN_CLASSES = ("BatchNormalization", "CustomBatchNorm", "bnpipe>CustomBatchNorm")
-
-
-def fold_params(kernel, bias, gamma, beta, mean, variance, epsilon):
-    """W', b' for Dense(kernel, bias) followed by inference-mode BN. Pure NumPy, float64.
-
-    kernel (in, out); bias, gamma, beta, mean, variance (out,) or None for an absent bias / γ / β.
-    Returns float64 arrays (in, out) and (out,); the caller rounds them to the model's dtype.
-    """
-    kernel = np.asarray(kernel, dtype=np.float64)
-    units = kernel.shape[-1]
-
-    def vec(v, default):
-        return np.full(units, default, np.float64) if v is None else np.asarray(v, np.float64)
-
-    bias, gamma, beta = vec(bias, 0.0), vec(gamma, 1.0), vec(beta, 0.0)
-    mean, variance = vec(mean, 0.0), vec(variance, 1.0)
-    if epsilon <= 0 and np.any(variance <= 0):
-        raise ModelError("a BatchNormalization with ε ≤ 0 and a zero variance cannot be folded")
-    scale = gamma / np.sqrt(variance + float(epsilon))
-    return kernel * scale, (bias - mean) * scale + beta
 
 
 @dataclass

@@ -14,7 +14,8 @@ from hypothesis.extra import numpy as hnp
 from pipeline.artifacts import sha256_file
 from pipeline.config import FOLD_RTOL, FoldConfig
 from pipeline.errors import ModelError
-from pipeline.fold import FoldedPair, SkippedBN, fold_params
+from pipeline.fold import FoldedPair, SkippedBN
+from pipeline.foldmath import fold_params
 
 # --- fold_params against a direct float64 evaluation of BN(x·W + b) ----------------------------
 

@@ -30,6 +30,8 @@ LAYERS = {
         "cluster",
         "distribute",
         "checkpoints",
+        "foldmath",
+        "keras3",
         "artifacts",
         "manifest",
         "lineage",
@@ -38,7 +40,14 @@ LAYERS = {
         "runtimes",
     },
     "foundations": {
-        "errors", "tfenv", "quantize", "stats", "files", "config", "safeio", "__init__",
+        "errors",
+        "tfenv",
+        "quantize",
+        "stats",
+        "files",
+        "config",
+        "safeio",
+        "__init__",
     },
 }
 ORDER = list(LAYERS)
