@@ -135,8 +135,8 @@ def run_bench(
     progress: Callable[[str, int], None] | None = None,
 ) -> BenchResult:
     """Benchmark every model; write bench.json, bench.md and plots. `progress(label, steps_done)`."""
-    from .runtimes import device_runner
     from .data import recorded_dataset
+    from .runtimes import device_runner
 
     t0 = time.perf_counter()
     out = artifacts_dir
@@ -154,12 +154,12 @@ def run_bench(
         x = ds.x_test[:SAMPLE_ROWS]
         sample_source = f"{len(x)} test samples of {ds.name}"
     except BnpipeError:
-        n_in = infos[paths[0]].input_tensor().shape[-1]
+        n_in = int(np.prod(infos[paths[0]].input_tensor().shape[1:]))
         x = np.random.default_rng(0).random((SAMPLE_ROWS, n_in), dtype=np.float32)
         sample_source = f"{SAMPLE_ROWS} uniform random inputs (no training record)"
     threads = [t if t > 0 else (os.cpu_count() or 1) for t in config.threads]
     threads = list(dict.fromkeys(threads))
-    inputs = {p: to_input(x, quant_params(info.input_tensor())) for p, info in infos.items()}
+    inputs = {p: _model_input(x, info) for p, info in infos.items()}
 
     models: dict[str, dict[str, Any]] = {}
     for p, info in infos.items():
@@ -248,14 +248,22 @@ def run_bench(
     return BenchResult(record, record_path, report_path, plots, time.perf_counter() - t0)
 
 
+def _model_input(x: np.ndarray, info) -> np.ndarray:
+    """(N, features) floats → the file's input tensor: its dtype and its layout (a view)."""
+    xin = to_input(x, quant_params(info.input_tensor()))
+    return xin.reshape((len(xin), *info.input_tensor().shape[1:]))
+
+
 class _KerasBaseline:
     """The original Keras model timed the way Keras users call it, interleaved with the rounds."""
 
     def __init__(self, path: Path, x: np.ndarray, config: BenchConfig):
-        from .model import load_model
+        from .data import model_input_shape, shaped
+        from .model import load_reference
 
-        self.model = load_model(path)
+        self.model = load_reference(path)  # in the Keras that saved it
         self.config = config
+        x = shaped(x, model_input_shape(self.model))
         self.x1 = x[:1]
         self.batches = {b: np.take(x, np.arange(b) % len(x), axis=0) for b in config.batch_sizes}
         self.call_lat: dict[int, list[float]] = {b: [] for b in config.batch_sizes}

@@ -223,9 +223,12 @@ def train(
 )
 @artifacts_option
 def fold(model_path, data, strict, artifacts):
-    """Fold each BatchNormalization into the Dense before it; write folded.keras and fold.json.
+    """Fold each BatchNormalization into a neighbouring layer; write folded.keras and fold.json.
 
-    W' = W·γ/√(σ²+ε), b' = (b−μ)·γ/√(σ²+ε) + β, checked layer by layer against the original.
+    With s = γ/√(σ²+ε): a BN after a Dense scales its outputs, W' = W·s, b' = (b−μ)·s + β; a BN
+    before a Dense (first layer, or after an activation) scales its inputs, W' = diag(s)·W,
+    b' = b + (β−μ·s)·W. Checked layer by layer and end to end against the original, in the
+    Keras that saved it; folded.keras is written in that Keras too.
 
     Example: bnpipe fold --model artifacts/model.keras --strict
     """
@@ -235,7 +238,8 @@ def fold(model_path, data, strict, artifacts):
     result = _execute("fold", FoldConfig(strict=strict), request)
     r = result.report
     for p in r.pairs:
-        click.echo(f"folded {p.bn} into {p.dense}: max relative difference {p.max_rel_diff:.2e}")
+        where = "into" if p.direction == "after" else "forward into"
+        click.echo(f"folded {p.bn} {where} {p.layer}: max relative difference {p.max_rel_diff:.2e}")
     click.echo(
         f"output max relative difference {r.output_max_rel_diff:.2e} (tolerance "
         f"{r.rtol:g}) on {r.sample_source}; wrote {result.folded_path}"
@@ -466,7 +470,7 @@ def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts)
     click.echo(f"\nwrote bench.json, bench.md and plots to {request.out} ({result.seconds:.1f} s)")
 
 
-class _progress_bar:  # noqa: N801 (used like a function: `with _progress_bar(...) as bar`)
+class _progress_bar:
     """A click progress bar on stderr, or nothing; `step(label, n)` advances it."""
 
     def __init__(self, show: bool, label: str, total: int):
@@ -503,21 +507,33 @@ class _progress_bar:  # noqa: N801 (used like a function: `with _progress_bar(..
     "options' names.",
 )
 @click.option("--data", default=None, help="Overrides [train] data.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A .keras model trained elsewhere (either Keras): imported instead of trained.",
+)
 @click.option("--force", is_flag=True, help="Rerun every stage, even those that are up to date.")
 @quiet_option
 @artifacts_option
-def run_cmd(config_path, data, force, quiet, artifacts):
+def run_cmd(config_path, data, model_path, force, quiet, artifacts):
     """Run train → fold → export → verify → bench; skip stages whose inputs and options are
     unchanged.
 
-    Prints one summary table and exits with verify's code (0 pass, 1 a gate failed).
+    With --model, your own model (saved by Keras 3 or tf_keras) takes the place of training and
+    is the reference every accuracy is measured against. Prints one summary table and exits with
+    verify's code (0 pass, 1 a gate failed).
 
-    Example: bnpipe run --config bnpipe.toml
+    Example: bnpipe run --model my_model.keras --data mnist
     """
     from .config import load_run_config
     from .run import run_all
 
-    config = load_run_config(config_path, {"train": {"data": data}} if data else None)
+    train = {"data": data} if data else {}
+    if model_path is not None:
+        train["model"] = str(model_path)
+    config = load_run_config(config_path, {"train": train} if train else None)
     request = _request(artifacts, quiet)
     result = run_all(request.out, config, force=force, say=request.say, quiet=quiet)
     click.echo(result.summary)

@@ -73,9 +73,17 @@ class TrainConfig:
     # across runs and resumable (--resume); digits and MNIST train in seconds on one CPU.
     # "mirrored" / "multi-worker" (pipeline/distribute.py) are for data or models that outgrow it.
     strategy: str = "none"
+    # A model trained elsewhere (`bnpipe run --model M.keras`): imported instead of trained, so
+    # the options above but the data and its split have no effect.
+    model: str | None = None
 
     def __post_init__(self):
         _check(isinstance(self.data, str) and self.data != "", "data", "must name a data set")
+        _check(
+            self.model is None or (isinstance(self.model, str) and self.model != ""),
+            "model",
+            f"must be the path of a .keras file, got {self.model!r}",
+        )
         hidden = self.hidden if isinstance(self.hidden, (tuple, list)) else ()
         _check(
             bool(hidden)

@@ -119,6 +119,8 @@ class Dataset:
     # preprocessing.code_values()[x_test_codes], so quantizing can look pixels up (quantize_codes)
     # instead of dividing floats. None for other data. Not part of the fingerprint: it is x_test again.
     x_test_codes: np.ndarray | None = None
+    # One sample's shape as the source stores it: (64,) for digits, (28, 28) for MNIST images.
+    sample_shape: tuple[int, ...] = ()
 
     def fingerprint(self) -> str:
         """sha256 over dtype, shape and bytes of the six arrays, in a fixed order."""
@@ -135,6 +137,7 @@ class Dataset:
             "source": self.source,
             "sizes": {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)},
             "n_features": self.preprocessing.n_features,
+            "sample_shape": list(self.sample_shape),
             "num_classes": self.num_classes,
             "preprocessing": self.preprocessing.to_dict(),
             "split": dict(self.split),
@@ -183,9 +186,8 @@ def load_dataset(
     if test is not None:
         x_test, y_test = pre.apply(test.x), test.y.reshape(-1).astype(np.int64)
         split.update(test_from="source" if test_spec is None else "test_data",
-                     test_fraction=None, test_stratified=None)  # fmt: skip
-        if test_spec is not None:
-            split["test_data"] = str(test_spec)
+                     test_fraction=None, test_stratified=None,
+                     **({"test_data": str(test_spec)} if test_spec is not None else {}))  # fmt: skip
         x_pool, y_pool = x_all, y_all
     else:
         x_pool, x_test, y_pool, y_test, stratified = seeded_split(
@@ -197,7 +199,16 @@ def load_dataset(
     )
     arrays = (x_train, y_train, x_val, y_val, x_test, y_test)
     codes = pixel_codes(x_test, pre)
-    return Dataset(spec, source, *arrays, num_classes, pre, split, x_test_codes=codes)
+    return Dataset(
+        spec,
+        source,
+        *arrays,
+        num_classes,
+        pre,
+        split,
+        x_test_codes=codes,
+        sample_shape=tuple(int(d) for d in train.x.shape[1:]),
+    )
 
 
 def _feature_count(train: RawPart, test: RawPart | None) -> int:
@@ -483,8 +494,8 @@ def recorded_dataset(where: Path | list[Path], data: str | None = None, model=No
 
     `data` if given (loaded with the default split); else the data and split recorded in the
     first train.json found in `where` (one or more directories). The split is seeded, so the
-    test set is the very one training held out. DataError if neither exists or if the feature
-    count does not match `model`'s input.
+    test set is the very one training held out. DataError if neither exists or if the data does
+    not fit `model` (check_fits).
     """
     from .artifacts import read_json
 
@@ -510,13 +521,53 @@ def recorded_dataset(where: Path | list[Path], data: str | None = None, model=No
     else:
         ds = load_dataset(data)
     if model is not None:
-        n_in = int(model.inputs[0].shape[-1])
-        n_out = int(model.outputs[0].shape[-1])
-        if ds.preprocessing.n_features != n_in:
-            raise DataError(
-                f"the data has {ds.preprocessing.n_features} features per sample but "
-                f"the model takes {n_in}"
-            )
-        if ds.num_classes > n_out:
-            raise DataError(f"the data has {ds.num_classes} classes but the model outputs {n_out}")
+        check_fits(ds, model_input_shape(model), int(model.outputs[0].shape[-1]))
     return ds, ds.preprocessing.to_dict()
+
+
+def model_input_shape(model) -> tuple[int, ...]:
+    """The one input shape of a Keras model (either Keras) without the batch axis."""
+    shape = model.inputs[0].shape[1:]
+    if len(model.inputs) != 1 or any(d is None for d in shape):
+        raise DataError(
+            "bnpipe feeds models with one input of fixed shape; this model takes "
+            + ", ".join(str(tuple(t.shape)) for t in model.inputs)
+        )
+    return tuple(int(d) for d in shape)
+
+
+def check_fits(ds: Dataset, input_shape: tuple[int, ...], outputs: int) -> None:
+    """DataError naming both shapes when a sample cannot be reshaped to `input_shape`, or when
+    the data has more classes than the model outputs."""
+    n_in = int(np.prod(input_shape, dtype=np.int64))
+    if ds.preprocessing.n_features != n_in:
+        raise DataError(
+            f"the data has {ds.preprocessing.n_features} features per sample (shape "
+            f"{ds.sample_shape}) but the model takes input shape {tuple(input_shape)} ({n_in} "
+            "values)"
+        )
+    if ds.num_classes > outputs:
+        raise DataError(f"the data has {ds.num_classes} classes but the model outputs {outputs}")
+
+
+def shaped(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """(n, features) samples as (n, *input_shape), the model's own layout (a view, no copy):
+    flat for an MLP, (H, W) or (H, W, C) for an image model. Pixels are stored row-major, as every
+    source here and Keras's Flatten lay them out."""
+    return x.reshape((len(x), *input_shape))
+
+
+def as_model_input(ds: Dataset, input_shape: tuple[int, ...]) -> Dataset:
+    """The same data set with every x (and the test pixel codes) laid out as the model takes
+    them, (n, *input_shape): views, no copies. Fingerprint and summarize `ds` itself, not this
+    (the arrays' shapes are part of the fingerprint)."""
+    import dataclasses
+
+    codes = ds.x_test_codes
+    return dataclasses.replace(
+        ds,
+        x_train=shaped(ds.x_train, input_shape),
+        x_val=shaped(ds.x_val, input_shape),
+        x_test=shaped(ds.x_test, input_shape),
+        x_test_codes=None if codes is None else shaped(codes, input_shape),
+    )

@@ -22,28 +22,12 @@ from typing import Any
 import numpy as np
 
 from . import artifacts, files
-from .files import tflite_name
 from .config import ExportConfig
 from .errors import ModelError
+from .files import tflite_name
+from .opset import QAT_LAYERS, graph_check, implied_ops, operators_of
 from .tfenv import native_noise_filtered
 from .tflite_file import TfliteInfo, parse_tflite, quant_params, with_metadata
-
-INTEGER_ONLY_MODES = ("int8", "ptq-int8", "ptq-int16x8")
-# Operators a folded MLP may legitimately contain after conversion.
-MLP_OPS = {"FULLY_CONNECTED", "SOFTMAX"}
-# What a BatchNormalization that survived folding turns into inside a TFLite graph.
-BN_REMNANT_OPS = {"MUL", "ADD", "SUB", "RSQRT", "SQUARED_DIFFERENCE"}
-# QAT layers tfmot's default 8-bit scheme quantizes; anything else in the model is refused early.
-QAT_LAYERS = {
-    "InputLayer",
-    "Dense",
-    "ReLU",
-    "Activation",
-    "Softmax",
-    "Flatten",
-    "Dropout",
-    "Reshape",
-}
 
 
 @dataclass
@@ -62,6 +46,8 @@ class ModeResult:
     agreement_with_float: float  # share of test samples whose top-1 matches the folded float model
     seconds: float
     qat_history: dict[str, list[float]] = field(default_factory=dict)
+    # A BN fold had to keep → the operators it became in this file (by the tensors' names).
+    kept_batch_norms: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,68 +60,35 @@ class ExportResult:
 # --- checks -----------------------------------------------------------------------------------
 
 
-def check_keras_model(model) -> None:
-    """Before conversion: no BatchNormalization left, and only layers QAT can quantize."""
-    from .model import is_batch_norm
+def check_keras_model(model) -> list:
+    """Before conversion: the BNs fold would still remove are refused (export takes the folded
+    model); those fold has to keep are returned (SkippedBN: name and reason), and only layers
+    quantization-aware training and the converter support may be in the model."""
+    from .foldplan import plan_fold
 
-    bns = [layer.name for layer in model.layers if is_batch_norm(layer)]
-    if bns:
+    plans, kept = plan_fold(model)
+    if plans:
         raise ModelError(
-            f"BatchNormalization layer(s) {', '.join(bns)} are still in the model; "
-            "run `bnpipe fold` (a BN that fold cannot remove would become MUL/ADD "
-            "operators in the TFLite graph)"
+            f"BatchNormalization layer(s) {', '.join(p.bn for p in plans)} can still be folded; "
+            "run `bnpipe fold` first (export takes the folded model)"
         )
-
-
-def check_qat_layers(model) -> None:
     bad = [
-        f"{layer.name} ({type(layer).__name__})"
+        f"{layer.name!r} ({type(layer).__name__})"
         for layer in model.layers
-        if type(layer).__name__ not in QAT_LAYERS
+        if type(layer).__name__ not in QAT_LAYERS and not _is_custom_bn(layer)
     ]
     if bad:
         raise ModelError(
-            "quantization-aware training does not support layer(s) "
-            + ", ".join(bad)
-            + f"; supported: {', '.join(sorted(QAT_LAYERS))}"
+            f"layer(s) {', '.join(bad)} cannot be exported; supported: "
+            + ", ".join(sorted(QAT_LAYERS))
         )
+    return kept
 
 
-def graph_check(info: TfliteInfo, mode: str, float_io: bool) -> list[str]:
-    """Every violation of what a deployable `mode` model may hold (empty list: fine)."""
-    problems = []
-    counts = info.op_counts()
-    remnants = sorted(set(counts) & BN_REMNANT_OPS)
-    if remnants:
-        problems.append(f"operators {', '.join(remnants)} (a BatchNormalization left unfolded?)")
-    if mode not in INTEGER_ONLY_MODES:
-        return problems
-    act = "int8" if mode in ("int8", "ptq-int8") else "int16"
-    allowed_types = {act, "int32", "int8", "int64"} if act == "int16" else {"int8", "int32"}
-    inp, out = set(info.inputs), set(info.outputs)
-    for op in info.operators:
-        if op.op in MLP_OPS:
-            for t in op.inputs + op.outputs:
-                if t < 0:
-                    continue
-                dt = info.tensors[t].dtype
-                if dt not in allowed_types:
-                    problems.append(
-                        f"{op.op} #{op.index} has a {dt} tensor {info.tensors[t].name!r}"
-                    )
-        elif (op.op == "QUANTIZE" and float_io and set(op.inputs) <= inp) or (
-            op.op == "DEQUANTIZE" and float_io and set(op.outputs) <= out
-        ):
-            continue
-        else:
-            problems.append(f"operator {op.op} #{op.index} does not belong in an integer-only MLP")
-    io_dtype = "float32" if float_io else act
-    for t in info.inputs + info.outputs:
-        if info.tensors[t].dtype != io_dtype:
-            problems.append(
-                f"input/output tensor {info.tensors[t].name!r} is {info.tensors[t].dtype}, expected {io_dtype}"
-            )
-    return problems
+def _is_custom_bn(layer) -> bool:
+    from .model import is_batch_norm
+
+    return is_batch_norm(layer)
 
 
 # --- conversion -------------------------------------------------------------------------------
@@ -148,7 +101,7 @@ def _representative(x: np.ndarray, n: int, seed: int):
 
     def gen():
         for row in sample:
-            yield [row[None, :]]
+            yield [row[None, ...]]
 
     return gen
 
@@ -202,6 +155,38 @@ def convert(model, mode: str, x_train: np.ndarray, config: ExportConfig) -> byte
         raise ModelError(f"the TFLite converter failed for mode {mode}: {msg}") from None
 
 
+def _quantized(folded, tfmot):
+    """tfmot's quantize_model; where a BN that fold had to keep remains, every other layer is
+    annotated as usual and the BN gets an output quantizer only (tfmot has no BN scheme of its
+    own): the converter then makes it an int8 MUL and ADD."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs as configs,
+    )
+
+    from .model import is_batch_norm
+    from .tfenv import keras
+
+    if not any(is_batch_norm(layer) for layer in folded.layers):
+        return tfmot.quantization.keras.quantize_model(folded)
+    k, q = keras(), tfmot.quantization.keras
+
+    def annotate(layer):
+        if isinstance(layer, k.layers.InputLayer):
+            return layer
+        if is_batch_norm(layer):
+            return q.quantize_annotate_layer(layer, configs.Default8BitOutputQuantizeConfig())
+        return q.quantize_annotate_layer(layer)
+
+    annotated = k.models.clone_model(folded, clone_function=annotate)
+    annotated.set_weights(folded.get_weights())
+    from .model import custom_bn_class
+
+    scope = {"Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig,
+             "CustomBatchNorm": custom_bn_class()}  # fmt: skip
+    with q.quantize_scope(scope):
+        return q.quantize_apply(annotated)
+
+
 def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
     """quantize_model(folded), fine-tuned for config.qat_epochs. Returns (qat_model, history)."""
     import tensorflow_model_optimization as tfmot
@@ -209,10 +194,9 @@ def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
     from .tfenv import keras, set_determinism
 
     k = keras()
-    check_qat_layers(folded)
     set_determinism(config.seed)
     try:
-        qat = tfmot.quantization.keras.quantize_model(folded)
+        qat = _quantized(folded, tfmot)
     except Exception as exc:
         msg = " ".join(str(exc).split())[:300]
         raise ModelError(f"quantization-aware training cannot wrap this model: {msg}") from None
@@ -271,9 +255,27 @@ def _tflite_predict(data: bytes, x: np.ndarray, info: TfliteInfo) -> np.ndarray:
     return np.argmax(y, axis=1)
 
 
-def _export_mode(mode, folded, ds, preprocessing, float_acc, float_pred, config, verbose):
+@dataclass
+class _Job:
+    """What every mode of one export shares."""
+
+    folded: Any  # the folded tf_keras model
+    ds: Any  # the data set, laid out as the model takes it (data.as_model_input)
+    preprocessing: dict
+    float_acc: float
+    float_pred: np.ndarray
+    config: ExportConfig
+    allowed_ops: set[str]  # operators the model's layers imply (opset.implied_ops)
+    kept: list  # SkippedBN: the BNs fold had to keep
+    verbose: int = 0
+
+
+def _export_mode(mode: str, job: _Job):
     """(ModeResult, the file's bytes) for one mode: convert, check the graph, add bnpipe's
     metadata, and score the file on the test split with LiteRT's reference kernels."""
+    folded, ds, config = job.folded, job.ds, job.config
+    preprocessing, float_acc, float_pred, verbose = (
+        job.preprocessing, job.float_acc, job.float_pred, job.verbose)  # fmt: skip
     t1 = time.perf_counter()
     history: dict = {}
     with native_noise_filtered():
@@ -284,7 +286,7 @@ def _export_mode(mode, folded, ds, preprocessing, float_acc, float_pred, config,
             keras_model, keras_acc = folded, float_acc
         blob = convert(keras_model, mode, ds.x_train, config)
     info = parse_tflite(blob, tflite_name(mode))
-    problems = graph_check(info, mode, config.float_io)
+    problems = graph_check(info, mode, config.float_io, job.allowed_ops)
     if problems:
         raise ModelError(f"{tflite_name(mode)} fails the graph check: " + "; ".join(problems))
     io = {"input": quant_params(info.input_tensor()), "output": quant_params(info.output_tensor())}
@@ -311,6 +313,7 @@ def _export_mode(mode, folded, ds, preprocessing, float_acc, float_pred, config,
         float(np.mean(pred == float_pred)),
         time.perf_counter() - t1,
         history,
+        {k.bn: operators_of(info, k.bn) for k in job.kept},
     )
     return result, blob
 
@@ -343,21 +346,23 @@ def run_export(
     `progress(message)` is called before each mode. All files of a call are checked before any
     is renamed into place, so a failing mode leaves the previous files as they were.
     """
+    from .data import as_model_input, model_input_shape, recorded_dataset
     from .model import load_model
-    from .data import recorded_dataset
 
     t0 = time.perf_counter()
     folded = load_model(model_path)
-    check_keras_model(folded)
+    kept = check_keras_model(folded)
     ds, preprocessing = recorded_dataset(model_path.parent, data, folded)
+    fingerprint, summary = ds.fingerprint(), ds.summary()
+    ds = as_model_input(ds, model_input_shape(folded))
     float_acc, float_pred = _keras_accuracy(folded, ds.x_test, ds.y_test)
+    job = _Job(folded, ds, preprocessing, float_acc, float_pred, config, implied_ops(folded), kept,
+               verbose)  # fmt: skip
     results, blobs = [], {}
     for mode in config.modes:
         if progress:
             progress(f"export {mode}")
-        result, blobs[mode] = _export_mode(
-            mode, folded, ds, preprocessing, float_acc, float_pred, config, verbose
-        )
+        result, blobs[mode] = _export_mode(mode, job)
         results.append(result)
     out = artifacts.ensure_dir(artifacts_dir)
     for mode, blob in blobs.items():
@@ -368,7 +373,8 @@ def run_export(
         "model": str(model_path),
         "float_accuracy": float_acc,
         "preprocessing": preprocessing,
-        "dataset": ds.summary(),
+        "dataset": summary,
+        "kept_batch_norms": [dataclasses.asdict(k) for k in kept],
         "modes": {r.mode: r for r in results},
         "outputs": {r.file: r.sha256 for r in results},
         "timings": {"total_s": time.perf_counter() - t0},
@@ -377,6 +383,6 @@ def run_export(
     record_path = artifacts.write_json(
         out / files.EXPORT_RECORD,
         record,
-        inputs={"model": artifacts.sha256_file(model_path), "data": ds.fingerprint()},
+        inputs={"model": artifacts.sha256_file(model_path), "data": fingerprint},
     )
     return ExportResult(results, record_path, time.perf_counter() - t0)

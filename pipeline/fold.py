@@ -1,21 +1,24 @@
-"""Stage 2: fold every BatchNormalization that directly follows a Dense into that Dense.
+"""Stage 2: fold every BatchNormalization into a neighbouring layer, exactly, and prove it.
 
-At inference a BN is an affine map per output unit j:
-    bn(z)_j = γ_j · (z_j − μ_j) / √(σ²_j + ε) + β_j
-and z = x·W + b is affine too, so their composition is one Dense with
-    s_j  = γ_j / √(σ²_j + ε)
-    W'_ij = W_ij · s_j                 (W: (in, out), each output column scaled)
-    b'_j  = (b_j − μ_j) · s_j + β_j
-(b = 0 for a Dense without bias; β = 0 with center=False; γ = 1 with scale=False).
+At inference a BN is the per-channel affine map s·z + t (foldmath.py). It disappears into
+    after   the layer that feeds it (Dense → BN): that layer's output channels are scaled;
+            exact when the layer has no activation of its own and the BN alone reads its output;
+    before  the Dense that reads it (BN → Dense, BN as the first layer, or Dense(relu) → BN →
+            Dense): that Dense's input rows are scaled and its bias shifted; exact when the BN's
+            output reaches only that Dense, directly or through Dropout (the identity at
+            inference) or Flatten (input i of the Dense is then channel i mod C of the BN).
+"after" is tried first (the Dense → BN → ReLU of the seed article). The BN must normalize the
+last axis and be called once. A BN that neither way can remove stays in the model, with both
+reasons (a warning; an error under `strict`).
 
-The fold is exact in real arithmetic only when nothing sits between the two: the Dense must have
-no activation of its own, its output must feed the BN alone (not also another layer or the model
-output), and the BN must normalize the last axis (the Dense's units). Anything else stays in
-the model, with a warning naming it (an error under `strict`).
+The new model is built from the original's config with the folded BNs removed and their
+readers rewired to the BN's input, so Sequential stays Sequential and Functional stays
+Functional; the original is never mutated. The folded parameters are computed in float64 and
+rounded once to float32. The check runs both models layer by layer (each absorbing layer's
+output, or the BN's where the BN was after it) and end to end, on test data.
 
-The new model is built from the original's config with the folded BNs removed and their consumers
-rewired to the Dense, so Sequential stays Sequential and Functional stays Functional. The original
-model is never mutated. The folded parameters are computed in float64 and rounded once to float32.
+A model saved by Keras 3 is folded in its tf_keras translation (keras3.py) and written back as a
+Keras 3 file, checked against the original in its own Keras.
 """
 
 from __future__ import annotations
@@ -30,30 +33,27 @@ import numpy as np
 
 from . import artifacts, files
 from .config import FoldConfig
-from .errors import DataError, ModelError
-from .foldmath import fold_params
-
-BN_CLASSES = ("BatchNormalization", "CustomBatchNorm", "bnpipe>CustomBatchNorm")
+from .errors import ModelError
+from .foldmath import bn_affine, fold_before, fold_params
+from .foldplan import Plan, SkippedBN, plan_fold
+from .graph import LayerGraph, node_refs
 
 
 @dataclass
 class FoldedPair:
-    dense: str
+    layer: str  # the layer the BN went into
     bn: str
     bn_class: str
     epsilon: float
     center: bool
     scale: bool
-    dense_had_bias: bool
-    units: int
-    max_abs_diff: float | None = None  # at the BN's output (original) vs the Dense's (folded)
+    layer_had_bias: bool
+    units: int  # the BN's channels
+    direction: str = "after"  # "after": layer → BN; "before": BN → layer
+    layer_class: str = "Dense"
+    via: list[str] = field(default_factory=list)  # Dropout / Flatten between BN and layer
+    max_abs_diff: float | None = None  # where the two models must agree (see check_fold)
     max_rel_diff: float | None = None
-
-
-@dataclass
-class SkippedBN:
-    bn: str
-    reason: str
 
 
 @dataclass
@@ -67,6 +67,8 @@ class FoldReport:
     rtol: float
     passed: bool
     failures: list[str] = field(default_factory=list)
+    saved_by: str = "keras2"  # the Keras of the input (and of folded.keras)
+    translation: dict = field(default_factory=dict)  # Keras 3: the translation checks
 
 
 @dataclass
@@ -77,224 +79,103 @@ class FoldResult:
     seconds: float
 
 
-# --- graph analysis on the model config -------------------------------------------------------
-
-
-def _node_refs(obj):
-    """Yield every [layer_name, node_index, tensor_index, ...] reference inside inbound nodes."""
-    if isinstance(obj, list):
-        if len(obj) >= 3 and isinstance(obj[0], str) and isinstance(obj[1], int):
-            yield obj
-        else:
-            for item in obj:
-                yield from _node_refs(item)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _node_refs(v)
-
-
-def _bn_axis_ok(bn_cfg: dict, rank: int) -> bool:
-    axis = bn_cfg.get("axis", -1)
-    axes = axis if isinstance(axis, (list, tuple)) else [axis]
-    return len(axes) == 1 and axes[0] % rank == rank - 1
-
-
-def _bn_blocker(bn_entry: dict) -> str | None:
-    cfg = bn_entry["config"]
-    if cfg.get("renorm"):
-        return "uses batch renormalization"
-    if cfg.get("virtual_batch_size"):
-        return "uses virtual batches"
-    return None
-
-
-def plan_fold(model) -> tuple[list[tuple[str, str]], list[SkippedBN]]:
-    """Which (dense, bn) pairs can be folded exactly, and which BNs cannot, with the reason.
-
-    Every BN-like layer of the model, nested models included, ends up in one of the two lists:
-    none is kept silently (nor would `strict` let one through).
-    """
-    pairs, skipped = _plan_top_level(model)
-    return pairs, skipped + _other_bns(model, None)
-
-
-def _other_bns(model, nested_in: str | None) -> list[SkippedBN]:
-    """A SkippedBN for each BN the config-level plan does not see: inside a nested model, or of
-    a class (a BatchNormalization subclass) whose behaviour bnpipe cannot vouch for."""
-    from .model import is_batch_norm
-
-    found = []
-    for layer in model.layers:
-        if hasattr(layer, "layers"):  # a Model used as a layer
-            found += _other_bns(layer, nested_in or layer.name)
-        elif nested_in is not None and is_batch_norm(layer):
-            found.append(
-                SkippedBN(
-                    layer.name,
-                    f"is inside the nested model {nested_in!r}; bnpipe "
-                    "folds only the outer model's own layers",
-                )
-            )
-        elif is_batch_norm(layer) and type(layer).__name__ not in BN_CLASSES:
-            found.append(
-                SkippedBN(layer.name, f"is a {type(layer).__name__}, which bnpipe does not fold")
-            )
-    return found
-
-
-def _plan_top_level(model) -> tuple[list[tuple[str, str]], list[SkippedBN]]:
-    """plan_fold on the model's own layers, read from its config."""
-    config = model.get_config()
-    entries = config["layers"]
-    sequential = "input_layers" not in config
-    pairs: list[tuple[str, str]] = []
-    skipped: list[SkippedBN] = []
-    by_name = {e.get("name", e["config"].get("name")): e for e in entries}
-    layer_objs = {layer.name: layer for layer in model.layers}
-    from .model import is_batch_norm
-
-    def is_bn(entry, name):
-        # The class name alone is not enough: another package's layer may be called
-        # "CustomBatchNorm" (the article's is) and have no moving statistics to fold.
-        return entry["class_name"] in BN_CLASSES and is_batch_norm(layer_objs[name])
-
-    def rank_of(name):
-        shape = layer_objs[name].output_shape
-        return len(shape) if isinstance(shape, tuple) else None
-
-    if sequential:
-        names = [e["config"]["name"] for e in entries]
-        for i, e in enumerate(entries):
-            if not is_bn(e, names[i]):
-                continue
-            bn = names[i]
-            prev = entries[i - 1] if i > 0 else None
-            reason = _bn_blocker(e)
-            if reason is None:
-                reason = _dense_blocker(prev, None)
-            if reason is None and not _bn_axis_ok(e["config"], rank_of(bn) or 2):
-                reason = f"normalizes axis {e['config'].get('axis')}, not the last (units) axis"
-            (skipped.append(SkippedBN(bn, reason)) if reason else pairs.append((names[i - 1], bn)))
-        return pairs, skipped
-
-    consumers: dict[str, list[str]] = {name: [] for name in by_name}
-    for name, e in by_name.items():
-        for ref in _node_refs(e.get("inbound_nodes", [])):
-            consumers.setdefault(ref[0], []).append(name)
-    outputs = {ref[0] for ref in _node_refs(config["output_layers"])}
-    for name, e in by_name.items():
-        if not is_bn(e, name):
-            continue
-        refs = list(_node_refs(e.get("inbound_nodes", [])))
-        reason = _bn_blocker(e)
-        if reason is None and (len(e.get("inbound_nodes", [])) != 1 or len(refs) != 1):
-            reason = "is applied to more than one input (shared layer)"
-        prev = by_name.get(refs[0][0]) if refs else None
-        if reason is None:
-            reason = _dense_blocker(prev, len(prev.get("inbound_nodes", [])) if prev else None)
-        if reason is None:
-            dense = refs[0][0]
-            others = [c for c in consumers.get(dense, []) if c != name]
-            if others or dense in outputs:
-                what = ", ".join(others) if others else "the model output"
-                reason = f"follows Dense {dense!r} whose output also feeds {what}"
-        if reason is None and not _bn_axis_ok(e["config"], rank_of(name) or 2):
-            reason = f"normalizes axis {e['config'].get('axis')}, not the last (units) axis"
-        (skipped.append(SkippedBN(name, reason)) if reason else pairs.append((refs[0][0], name)))
-    return pairs, skipped
-
-
-def _dense_blocker(prev: dict | None, prev_nodes: int | None) -> str | None:
-    if prev is None:
-        return "is not preceded by a layer"
-    cls, cfg = prev["class_name"], prev["config"]
-    if cls != "Dense":
-        return f"follows {cls} {cfg.get('name')!r}, not a Dense"
-    if cfg.get("activation", "linear") not in ("linear", None):
-        return f"follows Dense {cfg['name']!r} which has its own activation {cfg['activation']!r}"
-    if prev_nodes is not None and prev_nodes != 1:
-        return f"follows Dense {cfg['name']!r} which is shared by several inputs"
-    return None
-
-
-# --- building the folded model ----------------------------------------------------------------
+# --- building the folded model ------------------------------------------------------------------
 
 
 def fold_model(model, strict: bool = False):
-    """A new model with each foldable BN folded into its Dense. `model` is not modified.
+    """A new model with each foldable BN folded into its neighbour. `model` is not modified.
 
     Returns (folded_model, pairs: list[FoldedPair], skipped: list[SkippedBN]). With strict=True
     any BN that cannot be folded raises ModelError naming every one of them.
     """
-    from .tfenv import keras
-
-    k = keras()
-    plan, skipped = plan_fold(model)
+    plans, skipped = plan_fold(model)
     if strict and skipped:
         raise ModelError("cannot fold exactly: " + "; ".join(f"{s.bn} {s.reason}" for s in skipped))
-    config = copy.deepcopy(model.get_config())
-    dense_of = {bn: dense for dense, bn in plan}
-    bn_names = set(dense_of)
-    new_layers = []
-    for e in config["layers"]:
-        name = e["config"].get("name")
-        if name in bn_names:
-            continue
-        if name in dense_of.values():
-            e["config"]["use_bias"] = True
-        for ref in _node_refs(e.get("inbound_nodes", [])):
-            if ref[0] in bn_names:
-                ref[0] = dense_of[ref[0]]
-        new_layers.append(e)
-    config["layers"] = new_layers
-    if "output_layers" in config:
-        for ref in _node_refs(config["output_layers"]):
-            if ref[0] in bn_names:
-                ref[0] = dense_of[ref[0]]
-    from .model import custom_bn_class
-
-    objects = {"CustomBatchNorm": custom_bn_class()}
-    cls = type(model) if isinstance(model, k.Sequential) else k.Model
-    folded = cls.from_config(config, custom_objects=objects)
-    folded._name = f"{model.name}_folded" if hasattr(folded, "_name") else folded.name
-
-    pairs: list[FoldedPair] = []
+    folded = _without_bns(model, plans)
+    absorbers = {p.layer for p in plans}
     for layer in folded.layers:
-        if layer.name not in dense_of.values():
+        if layer.name not in absorbers:
             layer.set_weights(model.get_layer(layer.name).get_weights())
-    for dense_name, bn_name in plan:
-        dense, bn = model.get_layer(dense_name), model.get_layer(bn_name)
-        kernel = dense.kernel.numpy()
-        bias = dense.bias.numpy() if dense.use_bias else None
-        gamma = bn.gamma.numpy() if bn.scale else None
-        beta = bn.beta.numpy() if bn.center else None
-        w, b = fold_params(
-            kernel,
-            bias,
-            gamma,
-            beta,
-            bn.moving_mean.numpy(),
-            bn.moving_variance.numpy(),
-            bn.epsilon,
-        )
-        dtype = kernel.dtype
-        folded.get_layer(dense_name).set_weights([w.astype(dtype), b.astype(dtype)])
-        pairs.append(
-            FoldedPair(
-                dense_name,
-                bn_name,
-                type(bn).__name__,
-                float(bn.epsilon),
-                bool(bn.center),
-                bool(bn.scale),
-                bool(dense.use_bias),
-                int(kernel.shape[-1]),
-            )
-        )
+    # Folds into one layer compose: the BN before it first (its inputs), then the BN after it.
+    ordered = sorted(plans, key=lambda p: p.direction != "before")
+    weights = {name: _kernel_bias(model.get_layer(name)) for name in absorbers}
+    pairs = []
+    for plan in ordered:
+        weights[plan.layer], pair = _fold_one(model, plan, *weights[plan.layer])
+        pairs.append(pair)
+    for name, (kernel, bias) in weights.items():
+        dtype = model.get_layer(name).kernel.dtype.as_numpy_dtype
+        folded.get_layer(name).set_weights([kernel.astype(dtype), bias.astype(dtype)])
+    order = [p.bn for p in plans]
+    pairs.sort(key=lambda p: order.index(p.bn))
     return folded, pairs, skipped
 
 
-# --- the numerical check ----------------------------------------------------------------------
+def _kernel_bias(layer) -> tuple[np.ndarray, np.ndarray | None]:
+    kernel = layer.kernel.numpy().astype(np.float64)
+    bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else None
+    return kernel, bias
+
+
+def _fold_one(model, plan: Plan, kernel, bias):
+    """((kernel, bias) with `plan`'s BN folded in, float64; the FoldedPair describing it)."""
+    bn, layer = model.get_layer(plan.bn), model.get_layer(plan.layer)
+    gamma = bn.gamma.numpy() if bn.scale else None
+    beta = bn.beta.numpy() if bn.center else None
+    mean, variance = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    channels = int(mean.shape[-1])
+    if plan.direction == "after":
+        w, b = fold_params(kernel, bias, gamma, beta, mean, variance, bn.epsilon)
+    else:
+        s, t = bn_affine(gamma, beta, mean, variance, bn.epsilon, channels)
+        rows = kernel.shape[0]
+        if rows % channels:
+            raise ModelError(
+                f"{plan.bn} has {channels} channels but {plan.layer} reads {rows} inputs"
+            )
+        # Through Flatten, input i of the Dense is channel i mod C of the BN (channels last).
+        w, b = fold_before(kernel, bias, np.tile(s, rows // channels), np.tile(t, rows // channels))
+    pair = FoldedPair(
+        plan.layer, plan.bn, type(bn).__name__, float(bn.epsilon), bool(bn.center),
+        bool(bn.scale), bool(layer.use_bias), channels, plan.direction, type(layer).__name__,
+        list(plan.via),
+    )  # fmt: skip
+    return (w, b), pair
+
+
+def _without_bns(model, plans: list[Plan]):
+    """A new, unweighted model from `model`'s config without the planned BNs: each BN's readers
+    read the BN's input instead, and every absorbing layer gets a bias."""
+    from .model import custom_bn_class
+    from .tfenv import keras
+
+    k = keras()
+    config = copy.deepcopy(model.get_config())
+    graph = LayerGraph(model)
+    source = {p.bn: graph.nodes[p.bn].inputs[0] for p in plans}
+    absorbers = {p.layer for p in plans}
+    kept = []
+    for e in config["layers"]:
+        name = e["config"].get("name", e.get("name"))
+        if name in source:
+            continue
+        if name in absorbers:
+            e["config"]["use_bias"] = True
+        for ref in node_refs(e.get("inbound_nodes", [])):
+            while ref[0] in source:  # BN → BN chains resolve to the first real producer
+                ref[0] = source[ref[0]]
+        kept.append(e)
+    config["layers"] = kept
+    for ref in node_refs(config.get("output_layers", [])):
+        while ref[0] in source:
+            ref[0] = source[ref[0]]
+    cls = type(model) if isinstance(model, k.Sequential) else k.Model
+    folded = cls.from_config(config, custom_objects={"CustomBatchNorm": custom_bn_class()})
+    folded._name = f"{model.name}_folded"
+    return folded
+
+
+# --- the numerical check ------------------------------------------------------------------------
 
 
 def _rel(diff_max: float, ref_max: float) -> float:
@@ -304,75 +185,78 @@ def _rel(diff_max: float, ref_max: float) -> float:
     return float(diff_max / ref_max) if ref_max > 0 else float("inf")
 
 
-def _predict(model, x, batch=1024):
+def predict(model, x, batch: int = 1024):
+    """model(x) in inference mode, in batches; an array, or a list for several outputs."""
     outs = [model(x[i : i + batch], training=False) for i in range(0, len(x), batch)]
     if isinstance(outs[0], (list, tuple)):
         return [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(len(outs[0]))]
     return np.concatenate([np.asarray(o) for o in outs])
 
 
-def check_fold(original, folded, pairs: list[FoldedPair], x: np.ndarray, rtol: float):
-    """Compare outputs layer by layer (BN output vs folded Dense output) and at the model output.
+def compare_outputs(a, b) -> tuple[float, float, list[tuple[int, float]]]:
+    """(max abs diff, max rel diff, [(output index, rel diff)]) of two models' outputs."""
+    outs_a, outs_b = (a, b) if isinstance(a, list) else ([a], [b])
+    d = rel = 0.0
+    each = []
+    for i, (oa, ob) in enumerate(zip(outs_a, outs_b, strict=True)):
+        di = float(np.max(np.abs(oa.astype(np.float64) - ob)))
+        reli = _rel(di, float(np.max(np.abs(oa))))
+        d, rel = max(d, di), max(rel, reli)
+        each.append((i, reli))
+    return d, rel, each
 
-    Fills each pair's max_abs_diff / max_rel_diff and returns (abs, rel, failures) at the output.
-    A pair's relative difference is max|orig − folded| / max|orig| over the checked samples.
+
+def check_fold(original, folded, pairs: list[FoldedPair], x: np.ndarray, rtol: float):
+    """Compare layer by layer and at the model output. Fills each pair's max_abs_diff and
+    max_rel_diff; returns (abs, rel, failures) at the output, every failing item listed.
+
+    The folded layer's output is compared with the original's BN output where a BN came after
+    that layer, else with the original layer's own output. A pair's relative difference is
+    max|orig − folded| / max|orig| over the checked samples.
     """
     from .tfenv import keras
 
     k = keras()
     failures = []
     if pairs:
-        probe_o = k.Model(original.inputs, [original.get_layer(p.bn).output for p in pairs])
-        probe_f = k.Model(folded.inputs, [folded.get_layer(p.dense).output for p in pairs])
-        ya, yb = _predict(probe_o, x), _predict(probe_f, x)
-        ya = ya if isinstance(ya, list) else [ya]
-        yb = yb if isinstance(yb, list) else [yb]
-        for p, a, b in zip(pairs, ya, yb):
+        # A layer that took a BN after it computes, folded, what that BN computed.
+        after = {p.layer: p.bn for p in pairs if p.direction == "after"}
+        names_o = [after.get(p.layer, p.layer) for p in pairs]
+        probe_o = k.Model(original.inputs, [original.get_layer(n).output for n in names_o])
+        probe_f = k.Model(folded.inputs, [folded.get_layer(p.layer).output for p in pairs])
+        ya, yb = predict(probe_o, x), predict(probe_f, x)
+        ya, yb = (ya, yb) if isinstance(ya, list) else ([ya], [yb])
+        for p, a, b in zip(pairs, ya, yb, strict=True):
             d = float(np.max(np.abs(a.astype(np.float64) - b)))
             p.max_abs_diff, p.max_rel_diff = d, _rel(d, float(np.max(np.abs(a))))
             if p.max_rel_diff > rtol:
                 failures.append(
-                    f"{p.dense}+{p.bn}: relative difference {p.max_rel_diff:.3g} > {rtol:g}"
+                    f"{p.layer}+{p.bn}: relative difference {p.max_rel_diff:.3g} > {rtol:g}"
                 )
-    a, b = _predict(original, x), _predict(folded, x)
-    # A Functional model may have several outputs: each is compared, the largest difference kept.
-    outs_a, outs_b = (a, b) if isinstance(a, list) else ([a], [b])
-    d = rel = 0.0
-    for i, (oa, ob) in enumerate(zip(outs_a, outs_b)):
-        di = float(np.max(np.abs(oa.astype(np.float64) - ob)))
-        reli = _rel(di, float(np.max(np.abs(oa))))
-        d, rel = max(d, di), max(rel, reli)
+    d, rel, each = compare_outputs(predict(original, x), predict(folded, x))
+    for i, reli in each:
         if reli > rtol:
-            where = "model output" if len(outs_a) == 1 else f"model output {i}"
+            where = "model output" if len(each) == 1 else f"model output {i}"
             failures.append(f"{where}: relative difference {reli:.3g} > {rtol:g}")
     return d, rel, failures
 
 
-def _check_inputs(model, data: str | None, model_path: Path, config: FoldConfig):
-    """(x, description): test data from `data`, else the data recorded at training, else random.
+# --- the stage ----------------------------------------------------------------------------------
 
-    x has the model's input shape (batch, *input_shape); flat data is reshaped to it.
-    """
-    if len(model.inputs) != 1 or any(d is None for d in model.inputs[0].shape[1:]):
-        raise ModelError(
-            f"the fold is checked on models with one input of fixed shape; this model "
-            f"takes {[tuple(t.shape) for t in model.inputs]}"
-        )
-    input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    n_features = int(np.prod(input_shape, dtype=np.int64))
-    from .data import recorded_dataset
 
+def check_inputs(model, data: str | None, model_path: Path, config: FoldConfig):
+    """(x, description): test data from `data`, else the data recorded at training, else random
+    inputs; x is (n, *input_shape) of `model` (data is reshaped to it, DataError if it cannot)."""
+    from .data import recorded_dataset, shaped
+    from .model import input_shape
+
+    shape = input_shape(model)
     if data is None and not (model_path.parent / files.TRAIN_RECORD).is_file():
         rng = np.random.default_rng(0)
-        x = rng.random((config.random_samples, *input_shape), dtype=np.float32)
+        x = rng.random((config.random_samples, *shape), dtype=np.float32)
         return x, f"{config.random_samples} uniform random inputs (no data known)"
-    ds, _ = recorded_dataset([model_path.parent], data)
-    if ds.preprocessing.n_features != n_features:
-        raise DataError(
-            f"data {ds.name!r} has {ds.preprocessing.n_features} features but the model "
-            f"takes {n_features}"
-        )
-    x = ds.x_test[: config.check_samples].reshape((-1, *input_shape))
+    ds, _ = recorded_dataset([model_path.parent], data, model)
+    x = shaped(ds.x_test[: config.check_samples], shape)
     return x, f"{len(x)} test samples of {ds.name}"
 
 
@@ -385,26 +269,63 @@ def run_fold(
     config: FoldConfig = FoldConfig(),
     warn=print,
 ) -> FoldResult:
-    """Load, fold, check, and write folded.keras and fold.json (atomically). Raises on failure."""
-    from .model import load_model, save_model
+    """Load, fold, check, and write folded.keras and fold.json (atomically). Raises on failure.
+
+    folded.keras is written in the Keras that saved the input, so its user loads it with the
+    code they already have."""
+    from .keras3 import KERAS3
+    from .model import load_model, saved_with
 
     t0 = time.perf_counter()
-    model = load_model(model_path)
+    kind = saved_with(model_path)
+    model = load_model(model_path)  # tf_keras (a Keras 3 model translated and checked)
     folded, pairs, skipped = fold_model(model, strict=config.strict)
     for s in skipped:
         warn(f"Warning: BatchNormalization {s.bn!r} stays in the model: it {s.reason}")
-    x, source = _check_inputs(model, data, model_path, config)
+    x, source = check_inputs(model, data, model_path, config)
     d, rel, failures = check_fold(model, folded, pairs, x, config.rtol)
-    report = FoldReport(pairs, skipped, len(x), source, d, rel, config.rtol, not failures, failures)
+    translation, to_save = {}, folded
+    if kind == KERAS3 and not failures:
+        to_save, translation, (d, rel, more) = _back_to_keras3(model_path, folded, x, config)
+        failures += more
+    report = FoldReport(pairs, skipped, len(x), source, d, rel, config.rtol, not failures,
+                        failures, kind, translation)  # fmt: skip
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
-    out = artifacts.ensure_dir(artifacts_dir)
-    folded_path = save_model(folded, out / files.FOLDED)
+    return _write(artifacts_dir, model_path, to_save, kind, config, report, t0)
+
+
+def _back_to_keras3(model_path: Path, folded, x, config: FoldConfig):
+    """(the folded model in Keras 3, the translation checks, (abs, rel, failures) of the Keras 3
+    folded model against the original Keras 3 model): the fold proved in the user's own Keras."""
+    from .keras3 import load_keras3, to_keras3, to_tf_keras, translation_check
+
+    original = load_keras3(model_path)
+    folded3 = to_keras3(folded)
+    back = translation_check(folded, folded3, x)
+    there = translation_check(original, to_tf_keras(original), x)
+    d, rel, each = compare_outputs(predict(original, x), predict(folded3, x))
+    failures = [
+        f"model output {i} (Keras 3): relative difference {r:.3g} > {config.rtol:g}"
+        for i, r in each
+        if r > config.rtol
+    ]
+    return folded3, {"to_tf_keras": there, "to_keras3": back}, (d, rel, failures)
+
+
+def _write(out, model_path, to_save, kind, config, report, t0) -> FoldResult:
+    from .keras3 import KERAS3, save_keras3
+    from .model import save_model
+
+    out = artifacts.ensure_dir(out)
+    save = save_keras3 if kind == KERAS3 else save_model
+    folded_path = save(to_save, out / files.FOLDED)
     record = {
         "stage": "fold",
         "config": dataclasses.asdict(config),
         "report": report,
         "model": str(model_path),
+        "saved_by": kind,
         "outputs": {files.FOLDED: artifacts.sha256_file(folded_path)},
         "timings": {"total_s": time.perf_counter() - t0},
     }

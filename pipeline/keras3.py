@@ -149,8 +149,8 @@ def saved_by(path: str | Path) -> str:
     A file with no evidence, or whose metadata and config disagree, is a ModelError.
     """
     path = Path(path)
-    meta = _read_json(path, "metadata.json", METADATA_MAX_BYTES, required=False)
-    config = _read_json(path, "config.json", CONFIG_MAX_BYTES, required=True)
+    meta = read_config_member(path, "metadata.json", METADATA_MAX_BYTES, required=False)
+    config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
     votes = {}
     version = meta.get("keras_version") if isinstance(meta, dict) else None
     if isinstance(version, str) and version.split(".")[0] in ("2", "3"):
@@ -195,8 +195,9 @@ def _layer_entries(config) -> list:
     return [e for e in layers if isinstance(e, dict)] if isinstance(layers, list) else []
 
 
-def _read_json(path: Path, member: str, limit: int, required: bool):
-    """The JSON in zip member `member`, read in at most `limit` bytes; {} if absent and optional."""
+def read_config_member(path: Path, member: str, limit: int, required: bool):
+    """The JSON in zip member `member`, read in at most `limit` bytes; {} if absent and optional.
+    Either Keras's files (metadata.json, config.json); ModelError for anything malformed."""
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist or is not a file")
     if not zipfile.is_zipfile(path):
@@ -229,7 +230,10 @@ def _read_json(path: Path, member: str, limit: int, required: bool):
 
 
 def _is_keras_module(module) -> bool:
-    return isinstance(module, str) and (module == "keras" or module.startswith("keras."))
+    """Keras's own classes: module keras… (Keras 3, and tf_keras's layers) or tf_keras…."""
+    return isinstance(module, str) and (
+        module in ("keras", "tf_keras") or module.startswith(("keras.", "tf_keras."))
+    )
 
 
 def _unsupported(path: Path | None, items: list[str]) -> ModelError:
@@ -242,11 +246,13 @@ def _unsupported(path: Path | None, items: list[str]) -> ModelError:
     )
 
 
-def check_config(config, path: Path | None = None) -> None:
-    """Refuse (ModelError, one line) a Keras 3 config.json holding anything bnpipe cannot
-    translate: a model other than Sequential/Functional, a layer class not in SUPPORTED_LAYERS,
-    a class from outside Keras (custom or registered), or a custom object inside a layer's config
+def check_config(config, path: Path | None = None, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse (ModelError, one line) a config.json (either Keras) holding anything bnpipe cannot
+    take: a Lambda (Python code), a model other than Sequential/Functional, a layer class not in
+    SUPPORTED_LAYERS, a class from outside Keras (custom or registered; `allowed` lists the
+    registered names that are bnpipe's own), or a custom object inside a layer's config
     (initializer, activation function …). Reads the dict only; deserializes nothing."""
+    _refuse_lambda(config, path)
     cls = config.get("class_name") if isinstance(config, dict) else None
     module = config.get("module") if isinstance(config, dict) else None
     if cls not in ("Sequential", "Functional") or not _is_keras_module(module):
@@ -261,7 +267,10 @@ def check_config(config, path: Path | None = None) -> None:
         name = cfg.get("name", entry.get("name")) if isinstance(cfg, dict) else entry.get("name")
         label = f"{str(name)[:80]!r}"
         cls, module = entry.get("class_name"), entry.get("module")
-        if not _is_keras_module(module) or entry.get("registered_name") is not None:
+        registered = entry.get("registered_name")
+        if registered is not None and registered in allowed:
+            continue
+        if not _is_keras_module(module) or registered is not None:
             unsupported.append(f"{label} ({_custom_label(cls, module, entry)})")
         elif cls not in SUPPORTED_LAYERS:
             unsupported.append(f"{label} ({str(cls)[:80]})")
@@ -273,6 +282,26 @@ def check_config(config, path: Path | None = None) -> None:
         where = f"{path}: " if path is not None else ""
         raise ModelError(
             f"{where}{'; '.join(custom)}; bnpipe loads only Keras's own objects (no custom code)"
+        )
+
+
+def _refuse_lambda(config, path: Path | None) -> None:
+    """Lambda layers carry Python bytecode: named and refused, wherever in the config they sit."""
+    names, stack = [], [config]
+    while stack:  # iterative: a crafted config may nest deeper than Python's recursion limit
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                cfg = node.get("config")
+                names.append(str(cfg.get("name", "?") if isinstance(cfg, dict) else "?")[:80])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if names:
+        where = f"{path} holds" if path is not None else "the model holds"
+        raise ModelError(
+            f"{where} Lambda layer(s) {', '.join(sorted(names))}, which carry Python code; "
+            "bnpipe refuses them (replace them with built-in layers)"
         )
 
 
@@ -332,7 +361,7 @@ def load_keras3(path: str | Path):
     path = Path(path)
     if not path.name.endswith(".keras"):
         raise ModelError(f"{path} does not end in .keras; bnpipe loads only .keras files")
-    config = _read_json(path, "config.json", CONFIG_MAX_BYTES, required=True)
+    config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
     check_config(config, path)
     keras = keras3()
     import warnings

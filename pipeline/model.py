@@ -12,6 +12,7 @@ from .errors import ModelError
 from .tfenv import keras
 
 BN_KINDS = ("keras", "custom")
+CUSTOM_BN_NAME = "bnpipe>CustomBatchNorm"  # how Keras registers custom_bn.CustomBatchNorm
 
 
 def custom_bn_class():
@@ -59,28 +60,28 @@ def compile_model(model, learning_rate: float = 1e-3):
     return model
 
 
-def load_model(path: str | Path):
-    """Load a `.keras` model in safe mode (no arbitrary code). Refuses what safe mode cannot guard.
+def checked_keras_file(path: str | Path) -> Path:
+    """`path` if it is a `.keras` zip bnpipe may load, else ModelError saying why not.
 
-    Legacy HDF5 (`.h5`) and SavedModel directories bypass Keras's safe mode, and Lambda layers
-    carry Python bytecode: all three are refused with a ModelError. Returns a new, uncompiled model.
-    """
+    Legacy HDF5 (`.h5`) and SavedModel directories bypass Keras's safe mode; a device, FIFO or
+    oversized file is refused before it is read (safeio)."""
+    from .safeio import regular_file
+
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"model file {path} does not exist")
     if path.is_dir():
         raise ModelError(
             f"{path} is a directory (SavedModel?); bnpipe loads only .keras files, "
             "which Keras can load in safe mode"
         )
+    regular_file(path, "model file", ModelError)
     if path.suffix.lower() in (".h5", ".hdf5") or _is_hdf5(path):
         raise ModelError(
             f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
             "model as .keras (model.save('model.keras'))"
         )
     if not path.name.endswith(".keras"):
-        # tf_keras chooses its loader by this very test (case-sensitive): any other name goes to
-        # the legacy loader, which reads HDF5 found anywhere in the file without safe mode.
+        # Both Keras choose their loader by this very test (case-sensitive): any other name goes
+        # to the legacy loader, which reads HDF5 found anywhere in the file without safe mode.
         raise ModelError(
             f"{path} does not end in .keras; bnpipe loads only .keras files (Keras's "
             "safe format), so rename it if it is one"
@@ -92,7 +93,29 @@ def load_model(path: str | Path):
             f"{path} is not a Keras .keras file (expected a zip archive holding "
             "config.json and model.weights.h5)"
         )
-    _refuse_lambda(path)
+    return path
+
+
+def saved_with(path: str | Path) -> str:
+    """ "keras2" (tf_keras) or "keras3": which Keras wrote the checked `.keras` file."""
+    from .keras3 import saved_by
+
+    return saved_by(checked_keras_file(path))
+
+
+def load_model(path: str | Path):
+    """A new, uncompiled tf_keras model from a `.keras` file, whichever Keras saved it.
+
+    Safe: the file is checked (checked_keras_file) and its config.json refused before anything
+    is deserialized when it holds a Lambda, a layer bnpipe cannot export or a custom class
+    (keras3.check_config). A Keras 3 file is loaded by Keras 3 in safe mode and translated
+    (keras3.translate_file, checked on probe inputs); use load_reference for the original.
+    """
+    from .keras3 import KERAS3, translate_file
+
+    if saved_with(path) == KERAS3:
+        return translate_file(path).model2
+    _check_config(Path(path))
     k = keras()
     custom_bn_class()  # registers bnpipe>CustomBatchNorm for deserialization
     try:
@@ -100,6 +123,33 @@ def load_model(path: str | Path):
     except Exception as exc:  # Keras raises many types for a malformed archive
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load {path}: {msg[:300]}") from None
+
+
+def load_reference(path: str | Path):
+    """The model at `path` in the Keras that saved it (a Keras 3 model for a Keras 3 file): the
+    reference every accuracy claim is measured against. Safe as load_model."""
+    from .keras3 import KERAS3, load_keras3
+
+    if saved_with(path) == KERAS3:
+        return load_keras3(path)
+    return load_model(path)
+
+
+def _check_config(path: Path) -> None:
+    from .keras3 import CONFIG_MAX_BYTES, check_config, read_config_member
+
+    config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
+    check_config(config, path, allowed=(CUSTOM_BN_NAME,))
+
+
+def input_shape(model) -> tuple[int, ...]:
+    """The model's one input shape without the batch axis, e.g. (784,) or (28, 28, 1)."""
+    if len(model.inputs) != 1 or any(d is None for d in model.inputs[0].shape[1:]):
+        raise ModelError(
+            "bnpipe takes models with one input of fixed shape; this model takes "
+            + ", ".join(str(tuple(t.shape)) for t in model.inputs)
+        )
+    return tuple(int(d) for d in model.inputs[0].shape[1:])
 
 
 def _is_hdf5(path: Path) -> bool:
@@ -115,37 +165,6 @@ def _is_hdf5(path: Path) -> bool:
                 return True
             offset = 512 if offset == 0 else offset * 2
     return False
-
-
-def _refuse_lambda(path: Path) -> None:
-    import json
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            config = json.loads(zf.read("config.json"))
-    except KeyError:
-        raise ModelError(f"{path} has no config.json; it is not a Keras .keras file") from None
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise ModelError(f"{path} is damaged: {exc}") from None
-    names = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                names.append(node.get("config", {}).get("name", "?"))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
-    if names:
-        raise ModelError(
-            f"{path} holds Lambda layer(s) {', '.join(names)}, which carry Python "
-            "code; bnpipe refuses them (replace them with built-in layers)"
-        )
 
 
 def is_batch_norm(layer) -> bool:

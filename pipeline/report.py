@@ -75,7 +75,7 @@ def tflite_text(info) -> str:
                 else f"per-channel ×{len(t.scale)}"
             )
         name = (t.name[:40] + "…") if len(t.name) > 41 else t.name
-        lines.append(f"{t.index:>3} {name + role:<44} {str(t.shape):<12} {t.dtype:<8} {q}")
+        lines.append(f"{t.index:>3} {name + role:<44} {t.shape!s:<12} {t.dtype:<8} {q}")
     return "\n".join(lines)
 
 

@@ -68,12 +68,23 @@ class Stage:
         return files.stage_outputs(self.name, getattr(config, "modes", ()))
 
     def extra_inputs(self, config: Any) -> dict[str, str]:
-        """Inputs that are not artifacts: the data source train reads."""
+        """Inputs that are not artifacts: the data source train reads, and the model it imports
+        (`run --model`) as its file's sha256."""
         if self.name != "train":
             return {}
         from .data import source_fingerprint
 
-        return {"data": source_fingerprint(config.data, config.test_data)}
+        inputs = {"data": source_fingerprint(config.data, config.test_data)}
+        if config.model is not None:
+            from .artifacts import sha256_file
+            from .errors import BnpipeError
+            from .safeio import regular_file
+
+            try:  # a path that is no model file is refused, with its reason, when train runs
+                inputs["model"] = sha256_file(regular_file(config.model, "model file"))
+            except BnpipeError:
+                inputs["model"] = "unreadable"
+        return inputs
 
     def inputs(self, config: Any, out: Path) -> dict[str, str]:
         """Everything the stage's manifest entry records as read (checked: ArtifactError)."""

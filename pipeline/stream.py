@@ -149,6 +149,7 @@ class IdxStream:
             f"samples), streamed: {names}",
             "sizes": {"train": self.n_train, "val": self.n_val, "test": n_test},
             "n_features": self.preprocessing.n_features,
+            "sample_shape": list(self.files["x_train"].dims[1:]),
             "num_classes": self.num_classes,
             "preprocessing": self.preprocessing.to_dict(),
             "split": dict(self.split),

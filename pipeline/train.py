@@ -51,6 +51,8 @@ def train(
     exists and starts afresh otherwise (what `bnpipe run` does). See checkpoints.resume_point.
     """
     say = say or (lambda message: None)
+    if config.model is not None:
+        return _import(config, artifacts_dir, say)
     if config.strategy != "none":
         return _train_distributed(config, artifacts_dir, quiet=quiet, resume=resume, say=say)
     t0 = time.perf_counter()
@@ -126,6 +128,42 @@ def _fit_epochs(model, ds, config, start, hist, quiet, ckpt_root, fingerprint) -
             checkpoints.save(ckpt_root, model, epoch + 1, config, fingerprint, hist)
 
 
+def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
+    """`bnpipe run --model M.keras`: M, trained elsewhere, becomes model.keras (its bytes, so
+    the user's file and the reference are one), scored on the test split in the Keras that saved
+    it. Refused before anything is written if bnpipe cannot take it (a layer it cannot export, a
+    Keras 3 translation that does not hold, data that does not fit its input)."""
+    import numpy as np
+
+    from .data import check_fits, model_input_shape, shaped
+    from .model import load_model, load_reference, saved_with
+
+    t0 = time.perf_counter()
+    src = Path(config.model)
+    kind = saved_with(src)
+    load_model(src)  # the tf_keras form fold and export will use: translated and checked now
+    reference = load_reference(src)
+    ds = load_dataset(
+        config.data,
+        config.test_data,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
+    check_fits(ds, model_input_shape(reference), int(reference.outputs[0].shape[-1]))
+    probs = reference.predict(shaped(ds.x_test, model_input_shape(reference)), verbose=0,
+                              batch_size=1024)  # fmt: skip
+    accuracy = float(np.mean(np.argmax(probs, axis=1) == ds.y_test))
+    say(f"imported {src} (saved by {kind}): test accuracy {accuracy:.4f}")
+    out = artifacts.ensure_dir(artifacts_dir)
+    data = src.read_bytes()
+    model_path = artifacts.write_bytes(out / files.MODEL, data)
+    imported = {"path": str(src), "sha256": artifacts.sha256_bytes(data), "saved_by": kind}
+    return _write_record(out, model_path, config, ds.summary(), {}, accuracy, t0,
+                         resumed_from=0, timings={}, imported=imported,
+                         parameters=int(reference.count_params()))  # fmt: skip
+
+
 def _train_distributed(
     config: TrainConfig, artifacts_dir: Path, *, quiet: bool, resume: bool | str, say
 ) -> TrainResult:
@@ -168,6 +206,14 @@ def _write_outputs(
 
     out = artifacts.ensure_dir(out)
     model_path = save_model(model, out / files.MODEL)
+    return _write_record(out, model_path, config, dataset, hist, test_acc, t0,
+                         resumed_from=resumed_from, timings=timings, distribution=distribution,
+                         parameters=int(model.count_params()))  # fmt: skip
+
+
+def _write_record(out, model_path, config, dataset, hist, test_acc, t0, *, resumed_from, timings,
+                  parameters, distribution=None, imported=None) -> TrainResult:  # fmt: skip
+    """train.json beside model.keras, and the TrainResult saying what was done."""
     record = {
         "stage": "train",
         "config": config.to_dict(),
@@ -176,9 +222,10 @@ def _write_outputs(
         "history": hist,
         "test_accuracy": test_acc,
         "val_accuracy": hist["val_accuracy"][-1] if "val_accuracy" in hist else None,
-        "parameters": int(model.count_params()),
+        "parameters": parameters,
         "resumed_from_epoch": resumed_from,
         **({"distribution": distribution} if distribution else {}),
+        **({"imported": imported} if imported else {}),
         "timings": {**timings, "total_s": time.perf_counter() - t0},
         "outputs": {files.MODEL: artifacts.sha256_file(model_path)},
     }

@@ -135,7 +135,9 @@ def run_candidate(
     `raw_ref` (the host-ref outputs; None before host-ref ran; on host-ref itself its own
     outputs, distance 0) in quantization steps. ModelError from the runtime passes through.
     """
-    res = rt.run(str(path), ref.inputs.for_tensor(quant_params(info.input_tensor())))
+    xin = ref.inputs.for_tensor(quant_params(info.input_tensor()))
+    # (N, features) as the file's input tensor lays it out, e.g. (N, 28, 28, 1): a view.
+    res = rt.run(str(path), xin.reshape((len(xin), *info.input_tensor().shape[1:])))
     raw = res.outputs.reshape(len(ref.y), -1)
     if rt.name == REFERENCE_TARGET:
         raw_ref = raw
@@ -225,11 +227,11 @@ def _prepare(candidates: list[Path], config: VerifyConfig):
 
 def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig, say) -> Reference:
     """The test split (the one training held out, or `data`'s) and the original's predictions."""
-    from .data import recorded_dataset
-    from .model import load_model
+    from .data import model_input_shape, recorded_dataset, shaped
+    from .model import load_reference
     from .tfenv import muted_stderr
 
-    model = load_model(ref_path)
+    model = load_reference(ref_path)  # in the Keras that saved it
     ds, preprocessing = recorded_dataset([out], data, model)
     x, y, codes = ds.x_test, ds.y_test, ds.x_test_codes
     if config.max_samples:
@@ -237,7 +239,9 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
         codes = None if codes is None else codes[: config.max_samples]
     say(f"reference: {files.MODEL} on TensorFlow (host)")
     with muted_stderr():
-        pred = np.argmax(model.predict(x, batch_size=1024, verbose=0), axis=1)
+        pred = np.argmax(
+            model.predict(shaped(x, model_input_shape(model)), batch_size=1024, verbose=0), axis=1
+        )
     values = None if codes is None else ds.preprocessing.code_values()
     return Reference(
         x,
@@ -252,20 +256,11 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
 
 
 def _check_fit(infos: dict, ref: Reference) -> None:
-    """Every candidate takes the data's features, gives the reference's classes, and was
-    exported for the data's scaling: DataError / ModelError naming the file otherwise."""
+    """Every candidate takes the data's samples (reshaped to its input shape), gives the
+    reference's classes, and was exported for the data's scaling: DataError / ModelError naming
+    the file otherwise."""
     for p, info in infos.items():
-        features = info.input_tensor().shape[-1]
-        if features != ref.x.shape[1]:
-            raise DataError(
-                f"{p.name} takes {features} features per sample but the data has {ref.x.shape[1]}"
-            )
-        classes = info.output_tensor().shape[-1]
-        if classes != ref.n_classes:
-            raise ModelError(
-                f"{p.name} outputs {classes} classes but the reference model outputs "
-                f"{ref.n_classes}"
-            )
+        _fits(p.name, tuple(info.input_tensor().shape[1:]), info.output_tensor().shape[-1], ref)
         pre = info.metadata.get("preprocessing")
         divisor = ref.preprocessing["divisor"]
         if pre and abs(float(pre.get("divisor", 0)) - divisor) > 0:
@@ -275,12 +270,29 @@ def _check_fit(infos: dict, ref: Reference) -> None:
             )
 
 
+def _fits(name: str, input_shape: tuple, classes: int, ref: Reference) -> None:
+    features = int(np.prod(input_shape, dtype=np.int64))
+    if features != ref.x.shape[1]:
+        raise DataError(
+            f"{name} takes input shape {tuple(input_shape)} ({features} values) but the data "
+            f"has {ref.x.shape[1]} features per sample"
+        )
+    if classes != ref.n_classes:
+        raise ModelError(
+            f"{name} outputs {classes} classes but the reference model outputs {ref.n_classes}"
+        )
+
+
 def _folded_row(folded_path: Path, ref: Reference, say) -> Row:
-    from .model import load_model
+    from .data import model_input_shape, shaped
+    from .model import load_reference
 
     say(f"{files.FOLDED} on TensorFlow (host)")
     t1 = time.perf_counter()
-    pred = np.argmax(load_model(folded_path).predict(ref.x, batch_size=1024, verbose=0), axis=1)
+    folded = load_reference(folded_path)  # in the Keras it was saved in, as its user runs it
+    shape = model_input_shape(folded)
+    _fits(files.FOLDED, shape, int(folded.outputs[0].shape[-1]), ref)
+    pred = np.argmax(folded.predict(shaped(ref.x, shape), batch_size=1024, verbose=0), axis=1)
     return _row(files.FOLDED, "tensorflow", pred, ref, time.perf_counter() - t1, {})
 
 

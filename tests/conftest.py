@@ -37,6 +37,14 @@ def tf(keras):
 
 
 @pytest.fixture(scope="session")
+def k3(keras):
+    """Keras 3 (`import keras`), imported after TensorFlow as bnpipe does it."""
+    from pipeline.keras3 import keras3
+
+    return keras3()
+
+
+@pytest.fixture(scope="session")
 def digits():
     """The digits split every stage uses with the default fractions and seed 0."""
     from pipeline.data import load_dataset

@@ -149,3 +149,49 @@ def tf_config_json(workers, index=0, task_type="worker", chief=None):
     if chief:
         cluster["chief"] = [chief]
     return json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})
+
+
+# --- models a user brings: built with Keras 3 in the test, never downloaded ---------------------
+
+
+def keras3_article(k3):
+    """The seed article's network written with Keras 3 (what `tf.keras` is on TensorFlow ≥ 2.16)."""
+    L = k3.layers
+    return k3.Sequential(
+        [
+            k3.Input((64,)),
+            L.Dense(64),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Dense(64),
+            L.BatchNormalization(),
+            L.ReLU(),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+def keras3_functional(k3):
+    """A Keras 3 Functional model with BN in every foldable place of a Dense stack: BN first
+    (input standardization), a bias-free Dense, BN without centre, Dropout, and
+    Dense(relu) → BN → Dense."""
+    L = k3.layers
+    x = k3.Input((64,), name="pixels")
+    h = L.BatchNormalization(name="bn_in")(x)
+    h = L.Dense(32, use_bias=False, name="d1")(h)
+    h = L.BatchNormalization(center=False, name="bn1")(h)
+    h = L.ReLU(name="relu1")(h)
+    h = L.Dropout(0.2, name="drop")(h)
+    h = L.Dense(32, activation="relu", name="d2")(h)
+    h = L.BatchNormalization(name="bn2")(h)
+    return k3.Model(x, L.Dense(10, activation="softmax", name="out")(h))
+
+
+def train_and_save(k3, model, x, y, path: Path, epochs: int = 6, input_shape=None) -> Path:
+    """Fit `model` (Keras 3) with Adam on (x, y) for a few epochs and save it at `path`."""
+    k3.utils.set_random_seed(0)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = x if input_shape is None else x.reshape((len(x), *input_shape))
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
+    model.save(path)
+    return path

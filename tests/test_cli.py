@@ -222,7 +222,7 @@ def test_fold_strict_refuses_with_one_line_and_warns_otherwise(run, keras, tmp_p
         ]
     )
     src = save_model(model, tmp_path / "m.keras")
-    reason = "follows Dense 'd' which has its own activation 'relu'"
+    reason = "follows Dense 'd' which has its own activation 'relu', and feeds the model output"
     assert_one_line_error(
         run("fold", "--model", src, "--strict", "--artifacts", tmp_path / "s"),
         f"cannot fold exactly: bn {reason}",

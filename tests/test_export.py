@@ -134,7 +134,10 @@ def test_graph_check_rejects_a_standalone_batch_norm(keras, bn_first):
     model = _bn_model(keras, bn_first)
     x = np.random.default_rng(1).random((64, 8), dtype=np.float32)
     config = ExportConfig(modes=("float32", "ptq-int8"), calibration_samples=64)
-    remnant = "operators ADD, MUL (a BatchNormalization left unfolded?)"
+    remnant = (
+        "operators ADD, MUL that no layer of the model implies (a BatchNormalization left "
+        "unfolded?)"
+    )
     info = parse_tflite(convert(model, "float32", x, config))
     assert info.op_counts()["MUL"] == 1 and info.op_counts()["ADD"] == 1
     assert graph_check(info, "float32", float_io=False) == [remnant]
@@ -142,20 +145,21 @@ def test_graph_check_rejects_a_standalone_batch_norm(keras, bn_first):
     problems = graph_check(info, "ptq-int8", float_io=False)
     assert problems[0] == remnant
     assert sorted(p.split(" #")[0] for p in problems[1:]) == ["operator ADD", "operator MUL"]
-    assert all(p.endswith("does not belong in an integer-only MLP") for p in problems[1:])
+    assert all(p.endswith("does not belong in an integer-only model") for p in problems[1:])
 
 
-def test_check_keras_model_refuses_batch_norm(keras):
+@pytest.mark.parametrize("bn_first", [True, False], ids=["bn-on-input", "bn-after-relu"])
+def test_check_keras_model_refuses_a_bn_fold_would_remove(keras, bn_first):
     with pytest.raises(
         ModelError,
-        match="^BatchNormalization layer\\(s\\) bn are still in the model; run `bnpipe fold`",
+        match="^BatchNormalization layer\\(s\\) bn can still be folded; run `bnpipe fold` first",
     ):
-        check_keras_model(_bn_model(keras, bn_first=False))
+        check_keras_model(_bn_model(keras, bn_first=bn_first))
 
 
 def test_run_export_refuses_the_unfolded_model_before_converting(exported, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ModelError, match="are still in the model; run `bnpipe fold`"):
+    with pytest.raises(ModelError, match="can still be folded; run `bnpipe fold` first"):
         run_export(exported / "model.keras", out, config=ExportConfig(modes=("float32",)))
     assert not out.exists()
 
@@ -277,7 +281,7 @@ def _bad_inputs(tmp_path, exported, keras):
         ),
         "unknown-mode": (
             ["--model", str(folded), "--mode", "foo"],
-            "Error: unknown mode 'foo'; expected one of " + ", ".join(EXPORT_MODES) + " or all",
+            "Error: --mode must be one of " + ", ".join(EXPORT_MODES) + " or all, got 'foo'",
         ),
         "layer-norm": (
             ["--model", str(norm), "--data", "digits"],

@@ -268,7 +268,7 @@ def test_fold_model_functional_branches_and_bn_as_output(keras, kind):
     folded, pairs, skipped = fold_model(model)
     assert skipped == []
     assert isinstance(folded, k.Model) and not isinstance(folded, k.Sequential)
-    assert {(p.dense, p.bn) for p in pairs} == {("da", "bna"), ("db", "bnb"), ("dc", "bnc")}
+    assert {(p.layer, p.bn) for p in pairs} == {("da", "bna"), ("db", "bnb"), ("dc", "bnc")}
     _assert_no_bn(folded)
     assert [t.name.split("/")[0] for t in folded.outputs] == ["out", "dc"]
     for orig, new in zip(model(xs, training=False), folded(xs, training=False)):
@@ -285,7 +285,7 @@ def test_fold_model_dense_on_rank3_input_bn_last_axis_is_folded(keras):
     from pipeline.fold import fold_model
 
     folded, pairs, skipped = fold_model(model)
-    assert [(p.dense, p.bn) for p in pairs] == [("d", "bn")] and skipped == []
+    assert [(p.layer, p.bn) for p in pairs] == [("d", "bn")] and skipped == []
     xs = np.random.default_rng(5).normal(size=(8, 3, 4)).astype(np.float32)
     assert _rel_diff(model(xs, training=False), folded(xs, training=False)) <= FOLD_RTOL
 
@@ -304,7 +304,7 @@ def test_fold_model_bn_axis_1_on_rank2_is_the_units_axis_and_folds(keras):
     from pipeline.fold import fold_model
 
     _, pairs, skipped = fold_model(model)
-    assert [(p.dense, p.bn) for p in pairs] == [("d", "bn")] and skipped == []
+    assert [(p.layer, p.bn) for p in pairs] == [("d", "bn")] and skipped == []
 
 
 # --- fold_model on models it must refuse ------------------------------------------------------
@@ -397,28 +397,148 @@ def _rank3_dense_bn_axis1(k, kind):
     )
 
 
-AXIS_REASON = "normalizes axis [1], not the last (units) axis"
+AXIS_REASON = "normalizes axis [1], not the last (channels) axis"
 REFUSED = [
-    (_dense_relu_then_bn, "follows Dense 'd' which has its own activation 'relu'"),
-    (_bn_after_relu, "follows ReLU 'relu', not a Dense"),
-    (_dense_feeds_bn_and_add, "follows Dense 'd' whose output also feeds add"),
-    (_dense_feeds_bn_and_concat, "follows Dense 'd' whose output also feeds concat"),
-    (_dense_is_also_output, "follows Dense 'd' whose output also feeds the model output"),
-    (_shared_dense, "follows Dense 'd' which is shared by several inputs"),
+    (
+        _dense_feeds_bn_and_add,
+        "follows Dense 'd' whose output also feeds add, and feeds Add 'add', not a Dense",
+    ),
+    (
+        _dense_feeds_bn_and_concat,
+        "follows Dense 'd' whose output also feeds concat, and feeds Concatenate 'concat', "
+        "not a Dense",
+    ),
+    (
+        _dense_is_also_output,
+        "follows Dense 'd' whose output also feeds the model output, and feeds the model output",
+    ),
+    (
+        _shared_dense,
+        "follows Dense 'd' which is shared by several inputs, and feeds Add 'add', not a Dense",
+    ),
     (_shared_bn, "is applied to more than one input (shared layer)"),
-    (_reshape_then_bn_axis1, "follows Reshape 'reshape', not a Dense"),
+    (_reshape_then_bn_axis1, AXIS_REASON),
     (_reshape_dense_bn_axis1, AXIS_REASON),
     (_rank3_dense_bn_axis1, AXIS_REASON),
 ]
 KEEPS_KIND = {
-    _dense_relu_then_bn,
-    _bn_after_relu,
     _dense_feeds_bn_and_add,
     _dense_feeds_bn_and_concat,
     _dense_is_also_output,
     _shared_dense,
     _shared_bn,
 }
+
+
+# --- BN before a Dense: folded forward into it ---------------------------------------------------
+
+
+def _bn_first(k, kind):
+    """Input standardization: BN on the raw features, then the network (a bias-free Dense)."""
+    return k.Sequential(
+        [
+            k.Input((6,)),
+            _bn(k, kind, name="bn"),
+            k.layers.Dense(5, use_bias=False, name="d"),
+            k.layers.ReLU(name="r"),
+            k.layers.Dense(3, name="out"),
+        ]
+    )
+
+
+def _bn_through_dropout(k, kind):
+    x = k.Input((6,))
+    h = k.layers.Dense(5, activation="relu", name="h")(x)
+    y = k.layers.Dropout(0.3, name="drop")(_bn(k, kind, center=False, name="bn")(h))
+    return k.Model(x, k.layers.Dense(3, name="d")(y))
+
+
+def _image_bn_flatten(k, kind):
+    """BN over the channels of an image, then Flatten: input i of the Dense is channel i mod 2."""
+    return k.Sequential(
+        [
+            k.Input((3, 4, 2)),
+            _bn(k, kind, name="bn"),
+            k.layers.Flatten(name="flat"),
+            k.layers.Dense(5, name="d"),
+        ]
+    )
+
+
+def _bn_on_both_sides(k, kind):
+    """BN → Dense → BN: one Dense takes a BN from each side."""
+    return k.Sequential(
+        [
+            k.Input((6,)),
+            _bn(k, kind, name="bn"),
+            k.layers.Dense(4, name="d"),
+            _bn(k, kind, name="bn2"),
+            k.layers.ReLU(name="r"),
+            k.layers.Dense(2, name="out"),
+        ]
+    )
+
+
+FORWARD = [  # (build, [(layer, bn, direction, via)])
+    (_dense_relu_then_bn, [("out", "bn", "before", [])]),
+    (_bn_after_relu, [("out", "bn", "before", [])]),
+    (_bn_first, [("d", "bn", "before", [])]),
+    (_bn_through_dropout, [("d", "bn", "before", ["drop"])]),
+    (_image_bn_flatten, [("d", "bn", "before", ["flat"])]),
+    (_bn_on_both_sides, [("d", "bn", "before", []), ("d", "bn2", "after", [])]),
+]
+
+
+@pytest.mark.parametrize("kind", ["keras", "custom"])
+@pytest.mark.parametrize("build,expected", FORWARD, ids=[b.__name__[1:] for b, _ in FORWARD])
+def test_fold_model_folds_a_bn_forward_into_the_dense_it_feeds(keras, kind, build, expected):
+    from pipeline.fold import check_fold, fold_model
+
+    model = _randomize(build(keras, kind), seed=7)
+    before = _snapshot(model)
+    folded, pairs, skipped = fold_model(model)
+    assert skipped == []
+    assert [(p.layer, p.bn, p.direction, p.via) for p in pairs] == expected
+    _assert_no_bn(folded)
+    xs = _inputs_for(model, n=64)
+    _, rel, failures = check_fold(model, folded, pairs, xs, FOLD_RTOL)
+    assert failures == [] and rel <= FOLD_RTOL
+    assert all(p.max_rel_diff <= FOLD_RTOL for p in pairs)
+    _assert_unchanged(model, before)
+
+
+def test_forward_fold_is_diag_s_times_w_and_b_plus_t_w(keras):
+    """The folded Dense holds diag(s)·W and b + t·W in float64 rounded once, s and t tiled over
+    the flattened image (channels last)."""
+    from pipeline.fold import fold_model
+
+    model = _randomize(_image_bn_flatten(keras, "keras"), seed=8)
+    folded, _, _ = fold_model(model)
+    bn, d = model.get_layer("bn"), model.get_layer("d")
+    s = bn.gamma.numpy().astype(np.float64) / np.sqrt(
+        bn.moving_variance.numpy().astype(np.float64) + bn.epsilon
+    )
+    t = bn.beta.numpy() - bn.moving_mean.numpy() * s
+    s_rows, t_rows = np.tile(s, 12), np.tile(t, 12)  # 3 × 4 pixels × 2 channels = 24 inputs
+    w = d.kernel.numpy().astype(np.float64)
+    fw, fb = folded.get_layer("d").get_weights()
+    np.testing.assert_array_equal(fw, (w * s_rows[:, None]).astype(np.float32))
+    np.testing.assert_allclose(fb, d.bias.numpy() + t_rows @ w, rtol=1e-6, atol=1e-6)
+    x = _inputs_for(model, n=32)
+    assert _rel_diff(model(x, training=False), folded(x, training=False)) <= FOLD_RTOL
+
+
+def test_a_wrong_forward_fold_fails_the_check(keras):
+    """Negative control: scaling the Dense's output columns instead of its input rows (the
+    "after" formula used the wrong way round) is caught by the layer-by-layer check."""
+    from pipeline.fold import check_fold, fold_model
+
+    model = _randomize(_bn_after_relu(keras, "keras"), seed=9)
+    folded, pairs, _ = fold_model(model)
+    kernel, bias = folded.get_layer("out").get_weights()
+    folded.get_layer("out").set_weights([kernel * 1.01, bias])
+    _, _, failures = check_fold(model, folded, pairs, _inputs_for(model, n=64), FOLD_RTOL)
+    assert [f.split(":")[0] for f in failures] == ["out+bn", "model output"]
 
 
 def _refused_cases():
@@ -482,19 +602,17 @@ def test_fold_model_folds_what_it_can_and_names_what_it_keeps(keras):
     from pipeline.fold import fold_model
 
     folded, pairs, skipped = fold_model(model)
-    assert [(p.dense, p.bn) for p in pairs] == [("d1", "bn1")]
-    assert skipped == [
-        SkippedBN("bn_after_relu", "follows ReLU 'r1', not a Dense"),
-        SkippedBN("bn_after_act", "follows Dense 'd2' which has its own activation 'relu'"),
+    assert [(p.layer, p.bn, p.direction) for p in pairs] == [
+        ("d1", "bn1", "after"),
+        ("d2", "bn_after_relu", "before"),
     ]
+    reason = "follows Dense 'd2' which has its own activation 'relu', and feeds the model output"
+    assert skipped == [SkippedBN("bn_after_act", reason)]
     xs = _inputs_for(model)
     assert _rel_diff(model(xs, training=False), folded(xs, training=False)) <= FOLD_RTOL
     with pytest.raises(ModelError) as info:
         fold_model(model, strict=True)
-    assert str(info.value) == (
-        "cannot fold exactly: bn_after_relu follows ReLU 'r1', not a Dense; "
-        "bn_after_act follows Dense 'd2' which has its own activation 'relu'"
-    )
+    assert str(info.value) == f"cannot fold exactly: bn_after_act {reason}"
 
 
 @pytest.mark.parametrize("outer", ["sequential", "functional"])
@@ -589,7 +707,7 @@ def test_run_fold_on_trained_model_writes_folded_model_and_record(
     assert rec["inputs"] == {"model": model_sha}
     assert rec["outputs"] == {"folded.keras": sha256_file(out.folded_path)}
     report = rec["report"]
-    assert [(p["dense"], p["bn"], p["bn_class"], p["units"]) for p in report["pairs"]] == [
+    assert [(p["layer"], p["bn"], p["bn_class"], p["units"]) for p in report["pairs"]] == [
         ("dense_1", "bn_1", bn_class, 16),
         ("dense_2", "bn_2", bn_class, 16),
     ]
@@ -620,8 +738,10 @@ def test_run_fold_warns_and_strict_refuses_and_writes_nothing(keras, tmp_path):
     from pipeline.fold import run_fold
     from pipeline.model import save_model
 
-    src = save_model(_randomize(_dense_relu_then_bn(keras, "keras")), tmp_path / "src" / "m.keras")
-    reason = "follows Dense 'd' which has its own activation 'relu'"
+    src = save_model(
+        _randomize(_dense_feeds_bn_and_add(keras, "keras")), tmp_path / "src" / "m.keras"
+    )
+    reason = "follows Dense 'd' whose output also feeds add, and feeds Add 'add', not a Dense"
 
     strict_out = tmp_path / "strict"
     with pytest.raises(ModelError, match=f"cannot fold exactly: bn {reason}"):
@@ -666,6 +786,6 @@ def test_run_fold_on_functional_layouts(keras, tmp_path, layout):
     src = save_model(model, tmp_path / "src" / "m.keras")
     result = run_fold(src, tmp_path / "out", warn=pytest.fail)
     report = result.report
-    assert [(p.dense, p.bn) for p in report.pairs] == [("d", "bn")]
+    assert [(p.layer, p.bn) for p in report.pairs] == [("d", "bn")]
     assert report.passed and 0 <= report.output_max_rel_diff <= FOLD_RTOL
     assert report.pairs[0].max_rel_diff <= FOLD_RTOL

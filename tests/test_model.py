@@ -392,14 +392,30 @@ def test_load_model_refuses_zip_without_config_or_with_unknown_layer(keras, tmp_
     assert str(info.value) == f"{empty} has no config.json; it is not a Keras .keras file"
 
     garbled = _zip(tmp_path / "garbled.keras", config_json="{not json")
-    with pytest.raises(ModelError, match=r"garbled\.keras is damaged: "):
+    with pytest.raises(ModelError, match=r"garbled\.keras: cannot read config\.json \("):
         load_model(garbled)
 
     unknown = _zip(
         tmp_path / "unknown.keras",
+        metadata_json=json.dumps({"keras_version": "2.21.0"}),
         config_json=json.dumps(
             {"class_name": "EvilLayer", "module": "evil", "config": {"name": "x"}}
         ),
     )
-    with pytest.raises(ModelError, match=r"^cannot load .*unknown\.keras: "):
+    with pytest.raises(ModelError) as info:
         load_model(unknown)
+    assert str(info.value) == (
+        f"{unknown} holds a 'EvilLayer' model (module 'evil'); bnpipe translates Keras "
+        "Sequential and Functional models only"
+    )
+    layer = _zip(
+        tmp_path / "layer.keras",
+        metadata_json=json.dumps({"keras_version": "2.21.0"}),
+        config_json=json.dumps({"class_name": "Sequential", "module": "keras", "config": {
+            "layers": [{"class_name": "EvilLayer", "module": "evil", "config": {"name": "x"}}]}}),
+    )  # fmt: skip
+    with pytest.raises(ModelError) as info:
+        load_model(layer)
+    assert str(info.value).startswith(
+        f"{layer}: layer 'x' (EvilLayer, a custom class from module 'evil') cannot be exported"
+    )

@@ -218,3 +218,111 @@ def test_run_with_multi_worker_training_needs_the_workers_first(tmp_path):
         in result.output
     )
     assert not (tmp_path / "a" / "model.keras").exists()
+
+
+# --- bnpipe run --model: a model trained elsewhere, either Keras ---------------------------------
+
+MODEL_RUN = """
+[export]
+modes = ["int8", "float32"]
+qat_epochs = 1
+[verify]
+targets = ["host-ref", "tflm"]
+[bench]
+batch_sizes = [1]
+threads = [1]
+warmup = 1
+runs = 4
+rounds = 2
+keras_runs = 2
+"""
+
+
+def _run_model(tmp_path, model, *extra):
+    cfg = tmp_path / "model_run.toml"
+    cfg.write_text(MODEL_RUN)
+    return CliRunner().invoke(
+        cli,
+        ["run", "--model", str(model), "--config", str(cfg), "--artifacts", str(tmp_path / "a"),
+         "-q", *extra],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("build", ["keras3_article", "keras3_functional"])
+def test_run_model_takes_a_keras3_model_to_verified_int8(k3, digits, tmp_path, build):
+    import zipfile
+
+    import helpers
+
+    from pipeline.files import tflite_name
+    from pipeline.keras3 import saved_by
+    from pipeline.opset import graph_check
+    from pipeline.tflite_file import read_tflite
+
+    src = helpers.train_and_save(
+        k3, getattr(helpers, build)(k3), digits.x_train, digits.y_train, tmp_path / "mine.keras"
+    )
+    result = _run_model(tmp_path, src)
+    assert result.exit_code == 0, result.output
+    assert "verdict: PASS" in result.output
+    out = tmp_path / "a"
+    assert (out / "model.keras").read_bytes() == src.read_bytes()
+    # folded.keras: a Keras 3 file with no BN left, proved against the original in Keras 3.
+    assert saved_by(out / "folded.keras") == "keras3"
+    config = json.loads(zipfile.ZipFile(out / "folded.keras").read("config.json"))
+    assert "BatchNormalization" not in {e["class_name"] for e in config["config"]["layers"]}
+    report = json.loads((out / "fold.json").read_text())["report"]
+    assert report["skipped"] == [] and report["output_max_rel_diff"] <= 1e-5
+    assert all(p["max_rel_diff"] <= 1e-5 for p in report["pairs"])
+    info = read_tflite(out / tflite_name("int8"))
+    assert set(info.op_counts()) == {"FULLY_CONNECTED", "SOFTMAX"}
+    assert graph_check(info, "int8", float_io=False) == []
+    # The lineage starts at the user's file: an unchanged second run skips everything …
+    again = _run_model(tmp_path, src)
+    assert "stages: train skipped, fold skipped, export skipped" in again.output
+    # … and another model is imported afresh.
+    other = helpers.train_and_save(
+        k3, getattr(helpers, build)(k3), digits.x_train, digits.y_train, tmp_path / "other.keras",
+        epochs=2,
+    )  # fmt: skip
+    changed = _run_model(tmp_path, other)
+    assert changed.exit_code == 0, changed.output
+    assert "train skipped" not in changed.output and "fold skipped" not in changed.output
+
+
+def test_run_model_takes_a_tf_keras_image_model_and_keeps_its_keras(keras, digits, tmp_path):
+    """A tf_keras model taking 8×8×1 images: digits are fed as images on every target, and
+    folded.keras stays a tf_keras file."""
+    from pipeline.keras3 import saved_by
+    from pipeline.model import save_model
+
+    k = keras
+    k.utils.set_random_seed(0)
+    model = k.Sequential(
+        [
+            k.Input((8, 8, 1)),
+            k.layers.BatchNormalization(name="bn_in"),
+            k.layers.Flatten(name="flat"),
+            k.layers.Dense(32, name="d"),
+            k.layers.BatchNormalization(name="bn"),
+            k.layers.ReLU(),
+            k.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(digits.x_train.reshape(-1, 8, 8, 1), digits.y_train, epochs=6, verbose=0)
+    src = save_model(model, tmp_path / "image.keras")
+    result = _run_model(tmp_path, src)
+    assert result.exit_code == 0, result.output
+    assert saved_by(tmp_path / "a" / "folded.keras") == "keras2"
+    verify = json.loads((tmp_path / "a" / "verify.json").read_text())
+    assert {r["target"] for r in verify["rows"]} == {"tensorflow", "host-ref", "tflm"}
+    assert verify["passed"] is True
+
+
+def test_run_model_refuses_an_unsupported_layer_before_anything_runs(k3, tmp_path):
+    path = tmp_path / "rnn.keras"
+    k3.Sequential([k3.Input((8, 8)), k3.layers.LSTM(4, name="rnn"), k3.layers.Dense(10)]).save(path)
+    result = _run_model(tmp_path, path)
+    assert_one_line_error(result, fragment="layer 'rnn' (LSTM) cannot be exported")
+    assert not (tmp_path / "a" / "model.keras").exists()

@@ -265,3 +265,80 @@ def test_resume_without_a_checkpoint_trains_from_the_start(tmp_path):
         f"no interrupted training to resume in {tmp_path / '.resume' / 'train'}; "
         "training from the start"
     ]
+
+
+# --- importing a model trained elsewhere (bnpipe run --model) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def article3(k3, digits, tmp_path_factory):
+    """The seed article's network trained with Keras 3 on digits and saved by Keras 3."""
+    from helpers import keras3_article, train_and_save
+
+    path = tmp_path_factory.mktemp("article3") / "article.keras"
+    return train_and_save(k3, keras3_article(k3), digits.x_train, digits.y_train, path, epochs=4)
+
+
+def test_import_copies_the_model_and_scores_it_in_its_own_keras(article3, k3, digits, tmp_path):
+    import json
+
+    from pipeline.artifacts import sha256_file
+    from pipeline.keras3 import load_keras3
+    from pipeline.train import train
+
+    config = TrainConfig(model=str(article3))
+    result = train(config, tmp_path, quiet=True)
+    assert (tmp_path / "model.keras").read_bytes() == article3.read_bytes()
+    record = json.loads(result.record_path.read_text())
+    assert record["imported"] == {
+        "path": str(article3),
+        "sha256": sha256_file(article3),
+        "saved_by": "keras3",
+    }
+    reference = load_keras3(article3)
+    pred = np.argmax(reference.predict(digits.x_test, verbose=0), axis=1)
+    assert result.test_accuracy == float(np.mean(pred == digits.y_test))
+    assert record["dataset"]["fingerprint"] == digits.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "layer, shown",
+    [("lstm", "'lstm' (LSTM)"), ("embedding", "'embedding' (Embedding)")],
+)
+def test_import_refuses_a_layer_it_cannot_export_before_writing(k3, tmp_path, layer, shown):
+    from pipeline.errors import ModelError
+    from pipeline.train import train
+
+    L = k3.layers
+    if layer == "lstm":
+        body = [k3.Input((8, 8)), L.LSTM(4, name="lstm"), L.Dense(10, activation="softmax")]
+    else:
+        body = [k3.Input((64,)), L.Embedding(17, 2, name="embedding"), L.Flatten(),
+                L.Dense(10, activation="softmax")]  # fmt: skip
+    path = tmp_path / "m.keras"
+    k3.Sequential(body).save(path)
+    out = tmp_path / "out"
+    with pytest.raises(ModelError) as info:
+        train(TrainConfig(model=str(path)), out, quiet=True)
+    assert f"layer {shown} cannot be exported; supported: " in str(info.value)
+    assert not out.exists()
+
+
+def test_import_reshapes_data_to_the_model_and_names_both_shapes_when_it_cannot(k3, tmp_path):
+    from pipeline.errors import DataError
+    from pipeline.train import train
+
+    L = k3.layers
+    image = tmp_path / "image.keras"
+    k3.Sequential([k3.Input((8, 8, 1)), L.Flatten(), L.Dense(10, activation="softmax")]).save(image)
+    result = train(TrainConfig(model=str(image)), tmp_path / "a", quiet=True)
+    assert 0.0 <= result.test_accuracy <= 1.0  # digits (64 values) reshaped to (8, 8, 1)
+    wide = tmp_path / "wide.keras"
+    k3.Sequential([k3.Input((28, 28)), L.Flatten(), L.Dense(10, activation="softmax")]).save(wide)
+    with pytest.raises(DataError) as info:
+        train(TrainConfig(model=str(wide)), tmp_path / "b", quiet=True)
+    assert str(info.value) == (
+        "the data has 64 features per sample (shape (64,)) but the model takes input shape "
+        "(28, 28) (784 values)"
+    )
+    assert not (tmp_path / "b").exists()

@@ -394,7 +394,8 @@ def test_data_with_another_feature_count_exits_2_with_both_numbers(exported, tmp
     )
     assert (
         assert_one_line_error(result)
-        == "Error: the data has 10 features per sample but the model takes 64"
+        == "Error: the data has 10 features per sample (shape (10,)) but the model takes input "
+        "shape (64,) (64 values)"
     )
     assert not (out / "verify.json").exists()
 

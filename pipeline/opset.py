@@ -1,0 +1,120 @@
+"""Which TFLite operators a Keras model's layers may become, and the graph check built on it.
+
+A converted model is deployable when every operator is one its layers imply (a Dense becomes
+FULLY_CONNECTED, a Flatten RESHAPE, a softmax SOFTMAX …) and, for the integer modes, every
+tensor of every operator is an integer one. Anything else — a MUL/ADD pair left by a BN that
+should have been folded, a float DEQUANTIZE in the middle of an int8 graph — is named. A BN that
+fold had to keep may become MUL and ADD; those are allowed, and named, for that model only.
+"""
+
+from __future__ import annotations
+
+from .tflite_file import TfliteInfo
+
+INTEGER_ONLY_MODES = ("int8", "ptq-int8", "ptq-int16x8")
+# What the converter makes of each layer (activations fused into the layer before them where it
+# can, so a ReLU may also leave no operator at all). Layers absent here are not exported.
+LAYER_OPS = {
+    "InputLayer": set(),
+    "Dropout": set(),  # the identity at inference: removed
+    "Dense": {"FULLY_CONNECTED"},
+    "Flatten": {"RESHAPE"},
+    "Reshape": {"RESHAPE"},
+    "ReLU": {"RELU", "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1", "LEAKY_RELU"},
+    "LeakyReLU": {"LEAKY_RELU"},
+    "Softmax": {"SOFTMAX"},
+    "Activation": set(),  # by its activation, below
+    # A BN fold could not remove: x·s + t with constants.
+    "BatchNormalization": {"MUL", "ADD"},
+    "CustomBatchNorm": {"MUL", "ADD"},
+}
+ACTIVATION_OPS = {
+    "linear": set(),
+    "relu": {"RELU"},
+    "softmax": {"SOFTMAX"},
+    "sigmoid": {"LOGISTIC"},
+    "tanh": {"TANH"},
+    "elu": {"ELU"},
+    "relu6": {"RELU6"},
+}
+# Layers tfmot's default 8-bit scheme quantizes (or passes through) in quantization-aware
+# training; a model holding anything else is refused before QAT starts.
+QAT_LAYERS = {
+    "InputLayer", "Dense", "ReLU", "LeakyReLU", "Activation", "Softmax", "Flatten", "Dropout",
+    "Reshape", "BatchNormalization",
+}  # fmt: skip
+
+
+def implied_ops(model) -> set[str]:
+    """Every TFLite operator the layers of `model` may become."""
+    ops: set[str] = set()
+    for layer in model.layers:
+        cls = type(layer).__name__
+        ops |= LAYER_OPS.get(cls, set())
+        activation = getattr(layer, "activation", None)
+        name = getattr(activation, "__name__", None)
+        if name:
+            ops |= ACTIVATION_OPS.get(name, {name.upper()})
+    return ops
+
+
+def graph_check(info: TfliteInfo, mode: str, float_io: bool,
+                allowed: set[str] | None = None) -> list[str]:  # fmt: skip
+    """Every violation of what a deployable `mode` model may hold (empty list: fine).
+
+    `allowed`: the operators the model's layers imply (implied_ops); default: an MLP's
+    FULLY_CONNECTED and SOFTMAX. Operators outside it are named; an integer mode also needs
+    integer tensors everywhere, QUANTIZE/DEQUANTIZE only at the edges with `float_io`.
+    """
+    allowed = {"FULLY_CONNECTED", "SOFTMAX"} if allowed is None else allowed
+    problems = []
+    strangers = sorted({op.op for op in info.operators} - allowed - {"QUANTIZE", "DEQUANTIZE"})
+    if strangers:
+        problems.append(
+            f"operators {', '.join(strangers)} that no layer of the model implies "
+            "(a BatchNormalization left unfolded?)"
+        )
+    if mode not in INTEGER_ONLY_MODES:
+        return problems
+    return problems + _integer_problems(info, mode, float_io, allowed)
+
+
+def _integer_problems(info: TfliteInfo, mode: str, float_io: bool, allowed: set[str]) -> list:
+    act = "int8" if mode in ("int8", "ptq-int8") else "int16"
+    allowed_types = {act, "int32", "int8", "int64"} if act == "int16" else {"int8", "int32"}
+    inp, out = set(info.inputs), set(info.outputs)
+    problems = []
+    for op in info.operators:
+        if op.op in allowed:
+            for t in op.inputs + op.outputs:
+                dt = info.tensors[t].dtype if t >= 0 else None
+                if dt is not None and dt not in allowed_types:
+                    name = info.tensors[t].name
+                    problems.append(f"{op.op} #{op.index} has a {dt} tensor {name!r}")
+        elif (op.op == "QUANTIZE" and float_io and set(op.inputs) <= inp) or (
+            op.op == "DEQUANTIZE" and float_io and set(op.outputs) <= out
+        ):
+            continue
+        else:
+            problems.append(
+                f"operator {op.op} #{op.index} does not belong in an integer-only model"
+            )
+    io_dtype = "float32" if float_io else act
+    for t in info.inputs + info.outputs:
+        if info.tensors[t].dtype != io_dtype:
+            problems.append(
+                f"input/output tensor {info.tensors[t].name!r} is {info.tensors[t].dtype}, "
+                f"expected {io_dtype}"
+            )
+    return problems
+
+
+def operators_of(info: TfliteInfo, layer_name: str) -> list[str]:
+    """The operators whose output tensor's name mentions `layer_name` (the converter names
+    tensors after the Keras layers they come from), in graph order."""
+    found = []
+    for op in info.operators:
+        names = [info.tensors[t].name for t in op.outputs if t >= 0]
+        if any(f"/{layer_name}/" in n or n.endswith(f"/{layer_name}") for n in names):
+            found.append(op.op)
+    return found
