@@ -185,9 +185,12 @@ def load_dataset(
     x_all, y_all = pre.apply(train.x), train.y.reshape(-1).astype(np.int64)
     if test is not None:
         x_test, y_test = pre.apply(test.x), test.y.reshape(-1).astype(np.int64)
-        split.update(test_from="source" if test_spec is None else "test_data",
-                     test_fraction=None, test_stratified=None,
-                     **({"test_data": str(test_spec)} if test_spec is not None else {}))  # fmt: skip
+        split.update(
+            test_from="source" if test_spec is None else "test_data",
+            test_fraction=None,
+            test_stratified=None,
+            **({"test_data": str(test_spec)} if test_spec is not None else {}),
+        )
         x_pool, y_pool = x_all, y_all
     else:
         x_pool, x_test, y_pool, y_test, stratified = seeded_split(

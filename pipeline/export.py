@@ -181,8 +181,10 @@ def _quantized(folded, tfmot):
     annotated.set_weights(folded.get_weights())
     from .model import custom_bn_class
 
-    scope = {"Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig,
-             "CustomBatchNorm": custom_bn_class()}  # fmt: skip
+    scope = {
+        "Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig,
+        "CustomBatchNorm": custom_bn_class(),
+    }
     with q.quantize_scope(scope):
         return q.quantize_apply(annotated)
 
@@ -275,7 +277,11 @@ def _export_mode(mode: str, job: _Job):
     metadata, and score the file on the test split with LiteRT's reference kernels."""
     folded, ds, config = job.folded, job.ds, job.config
     preprocessing, float_acc, float_pred, verbose = (
-        job.preprocessing, job.float_acc, job.float_pred, job.verbose)  # fmt: skip
+        job.preprocessing,
+        job.float_acc,
+        job.float_pred,
+        job.verbose,
+    )
     t1 = time.perf_counter()
     history: dict = {}
     with native_noise_filtered():
@@ -356,8 +362,9 @@ def run_export(
     fingerprint, summary = ds.fingerprint(), ds.summary()
     ds = as_model_input(ds, model_input_shape(folded))
     float_acc, float_pred = _keras_accuracy(folded, ds.x_test, ds.y_test)
-    job = _Job(folded, ds, preprocessing, float_acc, float_pred, config, implied_ops(folded), kept,
-               verbose)  # fmt: skip
+    job = _Job(
+        folded, ds, preprocessing, float_acc, float_pred, config, implied_ops(folded), kept, verbose
+    )
     results, blobs = [], {}
     for mode in config.modes:
         if progress:

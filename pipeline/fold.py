@@ -136,10 +136,18 @@ def _fold_one(model, plan: Plan, kernel, bias):
         # Through Flatten, input i of the Dense is channel i mod C of the BN (channels last).
         w, b = fold_before(kernel, bias, np.tile(s, rows // channels), np.tile(t, rows // channels))
     pair = FoldedPair(
-        plan.layer, plan.bn, type(bn).__name__, float(bn.epsilon), bool(bn.center),
-        bool(bn.scale), bool(layer.use_bias), channels, plan.direction, type(layer).__name__,
+        plan.layer,
+        plan.bn,
+        type(bn).__name__,
+        float(bn.epsilon),
+        bool(bn.center),
+        bool(bn.scale),
+        bool(layer.use_bias),
+        channels,
+        plan.direction,
+        type(layer).__name__,
         list(plan.via),
-    )  # fmt: skip
+    )
     return (w, b), pair
 
 
@@ -288,8 +296,19 @@ def run_fold(
     if kind == KERAS3 and not failures:
         to_save, translation, (d, rel, more) = _back_to_keras3(model_path, folded, x, config)
         failures += more
-    report = FoldReport(pairs, skipped, len(x), source, d, rel, config.rtol, not failures,
-                        failures, kind, translation)  # fmt: skip
+    report = FoldReport(
+        pairs,
+        skipped,
+        len(x),
+        source,
+        d,
+        rel,
+        config.rtol,
+        not failures,
+        failures,
+        kind,
+        translation,
+    )
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
     return _write(artifacts_dir, model_path, to_save, kind, config, report, t0)

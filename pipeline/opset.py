@@ -40,9 +40,17 @@ ACTIVATION_OPS = {
 # Layers tfmot's default 8-bit scheme quantizes (or passes through) in quantization-aware
 # training; a model holding anything else is refused before QAT starts.
 QAT_LAYERS = {
-    "InputLayer", "Dense", "ReLU", "LeakyReLU", "Activation", "Softmax", "Flatten", "Dropout",
-    "Reshape", "BatchNormalization",
-}  # fmt: skip
+    "InputLayer",
+    "Dense",
+    "ReLU",
+    "LeakyReLU",
+    "Activation",
+    "Softmax",
+    "Flatten",
+    "Dropout",
+    "Reshape",
+    "BatchNormalization",
+}
 
 
 def implied_ops(model) -> set[str]:
@@ -58,8 +66,9 @@ def implied_ops(model) -> set[str]:
     return ops
 
 
-def graph_check(info: TfliteInfo, mode: str, float_io: bool,
-                allowed: set[str] | None = None) -> list[str]:  # fmt: skip
+def graph_check(
+    info: TfliteInfo, mode: str, float_io: bool, allowed: set[str] | None = None
+) -> list[str]:
     """Every violation of what a deployable `mode` model may hold (empty list: fine).
 
     `allowed`: the operators the model's layers imply (implied_ops); default: an MLP's

@@ -140,8 +140,16 @@ def _verify_table(rows: list[dict]) -> str:
                 "✗ " + ",".join(r["failures"]) if r["failures"] else "✓",
             ]
         )
-    headers = ["candidate", "target", "accuracy [95 % CI]", "Δ pp vs original [95 % CI]",
-               "McNemar p", "agreement", "max LSB vs host-ref (share ≠)", "gate"]  # fmt: skip
+    headers = [
+        "candidate",
+        "target",
+        "accuracy [95 % CI]",
+        "Δ pp vs original [95 % CI]",
+        "McNemar p",
+        "agreement",
+        "max LSB vs host-ref (share ≠)",
+        "gate",
+    ]
     return md_table(headers, table, "llrrrrrl")
 
 
@@ -338,8 +346,18 @@ def _every_configuration(rec: dict) -> str:
         ]
         for r in rec["rows"]
     ]
-    headers = ["model", "runtime", "threads", "batch", "median", "p90", "p99", "samples/s",
-               "latency ÷ float32", "throughput ÷ float32"]  # fmt: skip
+    headers = [
+        "model",
+        "runtime",
+        "threads",
+        "batch",
+        "median",
+        "p90",
+        "p99",
+        "samples/s",
+        "latency ÷ float32",
+        "throughput ÷ float32",
+    ]
     return md_table(headers, full, "llrrrrrrrr")
 
 

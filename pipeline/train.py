@@ -151,17 +151,28 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
         test_fraction=config.test_fraction,
     )
     check_fits(ds, model_input_shape(reference), int(reference.outputs[0].shape[-1]))
-    probs = reference.predict(shaped(ds.x_test, model_input_shape(reference)), verbose=0,
-                              batch_size=1024)  # fmt: skip
+    probs = reference.predict(
+        shaped(ds.x_test, model_input_shape(reference)), verbose=0, batch_size=1024
+    )
     accuracy = float(np.mean(np.argmax(probs, axis=1) == ds.y_test))
     say(f"imported {src} (saved by {kind}): test accuracy {accuracy:.4f}")
     out = artifacts.ensure_dir(artifacts_dir)
     data = src.read_bytes()
     model_path = artifacts.write_bytes(out / files.MODEL, data)
     imported = {"path": str(src), "sha256": artifacts.sha256_bytes(data), "saved_by": kind}
-    return _write_record(out, model_path, config, ds.summary(), {}, accuracy, t0,
-                         resumed_from=0, timings={}, imported=imported,
-                         parameters=int(reference.count_params()))  # fmt: skip
+    return _write_record(
+        out,
+        model_path,
+        config,
+        ds.summary(),
+        {},
+        accuracy,
+        t0,
+        resumed_from=0,
+        timings={},
+        imported=imported,
+        parameters=int(reference.count_params()),
+    )
 
 
 def _train_distributed(
@@ -206,13 +217,36 @@ def _write_outputs(
 
     out = artifacts.ensure_dir(out)
     model_path = save_model(model, out / files.MODEL)
-    return _write_record(out, model_path, config, dataset, hist, test_acc, t0,
-                         resumed_from=resumed_from, timings=timings, distribution=distribution,
-                         parameters=int(model.count_params()))  # fmt: skip
+    return _write_record(
+        out,
+        model_path,
+        config,
+        dataset,
+        hist,
+        test_acc,
+        t0,
+        resumed_from=resumed_from,
+        timings=timings,
+        distribution=distribution,
+        parameters=int(model.count_params()),
+    )
 
 
-def _write_record(out, model_path, config, dataset, hist, test_acc, t0, *, resumed_from, timings,
-                  parameters, distribution=None, imported=None) -> TrainResult:  # fmt: skip
+def _write_record(
+    out,
+    model_path,
+    config,
+    dataset,
+    hist,
+    test_acc,
+    t0,
+    *,
+    resumed_from,
+    timings,
+    parameters,
+    distribution=None,
+    imported=None,
+) -> TrainResult:
     """train.json beside model.keras, and the TrainResult saying what was done."""
     record = {
         "stage": "train",

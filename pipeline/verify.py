@@ -198,8 +198,16 @@ def run_verify(
     if folded_path.is_file():
         inputs[files.FOLDED] = artifacts.sha256_file(folded_path)
     paths = _write_reports(out, record, inputs)
-    result = VerifyResult(rows, skipped, ref.accuracy, len(ref.y), not failures, failures,
-                          *paths, time.perf_counter() - t0)  # fmt: skip
+    result = VerifyResult(
+        rows,
+        skipped,
+        ref.accuracy,
+        len(ref.y),
+        not failures,
+        failures,
+        *paths,
+        time.perf_counter() - t0,
+    )
     if failures:
         raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
     return result

@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     wanted = readme_with(current, generated)
     if args.check:
         if current != wanted:
-            print("README.md's command table differs from the CLI; run "
-                  "`python scripts/readme_commands.py --write`", file=sys.stderr)
+            print(
+                "README.md's command table differs from the CLI; run "
+                "`python scripts/readme_commands.py --write`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     README.write_text(wanted)

@@ -111,7 +111,10 @@ def test_report_and_plots(benched):
     [
         (["--batch-sizes", "a"], "Error: --batch-sizes takes comma-separated integers; got 'a'"),
         (["--threads", "1,x"], "Error: --threads takes comma-separated integers; got '1,x'"),
-        (["--batch-sizes", "0"], "Error: --batch-sizes must be integers from 1 to 65,536, got (0,)"),
+        (
+            ["--batch-sizes", "0"],
+            "Error: --batch-sizes must be integers from 1 to 65,536, got (0,)",
+        ),
     ],
 )
 def test_bad_options_exit_2(tmp_path, args, message):

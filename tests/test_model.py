@@ -411,9 +411,18 @@ def test_load_model_refuses_zip_without_config_or_with_unknown_layer(keras, tmp_
     layer = _zip(
         tmp_path / "layer.keras",
         metadata_json=json.dumps({"keras_version": "2.21.0"}),
-        config_json=json.dumps({"class_name": "Sequential", "module": "keras", "config": {
-            "layers": [{"class_name": "EvilLayer", "module": "evil", "config": {"name": "x"}}]}}),
-    )  # fmt: skip
+        config_json=json.dumps(
+            {
+                "class_name": "Sequential",
+                "module": "keras",
+                "config": {
+                    "layers": [
+                        {"class_name": "EvilLayer", "module": "evil", "config": {"name": "x"}}
+                    ]
+                },
+            }
+        ),
+    )
     with pytest.raises(ModelError) as info:
         load_model(layer)
     assert str(info.value).startswith(

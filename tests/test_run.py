@@ -243,9 +243,18 @@ def _run_model(tmp_path, model, *extra):
     cfg.write_text(MODEL_RUN)
     return CliRunner().invoke(
         cli,
-        ["run", "--model", str(model), "--config", str(cfg), "--artifacts", str(tmp_path / "a"),
-         "-q", *extra],
-    )  # fmt: skip
+        [
+            "run",
+            "--model",
+            str(model),
+            "--config",
+            str(cfg),
+            "--artifacts",
+            str(tmp_path / "a"),
+            "-q",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.parametrize("build", ["keras3_article", "keras3_functional"])
@@ -282,9 +291,13 @@ def test_run_model_takes_a_keras3_model_to_verified_int8(k3, digits, tmp_path, b
     assert "stages: train skipped, fold skipped, export skipped" in again.output
     # … and another model is imported afresh.
     other = helpers.train_and_save(
-        k3, getattr(helpers, build)(k3), digits.x_train, digits.y_train, tmp_path / "other.keras",
+        k3,
+        getattr(helpers, build)(k3),
+        digits.x_train,
+        digits.y_train,
+        tmp_path / "other.keras",
         epochs=2,
-    )  # fmt: skip
+    )
     changed = _run_model(tmp_path, other)
     assert changed.exit_code == 0, changed.output
     assert "train skipped" not in changed.output and "fold skipped" not in changed.output

@@ -313,8 +313,12 @@ def test_import_refuses_a_layer_it_cannot_export_before_writing(k3, tmp_path, la
     if layer == "lstm":
         body = [k3.Input((8, 8)), L.LSTM(4, name="lstm"), L.Dense(10, activation="softmax")]
     else:
-        body = [k3.Input((64,)), L.Embedding(17, 2, name="embedding"), L.Flatten(),
-                L.Dense(10, activation="softmax")]  # fmt: skip
+        body = [
+            k3.Input((64,)),
+            L.Embedding(17, 2, name="embedding"),
+            L.Flatten(),
+            L.Dense(10, activation="softmax"),
+        ]
     path = tmp_path / "m.keras"
     k3.Sequential(body).save(path)
     out = tmp_path / "out"
