@@ -42,7 +42,10 @@ def load_run_config(
     path: Path | None, overrides: dict[str, dict[str, Any]] | None = None
 ) -> RunConfig:
     """RunConfig from a TOML file whose tables [train], [fold], … take the options' names as keys."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomli is the same parser
+        import tomli as tomllib
 
     data: dict[str, Any] = {}
     if path is not None:
