@@ -30,8 +30,8 @@ Options:
   --require-all   a version not found fails the check as well
 
 Environment:
-  BNPIPE_PYVERSIONS_DIR  work dir: venvs, logs, run artifacts
-                         (default ${BNPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bnpipe}/pyversions)
+  BNPIPE_PYVERSIONS_DIR  work dir for venvs, logs and run artifacts (default
+                         ${BNPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bnpipe}/pyversions)
 
 Exit status: 0 when every version found installs, runs and verifies; 1 otherwise (or when no
 version was found at all); 2 on bad usage.
