@@ -160,11 +160,14 @@ class FoldConfig:
     rtol: float = FOLD_RTOL
     check_samples: int = 10_000  # outputs compared on at most this many test samples
     random_samples: int = 512  # when no data is known: uniform [0, 1) inputs of the model's shape
+    # Cross-layer equalization of ReLU-joined Dense pairs after folding (equalize.py): exact in
+    # real arithmetic, and it keeps one outlier channel from setting an int8 scale for all.
+    equalize: bool = True
 
     def __post_init__(self):
-        _check(
-            isinstance(self.strict, bool), "strict", f"must be true or false, got {self.strict!r}"
-        )
+        for name in ("strict", "equalize"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool), name, f"must be true or false, got {value!r}")
         _check(
             _number(self.rtol) and 0 < self.rtol < 1,
             "rtol",

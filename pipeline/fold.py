@@ -69,6 +69,7 @@ class FoldReport:
     failures: list[str] = field(default_factory=list)
     saved_by: str = "keras2"  # the Keras of the input (and of folded.keras)
     translation: dict = field(default_factory=dict)  # Keras 3: the translation checks
+    equalized: list = field(default_factory=list)  # EqualizedPair: cross-layer equalization
 
 
 @dataclass
@@ -292,6 +293,10 @@ def run_fold(
         warn(f"Warning: BatchNormalization {s.bn!r} stays in the model: it {s.reason}")
     x, source = check_inputs(model, data, model_path, config)
     d, rel, failures = check_fold(model, folded, pairs, x, config.rtol)
+    equalized = []
+    if config.equalize and not failures:
+        folded, equalized, (d, rel, more) = _equalized(model, folded, x, config)
+        failures += more
     translation, to_save = {}, folded
     if kind == KERAS3 and not failures:
         to_save, translation, (d, rel, more) = _back_to_keras3(model_path, folded, x, config)
@@ -308,10 +313,53 @@ def run_fold(
         failures,
         kind,
         translation,
+        equalized,
     )
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
     return _write(artifacts_dir, model_path, to_save, kind, config, report, t0)
+
+
+def _equalized(original, folded, x, config: FoldConfig):
+    """(the folded model with its ReLU-joined Dense pairs equalized, the EqualizedPair records,
+    (abs, rel, failures) of the result against the original). The last layer of each chain of
+    pairs must compute what it computed before equalization, and the model what the original
+    does."""
+    from .equalize import equalize, find_pairs
+    from .tfenv import keras
+
+    pairs = find_pairs(folded)
+    if not pairs:
+        return folded, [], check_fold(original, folded, [], x, config.rtol)
+    names = {n for a, b, _ in pairs for n in (a, b)}
+    weights = {n: _kernel_bias(folded.get_layer(n)) for n in names}
+    weights = {n: [k, np.zeros(k.shape[-1]) if b is None else b] for n, (k, b) in weights.items()}
+    records = equalize(weights, pairs)
+    k = keras()
+    result = k.models.clone_model(folded)
+    result.set_weights(folded.get_weights())
+    for n, (kernel, bias) in weights.items():
+        layer = result.get_layer(n)
+        new = [kernel.astype(np.float32)] + ([bias.astype(np.float32)] if layer.use_bias else [])
+        layer.set_weights(new)
+    # Where a chain of pairs ends (a layer no pair rescales the outputs of), the equalized model
+    # must compute what the folded one did; inside a chain outputs are rescaled on purpose.
+    firsts = {a for a, _, _ in pairs}
+    seconds = [b for _, b, _ in pairs if b not in firsts]
+    probe_a = k.Model(folded.inputs, [folded.get_layer(n).output for n in seconds])
+    probe_b = k.Model(result.inputs, [result.get_layer(n).output for n in seconds])
+    _, _, each = compare_outputs(_listed(predict(probe_a, x)), _listed(predict(probe_b, x)))
+    failures = [
+        f"{seconds[i]} after equalization: relative difference {r:.3g} > {config.rtol:g}"
+        for i, r in each
+        if r > config.rtol
+    ]
+    d, rel, more = check_fold(original, result, [], x, config.rtol)
+    return result, records, (d, rel, failures + more)
+
+
+def _listed(outputs):
+    return outputs if isinstance(outputs, list) else [outputs]
 
 
 def _back_to_keras3(model_path: Path, folded, x, config: FoldConfig):

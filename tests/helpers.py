@@ -178,11 +178,11 @@ def keras3_functional(k3):
     L = k3.layers
     x = k3.Input((64,), name="pixels")
     h = L.BatchNormalization(name="bn_in")(x)
-    h = L.Dense(32, use_bias=False, name="d1")(h)
+    h = L.Dense(64, use_bias=False, name="d1")(h)
     h = L.BatchNormalization(center=False, name="bn1")(h)
     h = L.ReLU(name="relu1")(h)
     h = L.Dropout(0.2, name="drop")(h)
-    h = L.Dense(32, activation="relu", name="d2")(h)
+    h = L.Dense(64, activation="relu", name="d2")(h)
     h = L.BatchNormalization(name="bn2")(h)
     return k3.Model(x, L.Dense(10, activation="softmax", name="out")(h))
 

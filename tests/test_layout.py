@@ -30,6 +30,7 @@ LAYERS = {
         "cluster",
         "distribute",
         "checkpoints",
+        "equalize",
         "foldmath",
         "foldplan",
         "graph",

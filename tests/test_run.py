@@ -225,7 +225,7 @@ def test_run_with_multi_worker_training_needs_the_workers_first(tmp_path):
 MODEL_RUN = """
 [export]
 modes = ["int8", "float32"]
-qat_epochs = 1
+qat_epochs = 3
 [verify]
 targets = ["host-ref", "tflm"]
 [bench]
