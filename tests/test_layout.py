@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 LAYERS = {
     "entry": {"cli"},
     "orchestration": {"run", "stages"},
-    "stages": {"train", "fold", "export", "verify", "bench"},
+    "stages": {"train", "fold", "export", "verify", "bench", "layers"},
     "shared": {
         "data",
         "readers",
@@ -38,6 +38,9 @@ LAYERS = {
         "report",
         "tflite_file",
         "runtimes",
+        "fakequant",
+        "layerwise",
+        "layer_report",
     },
     "foundations": {
         "errors",
@@ -47,6 +50,7 @@ LAYERS = {
         "files",
         "config",
         "safeio",
+        "layerstats",
         "__init__",
     },
 }
