@@ -15,8 +15,8 @@ RNG_SEED = 7
 # values the sample rms is within 0.3 % of it (its standard error is ≈ 0.1 %).
 UNIFORM_RMS = 1 / math.sqrt(12)
 RMS_RTOL = 3e-3
-EXACT = 1e-12
-SQNR_DB_TOL = 0.3  # sampling spread of the mean squares over 2000 × 64 values  # float64 arithmetic on exactly representable values
+EXACT = 1e-12  # float64 arithmetic on exactly representable values
+SQNR_DB_TOL = 0.3  # sampling spread of the mean squares over 2000 × 64 values
 
 
 def grid(scale=0.05, zero_point=-128):
@@ -25,7 +25,7 @@ def grid(scale=0.05, zero_point=-128):
 
 
 def test_values_on_the_grid_have_no_error():
-    scale, zp, lo, hi = grid(scale=1 / 16)  # a power of two: every grid value exact in float32
+    scale, zp, _, _ = grid(scale=1 / 16)  # a power of two: every grid value exact in float32
     codes = np.arange(-128, 128, dtype=np.int8).reshape(-1, 4)
     real = (codes.astype(np.float64) - zp) * scale
     s = tensor_stats(real.astype(np.float32), codes, scale, zp, "int8")
@@ -73,7 +73,7 @@ def test_two_wide_channels_leave_the_others_a_few_levels():
 
 
 def test_dead_channels_and_clipping():
-    scale, zp, lo, hi = grid(scale=0.01)
+    scale, zp, _, hi = grid(scale=0.01)
     real = np.zeros((1000, 3), np.float32)
     real[:, 1] = np.linspace(0, 2 * hi, 1000)  # half its values beyond the grid's top
     real[:, 2] = np.linspace(0, hi, 1000)
