@@ -7,6 +7,9 @@ model (where error shows). The plot puts the two side by side, with the culprit'
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from .artifacts import jsonable
@@ -15,6 +18,7 @@ from .report import md_table, save_figure
 # Below this share of the int8 range, a channel gets fewer than ~25 of the 256 levels.
 FEW_LEVELS_SHARE = 0.1
 CULPRIT_COLOR, OTHER_COLOR = "#c0392b", "#2e86c1"
+PYPLOT_JOIN_S = 30  # importing pyplot takes ≈ 0.5 s; the block's end waits at most this long
 
 
 def _pyplot():
@@ -24,6 +28,19 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextlib.contextmanager
+def pyplot_loading() -> Iterator[None]:
+    """Import matplotlib's pyplot in a thread during the block (while this process waits for
+    LiteRT's child, the GIL is free), and wait for it at the block's end, whatever happened, so
+    that no thread is left importing at exit."""
+    thread = threading.Thread(target=_pyplot, name="bnpipe-pyplot-import", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(PYPLOT_JOIN_S)
 
 
 def short_name(tensor: str, op: str = "") -> str:
@@ -137,7 +154,7 @@ def layers_plot(record: dict, dest: Path) -> Path:
     layers, worst = rec["layers"], rec["worst"]
     labels = [f"#{e['op_index']} {short_name(e['tensor'], e['op'])}" for e in layers]
     colors = [CULPRIT_COLOR if e["op_index"] == worst["op_index"] else OTHER_COLOR for e in layers]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
     ax = axes[0]
     ax.bar(range(len(layers)), [e["sqnr_db"] or 0 for e in layers], color=OTHER_COLOR,
            label="whole tensor")  # fmt: skip
@@ -160,5 +177,4 @@ def layers_plot(record: dict, dest: Path) -> Path:
     ax.set_xlabel("output channel")
     ax.set_ylabel("share of the int8 range used, %")
     ax.set_title(f"The culprit's output channels\n{_label(worst).replace('`', '')}", fontsize=9)
-    fig.tight_layout()
     return save_figure(fig, dest)

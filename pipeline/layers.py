@@ -22,7 +22,9 @@ from pathlib import Path
 from . import artifacts, files
 from .config import LayersConfig
 from .errors import DataError
+from .layer_report import pyplot_loading
 from .layerwise import LayerAnalysis, LayerReport, analyse_layers, check_twins
+from .runtimes.tensors import TensorRunner
 from .tflite_file import TfliteInfo, read_tflite
 
 
@@ -59,14 +61,18 @@ def run_layers(
         "run `bnpipe export --mode float32` or pass --reference")  # fmt: skip
     check_twins(int8_path, float_path)  # before the data: a wrong file fails at once
     info = read_tflite(int8_path)
-    ds = _test_data(out, Path(int8_path), data, info, say)
-    x, y, codes = ds.x_test, ds.y_test, ds.x_test_codes
-    if config.max_samples:
-        x, y = x[: config.max_samples], y[: config.max_samples]
-        codes = None if codes is None else codes[: config.max_samples]
-    say(f"layers: {Path(int8_path).name} against {Path(float_path).name}")
-    analysis = analyse_layers(int8_path, float_path, x, y, codes=codes,
-                              values=ds.preprocessing.code_values(), say=say)  # fmt: skip
+    # LiteRT's child starts now and loads while the data does; pyplot loads while LiteRT runs.
+    with TensorRunner() as runner:
+        ds = _test_data(out, Path(int8_path), data, info, say)
+        x, y, codes = ds.x_test, ds.y_test, ds.x_test_codes
+        if config.max_samples:
+            x, y = x[: config.max_samples], y[: config.max_samples]
+            codes = None if codes is None else codes[: config.max_samples]
+        say(f"layers: {Path(int8_path).name} against {Path(float_path).name}")
+        with pyplot_loading():
+            analysis = analyse_layers(int8_path, float_path, x, y, codes=codes,
+                                      values=ds.preprocessing.code_values(), say=say,
+                                      runner=runner)  # fmt: skip
     record = _record(analysis, config, int8_path, float_path, ds, t0)
     inputs = {Path(int8_path).name: artifacts.sha256_file(int8_path),
               Path(float_path).name: artifacts.sha256_file(float_path),

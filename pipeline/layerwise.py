@@ -35,7 +35,7 @@ from .errors import DataError, ModelError
 from .fakequant import Built, FakeQuant, OpPair, match_operators
 from .layerstats import TensorStats, sqnr_db, tensor_stats
 from .quantize import to_input
-from .runtimes.tensors import TensorJob, run_jobs
+from .runtimes.tensors import TensorJob, TensorRunner, run_jobs
 from .safeio import read_bytes
 from .tflite_file import TfliteInfo, check_io, parse_tflite, quant_params
 
@@ -282,11 +282,13 @@ def analyse_layers(
     codes: np.ndarray | None = None,
     values: np.ndarray | None = None,
     say: Callable[[str], None] | None = None,
+    runner: TensorRunner | None = None,
 ) -> LayerAnalysis:
     """Both views of the module docstring for the integer file `int8_path` against its float twin
     `float_path`, on x: float32 (N, features) preprocessed; y: (N,) labels or None (then the
     accuracies are NaN and agreement alone ranks). codes, values: the integer pixels behind x,
-    as quantize.to_input takes them (a faster input quantization, the same codes). Writes nothing.
+    as quantize.to_input takes them (a faster input quantization, the same codes). runner: a
+    TensorRunner started ahead (else one is started here). Writes nothing.
 
     ModelError for files that cannot be read, paired, or run (LiteRT crashing included)."""
     say = say or (lambda m: None)
@@ -296,8 +298,9 @@ def analyse_layers(
     xq = to_input(x, quant_params(twins.int8.input_tensor()), codes, values)
     say(f"LiteRT: {len(built) + 3} models on {len(x):,} samples, in a child process")
     last = len(twins.pairs) - 1
-    runs = run_jobs([_float_job(twins, x), _int8_job(twins, xq), *_alone_jobs(twins, x, built),
-                     _built_job(twins, x, sim, last, "every operator and the input")])  # fmt: skip
+    jobs = [_float_job(twins, x), _int8_job(twins, xq), *_alone_jobs(twins, x, built),
+            _built_job(twins, x, sim, last, "every operator and the input")]  # fmt: skip
+    runs = runner.run(jobs) if runner is not None else run_jobs(jobs)
     ref, q_run, alone, s_run = runs[0], runs[1], runs[2:-1], runs[-1]
     costs = rank(_costs(twins, ref, alone, built, y))
     q_pred, ref_pred = _top1(q_run[twins.int8.outputs[0]]), _top1(ref[twins.float_.outputs[0]])

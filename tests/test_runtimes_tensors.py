@@ -10,7 +10,7 @@ from pipeline.errors import ModelError
 from pipeline.quantize import quantize
 from pipeline.runtimes import device_runner
 from pipeline.runtimes.tensor_runner import BATCH
-from pipeline.runtimes.tensors import TensorJob, run_jobs
+from pipeline.runtimes.tensors import TensorJob, TensorRunner, run_jobs
 from pipeline.tflite_file import read_tflite
 
 # The float twin's first FULLY_CONNECTED against numpy's relu(x·W + b) in float64: float32
@@ -91,3 +91,16 @@ def test_bad_jobs_are_one_line_model_errors(files, x, change, message):
     with pytest.raises(ModelError) as info:
         run_jobs([TensorJob(**job)])
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_a_runner_started_ahead_serves_one_job_list_and_is_always_reaped(files, x):
+    float_path, _ = files
+    job = TensorJob(float_path, x[:8], (0,), "float32", reference=False)
+    with TensorRunner() as runner:
+        [saved] = runner.run([job])
+        assert saved[0].shape[0] == 8
+        with pytest.raises(RuntimeError, match="one list of jobs"):
+            runner.run([job])
+    unused = TensorRunner()
+    unused.close()  # never given work: killed (or done) and reaped, no zombie left
+    assert unused._proc.returncode is not None

@@ -4,9 +4,12 @@ for `bnpipe layers`.
 
 It runs in a child process of bnpipe, so that a model that crashes LiteRT ends this process and
 not bnpipe's (runtimes/tensors.py starts it and turns a crash into an error naming the model).
-It imports only the standard library, numpy and LiteRT, never `pipeline`.
+It imports only the standard library, numpy and LiteRT, never `pipeline`. With `-` it starts
+(Python, numpy, LiteRT: about half a second) before its jobs are written, while bnpipe loads the
+data, and reads where they are from stdin; empty stdin: exit 0 without work.
 
     python tensor_runner.py JOBS.json
+    python tensor_runner.py -          (the path of JOBS.json on stdin, one line, when it is ready)
 
 JOBS.json: {"jobs": [{"model": "M.tflite", "inputs": "X.npy", "out": "T.npz",
                       "tensors": [7, 8, 9], "reference": true}, ...]}
@@ -114,8 +117,11 @@ def main(argv=None):
         return EXIT_NO_LITERT
     try:
         if len(argv) != 1:
-            raise ValueError("usage: tensor_runner.py JOBS.json")
-        with open(argv[0]) as f:
+            raise ValueError("usage: tensor_runner.py JOBS.json | -")
+        path = sys.stdin.readline().strip() if argv[0] == "-" else argv[0]
+        if not path:
+            return 0  # started ahead and not needed after all
+        with open(path) as f:
             jobs = json.load(f)["jobs"]
         for number, job in enumerate(jobs):
             do_job(job)

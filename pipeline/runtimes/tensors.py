@@ -36,21 +36,59 @@ class TensorJob:
     reference: bool = True  # LiteRT's reference kernels; False: its optimized builtin kernels
 
 
-def run_jobs(jobs: list[TensorJob]) -> list[dict[int, np.ndarray]]:
-    """For each job, {tensor index: (N, *shape) array}, in the order of `jobs`.
+class TensorRunner:
+    """The child process, started at once and given its jobs later: Python, numpy and LiteRT
+    start (about half a second) while the caller prepares the jobs. `run` once; `close` (or the
+    `with` block's end) ends a child that was never given work, and reaps it."""
 
-    ModelError naming the job's label when LiteRT refuses or crashes on it (or takes more than
-    RUN_TIMEOUT_S); TargetUnavailable when LiteRT is not installed for this python."""
+    def __init__(self):
+        self._proc = subprocess.Popen(
+            [sys.executable, str(RUNNER), "-"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
+        )
+        self._waited = False
+
+    def __enter__(self) -> TensorRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._waited:
+            return
+        self._waited = True
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.communicate()
+
+    def run(self, jobs: list[TensorJob]) -> list[dict[int, np.ndarray]]:
+        """For each job, {tensor index: (N, *shape) array}, in the order of `jobs`.
+
+        ModelError naming the job's label when LiteRT refuses or crashes on it (or takes more
+        than RUN_TIMEOUT_S); TargetUnavailable when LiteRT is not installed for this python."""
+        with tempfile.TemporaryDirectory(prefix="bnpipe-tensors-") as tmp:
+            spec = _write_jobs(Path(tmp), jobs)
+            if self._waited:
+                raise RuntimeError("a TensorRunner runs one list of jobs")
+            self._waited = True
+            done = _wait(self._proc, f"{spec}\n", jobs)
+            results = []
+            for k in range(done):
+                with np.load(Path(tmp) / f"out{k}.npz", allow_pickle=False) as npz:
+                    results.append({int(key[1:]): npz[key] for key in npz.files})
+            return results
+
+
+def run_jobs(jobs: list[TensorJob]) -> list[dict[int, np.ndarray]]:
+    """TensorRunner().run(jobs) in a child started now (see TensorRunner.run)."""
     if not jobs:
         return []
-    with tempfile.TemporaryDirectory(prefix="bnpipe-tensors-") as tmp:
-        spec = _write_jobs(Path(tmp), jobs)
-        done = _run_child(spec, jobs)
-        results = []
-        for k in range(done):
-            with np.load(Path(tmp) / f"out{k}.npz", allow_pickle=False) as npz:
-                results.append({int(key[1:]): npz[key] for key in npz.files})
-        return results
+    with TensorRunner() as runner:
+        return runner.run(jobs)
 
 
 def _write_jobs(tmp: Path, jobs: list[TensorJob]) -> Path:
@@ -74,22 +112,16 @@ def _write_jobs(tmp: Path, jobs: list[TensorJob]) -> Path:
     return path
 
 
-def _run_child(spec: Path, jobs: list[TensorJob]) -> int:
-    """Run the child on `spec`; the number of jobs done (all of them, or an error is raised)."""
-    proc = subprocess.Popen(
-        [sys.executable, str(RUNNER), str(spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+def _wait(proc: subprocess.Popen, request: str, jobs: list[TensorJob]) -> int:
+    """Send the child its job list and wait; the number of jobs done (all of them, or raise)."""
     try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+        out, err = proc.communicate(request, timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
         done = out.split().count("ok")
-        raise ModelError(f"LiteRT took more than {RUN_TIMEOUT_S} s on {jobs[done].label}") from None
+        label = jobs[min(done, len(jobs) - 1)].label
+        raise ModelError(f"LiteRT took more than {RUN_TIMEOUT_S} s on {label}") from None
     finally:
         if proc.poll() is None:  # interrupted: do not leave the child running
             proc.kill()
