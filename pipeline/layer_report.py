@@ -83,6 +83,20 @@ def _why(e: dict) -> str:
     )
 
 
+def _verdict(worst: dict, alone: dict) -> str:
+    if alone["agreement_cost"] == 0 and not alone["accuracy_cost_pp"] > 0:
+        return (
+            f"**No layer alone changes a top-1 class.** The one that moves the model's output "
+            f"most is {_label(worst)} (output SQNR {_db(alone['output_sqnr_db'])} dB); "
+            f"{_why(worst)}."
+        )
+    return (
+        f"**Culprit: {_label(worst)}.** Quantized alone (every other layer float) it costs "
+        f"{_pct(alone['agreement_cost'])} agreement and {alone['accuracy_cost_pp']:.2f} pp "
+        f"accuracy; {_why(worst)}."
+    )
+
+
 def layers_markdown(record: dict, plot: Path | None) -> str:
     rec = jsonable(record)
     worst, alone = rec["worst"], rec["worst"]["alone"]
@@ -95,9 +109,7 @@ def layers_markdown(record: dict, plot: Path | None) -> str:
         f"{_pct(rec['float_accuracy'])}, the integer model {_pct(rec['int8_accuracy'])} "
         f"({-drop:+.2f} pp), top-1 agreement {_pct(rec['agreement'])}.",
         "",
-        f"**Culprit: {_label(worst)}.** Quantized alone (every other layer float) it costs "
-        f"{_pct(alone['agreement_cost'])} agreement and {alone['accuracy_cost_pp']:.2f} pp "
-        f"accuracy; {_why(worst)}.",
+        _verdict(worst, alone),
         "",
         "## Each layer quantized alone (the others float): where error is made",
         "",
