@@ -70,13 +70,13 @@ def _why(e: dict) -> str:
     median = e["range_used_median_channel"]
     if median is not None and median < FEW_LEVELS_SHARE:
         return (
-            f"its output channels span a median {_pct(median, 1)} of the int8 range (worst "
+            f"its output channels span a median {_pct(median, 1)} of the {e['dtype']} range (worst "
             f"{_pct(e['range_used_worst_channel'], 1)}, channel {e['worst_channel']}): the "
             f"per-tensor scale is set by a few wide channels and the others get about "
             f"{max(1, round(255 * median))} levels"
         )
     if e["clipped"] > 0.01:
-        return f"{_pct(e['clipped'], 1)} of its output values lie beyond the int8 range (clipped)"
+        return f"{_pct(e['clipped'], 1)} of its output values lie beyond its {e['dtype']} range"
     return (
         f"its output SQNR is {_db(e['sqnr_db'])} dB ({_db(e['sqnr_db_worst_channel'])} dB in "
         "its worst channel)"
@@ -117,7 +117,7 @@ def layers_markdown(record: dict, plot: Path | None) -> str:
         "## Every operator output of the integer model: where error shows",
         "",
         "Errors of earlier layers included. Steps: the error in units of the tensor's scale "
-        "(rounding alone: rms 0.29). Range used: the share of the int8 grid the float values "
+        "(rounding alone: rms 0.29). Range used: the share of the integer grid the float values "
         "span (worst channel).",
         "",
         _output_table(rec),
@@ -187,6 +187,6 @@ def layers_plot(record: dict, dest: Path) -> Path:
     ax.bar(range(len(shares)), [100 * s for s in shares], color=CULPRIT_COLOR, width=1.0)
     ax.set_yscale("symlog", linthresh=1)
     ax.set_xlabel("output channel")
-    ax.set_ylabel("share of the int8 range used, %")
+    ax.set_ylabel(f"share of the {worst['dtype']} range used, %")
     ax.set_title(f"The culprit's output channels\n{_label(worst).replace('`', '')}", fontsize=9)
     return save_figure(fig, dest)

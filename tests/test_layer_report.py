@@ -22,7 +22,8 @@ def test_short_name(tensor, op, expected):
 
 def _entry(op_index, agreement_cost, accuracy_cost_pp, rank, median=0.5):
     return {
-        "op_index": op_index, "op": "FULLY_CONNECTED", "tensor": f"m/dense_{op_index}/MatMul",
+        "op_index": op_index, "op": "FULLY_CONNECTED", "dtype": "int8",
+        "tensor": f"m/dense_{op_index}/MatMul",
         "sqnr_db": 30.0, "sqnr_db_worst_channel": None, "error_steps_rms": 0.3,
         "error_steps_max": 0.5, "range_used": 1.0, "range_used_worst_channel": median / 2,
         "range_used_median_channel": median, "worst_channel": 3, "clipped": 0.0, "scale": 0.1,
