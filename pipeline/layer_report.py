@@ -12,8 +12,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .artifacts import jsonable
-from .report import md_table, save_figure
+from .artifacts import atomic_path, jsonable
+from .report import md_table
 
 # Below this share of the int8 range, a channel gets fewer than ~25 of the 256 levels.
 FEW_LEVELS_SHARE = 0.1
@@ -189,4 +189,9 @@ def layers_plot(record: dict, dest: Path) -> Path:
     ax.set_xlabel("output channel")
     ax.set_ylabel(f"share of the {worst['dtype']} range used, %")
     ax.set_title(f"The culprit's output channels\n{_label(worst).replace('`', '')}", fontsize=9)
-    return save_figure(fig, dest)
+    # The constrained layout already fits the figure: no bbox_inches="tight" (report.save_figure),
+    # which draws it a second time (≈ 0.3 s of the ≈ 0.8 s this plot costs).
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    _pyplot().close(fig)
+    return dest
