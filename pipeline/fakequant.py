@@ -20,12 +20,15 @@ An operator's input is not quantized at that operator: a tensor's quantization i
 operator that produces it (the model's input to `quantize_input=True`). So a layer whose output
 range wastes the int8 grid is blamed, not the next layer that merely receives the damage. (LiteRT's
 QuantizationDebugger, which keeps denylisted nodes float, quantizes the one quantized operator's
-input as well: a coarse grid then counts against the producer and the consumer alike.) And it
-uses the integer file's own scales, learnt by QAT or calibrated, where the debugger calibrates
-anew: it diagnoses the file at hand.
+input as well: a coarse grid then counts against the producer and the consumer alike.) These
+models also use the integer file's own scales, learnt by QAT or calibrated, where the debugger
+calibrates anew, so they diagnose the file at hand; and they need no TensorFlow: the debugger
+converts the Keras model once per layer (TensorFlow's import alone takes ~6 s here), these are
+rewritten from the two files' flatbuffers in milliseconds.
 
 With every operator and the input quantized, the float model computes what the integer file
-computes up to the kernels' rounding of the requantization (a step at most on a few values);
+computes up to the kernels' rounding (int8: a step at most, on a few values; int16 SOFTMAX,
+a lookup table, differs by more of its much finer steps);
 `bnpipe layers` reports how closely the two agree. The models are built here in Python from
 bytes that tflite_file.py has checked; LiteRT runs them in a child process (runtimes/tensors.py).
 """
