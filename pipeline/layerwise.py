@@ -125,12 +125,22 @@ class _Twins:
     pairs: list[OpPair]
 
 
-def _load_twins(int8_path: Path, float_path: Path) -> _Twins:
-    """Both files read, checked structurally, and paired; ModelError otherwise."""
-    q_bytes = read_bytes(int8_path, "integer model", ModelError)
-    f_bytes = read_bytes(float_path, "float reference model", ModelError)
-    qi = check_io(parse_tflite(q_bytes, str(int8_path)))
-    fi = check_io(parse_tflite(f_bytes, str(float_path)))
+Model = Path | str | bytes  # a .tflite file, or a model's bytes (export's converter gives bytes)
+
+
+def _read(model: Model, what: str) -> tuple[bytes, str]:
+    """(the model's bytes, what messages call it)."""
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model), what
+    return read_bytes(model, what, ModelError), str(model)
+
+
+def _load_twins(int8_model: Model, float_model: Model) -> _Twins:
+    """Both models read, checked structurally, and paired; ModelError otherwise."""
+    q_bytes, int8_path = _read(int8_model, "the integer model")
+    f_bytes, float_path = _read(float_model, "the float twin")
+    qi = check_io(parse_tflite(q_bytes, int8_path))
+    fi = check_io(parse_tflite(f_bytes, float_path))
     if fi.input_tensor().dtype != "float32":
         raise ModelError(f"the reference {float_path} takes {fi.input_tensor().dtype} input; "
                          "it must be the float twin (model_float32.tflite)")  # fmt: skip
@@ -149,10 +159,10 @@ def _load_twins(int8_path: Path, float_path: Path) -> _Twins:
     return _Twins(qi, fi, q_bytes, f_bytes, pairs)
 
 
-def check_twins(int8_path: Path, float_path: Path) -> list[OpPair]:
+def check_twins(int8_path: Model, float_path: Model) -> list[OpPair]:
     """The paired operators of the integer file and its float twin: ModelError, naming what is
     wrong, when they cannot be compared (unreadable, not integer / not float, not twins)."""
-    return _load_twins(Path(int8_path), Path(float_path)).pairs
+    return _load_twins(int8_path, float_path).pairs
 
 
 def _check_memory(twins: _Twins, n: int) -> None:
@@ -265,7 +275,7 @@ def _check_fit(twins: _Twins, x: np.ndarray) -> None:
 
 def _prepare(int8_path, float_path, x: np.ndarray):
     """(twins, FakeQuant) for the two files, checked against the data x."""
-    twins = _load_twins(Path(int8_path), Path(float_path))
+    twins = _load_twins(int8_path, float_path)
     _check_fit(twins, x)
     _check_memory(twins, len(x))
     fq = FakeQuant(twins.int8_bytes, twins.float_bytes, twins.pairs,
@@ -274,8 +284,8 @@ def _prepare(int8_path, float_path, x: np.ndarray):
 
 
 def analyse_layers(
-    int8_path: Path,
-    float_path: Path,
+    int8_path: Model,
+    float_path: Model,
     x: np.ndarray,
     y: np.ndarray | None,
     *,
@@ -315,15 +325,16 @@ def analyse_layers(
 
 
 def rank_layers(
-    int8_path: Path,
-    float_path: Path,
+    int8_path: Model,
+    float_path: Model,
     x: np.ndarray,
     y: np.ndarray | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Ranking:
     """The culprit ranking alone (view 2) for the integer file against its float twin on x
     (float32, preprocessed) and labels y (or None): which layer, quantized alone as in the file,
-    costs the most. For cross-layer equalization and `--mode auto`. Writes nothing."""
+    costs the most. For cross-layer equalization and `--mode auto`: either model may be bytes
+    (export's converter output) instead of a file. Writes nothing."""
     say = say or (lambda m: None)
     twins, fq = _prepare(int8_path, float_path, x)
     built = [fq.model([p.position]) for p in twins.pairs]

@@ -67,11 +67,14 @@ def test_the_files_accuracy_is_exports(analyses, outlier_case, case):
     assert analyses[case].ranking.float_accuracy == record["modes"]["float32"]["tflite_accuracy"]
 
 
-def test_the_ranking_alone_is_the_analysis_ranking(analyses, outlier_case, digits):
+def test_the_ranking_alone_is_the_analysis_ranking_from_bytes_too(analyses, outlier_case, digits):
+    """rank_layers, as cross-layer equalization or --mode auto would call it on the converter's
+    bytes, ranks as the full analysis of the files does."""
     d = outlier_case[1]
-    ranking = rank_layers(d / "model_ptq-int8.tflite", d / "model_float32.tflite",
-                          digits.x_test, digits.y_test)  # fmt: skip
+    int8, float_ = (d / "model_ptq-int8.tflite").read_bytes(), d / "model_float32.tflite"
+    ranking = rank_layers(int8, float_.read_bytes(), digits.x_test, digits.y_test)
     assert ranking.costs == analyses["outlier"].ranking.costs
+    assert ranking.culprit.op_index == 0
 
 
 def _cost(position, agreement_cost, accuracy_cost_pp, output_sqnr_db):
