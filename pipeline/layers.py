@@ -74,9 +74,8 @@ def run_layers(
                                       values=ds.preprocessing.code_values(), say=say,
                                       runner=runner)  # fmt: skip
     record = _record(analysis, config, int8_path, float_path, ds, t0)
-    inputs = {Path(int8_path).name: artifacts.sha256_file(int8_path),
-              Path(float_path).name: artifacts.sha256_file(float_path),
-              "data": ds.fingerprint()}  # fmt: skip
+    inputs = {"model": artifacts.sha256_file(int8_path),
+              "reference": artifacts.sha256_file(float_path), "data": ds.fingerprint()}  # fmt: skip
     paths = _write(out, record, inputs)
     return LayersResult(analysis, *paths, time.perf_counter() - t0)
 
