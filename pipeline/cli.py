@@ -470,6 +470,53 @@ def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts)
     click.echo(f"\nwrote bench.json, bench.md and plots to {request.out} ({result.seconds:.1f} s)")
 
 
+@cli.command()
+@click.option(
+    "--tflite",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The integer .tflite [default: model_int8.tflite in the artifacts dir].",
+)
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Its float twin [default: model_float32.tflite in the artifacts dir].",
+)
+@click.option("--data", default=None, help="Test data [default: the data and split of training].")
+@click.option("--max-samples", default=None, type=int, help="Use at most this many test samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print only layers.json on stdout.")
+@quiet_option
+@artifacts_option
+def layers(tflite, reference, data, max_samples, as_json, quiet, artifacts):
+    """Find where an integer model loses accuracy: a per-layer report against its float twin.
+
+    For every operator output: SQNR, error in quantization steps, share of the int8 range used.
+    Then each layer quantized alone (the others float), ranked by the agreement and accuracy it
+    costs: the first is the culprit. Writes layers.json, layers.md and layers.png; not a stage
+    of `bnpipe run`.
+
+    Example: bnpipe layers --tflite artifacts/model_ptq-int8.tflite
+    """
+    from .artifacts import artifacts_dir
+    from .config import LayersConfig
+    from .layers import run_layers
+
+    result = run_layers(
+        artifacts_dir(artifacts),
+        config=LayersConfig(max_samples=max_samples),
+        tflite=tflite,
+        reference=reference,
+        data=data,
+        progress=None if quiet else _progress,
+    )
+    if as_json:
+        click.echo(result.record_path.read_text(), nl=False)
+        return
+    click.echo(result.report_path.read_text())
+    click.echo(f"wrote layers.json, layers.md and layers.png ({result.seconds:.1f} s)")
+
+
 class _progress_bar:
     """A click progress bar on stderr, or nothing; `step(label, n)` advances it."""
 

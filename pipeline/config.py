@@ -264,6 +264,19 @@ class VerifyConfig:
             _int_in(self.max_samples, "max_samples", 1, 100_000_000)
 
 
+@dataclass(frozen=True)
+class LayersConfig:
+    """`bnpipe layers` (a diagnosis, not a stage: `bnpipe run` does not run it)."""
+
+    # Cap on test samples (None: the whole test split). Every operator output of 10,000
+    # MNIST-sized samples is ~15 MB for the MLP; wider models may need a cap (layers says so).
+    max_samples: int | None = None
+
+    def __post_init__(self):
+        if self.max_samples is not None:
+            _int_in(self.max_samples, "max_samples", 1, 100_000_000)
+
+
 MAX_BENCH_BATCH = 65_536  # × 784 float32 inputs is 200 MB per interpreter
 
 

@@ -7,6 +7,8 @@
                                            writes verify.json, verify.md, verify_*.png
     bench   reads model.keras and every .tflite
                                            writes bench.json, bench.md, bench_*.png
+    layers  (not a stage) reads model_int8.tflite and model_float32.tflite
+                                           writes layers.json, layers.md, layers.png
 
 Every module that names an artifact takes the name from here (DESIGN.md fixes them: other tools
 read them). Only the standard library is imported.
@@ -29,6 +31,9 @@ BENCH_RECORD = "bench.json"
 BENCH_REPORT = "bench.md"
 BENCH_LATENCY_PLOT = "bench_latency.png"
 BENCH_THROUGHPUT_PLOT = "bench_throughput.png"
+LAYERS_RECORD = "layers.json"  # bnpipe layers (a diagnosis, not a stage: no manifest entry)
+LAYERS_REPORT = "layers.md"
+LAYERS_PLOT = "layers.png"
 MANIFEST = "manifest.json"
 RESUME_DIR = Path(".resume") / "train"  # per-epoch checkpoints of an unfinished training
 TFLITE_PREFIX, TFLITE_SUFFIX = "model_", ".tflite"

@@ -104,3 +104,34 @@ def exported(keras, tmp_path_factory):
         config=ExportConfig(modes=("all",), qat_epochs=EXPORTED_QAT_EPOCHS),
     )
     return out
+
+
+# --- the outlier case of scripts/make_outlier_model.py (tests/test_layers*, test_fakequant) ------
+@pytest.fixture(scope="session")
+def outlier_case(trained, tmp_path_factory):
+    """(plain, outlier): two artifacts dirs made from the tiny trained model, folded. `plain` holds
+    model_float32.tflite and model_ptq-int8.tflite of the folded model itself; `outlier` those of
+    its re-parametrization by scripts/make_outlier_model.py (two channels of the first Dense ×100,
+    undone by the next Dense: the same float function, a hard per-tensor int8 grid). Both hold
+    model.keras and train.json. Read-only. ≈ 5 s: one fold and four conversions."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    from pipeline.config import ExportConfig
+    from pipeline.export import run_export
+    from pipeline.fold import run_fold
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "make_outlier_model.py"
+    spec = importlib.util.spec_from_file_location("make_outlier_model", script)
+    make_outlier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_outlier)
+    plain = tmp_path_factory.mktemp("plain")
+    _, result = trained
+    for name in ("model.keras", "train.json"):
+        shutil.copyfile(result.model_path.parent / name, plain / name)
+    run_fold(plain / "model.keras", plain, warn=lambda message: None)
+    run_export(plain / "folded.keras", plain, config=ExportConfig(modes=("float32", "ptq-int8")))
+    outlier = tmp_path_factory.mktemp("outlier")
+    make_outlier.make_outlier_artifacts(plain, outlier)
+    return plain, outlier

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 LAYERS = {
     "entry": {"cli"},
     "orchestration": {"run", "stages"},
-    "stages": {"train", "fold", "export", "verify", "bench"},
+    "stages": {"train", "fold", "export", "verify", "bench", "layers"},
     "shared": {
         "data",
         "readers",
@@ -42,6 +42,9 @@ LAYERS = {
         "report",
         "tflite_file",
         "runtimes",
+        "fakequant",
+        "layerwise",
+        "layer_report",
     },
     "foundations": {
         "errors",
@@ -51,6 +54,7 @@ LAYERS = {
         "files",
         "config",
         "safeio",
+        "layerstats",
         "__init__",
     },
 }
