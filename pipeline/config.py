@@ -178,7 +178,21 @@ class FoldConfig:
         _int_in(self.random_samples, "random_samples", 1, 1_000_000, flag=False)
 
 
+# Verification gates. The defaults are what a model fit to ship must meet on the test split.
+MAX_DROP_PP = 0.5  # accuracy may fall at most 0.5 percentage points below the original
+MIN_AGREEMENT = 0.99  # at least 99 % of test samples get the original model's top-1 class
+MAX_LSB = 1  # one integer model's raw outputs may differ across targets by one quantization step
+# (XNNPACK and the reference kernels round the requantization differently: ±1 step is expected,
+# 2 or more means a kernel computes something else).
+
+
 EXPORT_MODES = ("int8", "float32", "ptq-dynamic", "ptq-float16", "ptq-int8", "ptq-int16x8")
+# `--mode auto` tries these in turn, smallest and fastest first, and keeps the first whose
+# validation score passes the gates; mixed-int8 (the culprit layer kept in float) comes when no
+# full-integer mode passes, before giving up on integers.
+AUTO = "auto"
+MIXED = "mixed-int8"
+AUTO_ORDER = ("int8", "ptq-int8", "ptq-int16x8", MIXED, "ptq-dynamic", "ptq-float16", "float32")
 QAT_TARGETS = ("distill", "labels")
 
 
@@ -195,19 +209,31 @@ class ExportConfig:
     calibration_samples: int = 500  # representative data: enough for stable min/max on 64 units
     float_io: bool = False  # True keeps float32 input/output (QUANTIZE/DEQUANTIZE at the edges)
     seed: int = 0  # QAT shuffling and calibration sample choice
+    # `--mode auto`'s gates, on the validation split: verify's defaults (the test split stays
+    # verify's alone, the honest final judge).
+    auto_max_drop: float = MAX_DROP_PP
+    auto_min_agreement: float = MIN_AGREEMENT
 
     def __post_init__(self):
         modes = tuple(self.modes) if isinstance(self.modes, (tuple, list)) else (self.modes,)
         if "all" in modes:
-            modes = EXPORT_MODES
+            modes = tuple(m for m in modes if m == AUTO) + EXPORT_MODES
         object.__setattr__(self, "modes", tuple(dict.fromkeys(modes)))
         _check(bool(self.modes), "modes", "needs at least one mode", "--mode")
         for m in self.modes:
             _check(
-                m in EXPORT_MODES,
+                m in (*EXPORT_MODES, AUTO),
                 "modes",
-                f"must be one of {', '.join(EXPORT_MODES)} or all, got {m!r}",
+                f"must be one of {', '.join(EXPORT_MODES)}, auto or all, got {m!r}",
                 "--mode",
+            )
+        for name in ("auto_max_drop", "auto_min_agreement"):
+            value, hi = getattr(self, name), 100 if name == "auto_max_drop" else 1
+            _check(
+                _number(value) and 0 <= value <= hi,
+                name,
+                f"must be in [0, {hi}], got {value!r}",
+                flag=False,
             )
         _int_in(self.qat_epochs, "qat_epochs", 0, MAX_EPOCHS)
         _check(
@@ -228,14 +254,6 @@ class ExportConfig:
             f"must be true or false, got {self.float_io!r}",
         )
         _int_in(self.seed, "seed", 0, MAX_SEED)
-
-
-# Verification gates. The defaults are what a model fit to ship must meet on the test split.
-MAX_DROP_PP = 0.5  # accuracy may fall at most 0.5 percentage points below the original
-MIN_AGREEMENT = 0.99  # at least 99 % of test samples get the original model's top-1 class
-MAX_LSB = 1  # one integer model's raw outputs may differ across targets by one quantization step
-# (XNNPACK and the reference kernels round the requantization differently: ±1 step is expected,
-# 2 or more means a kernel computes something else).
 
 
 @dataclass(frozen=True)
@@ -315,7 +333,9 @@ class RunConfig:
 
     train: TrainConfig = TrainConfig()
     fold: FoldConfig = FoldConfig()
-    export: ExportConfig = ExportConfig(modes=("all",))  # every mode, so bench can compare
+    # The first mode, smallest and fastest first, that keeps the model's accuracy on the
+    # validation split, and its float32 twin: run ends with a model fit to ship whenever one is.
+    export: ExportConfig = ExportConfig(modes=("auto",))
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
 

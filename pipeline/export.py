@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from . import artifacts, files
-from .config import ExportConfig
+from .config import AUTO, AUTO_ORDER, MIXED, ExportConfig
+from .convert import convert, qat_fine_tune
 from .errors import ModelError
 from .files import tflite_name
 from .opset import QAT_LAYERS, graph_check, implied_ops, operators_of
@@ -91,171 +91,6 @@ def _is_custom_bn(layer) -> bool:
     return is_batch_norm(layer)
 
 
-# --- conversion -------------------------------------------------------------------------------
-
-
-def _representative(x: np.ndarray, n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(x))[:n]
-    sample = x[np.sort(idx)].astype(np.float32)
-
-    def gen():
-        for row in sample:
-            yield [row[None, ...]]
-
-    return gen
-
-
-def convert(model, mode: str, x_train: np.ndarray, config: ExportConfig) -> bytes:
-    """Keras model → .tflite bytes for `mode` (the QAT-wrapped model for `int8`)."""
-    from .tfenv import tf
-
-    t = tf()
-    conv = t.lite.TFLiteConverter.from_keras_model(model)
-    integer_io = not config.float_io
-    if mode in ("int8", "ptq-int8"):
-        conv.optimizations = [t.lite.Optimize.DEFAULT]
-        conv.representative_dataset = _representative(
-            x_train, config.calibration_samples, config.seed
-        )
-        conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if integer_io:
-            conv.inference_input_type = t.int8
-            conv.inference_output_type = t.int8
-    elif mode == "ptq-int16x8":
-        conv.optimizations = [t.lite.Optimize.DEFAULT]
-        conv.representative_dataset = _representative(
-            x_train, config.calibration_samples, config.seed
-        )
-        conv.target_spec.supported_ops = [
-            t.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
-        if integer_io:
-            conv.inference_input_type = t.int16
-            conv.inference_output_type = t.int16
-    elif mode == "ptq-dynamic":
-        conv.optimizations = [t.lite.Optimize.DEFAULT]
-    elif mode == "ptq-float16":
-        conv.optimizations = [t.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_types = [t.float16]
-    elif mode != "float32":
-        raise ModelError(f"unknown mode {mode!r}")
-    from .tfenv import muted_stderr
-
-    try:
-        # Ctrl-C is held during the conversion (< 1 s a mode): TensorFlow's converter catches
-        # Exception around one of its paths and retries another, so an interrupt landing there
-        # could be swallowed, and the retry gives other (valid but different) bytes.
-        with muted_stderr(), warnings.catch_warnings(), artifacts.interrupts_deferred():
-            # The converter prints its settings and TF graph notices on stderr: noise here.
-            warnings.simplefilter("ignore")
-            return bytes(conv.convert())
-    except Exception as exc:
-        msg = " ".join(str(exc).split())[:300]
-        raise ModelError(f"the TFLite converter failed for mode {mode}: {msg}") from None
-
-
-def _quantized(folded, tfmot):
-    """tfmot's quantize_model; where a BN that fold had to keep remains, every other layer is
-    annotated as usual and the BN gets an output quantizer only (tfmot has no BN scheme of its
-    own): the converter then makes it an int8 MUL and ADD."""
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_configs as configs,
-    )
-
-    from .model import is_batch_norm
-    from .tfenv import keras
-
-    if not any(is_batch_norm(layer) for layer in folded.layers):
-        return tfmot.quantization.keras.quantize_model(folded)
-    k, q = keras(), tfmot.quantization.keras
-
-    def annotate(layer):
-        if isinstance(layer, k.layers.InputLayer):
-            return layer
-        if is_batch_norm(layer):
-            return q.quantize_annotate_layer(layer, configs.Default8BitOutputQuantizeConfig())
-        return q.quantize_annotate_layer(layer)
-
-    annotated = k.models.clone_model(folded, clone_function=annotate)
-    annotated.set_weights(folded.get_weights())
-    from .model import custom_bn_class
-
-    scope = {
-        "Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig,
-        "CustomBatchNorm": custom_bn_class(),
-    }
-    with q.quantize_scope(scope):
-        return q.quantize_apply(annotated)
-
-
-# tfmot's activation quantizers start at [-6, 6] and follow the data by an exponential moving
-# average with decay 0.999: after the ~120 steps of 3 epochs on digits they are still 88 % the
-# initial range, so an activation beyond ±6 is clipped and a narrower one gets coarse steps. They
-# are settled first on a fixed calibration sample until the initial range weighs < 1 %:
-# 0.999^4603 < 0.01. Forward passes only: the weights stay the folded ones.
-SETTLE_STEPS = 4603
-
-
-def _settle_ranges(qat, x: np.ndarray, config: ExportConfig) -> None:
-    """Move every fake-quant range of `qat` (mutated) to the calibration sample's own."""
-    from .tfenv import tf
-
-    t = tf()
-    rng = np.random.default_rng(config.seed)
-    sample = x[np.sort(rng.permutation(len(x))[: config.calibration_samples])]
-
-    @t.function
-    def settle(batch):
-        for _ in t.range(SETTLE_STEPS):
-            qat(batch, training=True)
-
-    settle(t.constant(sample, dtype=t.float32))
-
-
-def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
-    """quantize_model(folded), fine-tuned for config.qat_epochs. Returns (qat_model, history)."""
-    import tensorflow_model_optimization as tfmot
-
-    from .tfenv import keras, set_determinism
-
-    k = keras()
-    set_determinism(config.seed)
-    try:
-        qat = _quantized(folded, tfmot)
-    except Exception as exc:
-        msg = " ".join(str(exc).split())[:300]
-        raise ModelError(f"quantization-aware training cannot wrap this model: {msg}") from None
-    if config.qat_target == "distill":
-        # The teacher is the folded float model (= the original within 1e-5); its probabilities
-        # (n, classes) are the targets, so QAT learns to reproduce the float model's decisions.
-        y_fit = folded.predict(ds.x_train, batch_size=1024, verbose=0)
-        loss = k.losses.KLDivergence()
-    else:
-        y_fit, loss = ds.y_train, "sparse_categorical_crossentropy"
-    qat.compile(
-        optimizer=k.optimizers.Adam(config.qat_learning_rate),
-        loss=loss,
-        metrics=[] if config.qat_target == "distill" else ["accuracy"],
-    )
-    _settle_ranges(qat, ds.x_train, config)
-    history = {}
-    if config.qat_epochs:
-        from .tfenv import muted_stderr
-
-        with muted_stderr():
-            h = qat.fit(
-                ds.x_train,
-                y_fit,
-                epochs=config.qat_epochs,
-                batch_size=config.qat_batch_size,
-                shuffle=True,
-                verbose=verbose,
-            )
-        history = {kk: [float(v) for v in vals] for kk, vals in h.history.items()}
-    return qat, history
-
-
 def _keras_accuracy(model, x, y) -> tuple[float, np.ndarray]:
     pred = np.argmax(model.predict(x, batch_size=1024, verbose=0), axis=1)
     return float(np.mean(pred == y)), pred
@@ -291,9 +126,10 @@ class _Job:
     verbose: int = 0
 
 
-def _export_mode(mode: str, job: _Job):
-    """(ModeResult, the file's bytes) for one mode: convert, check the graph, add bnpipe's
-    metadata, and score the file on the test split with LiteRT's reference kernels."""
+def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
+    """(ModeResult, the file's bytes) for one mode: convert (unless `converted` holds the
+    converter's bytes already), check the graph, add bnpipe's metadata, and score the file on the
+    test split with LiteRT's reference kernels."""
     folded, ds, config = job.folded, job.ds, job.config
     preprocessing, float_acc, float_pred, verbose = (
         job.preprocessing,
@@ -309,7 +145,7 @@ def _export_mode(mode: str, job: _Job):
             keras_acc, _ = _keras_accuracy(keras_model, ds.x_test, ds.y_test)
         else:
             keras_model, keras_acc = folded, float_acc
-        blob = convert(keras_model, mode, ds.x_train, config)
+        blob = converted or convert(keras_model, mode, ds.x_train, config)
     info = parse_tflite(blob, tflite_name(mode))
     problems = graph_check(info, mode, config.float_io, job.allowed_ops)
     if problems:
@@ -341,6 +177,113 @@ def _export_mode(mode: str, job: _Job):
         {k.bn: operators_of(info, k.bn) for k in job.kept},
     )
     return result, blob
+
+
+# --- --mode auto: the first mode that keeps the model's accuracy ------------------------------
+
+
+@dataclass
+class Trial:
+    """One candidate of --mode auto, scored on the validation split with verify's gates."""
+
+    mode: str
+    passed: bool
+    accuracy: float
+    drop_pp: float  # the original's accuracy − this file's, percentage points
+    agreement: float  # share of samples with the original's top-1 class
+    reason: str
+    keep_float: list[str] = field(default_factory=list)  # mixed-int8: the layer kept in float
+
+
+def choose(job: _Job, model_path: Path, say) -> tuple[list[tuple[ModeResult, bytes]], dict]:
+    """Try AUTO_ORDER's modes in turn; keep the first that passes on the validation split.
+
+    Returns [(ModeResult, bytes)] of the chosen file and the float32 twin (what `bnpipe layers`
+    and bench compare it with), and the record of every trial and why the chosen one was kept.
+    The test split is never looked at here: it stays verify's, the honest final judge."""
+    val = _validation(job, model_path)
+    trials, tried = [], {}
+    for mode in AUTO_ORDER:
+        if mode == MIXED and "ptq-int8" not in tried:
+            continue
+        say(f"auto: {mode}")
+        if mode == MIXED:
+            tried[mode], keep = _mixed(job, val, tried["ptq-int8"][1], tried)
+        else:
+            tried[mode], keep = _export_mode(mode, job), []
+        trials.append(_score(mode, tried[mode][1], val, job.config, keep))
+        say(f"auto: {mode}: {trials[-1].reason}")
+        if trials[-1].passed:
+            break
+    chosen = trials[-1].mode if trials[-1].passed else None
+    if chosen is None:
+        raise ModelError(
+            "--mode auto: no mode keeps the model's accuracy on the validation "
+            "split: " + "; ".join(f"{t.mode} {t.reason}" for t in trials)
+        )
+    twin = tried.get("float32") or _export_mode("float32", job)
+    files_ = [tried[chosen]] + ([twin] if chosen != "float32" else [])
+    record = {
+        "chosen": chosen,
+        "reason": f"{chosen} is the first of {', '.join(AUTO_ORDER)} to pass: {trials[-1].reason}",
+        "split": "validation",
+        "n": len(val[1]),
+        "gates": {
+            "max_drop_pp": job.config.auto_max_drop,
+            "min_agreement": job.config.auto_min_agreement,
+        },
+        "trials": trials,
+    }
+    return files_, record
+
+
+def _validation(job: _Job, model_path: Path):
+    """(x_val, y_val, the original's top-1 on it, its accuracy): the original is model.keras
+    beside the folded model, in its own Keras (else the folded model, equal to it within the
+    fold's tolerance)."""
+    from .data import model_input_shape, shaped
+    from .model import load_reference
+
+    x, y = job.ds.x_val, job.ds.y_val
+    original = model_path.parent / files.MODEL
+    model = load_reference(original) if original.is_file() else job.folded
+    flat = x.reshape(len(x), -1)
+    pred = np.argmax(
+        model.predict(shaped(flat, model_input_shape(model)), verbose=0, batch_size=1024), axis=1
+    )
+    return x, y, pred, float(np.mean(pred == y))
+
+
+def _score(mode: str, blob: bytes, val, config: ExportConfig, keep: list[str]) -> Trial:
+    x, y, ref_pred, ref_acc = val
+    with native_noise_filtered():
+        pred = _tflite_predict(blob, x, parse_tflite(blob, tflite_name(mode)))
+    accuracy, agreement = float(np.mean(pred == y)), float(np.mean(pred == ref_pred))
+    drop = 100 * (ref_acc - accuracy)
+    failed = []
+    if drop > config.auto_max_drop:
+        failed.append(f"accuracy {drop:.2f} pp below the original > {config.auto_max_drop:g}")
+    if agreement < config.auto_min_agreement:
+        failed.append(f"agreement {agreement:.2%} < {config.auto_min_agreement:.2%}")
+    reason = "; ".join(failed) or (
+        f"accuracy {accuracy:.2%} (the original's {ref_acc:.2%}), agreement {agreement:.2%} "
+        f"on {len(y)} validation samples"
+    )
+    return Trial(mode, not failed, accuracy, drop, agreement, reason, keep)
+
+
+def _mixed(job: _Job, val, ptq_int8: bytes, tried: dict):
+    """mixed-int8: post-training int8 with the layer bnpipe layers names as the culprit (on the
+    validation split, against the float twin) kept in float."""
+    from .convert import convert_mixed
+    from .layerwise import rank_layers
+
+    twin = tried.get("float32") or _export_mode("float32", job)
+    tried["float32"] = twin
+    culprit = rank_layers(ptq_int8, twin[1], val[0], val[1]).culprit
+    with native_noise_filtered():
+        blob = convert_mixed(job.folded, job.ds.x_train, job.config, [culprit.tensor])
+    return _export_mode(MIXED, job, converted=blob), [culprit.tensor]
 
 
 def _keep_earlier_modes(out: Path, record: dict) -> None:
@@ -384,8 +327,14 @@ def run_export(
     job = _Job(
         folded, ds, preprocessing, float_acc, float_pred, config, implied_ops(folded), kept, verbose
     )
-    results, blobs = [], {}
+    results, blobs, auto = [], {}, None
     for mode in config.modes:
+        if mode == AUTO:
+            chosen, auto = choose(job, model_path, progress or (lambda m: None))
+            for result, blob in chosen:
+                blobs[result.mode] = blob
+                results.append(result)
+            continue
         if progress:
             progress(f"export {mode}")
         result, blobs[mode] = _export_mode(mode, job)
@@ -402,7 +351,9 @@ def run_export(
         "dataset": summary,
         "kept_batch_norms": [dataclasses.asdict(k) for k in kept],
         "modes": {r.mode: r for r in results},
+        **({"auto": auto} if auto else {}),
         "outputs": {r.file: r.sha256 for r in results},
+        "written": [r.file for r in results],  # by this call (outputs keeps earlier modes too)
         "timings": {"total_s": time.perf_counter() - t0},
     }
     _keep_earlier_modes(out, record)

@@ -64,7 +64,14 @@ class Stage:
         bench run without folded.keras or model.keras)."""
         return files.stage_reads(self.name, out)
 
-    def outputs(self, config: Any) -> list[str]:
+    def outputs(self, config: Any, out: Path) -> list[str]:
+        """The files the stage wrote (called once they are in place): export's are the ones its
+        record names (with --mode auto only the run knows which)."""
+        if self.name == "export":
+            from .artifacts import read_json
+
+            record = read_json(out / files.EXPORT_RECORD)
+            return [*record.get("written", []), files.EXPORT_RECORD]
         return files.stage_outputs(self.name, getattr(config, "modes", ()))
 
     def extra_inputs(self, config: Any) -> dict[str, str]:
@@ -128,7 +135,7 @@ def execute(name: str, config: Any, request: Request) -> Any:
         request.out,
         name,
         config,
-        lambda: stage.outputs(config),
+        lambda: stage.outputs(config, request.out),
         reads=reads,
         extra_inputs=stage.extra_inputs(config),
     ):

@@ -14,10 +14,12 @@ import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is fi
 from pipeline import artifacts
 from pipeline.cli import cli
 from pipeline.config import EXPORT_MODES, ExportConfig
+from pipeline.convert import convert
 from pipeline.errors import ModelError
-from pipeline.export import check_keras_model, convert, graph_check, run_export
+from pipeline.export import check_keras_model, run_export
 from pipeline.files import tflite_name
 from pipeline.model import load_model
+from pipeline.opset import graph_check
 from pipeline.quantize import from_output, to_input
 from pipeline.runtimes.host import HostRuntime
 from pipeline.tflite_file import parse_tflite, quant_params, read_tflite
@@ -298,3 +300,79 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path, exported, k
         )
         assert assert_one_line_error(result).startswith(prefix), (name, result.stderr)
         assert list(out.glob("model_*.tflite")) == [], name
+
+
+# --- --mode auto ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_auto_keeps_the_first_mode_that_passes_on_the_validation_split(exported, tmp_path):
+    out = tmp_path / "art"
+    shutil.copytree(exported, out)
+    for old in out.glob("model_*.tflite"):
+        old.unlink()
+    (out / "export.json").unlink()
+    result = run_export(out / "folded.keras", out, config=ExportConfig(modes=("auto",)))
+    rec = json.loads((out / "export.json").read_text())
+    auto = rec["auto"]
+    assert auto["split"] == "validation" and auto["n"] == 144
+    assert [t["mode"] for t in auto["trials"]] == ["int8"] and auto["trials"][0]["passed"]
+    assert auto["chosen"] == "int8" and auto["reason"].startswith("int8 is the first of int8, ")
+    assert [r.mode for r in result.modes] == ["int8", "float32"]  # the choice and its twin
+    assert sorted(p.name for p in out.glob("model_*.tflite")) == [
+        "model_float32.tflite",
+        "model_int8.tflite",
+    ]
+    assert rec["written"] == ["model_int8.tflite", "model_float32.tflite"]
+
+
+@pytest.mark.slow
+def test_auto_tries_modes_in_order_and_mixed_only_after_every_integer_mode(outlier_case):
+    """Gates only an exact file can meet (no accuracy drop, 100 % agreement): whatever passes,
+    the trials follow AUTO_ORDER, each failure names its gate, mixed-int8 comes only once the
+    three full-integer modes failed, and the last trial is the one kept."""
+    from pipeline.config import AUTO_ORDER
+    from pipeline.export import run_export
+
+    _, outlier = outlier_case
+    config = ExportConfig(modes=("auto",), auto_max_drop=0.0, auto_min_agreement=1.0)
+    out = outlier.parent / "auto-strict"
+    shutil.copytree(outlier, out)
+    run_export(out / "folded.keras", out, config=config)
+    auto = json.loads((out / "export.json").read_text())["auto"]
+    modes = [t["mode"] for t in auto["trials"]]
+    assert modes == [m for m in AUTO_ORDER if m in modes]  # in order, none repeated
+    assert auto["trials"][-1]["passed"] and auto["chosen"] == modes[-1]
+    for t in auto["trials"][:-1]:
+        assert not t["passed"] and ("agreement" in t["reason"] or "below" in t["reason"])
+    integer = {"int8", "ptq-int8", "ptq-int16x8"}
+    assert ("mixed-int8" in modes) == (integer <= set(modes[: modes.index(modes[-1])]))
+    if "mixed-int8" in modes:
+        mixed = next(t for t in auto["trials"] if t["mode"] == "mixed-int8")
+        assert len(mixed["keep_float"]) == 1
+
+
+@pytest.mark.slow
+def test_mixed_int8_keeps_the_culprit_in_float(outlier_case, digits):
+    """The outlier case's plain PTQ int8 file names the first Dense as the culprit; converting
+    with that operator denylisted leaves it a float FULLY_CONNECTED between DEQUANTIZE and
+    QUANTIZE, everything else int8, and agrees with the float twin at least as well."""
+    from pipeline.convert import convert_mixed
+    from pipeline.layerwise import rank_layers
+    from pipeline.model import load_model
+
+    _, outlier = outlier_case
+    int8, twin = outlier / "model_ptq-int8.tflite", outlier / "model_float32.tflite"
+    culprit = rank_layers(int8, twin, digits.x_val, digits.y_val).culprit
+    assert culprit.op_index == 0 and culprit.op == "FULLY_CONNECTED"
+    folded = load_model(outlier / "folded.keras")
+    blob = convert_mixed(folded, digits.x_train, ExportConfig(), [culprit.tensor])
+    info = parse_tflite(blob)
+    ops = [(o.op, info.tensors[o.outputs[0]].dtype) for o in info.operators]
+    assert ops[:3] == [
+        ("DEQUANTIZE", "float32"),
+        ("FULLY_CONNECTED", "float32"),
+        ("QUANTIZE", "int8"),
+    ]
+    assert all(dtype in ("int8",) for op, dtype in ops[3:])
+    assert info.input_tensor().dtype == info.output_tensor().dtype == "int8"

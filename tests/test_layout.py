@@ -35,6 +35,7 @@ LAYERS = {
         "foldplan",
         "graph",
         "opset",
+        "convert",
         "keras3",
         "artifacts",
         "manifest",

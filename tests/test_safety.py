@@ -69,7 +69,7 @@ def files(tmp_path_factory):
     from ai_edge_litert.tools import flatbuffer_utils
 
     from pipeline.config import ExportConfig
-    from pipeline.export import convert
+    from pipeline.convert import convert
     from pipeline.tfenv import keras, set_determinism
 
     k = keras()

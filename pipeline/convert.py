@@ -1,0 +1,211 @@
+"""Keras model → TFLite bytes: the converter's settings per mode, quantization-aware training,
+and the mixed model that keeps one layer in float.
+
+    int8          QAT (tensorflow-model-optimization) then full-integer conversion
+    ptq-int8      post-training, full integer, calibrated on a representative sample
+    ptq-int16x8   int16 activations, int8 weights
+    ptq-dynamic   int8 weights, float activations
+    ptq-float16   float16 weights
+    float32       no quantization (the float twin every integer file is compared with)
+    mixed-int8    post-training int8 with one layer left in float (export --mode auto's
+                  fallback when no full-integer mode keeps the model's accuracy)
+
+Shared by export (the stage) and the tools that convert on their own. TensorFlow and tfmot are
+imported when a conversion runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from . import artifacts
+from .config import MIXED, ExportConfig
+from .errors import ModelError
+
+
+def _representative(x: np.ndarray, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))[:n]
+    sample = x[np.sort(idx)].astype(np.float32)
+
+    def gen():
+        for row in sample:
+            yield [row[None, ...]]
+
+    return gen
+
+
+def convert(model, mode: str, x_train: np.ndarray, config: ExportConfig) -> bytes:
+    """Keras model → .tflite bytes for `mode` (the QAT-wrapped model for `int8`)."""
+    from .tfenv import tf
+
+    t = tf()
+    conv = t.lite.TFLiteConverter.from_keras_model(model)
+    _configure(conv, mode, x_train, config)
+    return _run(lambda: conv.convert(), mode)
+
+
+def _configure(conv, mode: str, x_train: np.ndarray, config: ExportConfig) -> None:
+    """The converter's settings for `mode` (conv is changed)."""
+    from .tfenv import tf
+
+    t = tf()
+    if mode == "float32":
+        return
+    conv.optimizations = [t.lite.Optimize.DEFAULT]
+    if mode == "ptq-float16":
+        conv.target_spec.supported_types = [t.float16]
+    if mode not in ("int8", "ptq-int8", "ptq-int16x8", MIXED):
+        if mode not in ("ptq-dynamic", "ptq-float16"):
+            raise ModelError(f"unknown mode {mode!r}")
+        return
+    conv.representative_dataset = _representative(x_train, config.calibration_samples, config.seed)
+    io = t.int16 if mode == "ptq-int16x8" else t.int8
+    if mode == "ptq-int16x8":
+        ops = t.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        conv.target_spec.supported_ops = [ops]
+    elif mode != MIXED:  # mixed keeps a float operator: the builtins, not only int8 ones
+        conv.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if not config.float_io:
+        conv.inference_input_type = conv.inference_output_type = io
+
+
+def convert_mixed(model, x_train: np.ndarray, config: ExportConfig, keep_float: list[str]) -> bytes:
+    """Post-training int8 with the operators whose output tensors are named in `keep_float`
+    left in float (DEQUANTIZE before, QUANTIZE after them): LiteRT's quantization debugger with
+    those nodes denylisted. The names are the float conversion's (the same as the int8 file's)."""
+    from .tfenv import tf
+
+    t = tf()
+    conv = t.lite.TFLiteConverter.from_keras_model(model)
+    _configure(conv, MIXED, x_train, config)
+    options = t.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=list(keep_float), fully_quantize=True
+    )
+
+    def build():
+        debugger = t.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=conv.representative_dataset, debug_options=options
+        )
+        return debugger.get_nondebug_quantized_model()
+
+    return _run(build, MIXED)
+
+
+def _run(build, mode: str) -> bytes:
+    from .tfenv import muted_stderr
+
+    try:
+        # Ctrl-C is held during the conversion (< 1 s a mode): TensorFlow's converter catches
+        # Exception around one of its paths and retries another, so an interrupt landing there
+        # could be swallowed, and the retry gives other (valid but different) bytes.
+        with muted_stderr(), warnings.catch_warnings(), artifacts.interrupts_deferred():
+            # The converter prints its settings and TF graph notices on stderr: noise here.
+            warnings.simplefilter("ignore")
+            return bytes(build())
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:300]
+        raise ModelError(f"the TFLite converter failed for mode {mode}: {msg}") from None
+
+
+def _quantized(folded, tfmot):
+    """tfmot's quantize_model; where a BN that fold had to keep remains, every other layer is
+    annotated as usual and the BN gets an output quantizer only (tfmot has no BN scheme of its
+    own): the converter then makes it an int8 MUL and ADD."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs as configs,
+    )
+
+    from .model import is_batch_norm
+    from .tfenv import keras
+
+    if not any(is_batch_norm(layer) for layer in folded.layers):
+        return tfmot.quantization.keras.quantize_model(folded)
+    k, q = keras(), tfmot.quantization.keras
+
+    def annotate(layer):
+        if isinstance(layer, k.layers.InputLayer):
+            return layer
+        if is_batch_norm(layer):
+            return q.quantize_annotate_layer(layer, configs.Default8BitOutputQuantizeConfig())
+        return q.quantize_annotate_layer(layer)
+
+    annotated = k.models.clone_model(folded, clone_function=annotate)
+    annotated.set_weights(folded.get_weights())
+    from .model import custom_bn_class
+
+    scope = {
+        "Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig,
+        "CustomBatchNorm": custom_bn_class(),
+    }
+    with q.quantize_scope(scope):
+        return q.quantize_apply(annotated)
+
+
+# tfmot's activation quantizers start at [-6, 6] and follow the data by an exponential moving
+# average with decay 0.999: after the ~120 steps of 3 epochs on digits they are still 88 % the
+# initial range, so an activation beyond ±6 is clipped and a narrower one gets coarse steps. They
+# are settled first on a fixed calibration sample until the initial range weighs < 1 %:
+# 0.999^4603 < 0.01. Forward passes only: the weights stay the folded ones.
+SETTLE_STEPS = 4603
+
+
+def _settle_ranges(qat, x: np.ndarray, config: ExportConfig) -> None:
+    """Move every fake-quant range of `qat` (mutated) to the calibration sample's own."""
+    from .tfenv import tf
+
+    t = tf()
+    rng = np.random.default_rng(config.seed)
+    sample = x[np.sort(rng.permutation(len(x))[: config.calibration_samples])]
+
+    @t.function
+    def settle(batch):
+        for _ in t.range(SETTLE_STEPS):
+            qat(batch, training=True)
+
+    settle(t.constant(sample, dtype=t.float32))
+
+
+def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
+    """quantize_model(folded), fine-tuned for config.qat_epochs. Returns (qat_model, history)."""
+    import tensorflow_model_optimization as tfmot
+
+    from .tfenv import keras, set_determinism
+
+    k = keras()
+    set_determinism(config.seed)
+    try:
+        qat = _quantized(folded, tfmot)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:300]
+        raise ModelError(f"quantization-aware training cannot wrap this model: {msg}") from None
+    if config.qat_target == "distill":
+        # The teacher is the folded float model (= the original within 1e-5); its probabilities
+        # (n, classes) are the targets, so QAT learns to reproduce the float model's decisions.
+        y_fit = folded.predict(ds.x_train, batch_size=1024, verbose=0)
+        loss = k.losses.KLDivergence()
+    else:
+        y_fit, loss = ds.y_train, "sparse_categorical_crossentropy"
+    qat.compile(
+        optimizer=k.optimizers.Adam(config.qat_learning_rate),
+        loss=loss,
+        metrics=[] if config.qat_target == "distill" else ["accuracy"],
+    )
+    _settle_ranges(qat, ds.x_train, config)
+    history = {}
+    if config.qat_epochs:
+        from .tfenv import muted_stderr
+
+        with muted_stderr():
+            h = qat.fit(
+                ds.x_train,
+                y_fit,
+                epochs=config.qat_epochs,
+                batch_size=config.qat_batch_size,
+                shuffle=True,
+                verbose=verbose,
+            )
+        history = {kk: [float(v) for v in vals] for kk, vals in h.history.items()}
+    return qat, history
