@@ -12,8 +12,8 @@ and returns a `Dataset`: train / validation / test arrays, float32 (n, features)
 [0, 1], int64 labels, the `Preprocessing` that produced them and a record of how the splits were
 made. Loading writes nothing (a `mnist` download goes to Keras's own cache, as Keras does it).
 
-Only numpy and the standard library are imported here; scikit-learn is imported when it is used
-and TensorFlow only when MNIST has to be downloaded, so `bnpipe --help` stays fast.
+Only numpy and the standard library are imported here; scikit-learn only for `digits` and
+TensorFlow only when MNIST has to be downloaded, so `bnpipe --help` stays fast.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class Dataset:
         for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
             a = np.ascontiguousarray(getattr(self, key))
             h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(a.tobytes())
+            h.update(a)  # the array's own buffer (C-contiguous): the bytes tobytes() would copy
         return h.hexdigest()
 
     def summary(self) -> dict:
@@ -414,12 +414,12 @@ def seeded_split(
     """Seeded split of `fraction` off (x, y) -> (x_keep, x_out, y_keep, y_out, stratified).
 
     Stratified when every class has at least two members and both sides can hold one sample
-    of every class (scikit-learn refuses otherwise); unstratified (still seeded) if not.
+    of every class; unstratified (still seeded) if not. The rows are the ones scikit-learn's
+    `train_test_split(x, y, test_size=fraction, random_state=seed, stratify=y or None)` picks,
+    in its order (see _split_rows), without importing it; the arrays are new.
     """
-    from sklearn.model_selection import train_test_split
-
     n = len(y)
-    n_out = math.ceil(fraction * n)  # scikit-learn's own rounding of a float test_size
+    n_out = math.ceil(fraction * n)  # scikit-learn's rounding of a float test_size
     if n_out < 1 or n - n_out < 1:
         raise DataError(
             f"{what} holds {n} samples, too few to split off a {held_out} set of "
@@ -428,15 +428,58 @@ def seeded_split(
     counts = np.unique(y, return_counts=True)[1]
     present = len(counts)
     stratified = bool(counts.min() >= 2 and n_out >= present and n - n_out >= present)
-    x_keep, x_out, y_keep, y_out = train_test_split(
-        x,
-        y,
-        test_size=fraction,
-        random_state=seed,
-        shuffle=True,
-        stratify=y if stratified else None,
-    )
-    return x_keep, x_out, y_keep, y_out, stratified
+    keep, out = _split_rows(y, n_out, seed, stratified)
+    return x[keep], x[out], y[keep], y[out], stratified
+
+
+def _split_rows(y: np.ndarray, n_out: int, seed: int, stratified: bool):
+    """(rows kept, rows held out), int64, drawn as scikit-learn's ShuffleSplit and
+    StratifiedShuffleSplit draw them with `random_state=seed` (the same calls on a
+    np.random.RandomState, in the same order), so a split made before bnpipe stopped importing
+    scikit-learn for it is made again. tests/test_data.py checks equality against scikit-learn.
+    Importing scikit-learn (and with it scipy.stats) costs about 1.5 s and 60 MiB, more than
+    the rest of loading MNIST.
+
+    Unstratified: one permutation of the n rows; the first n_out are held out.
+    Stratified: each class's share of the kept and of the held-out rows is its share of the
+    data, floored, plus one for the classes with the largest remainders (ties broken at random)
+    until the sizes add up (_class_sizes); then each class's rows are permuted and cut, and
+    both sides are permuted once more.
+    """
+    rng = np.random.RandomState(seed)
+    n = len(y)
+    if not stratified:
+        order = rng.permutation(n)
+        return order[n_out:], order[:n_out]
+    _, label, counts = np.unique(y, return_inverse=True, return_counts=True)
+    # Each class's rows, ascending: a stable sort of the rows by class.
+    members = np.split(np.argsort(label.reshape(-1), kind="stable"), np.cumsum(counts)[:-1])
+    n_keep = _class_sizes(counts, n - n_out, rng)
+    n_held = _class_sizes(counts - n_keep, n_out, rng)
+    keep, out = [], []
+    for rows, k, h in zip(members, n_keep, n_held, strict=True):
+        rows = rows[rng.permutation(len(rows))]
+        keep.append(rows[:k])
+        out.append(rows[k : k + h])
+    return rng.permutation(np.concatenate(keep)), rng.permutation(np.concatenate(out))
+
+
+def _class_sizes(counts: np.ndarray, total: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of `total` draws each class gets: its share counts / Σ counts · total, floored;
+    the draws left over go one each to the classes with the largest fractional parts, a tie
+    that cannot all be served broken by rng.choice."""
+    share = counts / counts.sum() * total  # float64, in this order of operations
+    sizes = np.floor(share)
+    left = int(total - sizes.sum())
+    fractional = share - sizes
+    for value in np.unique(fractional)[::-1]:
+        if left <= 0:
+            break
+        (tied,) = np.nonzero(fractional == value)
+        take = min(len(tied), left)
+        sizes[rng.choice(tied, size=take, replace=False)] += 1
+        left -= take
+    return sizes.astype(int)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,12 +1,15 @@
 """pipeline.data: the checks, scaling and splits every source goes through, and fingerprints."""
 
 import json
+import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from helpers import csv_rows, raises_data_error, write_csv, write_npz
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import data
 from pipeline.data import Dataset, Preprocessing, load_dataset
@@ -68,6 +71,90 @@ def test_splits_are_stratified(digits):
         counts = np.bincount(y, minlength=10)
         # stratified: each class within 1 of its share (an unstratified split misses by ~5)
         assert np.all(np.abs(counts - fraction * total) <= 1.5), counts
+
+
+# --- the split: scikit-learn's rows, without importing scikit-learn -----------------------------
+
+
+@st.composite
+def _split_case(draw):
+    """Labels of 2-300 samples over 1-14 classes (often imbalanced, sometimes with gaps in the
+    class numbers), a held-out fraction and a seed."""
+    n = draw(st.integers(2, 300))
+    classes = draw(st.integers(1, 14))
+    weights = draw(st.lists(st.integers(1, 50), min_size=classes, max_size=classes))
+    rows = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    labels = rows.choice(classes, size=n, p=np.asarray(weights) / sum(weights))
+    labels = labels * draw(st.sampled_from([1, 3])) + draw(st.sampled_from([0, 5]))
+    y = labels.astype(draw(st.sampled_from([np.int64, np.uint8, np.int32])))
+    fraction = draw(st.one_of(st.sampled_from([0.1, 0.2, 0.25, 1 / 3, 0.5]), st.floats(0.01, 0.99)))
+    return y, fraction, draw(st.integers(0, 2**31 - 1))
+
+
+def _sklearn_split(x, y, fraction, seed, stratified):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(
+        x,
+        y,
+        test_size=fraction,
+        random_state=seed,
+        shuffle=True,
+        stratify=y if stratified else None,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(_split_case())
+def test_split_picks_scikit_learns_rows_in_its_order(case):
+    """data._split draws what train_test_split draws, stratified or not: same rows, same order,
+    same dtypes, so every split bnpipe made while it called scikit-learn is made again."""
+    y, fraction, seed = case
+    n = len(y)
+    if not 1 <= math.ceil(fraction * n) < n:
+        return  # refused by _split (test_too_few_samples_to_split)
+    x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    *ours, stratified = data.seeded_split(x, y, fraction, seed, "the data", "test")
+    theirs = _sklearn_split(x, y, fraction, seed, stratified)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345])
+def test_digits_splits_are_scikit_learns(seed):
+    """Both splits of the default data (test off the whole, validation off the rest)."""
+    from sklearn.datasets import load_digits
+
+    ds = load_dataset("digits", seed=seed)
+    raw = load_digits()
+    x, y = Preprocessing(16.0, 64).apply(raw.images), raw.target.astype(np.int64)
+    x_pool, x_test, y_pool, y_test = _sklearn_split(x, y, 0.2, seed, True)
+    x_train, x_val, y_train, y_val = _sklearn_split(x_pool, y_pool, 0.1, seed, True)
+    expected = dict(x_train=x_train, x_val=x_val, x_test=x_test, y_train=y_train, y_val=y_val)
+    for key, ref in {**expected, "y_test": y_test}.items():
+        np.testing.assert_array_equal(getattr(ds, key), ref, err_msg=key)
+
+
+def test_loading_a_npz_does_not_import_scikit_learn(tmp_path):
+    """The split costs no scikit-learn import (about 1.5 s and 60 MiB with scipy.stats)."""
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (200, 28, 28), dtype=np.uint8),
+        y_train=np.arange(200) % 10,
+        x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        y_test=np.arange(20) % 10,
+    )
+    code = (
+        "import sys; from pipeline.data import load_dataset; "
+        f"ds = load_dataset({str(path)!r}); "
+        "assert ds.split['val_stratified']; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_summary_and_fingerprint(digits):

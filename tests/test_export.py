@@ -283,7 +283,7 @@ def _bad_inputs(tmp_path, exported, keras):
         ),
         "unknown-mode": (
             ["--model", str(folded), "--mode", "foo"],
-            "Error: --mode must be one of " + ", ".join(EXPORT_MODES) + " or all, got 'foo'",
+            "Error: --mode must be one of " + ", ".join(EXPORT_MODES) + ", auto or all, got 'foo'",
         ),
         "layer-norm": (
             ["--model", str(norm), "--data", "digits"],
