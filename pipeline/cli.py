@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .errors import BnpipeError, GateFailed, Terminated
+from .errors import BUG_EXIT_CODE, DEBUG_ENV, BnpipeError, GateFailed, Terminated
 
 ARTIFACTS_HELP = "Artifacts directory [default: $BNPIPE_ARTIFACTS or ./artifacts]."
 
@@ -27,13 +27,20 @@ class _Fail(click.ClickException):
 
 
 class BnpipeGroup(click.Group):
-    """Maps bnpipe's exceptions to the contract's exit codes: 2 bad input, 1 gate, 130 Ctrl-C."""
+    """Maps bnpipe's exceptions to the contract's exit codes: 2 bad input, 1 gate, 130 Ctrl-C,
+    BUG_EXIT_CODE for any other exception (a bug)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (BnpipeError, GateFailed) as exc:
             raise _Fail(_one_line(exc), exc.exit_code) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # Click's own: usage errors, --help, --version
+        except BrokenPipeError:
+            raise  # output piped into `head`: Click ends quietly
+        except Exception as exc:
+            raise _internal_error(exc, ctx.params.get("debug", False)) from None
         except KeyboardInterrupt as exc:
             saved = str(exc)
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
@@ -48,6 +55,20 @@ class BnpipeGroup(click.Group):
 
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _internal_error(exc: Exception, debug: bool) -> click.exceptions.Exit:
+    """An unexpected exception: one line on stderr (the traceback too when debugging)."""
+    what = type(exc).__name__ + (f": {_one_line(exc)[:300]}" if str(exc).strip() else "")
+    if debug:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        hint = "the traceback is above"
+    else:
+        hint = f"rerun as `bnpipe --debug …` or with {DEBUG_ENV}=1 for the traceback"
+    click.echo(f"Internal error: {what} (a bug in bnpipe: {hint})", err=True)
+    return click.exceptions.Exit(BUG_EXIT_CODE)
 
 
 def artifacts_option(f):
@@ -102,7 +123,13 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 @click.group(cls=BnpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bnpipe", prog_name="bnpipe")
-def cli():
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar=DEBUG_ENV,
+    help=f"Show the traceback of an internal error (a bug) [or ${DEBUG_ENV}=1].",
+)
+def cli(debug):
     """bnpipe: train a Keras classifier with batch normalization, fold the BN into its Dense
     layers, quantize it to int8 TFLite, and verify it on the runtimes it will ship to.
 
