@@ -370,10 +370,12 @@ def inspect(tflite, as_json):
 
     Example: bnpipe inspect artifacts/model_int8.tflite --json
     """
+    from .errors import ModelError
     from .report import tflite_json, tflite_text
+    from .safeio import regular_file
     from .tflite_file import read_tflite
 
-    info = read_tflite(tflite)
+    info = read_tflite(regular_file(tflite, "model file", ModelError))  # a FIFO would block
     click.echo(tflite_json(info) if as_json else tflite_text(info))
 
 

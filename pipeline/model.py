@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import ModelError
+from .safeio import regular_file, zip_json
 from .tfenv import keras
 
 BN_KINDS = ("keras", "custom")
@@ -73,6 +74,7 @@ def load_model(path: str | Path):
             f"{path} is a directory (SavedModel?); bnpipe loads only .keras files, "
             "which Keras can load in safe mode"
         )
+    regular_file(path, "model file", ModelError)  # a FIFO or a device: refused before reading
     if path.suffix.lower() in (".h5", ".hdf5") or _is_hdf5(path):
         raise ModelError(
             f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
@@ -118,29 +120,21 @@ def _is_hdf5(path: Path) -> bool:
 
 
 def _refuse_lambda(path: Path) -> None:
-    import json
-    import zipfile
+    from .keras3 import CONFIG_MAX_BYTES
 
-    try:
-        with zipfile.ZipFile(path) as zf:
-            config = json.loads(zf.read("config.json"))
-    except KeyError:
-        raise ModelError(f"{path} has no config.json; it is not a Keras .keras file") from None
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise ModelError(f"{path} is damaged: {exc}") from None
-    names = []
-
-    def walk(node):
+    config = zip_json(path, "config.json", CONFIG_MAX_BYTES, ModelError)  # bounded size, depth
+    if config is None:
+        raise ModelError(f"{path} has no config.json; it is not a Keras .keras file")
+    names, stack = [], [config]
+    while stack:  # iterative, in file order
+        node = stack.pop()
         if isinstance(node, dict):
             if node.get("class_name") == "Lambda":
-                names.append(node.get("config", {}).get("name", "?"))
-            for v in node.values():
-                walk(v)
+                cfg = node.get("config")
+                names.append(str(cfg.get("name", "?")) if isinstance(cfg, dict) else "?")
+            stack.extend(reversed(node.values()))
         elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
+            stack.extend(reversed(node))
     if names:
         raise ModelError(
             f"{path} holds Lambda layer(s) {', '.join(names)}, which carry Python "

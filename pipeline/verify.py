@@ -22,6 +22,7 @@ from . import artifacts, files
 from .config import VerifyConfig
 from .errors import DataError, GateFailed, ModelError
 from .quantize import to_input
+from .safeio import regular_file
 from .stats import compare
 from .tflite_file import check_io, quant_params
 
@@ -72,9 +73,9 @@ class VerifyResult:
 
 
 def _candidate_files(out: Path, tflite: list[Path] | None) -> list[Path]:
-    if tflite:
-        return [Path(p) for p in tflite]
-    return [out / name for name in files.tflite_files(out)]
+    """The .tflite files to verify, each a regular file (a FIFO would block the read)."""
+    paths = [Path(p) for p in tflite] if tflite else [out / n for n in files.tflite_files(out)]
+    return [regular_file(p, "model file", ModelError) for p in paths]
 
 
 def _integer(tensor: dict) -> bool:
