@@ -1,4 +1,4 @@
-"""Artifacts: where outputs go, atomic writes, content hashes and the JSON record every stage writes.
+"""Artifacts: where outputs go, atomic writes, content hashes and the JSON record of each stage.
 
 Every write goes to a temporary file in the destination's own directory and is renamed over the
 destination only once it is complete, so a failed or interrupted stage never leaves a half-written
@@ -8,6 +8,9 @@ A stage writes several files (export: one per mode and export.json; run: those a
 Inside `transaction()` the renames wait until the block ends without an exception, and then all of
 them happen with Ctrl-C held back, so an interrupted or failed stage leaves every file, and the
 manifest, as they were before it began: all of its files land, or none does.
+
+A write that fails (a full disk, a read-only directory) is an ArtifactError naming the file, and
+its temporary file is removed like any other.
 """
 
 from __future__ import annotations
@@ -47,7 +50,15 @@ TMP_PREFIX = ".bnpipe-tmp-"
 
 
 def artifacts_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The artifacts directory: `explicit`, else $BNPIPE_ARTIFACTS, else ./artifacts. Not created."""
+    """The artifacts directory: `explicit`, else $BNPIPE_ARTIFACTS, else ./artifacts. Not created.
+
+    An explicit empty path is refused (ArtifactError): it would otherwise mean the current
+    directory, whatever it holds."""
+    if explicit is not None and not str(explicit).strip():
+        raise ArtifactError(
+            "--artifacts is empty; give a directory, or leave the option out for "
+            f"${ARTIFACTS_ENV} or ./{DEFAULT_ARTIFACTS}"
+        )
     if explicit:
         return Path(explicit)
     return Path(os.environ.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS)
@@ -58,9 +69,14 @@ def ensure_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ArtifactError(
-            f"cannot create the artifacts directory {path}: {exc.strerror}"
+            f"cannot create the artifacts directory {path}: {exc.strerror or exc}"
         ) from None
     return path
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> ArtifactError:
+    """The one-line ArtifactError for a write to `path` that failed with `exc`."""
+    return ArtifactError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 @contextlib.contextmanager
@@ -73,21 +89,35 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     dest = Path(dest)
     ensure_dir(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix or dest.suffix, dir=dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix or dest.suffix, dir=dest.parent)
+    except OSError as exc:
+        raise write_error(dest, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes the file owner-only (0600); an artifact gets the mode of any new file (umask).
-    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
+        # mkstemp makes the file owner-only (0600); an artifact gets the mode of any new file.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         yield tmp_path
         if _open_transactions:
             _open_transactions[-1].add(dest, tmp_path)
         else:
-            os.replace(tmp_path, dest)
-    except BaseException:
+            _replace(tmp_path, dest)
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError):  # the writer's own (a full disk): one line naming the file
+            raise write_error(dest, exc) from None
         raise
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    if dest.is_dir() and not dest.is_symlink():  # os.replace would fail, or a half-commit
+        raise ArtifactError(f"cannot write {dest}: it is a directory")
+    try:
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise write_error(dest, exc) from None
 
 
 class _Transaction:
@@ -97,6 +127,7 @@ class _Transaction:
         self.pending: dict[Path, Path] = {}  # destination → its complete temporary file
         self.before: list = []  # run before the renames, e.g. mark the stage as not recorded
         self.after: list = []
+        self.failed: list = []  # called with the exception when the transaction is discarded
 
     def add(self, dest: Path, tmp: Path) -> None:
         key = dest.absolute()
@@ -111,12 +142,21 @@ class _Transaction:
                 tmp.unlink()
         self.pending.clear()
 
+    def failure(self, exc: BaseException) -> None:
+        self.discard()
+        for action in self.failed:
+            with contextlib.suppress(Exception):  # cleanup must not hide the exception
+                action(exc)
+
     def commit(self) -> None:
         with interrupts_deferred("the stage had finished; its files were saved"):
+            for dest in self.pending:  # before anything moves: no half-commit on this
+                if dest.is_dir() and not dest.is_symlink():
+                    raise ArtifactError(f"cannot write {dest}: it is a directory")
             for action in self.before:
                 action()
             for dest, tmp in self.pending.items():
-                os.replace(tmp, dest)
+                _replace(tmp, dest)
             self.pending.clear()
             for action in self.after:
                 action()
@@ -138,9 +178,9 @@ def transaction() -> Iterator[None]:
     _open_transactions.append(tx)
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         _open_transactions.pop()
-        tx.discard()
+        tx.failure(exc)
         raise
     _open_transactions.pop()
     if _open_transactions:  # nested: the outer transaction commits these too
@@ -149,11 +189,12 @@ def transaction() -> Iterator[None]:
             outer.add(dest, tmp)
         outer.before.extend(tx.before)
         outer.after.extend(tx.after)
+        outer.failed.extend(tx.failed)
         return
     try:
         tx.commit()
-    except BaseException:
-        tx.discard()
+    except BaseException as exc:
+        tx.failure(exc)
         raise
 
 
@@ -178,6 +219,13 @@ def before_commit(action) -> None:
         action()
 
 
+def on_failure(action) -> None:
+    """Call `action(exc)` if the open transaction is discarded (its block or its commit raised
+    `exc`); nothing if none is open."""
+    if _open_transactions:
+        _open_transactions[-1].failed.append(action)
+
+
 def on_success(action) -> None:
     """Call `action()` once the open transaction's files are in place (at once if none is open)."""
     if _open_transactions:
@@ -187,7 +235,7 @@ def on_success(action) -> None:
 
 
 def current(path: str | os.PathLike) -> Path:
-    """Where `path`'s newest content is: its pending temporary file inside a transaction, else itself."""
+    """Where `path`'s newest content is: its pending temporary file (in a transaction) or itself."""
     for tx in reversed(_open_transactions):
         tmp = tx.pending.get(Path(path).absolute())
         if tmp is not None:

@@ -75,7 +75,7 @@ def artifacts_option(f):
     return click.option(
         "--artifacts",
         "artifacts",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False),  # a str: an empty one is refused, not taken as "."
         default=None,
         help=ARTIFACTS_HELP,
     )(f)

@@ -250,3 +250,47 @@ def test_an_oversized_keras_config_is_refused_before_it_is_read(tmp_path):
     )  # fmt: skip
     assert_one_line_error(result, f"{model}: config.json is 268,435,456 bytes (limit 33,554,432)")
     assert not (tmp_path / "a").exists()
+
+
+# --- an artifacts dir that cannot be written: exit 2 naming it, nothing half-written ----------
+
+
+def test_an_empty_artifacts_option_is_refused_not_taken_as_the_current_directory(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", *TINY_TRAIN, "--artifacts", "")
+    assert_one_line_error(
+        result,
+        "--artifacts is empty; give a directory, or leave the option out for $BNPIPE_ARTIFACTS "
+        "or ./artifacts",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_nothing(tmp_path):
+    """A write past RLIMIT_FSIZE fails with EFBIG, as a full disk fails with ENOSPC: the first
+    epoch's checkpoint (tens of KB) cannot be written."""
+    out = tmp_path / "a"
+    out.mkdir()
+    result = bnpipe_process(
+        "train", *TINY_TRAIN, "--artifacts", out, timeout=300,
+        preexec_fn=limited(file_size=4000),
+    )  # fmt: skip
+    assert_one_line_error(
+        result, f"cannot write {out / '.resume' / 'train' / 'epoch-0001'}: File too large"
+    )
+    assert tree(out) == {}
+
+
+def test_a_full_disk_while_saving_the_model_leaves_the_dir_as_it_was(recorded, tmp_path):
+    """The checkpoint of epoch 1 fits under the limit, model.keras (≈ 60 KB) does not: the
+    checkpoint, the temporary files and the old artifacts are as before."""
+    out = _copy(recorded, tmp_path)
+    before = tree(out)
+    result = bnpipe_process(
+        "train", *TINY_TRAIN, "--artifacts", out, timeout=300,
+        preexec_fn=limited(file_size=30000),
+    )  # fmt: skip
+    assert_one_line_error(result, f"cannot write {out / 'model.keras'}: File too large")
+    assert tree(out) == before
