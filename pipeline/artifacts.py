@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
+from .safeio import loads_json, read_bytes, regular_file
 
 SCHEMA_VERSION = 1
 ARTIFACTS_ENV = "BNPIPE_ARTIFACTS"
@@ -47,6 +48,8 @@ TRACKED_PACKAGES = (
     "scikit-learn",
 )
 TMP_PREFIX = ".bnpipe-tmp-"
+# bnpipe's own JSON records are kilobytes (verify.json on 10,000 samples: tens of KB).
+JSON_MAX_BYTES = 64 << 20
 
 
 def artifacts_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -130,10 +133,12 @@ class _Transaction:
         self.failed: list = []  # called with the exception when the transaction is discarded
 
     def add(self, dest: Path, tmp: Path) -> None:
+        """Rename `tmp` over `dest` at the commit, after every file added before it."""
         key = dest.absolute()
-        if key in self.pending:  # written twice in one stage: the second write wins
+        old = self.pending.pop(key, None)
+        if old is not None:  # written twice in one stage: the second write wins, and lands last
             with contextlib.suppress(FileNotFoundError):
-                self.pending[key].unlink()
+                old.unlink()
         self.pending[key] = tmp
 
     def discard(self) -> None:
@@ -406,18 +411,31 @@ def write_json(
     return write_text(dest, json.dumps(jsonable(full), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
+def read_json(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
+    """The JSON object in the file at `path` (`what` names it in messages).
+
+    Such a file may have been replaced by anything: ArtifactError, one line naming it, for a
+    path that is not a regular file (a FIFO blocks, a device never ends), a file over
+    JSON_MAX_BYTES, text that is not JSON or nests deeper than safeio.MAX_JSON_DEPTH, and a
+    JSON value that is not an object.
+    """
     path = Path(path)
+    data = read_bytes(path, what, ArtifactError, JSON_MAX_BYTES)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist") from None
-    except (OSError, ValueError) as exc:
+        value = loads_json(data)
+    except ValueError as exc:
         raise ArtifactError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(value, dict):
+        kind = "an array" if isinstance(value, list) else f"the value {str(value)[:40]}"
+        raise ArtifactError(f"{path} is not readable JSON: it holds {kind}, not an object")
+    return value
 
 
 def require_file(path: Path, what: str, hint: str) -> Path:
-    """`path` if it is a file, else an ArtifactError that says what to run to make it."""
+    """`path` if it is a regular file, else an ArtifactError that says what it is instead or, if
+    it is missing, what to run to make it."""
     if not path.is_file():
+        if path.exists():
+            regular_file(path, what, ArtifactError)  # "… is a FIFO, not a regular file"
         raise ArtifactError(f"{what} {path} does not exist; {hint}")
     return path

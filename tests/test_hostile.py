@@ -12,6 +12,7 @@ regression fails the test instead of the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import zipfile
@@ -250,6 +251,82 @@ def test_an_oversized_keras_config_is_refused_before_it_is_read(tmp_path):
     )  # fmt: skip
     assert_one_line_error(result, f"{model}: config.json is 268,435,456 bytes (limit 33,554,432)")
     assert not (tmp_path / "a").exists()
+
+
+# --- manifest.json that is not a manifest: refused before the stage, nothing written ----------
+
+SHA = "0" * 64
+
+
+def _manifest_dir(m: Path) -> None:
+    m.unlink()
+    m.mkdir()
+
+
+def _manifest_fifo(m: Path) -> None:
+    m.unlink()
+    os.mkfifo(m)
+
+
+MANIFESTS = {
+    "a directory": (_manifest_dir, "manifest {m} is a directory, not a regular file"),
+    "a FIFO": (_manifest_fifo, "manifest {m} is a FIFO, not a regular file"),
+    "an array": (
+        lambda m: m.write_text("[]"),
+        "{m} is not readable JSON: it holds an array, not an object",
+    ),
+    "not JSON": (
+        lambda m: m.write_bytes(b"\xff\xfe\x00garbage"),
+        "{m} is not readable JSON: Expecting value: line 1 column 1 (char 0)",
+    ),
+    "nested too deeply": (
+        lambda m: m.write_text(
+            '{"stages": {"train": {"params": ' + "[" * 5000 + "]" * 5000 + "}}}"
+        ),
+        "{m} is not readable JSON: nested deeper than 64 levels",
+    ),
+    "stages as a list": (
+        lambda m: m.write_text('{"stages": []}'),
+        '{m} is not a bnpipe manifest: "stages" is not an object; move it away (the stages then '
+        "rerun)",
+    ),
+    "outputs that are not digests": (
+        lambda m: m.write_text('{"stages": {"train": {"outputs": {"model.keras": 5}}}}'),
+        "{m} is not a bnpipe manifest: the outputs of stage 'train' are not sha256 digests by "
+        "name; move it away (the stages then rerun)",
+    ),
+    "an output outside the directory": (
+        lambda m: m.write_text(json.dumps({"stages": {"train": {"outputs": {"../x": SHA}}}})),
+        "{m} is not a bnpipe manifest: stage 'train' names the output '../x', not a file name; "
+        "move it away (the stages then rerun)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFESTS))
+def test_a_manifest_that_is_not_one_is_refused_before_the_stage(recorded, tmp_path, case):
+    make, message = MANIFESTS[case]
+    out = _copy(recorded, tmp_path)
+    m = out / "manifest.json"
+    make(m)
+    before = tree(out)
+    result = bnpipe_process("fold", "--artifacts", out, timeout=DEADLINE)
+    assert_one_line_error(result, message.format(m=m))
+    assert tree(out) == before
+
+
+def test_verify_with_a_manifest_directory_writes_nothing(exported, tmp_path):
+    """The issue's example: verify.json and verify.md landed with no manifest entry."""
+    out = _copy(exported, tmp_path)
+    (out / "manifest.json").mkdir()
+    before = tree(out)
+    result = invoke(
+        "verify", "--targets", "host-ref", "--max-samples", 50, "-q", "--artifacts", out
+    )
+    assert_one_line_error(
+        result, f"manifest {out / 'manifest.json'} is a directory, not a regular file"
+    )
+    assert tree(out) == before
 
 
 # --- an artifacts dir that cannot be written: exit 2 naming it, nothing half-written ----------
