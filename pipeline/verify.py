@@ -182,7 +182,7 @@ def run_verify(
     skipped = [Skipped("*", name, reason) for name, reason in unavailable]
     folded_path = out / files.FOLDED
     if folded_path.is_file() and not tflite:
-        rows.append(_folded_row(folded_path, ref, say))
+        rows.append(_folded_row(_folded_model(folded_path, ref), ref, say))
     probe.wait()  # ModelError naming a file that crashed the probe's child
     try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed
         for p, info in infos.items():
@@ -276,12 +276,36 @@ def _check_fit(infos: dict, ref: Reference) -> None:
             )
 
 
-def _folded_row(folded_path: Path, ref: Reference, say) -> Row:
+def _folded_model(folded_path: Path, ref: Reference):
+    """folded.keras, loaded, if it takes the inputs the reference took and gives its classes:
+    ModelError naming it otherwise (it is not the fold of this model)."""
     from .model import load_model
 
+    model = load_model(folded_path)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(
+            f"{folded_path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "the fold of a classifier has one of each"
+        )
+    takes = tuple(model.inputs[0].shape[1:])
+    if takes != ref.x.shape[1:]:
+        raise ModelError(
+            f"{folded_path} takes inputs of shape {takes} but the data (and {files.MODEL}) "
+            f"have {ref.x.shape[1:]}; fold {files.MODEL} again (bnpipe fold)"
+        )
+    classes = model.outputs[0].shape[-1]
+    if tuple(model.outputs[0].shape[1:]) != (ref.n_classes,):
+        raise ModelError(
+            f"{folded_path} outputs {classes} classes but {files.MODEL} outputs "
+            f"{ref.n_classes}; fold {files.MODEL} again (bnpipe fold)"
+        )
+    return model
+
+
+def _folded_row(model, ref: Reference, say) -> Row:
     say(f"{files.FOLDED} on TensorFlow (host)")
     t1 = time.perf_counter()
-    pred = np.argmax(load_model(folded_path).predict(ref.x, batch_size=1024, verbose=0), axis=1)
+    pred = np.argmax(model.predict(ref.x, batch_size=1024, verbose=0), axis=1)
     return _row(files.FOLDED, "tensorflow", pred, ref, time.perf_counter() - t1, {})
 
 

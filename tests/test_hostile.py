@@ -371,3 +371,46 @@ def test_a_full_disk_while_saving_the_model_leaves_the_dir_as_it_was(recorded, t
     )  # fmt: skip
     assert_one_line_error(result, f"cannot write {out / 'model.keras'}: File too large")
     assert tree(out) == before
+
+
+# --- verify: a folded model that does not fit the data is bad input, as in export -------------
+
+
+def _replace_folded(keras, out: Path, n_in: int, n_out: int) -> Path:
+    model = keras.Sequential(
+        [keras.Input((n_in,)), keras.layers.Dense(n_out, activation="softmax")]
+    )
+    path = out / "folded.keras"
+    path.unlink()
+    model.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "n_in, n_out, message",
+    [
+        (
+            32,
+            10,
+            "{p} takes inputs of shape (32,) but the data (and model.keras) have (64,); fold "
+            "model.keras again (bnpipe fold)",
+        ),
+        (
+            64,
+            5,
+            "{p} outputs 5 classes but model.keras outputs 10; fold model.keras again "
+            "(bnpipe fold)",
+        ),
+    ],
+)
+def test_verify_refuses_a_folded_model_that_does_not_fit(
+    exported, keras, tmp_path, n_in, n_out, message
+):
+    out = _copy(exported, tmp_path)
+    folded = _replace_folded(keras, out, n_in, n_out)
+    before = tree(out)
+    result = invoke(
+        "verify", "--targets", "host-ref", "--max-samples", 50, "-q", "--artifacts", out
+    )
+    assert_one_line_error(result, message.format(p=folded))
+    assert tree(out) == before
