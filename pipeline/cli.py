@@ -16,6 +16,7 @@ import click
 from .errors import BUG_EXIT_CODE, DEBUG_ENV, BnpipeError, GateFailed, Terminated
 
 ARTIFACTS_HELP = "Artifacts directory [default: $BNPIPE_ARTIFACTS or ./artifacts]."
+WAIT_HELP = "If another bnpipe is writing the artifacts dir, wait for it [or $BNPIPE_WAIT=1]."
 
 
 class _Fail(click.ClickException):
@@ -71,11 +72,25 @@ def _internal_error(exc: Exception, debug: bool) -> click.exceptions.Exit:
     return click.exceptions.Exit(BUG_EXIT_CODE)
 
 
+def _remember_wait(ctx, param, value):
+    ctx.meta["bnpipe.wait"] = value
+
+
 def artifacts_option(f):
+    """--artifacts DIR (a str: an empty one is refused, not taken as the current directory), and
+    --wait, which every command that writes the artifacts dir takes (kept in ctx.meta)."""
+    f = click.option(
+        "--wait",
+        is_flag=True,
+        envvar="BNPIPE_WAIT",
+        expose_value=False,
+        callback=_remember_wait,
+        help=WAIT_HELP,
+    )(f)
     return click.option(
         "--artifacts",
         "artifacts",
-        type=click.Path(file_okay=False),  # a str: an empty one is refused, not taken as "."
+        type=click.Path(file_okay=False),
         default=None,
         help=ARTIFACTS_HELP,
     )(f)
@@ -101,7 +116,8 @@ def _request(artifacts: Path | None, quiet: bool = False, say=None, **fields):
     from .stages import Request
 
     say = say or ((lambda m: None) if quiet else _progress)
-    return Request(out=artifacts_dir(artifacts), quiet=quiet, say=say, **fields)
+    wait = click.get_current_context().meta.get("bnpipe.wait", False)
+    return Request(out=artifacts_dir(artifacts), quiet=quiet, wait=wait, say=say, **fields)
 
 
 def _execute(name: str, config, request):
@@ -548,7 +564,9 @@ def run_cmd(config_path, data, force, quiet, artifacts):
 
     config = load_run_config(config_path, {"train": {"data": data}} if data else None)
     request = _request(artifacts, quiet)
-    result = run_all(request.out, config, force=force, say=request.say, quiet=quiet)
+    result = run_all(
+        request.out, config, force=force, say=request.say, quiet=quiet, wait=request.wait
+    )
     click.echo(result.summary)
     if result.exit_code:
         raise GateFailed("verification failed: " + "; ".join(result.failures), result.failures)

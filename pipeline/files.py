@@ -30,6 +30,7 @@ BENCH_REPORT = "bench.md"
 BENCH_LATENCY_PLOT = "bench_latency.png"
 BENCH_THROUGHPUT_PLOT = "bench_throughput.png"
 MANIFEST = "manifest.json"
+LOCK = ".bnpipe.lock"  # held by the one process writing the artifacts dir (lock.py); then removed
 RESUME_DIR = Path(".resume") / "train"  # per-epoch checkpoints of an unfinished training
 TFLITE_PREFIX, TFLITE_SUFFIX = "model_", ".tflite"
 FLOAT_BASELINE = "model_float32.tflite"  # what bench's ratios divide by

@@ -345,6 +345,54 @@ def test_an_empty_artifacts_option_is_refused_not_taken_as_the_current_directory
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["/proc/self", "/proc/self/bnpipe-artifacts"])
+def test_an_artifacts_dir_under_proc_is_refused_before_any_work(where):
+    result = invoke("train", *TINY_TRAIN, "--artifacts", where)
+    verb = "write in" if where == "/proc/self" else "create"
+    assert_one_line_error(result, fragment=f"cannot {verb} the artifacts directory {where}: ")
+
+
+def _without_root_privileges():
+    """root writes anywhere: a child run as root loses the capabilities that override file
+    permissions (dropped from its bounding set, so that its exec does not grant them), and a
+    read-only directory is then read-only to it too."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop = 24
+    for cap in (1, 2, 3):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+        if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+@pytest.fixture
+def read_only(recorded, tmp_path):
+    """A read-only copy of `recorded` (made writable again afterwards, for the cleanup)."""
+    out = _copy(recorded, tmp_path)
+    paths = [out, *out.rglob("*")]
+    for p in paths:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    yield out
+    for p in paths:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+@pytest.mark.parametrize("command", [["train", *TINY_TRAIN], ["fold"]])
+def test_a_read_only_artifacts_dir_is_refused_before_any_work(read_only, command):
+    out = read_only
+    before = tree(out)
+    result = bnpipe_process(
+        *command, "--artifacts", out, timeout=DEADLINE, preexec_fn=_without_root_privileges
+    )
+    assert_one_line_error(
+        result, f"cannot write in the artifacts directory {out}: Permission denied"
+    )
+    assert result.seconds < 20  # refused at once, not after training
+    assert tree(out) == before
+
+
 def test_a_full_disk_during_a_checkpoint_leaves_nothing(tmp_path):
     """A write past RLIMIT_FSIZE fails with EFBIG, as a full disk fails with ENOSPC: the first
     epoch's checkpoint (tens of KB) cannot be written."""

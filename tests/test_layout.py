@@ -35,6 +35,7 @@ LAYERS = {
         "artifacts",
         "manifest",
         "lineage",
+        "lock",
         "report",
         "tflite_file",
         "runtimes",
