@@ -37,7 +37,7 @@ POLL_SECONDS = 0.2  # how often a waiting writer tries again
 HOLDER_GRACE_SECONDS = 1.0  # how long a refused writer waits for a new holder to sign its name
 WAIT_ENV = "BNPIPE_WAIT"  # set (to 1) to wait for the lock, as with --wait
 
-_held: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) of a locked dir → nesting depth
+_held: dict[str, int] = {}  # real path of a dir this process holds → nesting depth
 
 
 @contextlib.contextmanager
@@ -51,9 +51,7 @@ def writer_lock(
     under /proc): ArtifactError naming it. On entry, temporary files left by a killed writer are
     removed; on exit, the lock file, and `out` itself if this call created it and it is empty.
     """
-    created = _missing(out)  # the directories this call creates, `out` first
-    ensure_dir(out)
-    key = _dir_key(out)
+    key = os.path.realpath(out)
     if key in _held:  # this process holds it already (bnpipe run → a stage)
         _held[key] += 1
         try:
@@ -61,7 +59,8 @@ def writer_lock(
         finally:
             _held[key] -= 1
         return
-    fd = _acquire(out, wait, say)
+    created: list[Path] = []  # the directories this call creates
+    fd = _acquire(out, wait, say, created)
     _held[key] = 1
     try:
         _sign(fd, out)
@@ -74,8 +73,8 @@ def writer_lock(
         with contextlib.suppress(OSError):
             os.unlink(out / files.LOCK)  # before the close: a waiter then sees the file is gone
         os.close(fd)
-        for d in created:  # only while empty: a stage that wrote nothing leaves no directory
-            try:
+        for d in sorted(created, key=lambda d: len(d.parts), reverse=True):
+            try:  # only while empty: a stage that wrote nothing leaves no directory
                 d.rmdir()
             except OSError:
                 break
@@ -91,17 +90,15 @@ def _missing(out: Path) -> list[Path]:
     return missing
 
 
-def _dir_key(out: Path) -> tuple[int, int]:
-    st = os.stat(out)
-    return st.st_dev, st.st_ino
-
-
-def _acquire(out: Path, wait: bool, say: Callable[[str], None]) -> int:
-    """An open descriptor of out/.bnpipe.lock, flock'ed by this process."""
+def _acquire(out: Path, wait: bool, say: Callable[[str], None], created: list[Path]) -> int:
+    """An open descriptor of out/.bnpipe.lock, flock'ed by this process; `out` and the parents
+    it had to create are added to `created`."""
     path = out / files.LOCK
     told = False
     while True:
-        ensure_dir(out)  # a holder that created `out` removes it on release when it is empty
+        # Again on every try: a holder that created `out` removes it on release if it is empty.
+        created.extend(d for d in _missing(out) if d not in created)
+        ensure_dir(out)
         fd = _open(path, out)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -222,3 +222,22 @@ def test_readers_need_no_lock_and_the_wait_env_waits(exported, tmp_path):
     assert waiter.wait() == 0, waiter.lines
     assert not stranded.exists() and not (out / LOCK).exists()
     assert (out / "fold.json").is_file()
+
+
+def test_a_waiter_whose_holder_removed_the_new_directory_keeps_its_own_lock(tmp_path):
+    """The holder created the artifacts dir, wrote nothing and removed it on release; the
+    waiting `run` creates it again and, holding the lock, runs its stages under it (each stage
+    re-enters the run's lock): here the first stage's bad input is the answer, not a refusal."""
+    out = tmp_path / "new"
+    config = tmp_path / "bnpipe.toml"
+    config.write_text(f'[train]\ndata = "{tmp_path / "missing.npz"}"\n')
+    with writer_lock(out):
+        waiter = Child("run", "--config", config, "--artifacts", out, "--wait")
+        try:
+            until(lambda: waiter.said("waiting for another bnpipe"), waiter)
+        except BaseException:
+            waiter.stop()
+            raise
+    assert waiter.wait(timeout=60) == 2, waiter.lines
+    assert waiter.lines[-1] == f"Error: data path {tmp_path / 'missing.npz'} does not exist"
+    assert not out.exists()
