@@ -1,4 +1,4 @@
-"""Artifacts: where outputs go, atomic writes, content hashes and the JSON record every stage writes.
+"""Artifacts: where outputs go, atomic writes, content hashes and the JSON record of each stage.
 
 Every write goes to a temporary file in the destination's own directory and is renamed over the
 destination only once it is complete, so a failed or interrupted stage never leaves a half-written
@@ -8,6 +8,9 @@ A stage writes several files (export: one per mode and export.json; run: those a
 Inside `transaction()` the renames wait until the block ends without an exception, and then all of
 them happen with Ctrl-C held back, so an interrupted or failed stage leaves every file, and the
 manifest, as they were before it began: all of its files land, or none does.
+
+A write that fails (a full disk, a read-only directory) is an ArtifactError naming the file, and
+its temporary file is removed like any other.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
+from .safeio import loads_json, read_bytes, regular_file
 
 SCHEMA_VERSION = 1
 ARTIFACTS_ENV = "BNPIPE_ARTIFACTS"
@@ -44,10 +48,20 @@ TRACKED_PACKAGES = (
     "scikit-learn",
 )
 TMP_PREFIX = ".bnpipe-tmp-"
+# bnpipe's own JSON records are kilobytes (verify.json on 10,000 samples: tens of KB).
+JSON_MAX_BYTES = 64 << 20
 
 
 def artifacts_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The artifacts directory: `explicit`, else $BNPIPE_ARTIFACTS, else ./artifacts. Not created."""
+    """The artifacts directory: `explicit`, else $BNPIPE_ARTIFACTS, else ./artifacts. Not created.
+
+    An explicit empty path is refused (ArtifactError): it would otherwise mean the current
+    directory, whatever it holds."""
+    if explicit is not None and not str(explicit).strip():
+        raise ArtifactError(
+            "--artifacts is empty; give a directory, or leave the option out for "
+            f"${ARTIFACTS_ENV} or ./{DEFAULT_ARTIFACTS}"
+        )
     if explicit:
         return Path(explicit)
     return Path(os.environ.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS)
@@ -58,9 +72,14 @@ def ensure_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ArtifactError(
-            f"cannot create the artifacts directory {path}: {exc.strerror}"
+            f"cannot create the artifacts directory {path}: {exc.strerror or exc}"
         ) from None
     return path
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> ArtifactError:
+    """The one-line ArtifactError for a write to `path` that failed with `exc`."""
+    return ArtifactError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 @contextlib.contextmanager
@@ -73,21 +92,35 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     dest = Path(dest)
     ensure_dir(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix or dest.suffix, dir=dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix or dest.suffix, dir=dest.parent)
+    except OSError as exc:
+        raise write_error(dest, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes the file owner-only (0600); an artifact gets the mode of any new file (umask).
-    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
+        # mkstemp makes the file owner-only (0600); an artifact gets the mode of any new file.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         yield tmp_path
         if _open_transactions:
             _open_transactions[-1].add(dest, tmp_path)
         else:
-            os.replace(tmp_path, dest)
-    except BaseException:
+            _replace(tmp_path, dest)
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError):  # the writer's own (a full disk): one line naming the file
+            raise write_error(dest, exc) from None
         raise
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    if dest.is_dir() and not dest.is_symlink():  # os.replace would fail, or a half-commit
+        raise ArtifactError(f"cannot write {dest}: it is a directory")
+    try:
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise write_error(dest, exc) from None
 
 
 class _Transaction:
@@ -97,12 +130,15 @@ class _Transaction:
         self.pending: dict[Path, Path] = {}  # destination → its complete temporary file
         self.before: list = []  # run before the renames, e.g. mark the stage as not recorded
         self.after: list = []
+        self.failed: list = []  # called with the exception when the transaction is discarded
 
     def add(self, dest: Path, tmp: Path) -> None:
+        """Rename `tmp` over `dest` at the commit, after every file added before it."""
         key = dest.absolute()
-        if key in self.pending:  # written twice in one stage: the second write wins
+        old = self.pending.pop(key, None)
+        if old is not None:  # written twice in one stage: the second write wins, and lands last
             with contextlib.suppress(FileNotFoundError):
-                self.pending[key].unlink()
+                old.unlink()
         self.pending[key] = tmp
 
     def discard(self) -> None:
@@ -111,12 +147,21 @@ class _Transaction:
                 tmp.unlink()
         self.pending.clear()
 
+    def failure(self, exc: BaseException) -> None:
+        self.discard()
+        for action in self.failed:
+            with contextlib.suppress(Exception):  # cleanup must not hide the exception
+                action(exc)
+
     def commit(self) -> None:
         with interrupts_deferred("the stage had finished; its files were saved"):
+            for dest in self.pending:  # before anything moves: no half-commit on this
+                if dest.is_dir() and not dest.is_symlink():
+                    raise ArtifactError(f"cannot write {dest}: it is a directory")
             for action in self.before:
                 action()
             for dest, tmp in self.pending.items():
-                os.replace(tmp, dest)
+                _replace(tmp, dest)
             self.pending.clear()
             for action in self.after:
                 action()
@@ -138,9 +183,9 @@ def transaction() -> Iterator[None]:
     _open_transactions.append(tx)
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         _open_transactions.pop()
-        tx.discard()
+        tx.failure(exc)
         raise
     _open_transactions.pop()
     if _open_transactions:  # nested: the outer transaction commits these too
@@ -149,11 +194,12 @@ def transaction() -> Iterator[None]:
             outer.add(dest, tmp)
         outer.before.extend(tx.before)
         outer.after.extend(tx.after)
+        outer.failed.extend(tx.failed)
         return
     try:
         tx.commit()
-    except BaseException:
-        tx.discard()
+    except BaseException as exc:
+        tx.failure(exc)
         raise
 
 
@@ -178,6 +224,13 @@ def before_commit(action) -> None:
         action()
 
 
+def on_failure(action) -> None:
+    """Call `action(exc)` if the open transaction is discarded (its block or its commit raised
+    `exc`); nothing if none is open."""
+    if _open_transactions:
+        _open_transactions[-1].failed.append(action)
+
+
 def on_success(action) -> None:
     """Call `action()` once the open transaction's files are in place (at once if none is open)."""
     if _open_transactions:
@@ -187,7 +240,7 @@ def on_success(action) -> None:
 
 
 def current(path: str | os.PathLike) -> Path:
-    """Where `path`'s newest content is: its pending temporary file inside a transaction, else itself."""
+    """Where `path`'s newest content is: its pending temporary file (in a transaction) or itself."""
     for tx in reversed(_open_transactions):
         tmp = tx.pending.get(Path(path).absolute())
         if tmp is not None:
@@ -358,18 +411,31 @@ def write_json(
     return write_text(dest, json.dumps(jsonable(full), indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
+def read_json(path: str | os.PathLike, what: str = "file") -> dict[str, Any]:
+    """The JSON object in the file at `path` (`what` names it in messages).
+
+    Such a file may have been replaced by anything: ArtifactError, one line naming it, for a
+    path that is not a regular file (a FIFO blocks, a device never ends), a file over
+    JSON_MAX_BYTES, text that is not JSON or nests deeper than safeio.MAX_JSON_DEPTH, and a
+    JSON value that is not an object.
+    """
     path = Path(path)
+    data = read_bytes(path, what, ArtifactError, JSON_MAX_BYTES)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist") from None
-    except (OSError, ValueError) as exc:
+        value = loads_json(data)
+    except ValueError as exc:
         raise ArtifactError(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(value, dict):
+        kind = "an array" if isinstance(value, list) else f"the value {str(value)[:40]}"
+        raise ArtifactError(f"{path} is not readable JSON: it holds {kind}, not an object")
+    return value
 
 
 def require_file(path: Path, what: str, hint: str) -> Path:
-    """`path` if it is a file, else an ArtifactError that says what to run to make it."""
+    """`path` if it is a regular file, else an ArtifactError that says what it is instead or, if
+    it is missing, what to run to make it."""
     if not path.is_file():
+        if path.exists():
+            regular_file(path, what, ArtifactError)  # "… is a FIFO, not a regular file"
         raise ArtifactError(f"{what} {path} does not exist; {hint}")
     return path

@@ -34,6 +34,7 @@ from . import artifacts, files
 from .config import BenchConfig
 from .errors import BnpipeError, ModelError
 from .quantize import to_input
+from .safeio import regular_file
 from .tfenv import native_noise_filtered
 from .tflite_file import check_io, quant_params, read_tflite
 
@@ -141,6 +142,7 @@ def run_bench(
     t0 = time.perf_counter()
     out = artifacts_dir
     paths = [Path(p) for p in tflite] if tflite else [out / n for n in files.tflite_files(out)]
+    paths = [regular_file(p, "model file", ModelError) for p in paths]  # a FIFO would block
     if not paths:
         raise BnpipeError(
             f"no .tflite files in {out}; run `bnpipe export --mode all` first or pass --tflite"

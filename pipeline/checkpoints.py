@@ -37,10 +37,14 @@ def save(root: Path, model, epoch: int, config: TrainConfig, fingerprint: str, h
     The directory is written under a temporary name and renamed: a checkpoint that exists is
     complete, whenever the process is stopped.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=artifacts.TMP_PREFIX, dir=root))
+    final = root / f"{_EPOCH_PREFIX}{epoch:04d}"
     try:
-        _tf_checkpoint(model).write(str(tmp / "ckpt"))
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=artifacts.TMP_PREFIX, dir=root))
+    except OSError as exc:
+        raise artifacts.write_error(final, exc) from None
+    try:
+        _write_tf_checkpoint(model, tmp / "ckpt", final)
         # Written in place, not through artifacts.write_json: the directory rename below is what
         # makes the checkpoint appear whole, and it must not wait for the stage's transaction.
         state = {
@@ -50,16 +54,30 @@ def save(root: Path, model, epoch: int, config: TrainConfig, fingerprint: str, h
             "inputs": {"data": fingerprint},
         }
         (tmp / _STATE_FILE).write_text(json.dumps(artifacts.jsonable(state)))
-        final = root / f"{_EPOCH_PREFIX}{epoch:04d}"
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a read-only directory
+            raise artifacts.write_error(final, exc) from None
         raise
     for old in root.glob(f"{_EPOCH_PREFIX}*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_tf_checkpoint(model, prefix: Path, final: Path) -> None:
+    """TensorFlow's checkpoint writer; its errors from the file system (OpError: "File too
+    large", "No space left on device" …) become the ArtifactError of a failed write."""
+    from .tfenv import tf
+
+    try:
+        _tf_checkpoint(model).write(str(prefix))
+    except tf().errors.OpError as exc:
+        # e.g. "{{function_node …}} /path/part-…; No space left on device [Op:SaveV2]"
+        reason = exc.message.rsplit("; ", 1)[-1].split(" [Op:")[0].strip()
+        raise ArtifactError(f"cannot write {final}: {reason[:200]}") from None
 
 
 def resume_point(

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import click
 
-from .errors import BnpipeError, GateFailed, Terminated
+from .errors import BUG_EXIT_CODE, DEBUG_ENV, BnpipeError, GateFailed, Terminated
 
 ARTIFACTS_HELP = "Artifacts directory [default: $BNPIPE_ARTIFACTS or ./artifacts]."
+WAIT_HELP = "If another bnpipe is writing the artifacts dir, wait for it [or $BNPIPE_WAIT=1]."
 
 
 class _Fail(click.ClickException):
@@ -27,13 +28,20 @@ class _Fail(click.ClickException):
 
 
 class BnpipeGroup(click.Group):
-    """Maps bnpipe's exceptions to the contract's exit codes: 2 bad input, 1 gate, 130 Ctrl-C."""
+    """Maps bnpipe's exceptions to the contract's exit codes: 2 bad input, 1 gate, 130 Ctrl-C,
+    BUG_EXIT_CODE for any other exception (a bug)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (BnpipeError, GateFailed) as exc:
             raise _Fail(_one_line(exc), exc.exit_code) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # Click's own: usage errors, --help, --version
+        except BrokenPipeError:
+            raise  # output piped into `head`: Click ends quietly
+        except Exception as exc:
+            raise _internal_error(exc, ctx.params.get("debug", False)) from None
         except KeyboardInterrupt as exc:
             saved = str(exc)
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
@@ -50,11 +58,39 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _internal_error(exc: Exception, debug: bool) -> click.exceptions.Exit:
+    """An unexpected exception: one line on stderr (the traceback too when debugging)."""
+    what = type(exc).__name__ + (f": {_one_line(exc)[:300]}" if str(exc).strip() else "")
+    if debug:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        hint = "the traceback is above"
+    else:
+        hint = f"rerun as `bnpipe --debug …` or with {DEBUG_ENV}=1 for the traceback"
+    click.echo(f"Internal error: {what} (a bug in bnpipe: {hint})", err=True)
+    return click.exceptions.Exit(BUG_EXIT_CODE)
+
+
+def _remember_wait(ctx, param, value):
+    ctx.meta["bnpipe.wait"] = value
+
+
 def artifacts_option(f):
+    """--artifacts DIR (a str: an empty one is refused, not taken as the current directory), and
+    --wait, which every command that writes the artifacts dir takes (kept in ctx.meta)."""
+    f = click.option(
+        "--wait",
+        is_flag=True,
+        envvar="BNPIPE_WAIT",
+        expose_value=False,
+        callback=_remember_wait,
+        help=WAIT_HELP,
+    )(f)
     return click.option(
         "--artifacts",
         "artifacts",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False),
         default=None,
         help=ARTIFACTS_HELP,
     )(f)
@@ -80,7 +116,8 @@ def _request(artifacts: Path | None, quiet: bool = False, say=None, **fields):
     from .stages import Request
 
     say = say or ((lambda m: None) if quiet else _progress)
-    return Request(out=artifacts_dir(artifacts), quiet=quiet, say=say, **fields)
+    wait = click.get_current_context().meta.get("bnpipe.wait", False)
+    return Request(out=artifacts_dir(artifacts), quiet=quiet, wait=wait, say=say, **fields)
 
 
 def _execute(name: str, config, request):
@@ -102,7 +139,13 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 @click.group(cls=BnpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bnpipe", prog_name="bnpipe")
-def cli():
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar=DEBUG_ENV,
+    help=f"Show the traceback of an internal error (a bug) [or ${DEBUG_ENV}=1].",
+)
+def cli(debug):
     """bnpipe: train a Keras classifier with batch normalization, fold the BN into its Dense
     layers, quantize it to int8 TFLite, and verify it on the runtimes it will ship to.
 
@@ -347,10 +390,12 @@ def inspect(tflite, as_json):
 
     Example: bnpipe inspect artifacts/model_int8.tflite --json
     """
+    from .errors import ModelError
     from .report import tflite_json, tflite_text
+    from .safeio import regular_file
     from .tflite_file import read_tflite
 
-    info = read_tflite(tflite)
+    info = read_tflite(regular_file(tflite, "model file", ModelError))  # a FIFO would block
     click.echo(tflite_json(info) if as_json else tflite_text(info))
 
 
@@ -582,7 +627,9 @@ def run_cmd(config_path, data, model_path, force, quiet, artifacts):
         train["model"] = str(model_path)
     config = load_run_config(config_path, {"train": train} if train else None)
     request = _request(artifacts, quiet)
-    result = run_all(request.out, config, force=force, say=request.say, quiet=quiet)
+    result = run_all(
+        request.out, config, force=force, say=request.say, quiet=quiet, wait=request.wait
+    )
     click.echo(result.summary)
     if result.exit_code:
         raise GateFailed("verification failed: " + "; ".join(result.failures), result.failures)

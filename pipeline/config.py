@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BnpipeError
+from .safeio import read_bytes
 
 
 class ConfigError(BnpipeError):
@@ -341,6 +342,8 @@ class RunConfig:
 
 
 STAGE_CONFIGS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+# bnpipe.toml holds a few dozen options; a megabyte is thousands of times that.
+CONFIG_FILE_MAX_BYTES = 1 << 20
 
 
 def load_run_config(
@@ -378,12 +381,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
-    try:
-        text = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise BnpipeError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise BnpipeError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    # A FIFO, a device or a directory is refused before reading; a real config is a few lines.
+    text = read_bytes(path, "config file", BnpipeError, max_bytes=CONFIG_FILE_MAX_BYTES)
     try:
         return tomllib.loads(text.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -392,6 +391,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise BnpipeError(f"config file {path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise BnpipeError(f"config file {path} nests arrays or tables too deeply") from None
 
 
 def _section(where: str, table: str, default: Any, section: dict[str, Any]) -> Any:

@@ -6,7 +6,13 @@ BnpipeError          exit 2: bad input or usage; the message is one line, no tra
   ArtifactError      an artifact missing, stale or tampered with
   TargetUnavailable  a requested runtime target that is not set up here
 GateFailed           exit 1: the model was measured and is not fit to ship
+KeyboardInterrupt    exit 130 (Ctrl-C); Terminated, exit 143 (SIGTERM, SIGHUP)
+anything else        exit BUG_EXIT_CODE: a bug in bnpipe, never mistaken for a failed gate
 """
+
+# EX_SOFTWARE from sysexits.h ("internal software error"): not 1, which is a failed gate, nor 2.
+BUG_EXIT_CODE = 70
+DEBUG_ENV = "BNPIPE_DEBUG"  # set (to 1) to see an internal error's traceback, as with --debug
 
 
 class BnpipeError(Exception):

@@ -35,6 +35,7 @@ LAYERS_RECORD = "layers.json"  # bnpipe layers (a diagnosis, not a stage: no man
 LAYERS_REPORT = "layers.md"
 LAYERS_PLOT = "layers.png"
 MANIFEST = "manifest.json"
+LOCK = ".bnpipe.lock"  # held by the one process writing the artifacts dir (lock.py); then removed
 RESUME_DIR = Path(".resume") / "train"  # per-epoch checkpoints of an unfinished training
 TFLITE_PREFIX, TFLITE_SUFFIX = "model_", ".tflite"
 FLOAT_BASELINE = "model_float32.tflite"  # what bench's ratios divide by

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .errors import ModelError
+from .safeio import zip_json
 
 # The layer classes translated in both directions. They cover the MLPs bnpipe trains and the
 # small CNNs that come next; everything else (recurrent, embedding, attention, Lambda, custom
@@ -196,8 +197,9 @@ def _layer_entries(config) -> list:
 
 
 def read_config_member(path: Path, member: str, limit: int, required: bool):
-    """The JSON in zip member `member`, read in at most `limit` bytes; {} if absent and optional.
-    Either Keras's files (metadata.json, config.json); ModelError for anything malformed."""
+    """The JSON in zip member `member`, read in at most `limit` bytes and nested at most
+    safeio.MAX_JSON_DEPTH levels; {} if absent and optional. Either Keras's files
+    (metadata.json, config.json); ModelError for anything malformed."""
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist or is not a file")
     if not zipfile.is_zipfile(path):
@@ -205,28 +207,12 @@ def read_config_member(path: Path, member: str, limit: int, required: bool):
             f"{path} is not a Keras .keras file (expected a zip archive holding config.json and "
             "model.weights.h5)"
         )
-    try:
-        with zipfile.ZipFile(path) as zf:
-            try:
-                info = zf.getinfo(member)
-            except KeyError:
-                if required:
-                    raise ModelError(
-                        f"{path} has no {member}; it is not a Keras .keras file"
-                    ) from None
-                return {}
-            if info.file_size > limit:
-                raise ModelError(f"{path}: {member} is {info.file_size} bytes (limit {limit})")
-            with zf.open(info) as f:
-                data = f.read(limit + 1)  # the header's size may lie: never read past the limit
-        if len(data) > limit:
-            raise ModelError(f"{path}: {member} is larger than its limit of {limit} bytes")
-        return json.loads(data)
-    except ModelError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, RecursionError, NotImplementedError) as exc:
-        what = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot read {member} ({what})") from None
+    value = zip_json(path, member, limit, ModelError)
+    if value is None:
+        if required:
+            raise ModelError(f"{path} has no {member}; it is not a Keras .keras file")
+        return {}
+    return value
 
 
 def _is_keras_module(module) -> bool:

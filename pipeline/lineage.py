@@ -3,6 +3,12 @@
 Every stage, whether a CLI command runs it alone or `bnpipe run` runs it in turn, goes through
 `recorded_stage`, so the two paths cannot drift apart: the same inputs are checked, the same
 entry is written, the same files commit together or not at all (see artifacts.transaction).
+
+The order that makes "together" hold: the manifest is read (and refused if it is not one) before
+the stage runs; the new manifest is written beside the stage's files, to a temporary file, before
+any rename (a full disk fails it then, and nothing lands); at the commit the stage's old entry is
+dropped first, then the files are renamed, and the new manifest last. A crash between two renames
+leaves files without an entry (the stage reruns), never an entry that does not match its files.
 """
 
 from __future__ import annotations
@@ -46,25 +52,19 @@ def recorded_stage(
     `bnpipe run` reruns it. `outputs()` names the files written (called once the block is done).
     A GateFailed from the block is raised after the commit: a failed gate's report is a result.
     """
+    manifest = Manifest(out)  # one that is not a manifest is refused before the stage runs
     read = None if reads is None else current_inputs(out, reads, extra_inputs or {})
     t0 = time.time()
     gate: GateFailed | None = None
-
-    def record():
-        m = Manifest(out)  # read again: the stage may have run for minutes
-        if read is None:
-            _forget(out, stage)
-        else:
-            m.record(stage, read, params, outputs(), t0)
-
     with artifacts.transaction():
         try:
             yield
         except GateFailed as exc:
             gate = exc
-        # Before the renames: a crash between them and record() reruns the stage, never refuses.
+        if read is not None:  # saved into the transaction, after the stage's files: renamed last
+            manifest.record(stage, read, params, outputs(), t0)
+        # Before the renames: a crash between them reruns the stage, never refuses it.
         artifacts.before_commit(lambda: _forget(out, stage))
-        artifacts.on_success(record)
     if gate is not None:
         raise gate
 

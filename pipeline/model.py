@@ -73,7 +73,7 @@ def checked_keras_file(path: str | Path) -> Path:
             f"{path} is a directory (SavedModel?); bnpipe loads only .keras files, "
             "which Keras can load in safe mode"
         )
-    regular_file(path, "model file", ModelError)
+    regular_file(path, "model file", ModelError)  # a FIFO or a device: refused before reading
     if path.suffix.lower() in (".h5", ".hdf5") or _is_hdf5(path):
         raise ModelError(
             f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "

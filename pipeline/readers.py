@@ -185,7 +185,7 @@ def _read_npz(path: Path, label: str) -> tuple[RawPart, RawPart]:
     """The four arrays of a Keras-style .npz, each member's header checked before it is read."""
     import zipfile
 
-    regular_file(path, label, DataError)
+    regular_file(path, "data file", DataError)  # `label` may be the path itself
     try:
         with open(path, "rb") as f:
             magic = f.read(4)

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import artifacts, files
 from .config import RunConfig
 from .errors import BnpipeError, GateFailed
+from .lock import writer_lock
 from .manifest import Manifest
 from .stages import STAGES, Request, execute
 
@@ -43,10 +44,19 @@ def run_all(
     force: bool = False,
     say: Callable[[str], None] = print,
     quiet: bool = True,
+    wait: bool = False,
 ) -> RunResult:
     """Every stage in turn, each skipped when up to date, each committed as a whole: Ctrl-C
-    keeps the stages that finished and drops the one that was running."""
-    out = artifacts.ensure_dir(out)
+    keeps the stages that finished and drops the one that was running. The artifacts dir is
+    locked for the whole run (`wait`: see lock.writer_lock), so no other writer slips in
+    between two stages."""
+    with writer_lock(out, wait=wait, say=say):
+        return _run_locked(out, config, force, say, quiet)
+
+
+def _run_locked(
+    out: Path, config: RunConfig, force: bool, say: Callable[[str], None], quiet: bool
+) -> RunResult:
     if not force:
         Manifest(out).check_outputs()  # a file a stage wrote and someone changed since: refuse
     # resume="auto": a run interrupted in training continues from its last epoch (same weights).

@@ -20,6 +20,7 @@ from . import files
 from .artifacts import require_file
 from .config import STAGE_CONFIGS
 from .lineage import current_inputs, recorded_stage
+from .lock import writer_lock
 
 
 def _silent(message: str) -> None:
@@ -41,6 +42,7 @@ class Request:
     tflite: tuple[Path, ...] = ()  # verify, bench: the .tflite files to read
     resume: bool | str = False  # train: True (--resume), False, or "auto" (bnpipe run)
     quiet: bool = False
+    wait: bool = False  # another process writing `out`: wait for it (else ArtifactError)
     say: Callable[[str], None] = field(default=_silent)  # progress lines, for a person
     tick: Callable[..., None] | None = None  # bench: progress-bar steps (label, n)
 
@@ -124,22 +126,25 @@ assert tuple(STAGES) == files.STAGES
 def execute(name: str, config: Any, request: Request) -> Any:
     """Run stage `name` as one transaction with its manifest entry; return its result.
 
-    Its default inputs must still be what the manifest says (ArtifactError otherwise); explicit
-    ones are taken as given. GateFailed (verify) is raised after its reports have landed.
+    The artifacts dir is locked for the stage (lock.writer_lock: ArtifactError if another process
+    writes it, unless request.wait). Its default inputs must still be what the manifest says
+    (ArtifactError otherwise); explicit ones are taken as given. GateFailed (verify) is raised
+    after its reports have landed.
     """
     stage = STAGES[name]
     if not stage.writes_here(config):
         return stage.function()(config, request)
-    reads = None if request.explicit else stage.reads(request.out)
-    with recorded_stage(
-        request.out,
-        name,
-        config,
-        lambda: stage.outputs(config, request.out),
-        reads=reads,
-        extra_inputs=stage.extra_inputs(config),
-    ):
-        return stage.function()(config, request)
+    with writer_lock(request.out, wait=request.wait, say=request.say):
+        reads = None if request.explicit else stage.reads(request.out)
+        with recorded_stage(
+            request.out,
+            name,
+            config,
+            lambda: stage.outputs(config, request.out),
+            reads=reads,
+            extra_inputs=stage.extra_inputs(config),
+        ):
+            return stage.function()(config, request)
 
 
 # --- each stage's library call, from a Request -------------------------------------------------

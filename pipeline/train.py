@@ -5,7 +5,8 @@ One model.fit runs every epoch; each epoch sees the training samples in an order
 and the optimizer's state in `.resume/train/` inside the artifacts dir (checkpoints.py).
 `train(..., resume=True)` continues from the last checkpoint and ends with the very weights an
 uninterrupted run gives: nothing else carries state from one epoch to the next (no dropout, a
-constant learning rate). The checkpoints are removed once model.keras is written.
+constant learning rate). The checkpoints are removed once model.keras is written, and when the
+training fails (a full disk, an error): they are kept only for an interrupted one to resume.
 `--strategy mirrored|multi-worker` trains with tf.distribute instead (distribute.py).
 """
 
@@ -77,6 +78,7 @@ def train(
     summary = ds.summary()  # hashes the arrays (tens of MB for MNIST): once per stage
     fingerprint = summary["fingerprint"]
     start, hist = checkpoints.resume_point(model, ckpt_root, config, fingerprint, resume, say)
+    artifacts.on_failure(lambda exc: _drop_unless_interrupted(exc, ckpt_root))
     t1 = time.perf_counter()
     _fit_epochs(model, ds, config, start, hist, quiet, ckpt_root, fingerprint)
     t_fit = time.perf_counter() - t1
@@ -93,6 +95,13 @@ def train(
         resumed_from=start,
         timings={"load_data_s": t_data, "fit_s": t_fit},
     )
+
+
+def _drop_unless_interrupted(exc: BaseException, ckpt_root: Path) -> None:
+    """Ctrl-C or SIGTERM keeps the checkpoints for --resume; any failure removes them (a stage
+    that fails leaves the artifacts dir as it found it)."""
+    if not isinstance(exc, KeyboardInterrupt):
+        checkpoints.remove(ckpt_root)
 
 
 def _fit_epochs(model, ds, config, start, hist, quiet, ckpt_root, fingerprint) -> None:

@@ -22,6 +22,7 @@ from . import artifacts, files
 from .config import VerifyConfig
 from .errors import DataError, GateFailed, ModelError
 from .quantize import to_input
+from .safeio import regular_file
 from .stats import compare
 from .tflite_file import check_io, quant_params
 
@@ -72,9 +73,9 @@ class VerifyResult:
 
 
 def _candidate_files(out: Path, tflite: list[Path] | None) -> list[Path]:
-    if tflite:
-        return [Path(p) for p in tflite]
-    return [out / name for name in files.tflite_files(out)]
+    """The .tflite files to verify, each a regular file (a FIFO would block the read)."""
+    paths = [Path(p) for p in tflite] if tflite else [out / n for n in files.tflite_files(out)]
+    return [regular_file(p, "model file", ModelError) for p in paths]
 
 
 def _integer(tensor: dict) -> bool:
@@ -183,7 +184,7 @@ def run_verify(
     skipped = [Skipped("*", name, reason) for name, reason in unavailable]
     folded_path = out / files.FOLDED
     if folded_path.is_file() and not tflite:
-        rows.append(_folded_row(folded_path, ref, say))
+        rows.append(_folded_row(_folded_model(folded_path, ref), ref, say))
     probe.wait()  # ModelError naming a file that crashed the probe's child
     try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed
         for p, info in infos.items():
@@ -291,16 +292,30 @@ def _fits(name: str, input_shape: tuple, classes: int, ref: Reference) -> None:
         )
 
 
-def _folded_row(folded_path: Path, ref: Reference, say) -> Row:
-    from .data import model_input_shape, shaped
+def _folded_model(folded_path: Path, ref: Reference):
+    """folded.keras, in the Keras it was saved in (as its user runs it), if it takes the data
+    and gives the reference's classes: ModelError / DataError naming it otherwise (it is not
+    the fold of this model)."""
+    from .data import model_input_shape
     from .model import load_reference
+
+    model = load_reference(folded_path)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(
+            f"{folded_path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "the fold of a classifier has one of each"
+        )
+    _fits(files.FOLDED, model_input_shape(model), int(model.outputs[0].shape[-1]), ref)
+    return model
+
+
+def _folded_row(model, ref: Reference, say) -> Row:
+    from .data import model_input_shape, shaped
 
     say(f"{files.FOLDED} on TensorFlow (host)")
     t1 = time.perf_counter()
-    folded = load_reference(folded_path)  # in the Keras it was saved in, as its user runs it
-    shape = model_input_shape(folded)
-    _fits(files.FOLDED, shape, int(folded.outputs[0].shape[-1]), ref)
-    pred = np.argmax(folded.predict(shaped(ref.x, shape), batch_size=1024, verbose=0), axis=1)
+    x = shaped(ref.x, model_input_shape(model))
+    pred = np.argmax(model.predict(x, batch_size=1024, verbose=0), axis=1)
     return _row(files.FOLDED, "tensorflow", pred, ref, time.perf_counter() - t1, {})
 
 

@@ -53,7 +53,7 @@ def table() -> str:
     lines = ["| command | what it does |", "|---|---|"]
     for name, command in cli.commands.items():
         options = " ".join(
-            _option(p, ctx) for p in command.params if p.name not in ("artifacts", "quiet")
+            _option(p, ctx) for p in command.params if p.name not in ("artifacts", "quiet", "wait")
         )
         lines.append(f"| `bnpipe {name} {options}` | {_summary(command)} |".replace("  ", " "))
     return "\n".join(lines) + "\n"

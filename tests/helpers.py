@@ -198,3 +198,74 @@ def train_and_save(k3, model, x, y, path: Path, epochs: int = 6, input_shape=Non
     model.fit(x, y, epochs=epochs, batch_size=16, verbose=0, shuffle=True)
     model.save(path)
     return path
+
+
+class ProcessResult:
+    """A finished `python -m pipeline.cli …` child, shaped like a CliRunner result (exit_code,
+    exception, output, stderr) so that assert_one_line_error reads both. A child that had to be
+    killed at its deadline has exit_code None and a stderr that says so."""
+
+    def __init__(self, exit_code, stdout: str, stderr: str, seconds: float):
+        self.exit_code, self.stdout, self.stderr, self.seconds = exit_code, stdout, stderr, seconds
+        self.output = stdout + stderr
+        self.exception = SystemExit(exit_code) if exit_code is not None else None
+
+
+def bnpipe_process(*args, timeout=120.0, env=None, preexec_fn=None, cwd=None) -> ProcessResult:
+    """Run `python -m pipeline.cli ARGS` in a real child process, killed at `timeout` seconds
+    (a hang is then a test failure, not a hung test run)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
+        cwd=cwd,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        code, err = None, err + f"\n[killed after {timeout} s: the command hung]\n"
+    return ProcessResult(code, out, err, time.monotonic() - t0)
+
+
+def limited(address_space=None, file_size=None):
+    """A preexec_fn for bnpipe_process: RLIMIT_AS (so that a read without bound fails with a
+    MemoryError instead of calling the machine's OOM killer) and RLIMIT_FSIZE with SIGXFSZ
+    ignored (a write past it fails with EFBIG, as on a full disk)."""
+    import resource
+    import signal
+
+    def apply():
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+    return apply
+
+
+def tree(d: Path) -> dict[str, str]:
+    """sha256 of every file under `d` by relative path ("dir/" for a directory): what a command
+    must leave as it was."""
+    import hashlib
+
+    if not d.exists():
+        return {}
+    return {
+        str(p.relative_to(d)) + ("/" if p.is_dir() else ""): (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+        )
+        for p in sorted(d.rglob("*"))
+    }

@@ -54,9 +54,10 @@ def test_atomic_path_creates_nothing_when_block_raises_and_dest_is_new(tmp_path)
 
 def test_atomic_path_temp_removed_even_if_writer_deleted_or_never_wrote(tmp_path):
     dest = tmp_path / "a.txt"
-    with pytest.raises(OSError), atomic_path(dest) as tmp:
-        tmp.unlink()  # a writer that cleaned up after itself before failing
-        raise OSError("disk full")
+    with pytest.raises(ArtifactError, match=f"^cannot write {dest}: disk full$"):
+        with atomic_path(dest) as tmp:
+            tmp.unlink()  # a writer that cleaned up after itself before failing
+            raise OSError("disk full")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -248,3 +248,81 @@ def test_interrupt_exits_130_and_says_artifacts_are_unchanged(run, monkeypatch, 
     result = run("fold", "--model", model, "--artifacts", tmp_path / "art")
     assert result.exit_code == 130
     assert result.stderr == "Interrupted: artifacts are as they were before this stage.\n"
+
+
+# --- a bug is not a failed gate: its own exit code, one line, the traceback on request ---------
+
+BUG_LINE = (
+    "Internal error: ZeroDivisionError: division by zero (a bug in bnpipe: rerun as "
+    "`bnpipe --debug …` or with BNPIPE_DEBUG=1 for the traceback)\n"
+)
+
+
+def _buggy_fold(*args, **kwargs):
+    return 1 / 0  # fault injection: an unexpected exception inside a stage
+
+
+@pytest.fixture
+def buggy_fold(monkeypatch, tmp_path):
+    """`bnpipe fold --model M` arguments whose stage raises ZeroDivisionError."""
+    import pipeline.fold
+
+    monkeypatch.setattr(pipeline.fold, "run_fold", _buggy_fold)
+    monkeypatch.delenv("BNPIPE_DEBUG", raising=False)
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"x")
+    return ["fold", "--model", model, "--artifacts", tmp_path / "art"]
+
+
+def test_a_bug_exits_70_with_one_line_and_no_traceback(run, buggy_fold, tmp_path):
+    result = run(*buggy_fold)
+    assert result.exit_code == 70, (result.exit_code, result.output)
+    assert isinstance(result.exception, SystemExit)
+    assert result.stderr == BUG_LINE
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("how", ["--debug", "BNPIPE_DEBUG=1"])
+def test_debug_shows_the_traceback_of_a_bug(run, buggy_fold, how):
+    if how == "--debug":
+        result = run("--debug", *buggy_fold)
+    else:
+        result = run(*buggy_fold, env={"BNPIPE_DEBUG": "1"})
+    assert result.exit_code == 70, (result.exit_code, result.output)
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert any("in _buggy_fold" in line for line in lines)
+    assert lines[-2:] == [
+        "ZeroDivisionError: division by zero",
+        "Internal error: ZeroDivisionError: division by zero (a bug in bnpipe: the traceback "
+        "is above)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "exc, code, line",
+    [
+        ("gate", 1, "Error: verification failed: one gate"),
+        ("interrupt", 130, "Interrupted: artifacts are as they were before this stage."),
+        ("terminate", 143, "Terminated: artifacts are as they were before this stage."),
+    ],
+)
+def test_gates_and_signals_keep_their_codes_beside_the_bug_code(
+    run, monkeypatch, tmp_path, exc, code, line
+):
+    import pipeline.fold
+    from pipeline.errors import GateFailed, Terminated
+
+    def raising(*args, **kwargs):
+        raise {
+            "gate": GateFailed("verification failed: one gate"),
+            "interrupt": KeyboardInterrupt(),
+            "terminate": Terminated(),
+        }[exc]
+
+    monkeypatch.setattr(pipeline.fold, "run_fold", raising)
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"x")
+    result = run("fold", "--model", model, "--artifacts", tmp_path / "art")
+    assert result.exit_code == code, result.output
+    assert result.stderr == line + "\n"

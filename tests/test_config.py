@@ -100,5 +100,5 @@ def test_a_valid_file_overrides_only_what_it_names(tmp_path):
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(BnpipeError, match="does not exist"):
         load_run_config(tmp_path / "nope.toml")
-    with pytest.raises(BnpipeError, match="cannot be read"):
+    with pytest.raises(BnpipeError, match="is a directory, not a regular file"):
         load_run_config(tmp_path)

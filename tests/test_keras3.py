@@ -446,6 +446,7 @@ def _functional_config(**layer) -> bytes:
 CRAFTED = {
     "not json": (b"{", "cannot read config.json (Expecting property name"),
     "deep": (b"[" * 100_000, "cannot read config.json"),
+    "deep but parseable": (b"[" * 200 + b"]" * 200, "config.json (nested deeper than 64 levels)"),
     "a list": (b"[]", "holds a 'None' model (module 'None')"),
     "another package's model": (
         b'{"class_name": "Functional", "module": "keras_hub.models", "config": {}}',

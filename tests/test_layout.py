@@ -40,6 +40,7 @@ LAYERS = {
         "artifacts",
         "manifest",
         "lineage",
+        "lock",
         "report",
         "tflite_file",
         "runtimes",

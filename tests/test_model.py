@@ -392,7 +392,7 @@ def test_load_model_refuses_zip_without_config_or_with_unknown_layer(keras, tmp_
     assert str(info.value) == f"{empty} has no config.json; it is not a Keras .keras file"
 
     garbled = _zip(tmp_path / "garbled.keras", config_json="{not json")
-    with pytest.raises(ModelError, match=r"garbled\.keras: cannot read config\.json \("):
+    with pytest.raises(ModelError, match=r"garbled\.keras: cannot read config\.json \(Expecting "):
         load_model(garbled)
 
     unknown = _zip(
