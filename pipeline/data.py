@@ -122,6 +122,9 @@ class Dataset:
     # One sample's shape as the source stores it: (64,) for digits, (28, 28) for MNIST images.
     sample_shape: tuple[int, ...] = ()
 
+    def __post_init__(self):
+        object.__setattr__(self, "sample_shape", tuple(int(d) for d in self.sample_shape))
+
     def fingerprint(self) -> str:
         """sha256 over dtype, shape and bytes of the six arrays, in a fixed order."""
         h = hashlib.sha256()
@@ -201,17 +204,8 @@ def load_dataset(
         x_pool, y_pool, val_fraction, seed, "the training part", "validation"
     )
     arrays = (x_train, y_train, x_val, y_val, x_test, y_test)
-    codes = pixel_codes(x_test, pre)
-    return Dataset(
-        spec,
-        source,
-        *arrays,
-        num_classes,
-        pre,
-        split,
-        x_test_codes=codes,
-        sample_shape=tuple(int(d) for d in train.x.shape[1:]),
-    )
+    extra = {"x_test_codes": pixel_codes(x_test, pre), "sample_shape": train.x.shape[1:]}
+    return Dataset(spec, source, *arrays, num_classes, pre, split, **extra)
 
 
 def _feature_count(train: RawPart, test: RawPart | None) -> int:

@@ -299,6 +299,21 @@ def _keep_earlier_modes(out: Path, record: dict) -> None:
             record["outputs"][r["file"]] = r.get("sha256")
 
 
+def _export_modes(job: _Job, model_path: Path, say):
+    """([ModeResult], {mode: bytes}, the auto record or None) for every mode asked for."""
+    results, blobs, auto = [], {}, None
+    for mode in job.config.modes:
+        if mode == AUTO:
+            chosen, auto = choose(job, model_path, say)
+        else:
+            say(f"export {mode}")
+            chosen = [_export_mode(mode, job)]
+        for result, blob in chosen:
+            blobs[result.mode] = blob
+            results.append(result)
+    return results, blobs, auto
+
+
 @artifacts.transactional
 def run_export(
     model_path: Path,
@@ -327,18 +342,7 @@ def run_export(
     job = _Job(
         folded, ds, preprocessing, float_acc, float_pred, config, implied_ops(folded), kept, verbose
     )
-    results, blobs, auto = [], {}, None
-    for mode in config.modes:
-        if mode == AUTO:
-            chosen, auto = choose(job, model_path, progress or (lambda m: None))
-            for result, blob in chosen:
-                blobs[result.mode] = blob
-                results.append(result)
-            continue
-        if progress:
-            progress(f"export {mode}")
-        result, blobs[mode] = _export_mode(mode, job)
-        results.append(result)
+    results, blobs, auto = _export_modes(job, model_path, progress or (lambda m: None))
     out = artifacts.ensure_dir(artifacts_dir)
     for mode, blob in blobs.items():
         artifacts.write_bytes(out / tflite_name(mode), blob)

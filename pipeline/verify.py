@@ -279,16 +279,17 @@ def _check_fit(infos: dict, ref: Reference) -> None:
             )
 
 
-def _fits(name: str, input_shape: tuple, classes: int, ref: Reference) -> None:
+def _fits(name: str, input_shape: tuple, classes: int, ref: Reference, hint: str = "") -> None:
     features = int(np.prod(input_shape, dtype=np.int64))
     if features != ref.x.shape[1]:
         raise DataError(
             f"{name} takes input shape {tuple(input_shape)} ({features} values) but the data "
-            f"has {ref.x.shape[1]} features per sample"
+            f"has {ref.x.shape[1]} features per sample{hint}"
         )
     if classes != ref.n_classes:
         raise ModelError(
-            f"{name} outputs {classes} classes but the reference model outputs {ref.n_classes}"
+            f"{name} outputs {classes} classes but the reference model outputs "
+            f"{ref.n_classes}{hint}"
         )
 
 
@@ -305,7 +306,8 @@ def _folded_model(folded_path: Path, ref: Reference):
             f"{folded_path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
             "the fold of a classifier has one of each"
         )
-    _fits(files.FOLDED, model_input_shape(model), int(model.outputs[0].shape[-1]), ref)
+    hint = f"; fold {files.MODEL} again (bnpipe fold)"
+    _fits(str(folded_path), model_input_shape(model), int(model.outputs[0].shape[-1]), ref, hint)
     return model
 
 

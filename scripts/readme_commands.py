@@ -19,6 +19,8 @@ import click
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START, END = "<!-- commands:start -->", "<!-- commands:end -->"
+# Options every writing command takes, described once in the README's prose, not in each row.
+COMMON_OPTIONS = ("artifacts", "quiet", "wait")
 
 
 def _option(param: click.Parameter, ctx: click.Context) -> str:
@@ -52,9 +54,7 @@ def table() -> str:
     ctx = click.Context(cli, info_name="bnpipe")
     lines = ["| command | what it does |", "|---|---|"]
     for name, command in cli.commands.items():
-        options = " ".join(
-            _option(p, ctx) for p in command.params if p.name not in ("artifacts", "quiet", "wait")
-        )
+        options = " ".join(_option(p, ctx) for p in command.params if p.name not in COMMON_OPTIONS)
         lines.append(f"| `bnpipe {name} {options}` | {_summary(command)} |".replace("  ", " "))
     return "\n".join(lines) + "\n"
 

@@ -440,13 +440,13 @@ def _replace_folded(keras, out: Path, n_in: int, n_out: int) -> Path:
         (
             32,
             10,
-            "{p} takes inputs of shape (32,) but the data (and model.keras) have (64,); fold "
-            "model.keras again (bnpipe fold)",
+            "{p} takes input shape (32,) (32 values) but the data has 64 features per sample; "
+            "fold model.keras again (bnpipe fold)",
         ),
         (
             64,
             5,
-            "{p} outputs 5 classes but model.keras outputs 10; fold model.keras again "
+            "{p} outputs 5 classes but the reference model outputs 10; fold model.keras again "
             "(bnpipe fold)",
         ),
     ],

@@ -27,9 +27,10 @@ def test_the_command_table_is_what_the_cli_says():
 def test_every_command_and_option_is_in_the_table():
     from pipeline.cli import cli
 
-    table = _generator().table()
+    gen = _generator()
+    table = gen.table()
     for name, command in cli.commands.items():
         row = next(line for line in table.splitlines() if line.startswith(f"| `bnpipe {name} "))
         for param in command.params:
-            if param.name not in ("artifacts", "quiet") and hasattr(param, "opts"):
+            if param.name not in gen.COMMON_OPTIONS and hasattr(param, "opts"):
                 assert any(opt in row for opt in param.opts) or param.human_readable_name in row
