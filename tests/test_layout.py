@@ -31,6 +31,8 @@ LAYERS = {
         "distribute",
         "checkpoints",
         "foldmath",
+        "macs",
+        "carray",
         "keras3",
         "artifacts",
         "manifest",
