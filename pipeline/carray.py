@@ -14,8 +14,10 @@ For `model_int8.tflite` (C++) the pair is `model_int8.cc` and `model_int8.h`:
 The array is 16-byte aligned: a flatbuffer's 8-byte fields (int64 zero points) need 8, and
 TFLM's optimized kernels read weights in wider words; 16 is what TFLM's own examples use. The
 header declares everything `extern "C"`, so C and C++ code can share one build of the source.
-The arena is what TFLM measured on this host (a 64-bit build): a 32-bit microcontroller build
-usually needs a little less, but leave a margin for its own kernels' scratch buffers.
+The arena is the figure TFLM reported on this host (a 64-bit build, reference kernels): a 32-bit
+build's bookkeeping is smaller, but optimized kernels (CMSIS-NN) may ask for scratch memory and
+set-up briefly needs a little more than what stays allocated, so give the device's arena a margin
+and confirm it there (runtimes/tflm.py).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def c_array(
         f"// sha256 {sha}, {len(data)} bytes.",
     ]
     if arena_bytes is not None:
-        about.append(f"// TFLM tensor arena: {arena_bytes} bytes, as measured by TFLM on the host.")
+        about.append(f"// TFLM tensor arena: {arena_bytes} bytes as TFLM reported on the host.")
     return CArray(
         name,
         source_name,

@@ -134,7 +134,7 @@ def test_header_names_the_file_its_hash_and_has_a_guard(tflite_file):
     assert first_lines == [
         "// model_int8.tflite as a C++ array, written by bnpipe.",
         f"// sha256 {sha}, {len(data)} bytes.",
-        "// TFLM tensor arena: 100 bytes, as measured by TFLM on the host.",
+        "// TFLM tensor arena: 100 bytes as TFLM reported on the host.",
     ]
     assert arr.sha256 == sha and arr.source.startswith("\n".join(first_lines))
     assert (
