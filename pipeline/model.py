@@ -49,6 +49,94 @@ def build_mlp(
     return k.Sequential(layers, name="bn_mlp")
 
 
+# (pointwise filters, depthwise stride) of each depthwise-separable block of build_cnn. After
+# the stem, two stride-2 blocks take 14×14 (MNIST) to 4×4 and digits' 8×8 to 2×2; the widths grow
+# as the grid shrinks, as in MobileNet, and the last block expands to 768 channels before the
+# pooling, as MobileNetV2's last 1×1 convolution does (to 1280). Why that wide: int8 pays ~28
+# bytes of per-channel scales, zero points and bias per output channel, so only pointwise kernels
+# with a fan-in in the hundreds shrink ~4×; with the 384→768 kernel holding most of the ~376k
+# weights the int8 file is 0.29× the float32 one (0.41× with a 128-wide last block). Likewise
+# XNNPACK's int8 kernels beat float32 only on such large 1×1 convolutions, and lose on the stem
+# (one input channel): measured int8/float32 batch-1 latency 0.29 (28×28) and 0.49 (8×8).
+CNN_BLOCKS = ((32, 2), (64, 1), (128, 2), (384, 1), (768, 1))
+CNN_STEM = 16  # filters of the 3×3 stem convolution
+# The BNs' moving statistics follow the batches' with this momentum. Keras's 0.99 averages over
+# ~100 steps; digits gives only ~20 steps an epoch, and eleven BNs in a row compound what the
+# averages lag behind the changing weights: with 0.99 the inference-mode CNN scored 10 % (one
+# class) on digits after 12 epochs while the training-mode one scored 93 %, and on 28×28 it
+# stayed at chance for 3 epochs. 0.9 averages over ~10 steps.
+CNN_BN_MOMENTUM = 0.9
+# Inputs at least this tall and wide get a stride-2 stem (28×28 → 14×14); smaller ones
+# (digits' 8×8) keep their resolution, which is all they have.
+CNN_STEM_STRIDE_FROM = 16
+# The recipe `train --arch cnn` uses by default (scripts/measure_cnn.py measures it): Adam at
+# 2e-3, batch 128, 15 epochs. On 8,000 28×28 augmented-digits images, test accuracy after the 15th
+# epoch was 99.1 %, 97.7 % and 98.5 % for seeds 0, 1, 2 (batch 64 for 12 epochs: 98.8, 98.6,
+# 97.3; at 1e-3 it levels off near 97.5). The constant rate keeps test accuracy moving by ±0.5 %
+# from one epoch to the next, which is why the margin matters. Digits (8×8): ≈ 95 %.
+CNN_RECIPE = {"epochs": 15, "batch_size": 128, "learning_rate": 2e-3}
+
+
+def build_cnn(
+    input_shape: Sequence[int],
+    num_classes: int = 10,
+    stem: int = CNN_STEM,
+    blocks: Sequence[tuple[int, int]] = CNN_BLOCKS,
+    bn: str = "keras",
+    stem_stride: int | None = None,
+    bn_momentum: float = CNN_BN_MOMENTUM,
+):
+    """A small MobileNet-style classifier for images (H, W, C) float32 in [0, 1].
+
+    stem: Conv2D 3×3 (stride 2 for inputs ≥ CNN_STEM_STRIDE_FROM on both sides, else 1, unless
+    stem_stride says) → BN → ReLU; then per (filters, stride) of `blocks`: DepthwiseConv2D 3×3
+    → BN → ReLU6, pointwise Conv2D 1×1 → BN → ReLU; then GlobalAveragePooling2D → Dense softmax.
+    The 3×3 convolutions pad "same" (a 1×1 one needs no padding), and no convolution has a bias
+    (the BN after it carries the shift; folding gives it one). Every layer is in tfmot's
+    default 8-bit scheme, and the folded model converted to int8 holds only CONV_2D,
+    DEPTHWISE_CONV_2D, MEAN, FULLY_CONNECTED and SOFTMAX.
+    """
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
+    if len(shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
+    if bn not in BN_KINDS:
+        raise ValueError(f"bn must be one of {BN_KINDS}, got {bn!r}")
+    if not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum!r}")
+    if num_classes < 2 or stem < 1 or not blocks or any(f < 1 or s < 1 for f, s in blocks):
+        raise ValueError(
+            f"bad shape: num_classes={num_classes}, stem={stem}, blocks={tuple(blocks)}"
+        )
+    if stem_stride is None:
+        stem_stride = 2 if min(shape[:2]) >= CNN_STEM_STRIDE_FROM else 1
+    k = keras()
+
+    def norm(name):
+        cls = k.layers.BatchNormalization if bn == "keras" else custom_bn_class()
+        return cls(momentum=bn_momentum, name=name)
+
+    layers = [
+        k.Input(shape=shape, name="pixels"),
+        k.layers.Conv2D(stem, 3, stem_stride, "same", use_bias=False, name="stem_conv"),
+        norm("stem_bn"),
+        k.layers.ReLU(name="stem_relu"),
+    ]
+    for i, (filters, stride) in enumerate(blocks, start=1):
+        layers += [
+            k.layers.DepthwiseConv2D(3, stride, "same", use_bias=False, name=f"dw_{i}"),
+            norm(f"dw_bn_{i}"),
+            k.layers.ReLU(6.0, name=f"dw_relu6_{i}"),
+            k.layers.Conv2D(filters, 1, use_bias=False, name=f"pw_{i}"),
+            norm(f"pw_bn_{i}"),
+            k.layers.ReLU(name=f"pw_relu_{i}"),
+        ]
+    layers += [
+        k.layers.GlobalAveragePooling2D(name="pool"),
+        k.layers.Dense(num_classes, activation="softmax", name="classes"),
+    ]
+    return k.Sequential(layers, name="bn_cnn")
+
+
 def compile_model(model, learning_rate: float = 1e-3):
     """Adam and sparse categorical cross-entropy, with accuracy: the article's recipe."""
     k = keras()

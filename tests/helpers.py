@@ -269,3 +269,36 @@ def tree(d: Path) -> dict[str, str]:
         )
         for p in sorted(d.rglob("*"))
     }
+
+
+def fold_sequential(keras, model):
+    """A new Sequential with every BN that directly follows a Dense or convolution folded into it
+    by foldmath's arithmetic; a minimal stand-in for fold.py's planner, for the CNN tests."""
+    from pipeline.foldmath import after_fold_blocker, bn_affine, fold_after_layer
+    from pipeline.model import is_batch_norm
+
+    config = model.get_config()
+    entries, layers = config["layers"], model.layers  # entries[0] is the InputLayer
+    folded_into, keep = {}, []
+    for i, entry in enumerate(entries):
+        layer = layers[i - 1] if i else None
+        prev = entries[i - 1] if i > 1 else None
+        foldable = prev is not None and after_fold_blocker(prev["class_name"], prev["config"])
+        if layer is not None and is_batch_norm(layer) and prev is not None and foldable is None:
+            folded_into[prev["config"]["name"]] = layer
+            keep[-1]["config"]["use_bias"] = True
+            continue
+        keep.append(entry)
+    config["layers"] = keep
+    new = keras.Sequential.from_config(config)
+    for layer in new.layers:
+        weights = model.get_layer(layer.name).get_weights()
+        bn = folded_into.get(layer.name)
+        if bn is not None:
+            gamma = bn.gamma.numpy() if bn.scale else None
+            beta = bn.beta.numpy() if bn.center else None
+            stats = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+            s, t = bn_affine(gamma, beta, *stats, bn.epsilon, len(stats[0]))
+            weights = fold_after_layer(type(layer).__name__, weights, s, t)
+        layer.set_weights([np.asarray(w, np.float32) for w in weights])
+    return new

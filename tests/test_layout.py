@@ -36,6 +36,8 @@ LAYERS = {
         "graph",
         "opset",
         "convert",
+        "macs",
+        "carray",
         "keras3",
         "artifacts",
         "manifest",
@@ -83,7 +85,7 @@ def _layer(module: str) -> int:
 def _imports(module: str, path: Path) -> list[tuple[str, set[str], int]]:
     """(imported pipeline module, names taken from it, line) for every import in the file."""
     tree = ast.parse(path.read_text())
-    package = module.split(".")[:-1] if not path.name == "__init__.py" else module.split(".")
+    package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):

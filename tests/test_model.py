@@ -3,6 +3,7 @@ saving and loading, and the files load_model refuses."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import zipfile
 
@@ -172,7 +173,9 @@ def test_custom_bn_matches_keras_batch_normalization(keras):
             rtol=F32_RTOL,
             atol=F32_RTOL,
         )
-    for a, b in zip(ours.get_weights(), ref.get_weights()):  # one training step moved both alike
+    for a, b in zip(
+        ours.get_weights(), ref.get_weights(), strict=True
+    ):  # one training step moved both alike
         np.testing.assert_allclose(a, b, rtol=F32_RTOL, atol=F32_RTOL)
 
 
@@ -212,7 +215,7 @@ def test_a_frozen_bn_keeps_its_statistics_in_fit_like_keras(keras, digits, bn_ki
     compile_model(model)
     before = [w.numpy().copy() for w in bn.weights]
     model.fit(digits.x_train[:256], digits.y_train[:256], epochs=1, batch_size=64, verbose=0)
-    for w, b in zip(bn.weights, before):
+    for w, b in zip(bn.weights, before, strict=True):
         np.testing.assert_array_equal(w.numpy(), b, err_msg=w.name)
     x = model.get_layer("dense_1")(digits.x_test[:8])
     np.testing.assert_allclose(bn(x, training=True).numpy(), bn(x, training=False).numpy())
@@ -263,6 +266,177 @@ def test_build_mlp_rejects_bad_arguments():
         build_mlp(64, 10, (0,))
 
 
+# --- build_cnn ------------------------------------------------------------------------------------
+
+# What a folded build_cnn may become in a full-int8 TFLite file (GlobalAveragePooling2D converts to
+# MEAN; AVERAGE_POOL_2D and RESHAPE are the other pooling's form).
+# A short CNN training on digits: 3 epochs of batch 32 (≈ 120 steps, enough for the moving
+# statistics to follow) at the default rate: measured 0.936 test accuracy (seed 0). The bound is
+# far above chance (0.10) and leaves room for another CPU's float order.
+SHORT_CNN_EPOCHS = 3
+SHORT_CNN_MIN_ACCURACY = 0.80
+CNN_INT8_OPS = {
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "MEAN",
+    "AVERAGE_POOL_2D",
+    "FULLY_CONNECTED",
+    "RESHAPE",
+    "SOFTMAX",
+}
+
+
+def _cnn_names(blocks: int) -> list[str]:
+    names = ["stem_conv", "stem_bn", "stem_relu"]
+    for i in range(1, blocks + 1):
+        names += [f"dw_{i}", f"dw_bn_{i}", f"dw_relu6_{i}", f"pw_{i}", f"pw_bn_{i}", f"pw_relu_{i}"]
+    return [*names, "pool", "classes"]
+
+
+@pytest.mark.parametrize(
+    "shape,grids",
+    [((28, 28, 1), (14, 7, 7, 4, 4, 4)), ((8, 8, 1), (8, 4, 4, 2, 2, 2))],
+)
+def test_build_cnn_is_mobilenet_style_and_fits_both_image_sizes(keras, shape, grids):
+    """The grid after the stem and after each block: a stride-2 stem on 28×28 only, then the
+    two stride-2 blocks (2 and 3), "same" padding throughout (7 → 4)."""
+    from pipeline.model import CNN_BLOCKS, build_cnn, is_batch_norm
+
+    model = build_cnn(shape)
+    assert [layer.name for layer in model.layers] == _cnn_names(len(CNN_BLOCKS))
+    outputs = ["stem_relu"] + [f"pw_relu_{i}" for i in range(1, len(CNN_BLOCKS) + 1)]
+    widths = [16] + [filters for filters, _ in CNN_BLOCKS]
+    assert [model.get_layer(n).output_shape for n in outputs] == [
+        (None, g, g, w) for g, w in zip(grids, widths, strict=True)
+    ]
+    assert model.output_shape == (None, 10)
+    for layer in model.layers:
+        if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D"):
+            assert not layer.use_bias and layer.activation.__name__ == "linear"  # BN next
+            pointwise = layer.name.startswith("pw_")
+            assert layer.kernel_size == ((1, 1) if pointwise else (3, 3))
+            assert layer.padding == ("valid" if pointwise else "same")  # 1×1: no padding
+        if layer.name.startswith("dw_relu6"):
+            assert float(layer.max_value) == 6.0
+    assert sum(is_batch_norm(layer) for layer in model.layers) == 1 + 2 * len(CNN_BLOCKS)
+    # weights: stem 9·16; blocks 9·c_in + c_in·c_out; classes 768·10 + 10; BN 4 per channel
+    channels = [16, 32, 64, 128, 384, 768]
+    weights = 9 * 16 + sum(9 * a + a * b for a, b in itertools.pairwise(channels)) + 7690
+    assert model.count_params() == weights + 4 * (16 + sum(channels[:-1]) + sum(channels[1:]))
+
+
+def test_build_cnn_options(keras):
+    from pipeline.model import build_cnn, is_batch_norm
+
+    model = build_cnn((12, 10, 3), 4, stem=8, blocks=((16, 2),), bn="custom", stem_stride=2)
+    assert [layer.name for layer in model.layers] == _cnn_names(1)
+    assert model.get_layer("stem_relu").output_shape == (None, 6, 5, 8)
+    assert model.get_layer("pw_relu_1").output_shape == (None, 3, 3, 16)
+    assert model.output_shape == (None, 4)
+    assert type(model.get_layer("stem_bn")).__name__ == "CustomBatchNorm"
+    assert model.get_layer("stem_bn").momentum == 0.9  # CNN_BN_MOMENTUM, for either BN kind
+    assert is_batch_norm(model.get_layer("dw_bn_1"))
+
+
+def test_build_cnn_rejects_bad_arguments():
+    from pipeline.model import build_cnn
+
+    with pytest.raises(
+        ValueError, match=r"input_shape must be \(height, width, channels\), got 784"
+    ):
+        build_cnn(784)
+    with pytest.raises(ValueError, match="got \\(8, 8, 0\\)"):
+        build_cnn((8, 8, 0))
+    with pytest.raises(ValueError, match="bn must be one of"):
+        build_cnn((8, 8, 1), bn="torch")
+    with pytest.raises(ValueError, match=r"bn_momentum must be in \[0, 1\), got 1.0"):
+        build_cnn((8, 8, 1), bn_momentum=1.0)
+    with pytest.raises(
+        ValueError, match=r"bad shape: num_classes=10, stem=16, blocks=\(\(0, 1\),\)"
+    ):
+        build_cnn((8, 8, 1), blocks=((0, 1),))
+
+
+def _randomize_bns(model, seed=0):
+    """Moving statistics and γ, β far from their initial (0, 1, 1, 0), as after training."""
+    from pipeline.model import is_batch_norm
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if is_batch_norm(layer):
+            n = int(layer.moving_mean.shape[0])
+            layer.gamma.assign(rng.uniform(0.5, 2.0, n).astype(np.float32))
+            layer.beta.assign(rng.normal(0.0, 0.3, n).astype(np.float32))
+            layer.moving_mean.assign(rng.normal(0.0, 0.3, n).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.2, 3.0, n).astype(np.float32))
+
+
+def _rel_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+
+
+@pytest.mark.slow
+def test_build_cnn_folds_quantizes_and_converts_to_integer_conv_ops(keras, tf):
+    """Fold every BN with foldmath, wrap with tfmot's default 8-bit QAT, convert to full int8:
+    only CONV_2D, DEPTHWISE_CONV_2D, MEAN, FULLY_CONNECTED and SOFTMAX remain, on int8 tensors
+    (int32 biases), with int8 input and output."""
+    import tensorflow_model_optimization as tfmot
+    from helpers import fold_sequential
+
+    from pipeline.config import FOLD_RTOL
+    from pipeline.model import build_cnn, is_batch_norm
+    from pipeline.tflite_file import parse_tflite
+
+    model = build_cnn((8, 8, 1))
+    _randomize_bns(model)
+    folded = fold_sequential(keras, model)
+    assert not any(is_batch_norm(layer) for layer in folded.layers)
+    x = np.random.default_rng(1).random((64, 8, 8, 1), dtype=np.float32)
+    assert _rel_diff(model(x, training=False), folded(x)) <= FOLD_RTOL
+    qat = tfmot.quantization.keras.quantize_model(folded)
+    for i in range(0, len(x), 16):  # learn the fake-quant ranges (forward passes only)
+        qat(x[i : i + 16], training=True)
+    conv = tf.lite.TFLiteConverter.from_keras_model(qat)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([row[None]] for row in x[:16])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    info = parse_tflite(conv.convert(), "cnn_int8")
+    assert info.op_counts() == {
+        "CONV_2D": 6,
+        "DEPTHWISE_CONV_2D": 5,
+        "MEAN": 1,
+        "FULLY_CONNECTED": 1,
+        "SOFTMAX": 1,
+    }
+    assert set(info.op_counts()) <= CNN_INT8_OPS
+    dtypes = {
+        info.tensors[t].dtype for op in info.operators for t in op.inputs + op.outputs if t >= 0
+    }
+    assert dtypes == {"int8", "int32"}
+    assert info.input_tensor().dtype == info.output_tensor().dtype == "int8"
+
+
+@pytest.mark.slow
+def test_build_cnn_learns_digits_and_the_trained_model_folds(keras, digits):
+    """A short training on digits (8×8×1) classifies well above chance in inference mode, and
+    the trained BNs (real moving statistics) fold within FOLD_RTOL."""
+    from helpers import fold_sequential
+
+    from pipeline.config import FOLD_RTOL
+    from pipeline.model import CNN_RECIPE, build_cnn, compile_model
+    from pipeline.tfenv import set_determinism
+
+    set_determinism(0)
+    x_train, x_test = (a.reshape(-1, 8, 8, 1) for a in (digits.x_train, digits.x_test))
+    model = compile_model(build_cnn((8, 8, 1)), CNN_RECIPE["learning_rate"])
+    model.fit(x_train, digits.y_train, epochs=SHORT_CNN_EPOCHS, batch_size=32, verbose=0)
+    probs = model.predict(x_test, verbose=0)
+    assert np.mean(np.argmax(probs, 1) == digits.y_test) >= SHORT_CNN_MIN_ACCURACY
+    assert _rel_diff(probs, fold_sequential(keras, model).predict(x_test, verbose=0)) <= FOLD_RTOL
+
+
 def test_custom_bn_save_load_round_trip(keras, tmp_path):
     from pipeline.model import custom_bn_class, load_model, save_model
 
@@ -291,7 +465,7 @@ def test_custom_bn_save_load_round_trip(keras, tmp_path):
         assert b.get_config() == a.get_config()
         assert (b.gamma is None, b.beta is None) == (a.gamma is None, a.beta is None)
     assert len(loaded.get_weights()) == len(model.get_weights())
-    for a, b in zip(model.get_weights(), loaded.get_weights()):
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     x = rng.normal(size=(8, 6)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(loaded(x)))
