@@ -34,7 +34,7 @@ import numpy as np
 from . import artifacts, files
 from .config import FoldConfig
 from .errors import ModelError
-from .foldmath import bn_affine, fold_before, fold_params
+from .foldmath import bn_affine, fold_after_layer, fold_before_layer, fold_params
 from .foldplan import Plan, SkippedBN, plan_fold
 from .graph import LayerGraph, node_refs
 
@@ -99,43 +99,40 @@ def fold_model(model, strict: bool = False):
             layer.set_weights(model.get_layer(layer.name).get_weights())
     # Folds into one layer compose: the BN before it first (its inputs), then the BN after it.
     ordered = sorted(plans, key=lambda p: p.direction != "before")
-    weights = {name: _kernel_bias(model.get_layer(name)) for name in absorbers}
+    weights = {
+        n: [w.astype(np.float64) for w in model.get_layer(n).get_weights()] for n in absorbers
+    }
     pairs = []
     for plan in ordered:
-        weights[plan.layer], pair = _fold_one(model, plan, *weights[plan.layer])
+        weights[plan.layer], pair = _fold_one(model, plan, weights[plan.layer])
         pairs.append(pair)
-    for name, (kernel, bias) in weights.items():
-        dtype = model.get_layer(name).kernel.dtype.as_numpy_dtype
-        folded.get_layer(name).set_weights([kernel.astype(dtype), bias.astype(dtype)])
+    for name, values in weights.items():
+        dtype = model.get_layer(name).get_weights()[0].dtype
+        folded.get_layer(name).set_weights([w.astype(dtype) for w in values])
     order = [p.bn for p in plans]
     pairs.sort(key=lambda p: order.index(p.bn))
     return folded, pairs, skipped
 
 
-def _kernel_bias(layer) -> tuple[np.ndarray, np.ndarray | None]:
-    kernel = layer.kernel.numpy().astype(np.float64)
-    bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else None
-    return kernel, bias
-
-
-def _fold_one(model, plan: Plan, kernel, bias):
-    """((kernel, bias) with `plan`'s BN folded in, float64; the FoldedPair describing it)."""
+def _fold_one(model, plan: Plan, weights: list[np.ndarray]):
+    """(the layer's weight list, bias included, with `plan`'s BN folded in, float64; the
+    FoldedPair describing it)."""
     bn, layer = model.get_layer(plan.bn), model.get_layer(plan.layer)
+    cls = type(layer).__name__
     gamma = bn.gamma.numpy() if bn.scale else None
     beta = bn.beta.numpy() if bn.center else None
     mean, variance = bn.moving_mean.numpy(), bn.moving_variance.numpy()
     channels = int(mean.shape[-1])
-    if plan.direction == "after":
-        w, b = fold_params(kernel, bias, gamma, beta, mean, variance, bn.epsilon)
+    if plan.direction == "after" and cls == "Dense":
+        # (b − μ)·s + β, bit for bit what fold_params gives (tests/test_fold.py checks it)
+        bias = weights[1] if len(weights) > 1 else None
+        new = list(fold_params(weights[0], bias, gamma, beta, mean, variance, bn.epsilon))
     else:
         s, t = bn_affine(gamma, beta, mean, variance, bn.epsilon, channels)
-        rows = kernel.shape[0]
-        if rows % channels:
-            raise ModelError(
-                f"{plan.bn} has {channels} channels but {plan.layer} reads {rows} inputs"
-            )
-        # Through Flatten, input i of the Dense is channel i mod C of the BN (channels last).
-        w, b = fold_before(kernel, bias, np.tile(s, rows // channels), np.tile(t, rows // channels))
+        if plan.direction == "after":
+            new = fold_after_layer(cls, weights, s, t)
+        else:
+            new = fold_before_layer(cls, weights, *_tiled(plan, s, t, weights[0], cls))
     pair = FoldedPair(
         plan.layer,
         plan.bn,
@@ -146,10 +143,22 @@ def _fold_one(model, plan: Plan, kernel, bias):
         bool(layer.use_bias),
         channels,
         plan.direction,
-        type(layer).__name__,
+        cls,
         list(plan.via),
     )
-    return (w, b), pair
+    return new, pair
+
+
+def _tiled(plan: Plan, s, t, kernel: np.ndarray, cls: str):
+    """s, t over the absorbing layer's inputs: through Flatten into a Dense (kernel (in, out)),
+    input i is channel i mod C of the BN (channels last), so they repeat; a convolution's inputs
+    are the channels themselves."""
+    channels, inputs = len(s), kernel.shape[0]
+    if cls != "Dense" or inputs == channels:
+        return s, t
+    if inputs % channels:
+        raise ModelError(f"{plan.bn} has {channels} channels but {plan.layer} reads {inputs}")
+    return np.tile(s, inputs // channels), np.tile(t, inputs // channels)
 
 
 def _without_bns(model, plans: list[Plan]):
@@ -332,8 +341,10 @@ def _equalized(original, folded, x, config: FoldConfig):
     if not pairs:
         return folded, [], check_fold(original, folded, [], x, config.rtol)
     names = {n for a, b, _ in pairs for n in (a, b)}
-    weights = {n: _kernel_bias(folded.get_layer(n)) for n in names}
-    weights = {n: [k, np.zeros(k.shape[-1]) if b is None else b] for n, (k, b) in weights.items()}
+    weights = {}
+    for n in names:  # Dense [kernel (in, out), bias (out,)], a zero bias where it has none
+        ws = [w.astype(np.float64) for w in folded.get_layer(n).get_weights()]
+        weights[n] = [ws[0], ws[1] if len(ws) > 1 else np.zeros(ws[0].shape[-1])]
     records = equalize(weights, pairs)
     k = keras()
     result = k.models.clone_model(folded)

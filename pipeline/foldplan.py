@@ -1,27 +1,39 @@
 """Where each BatchNormalization of a model can be folded, exactly, and why the others cannot.
 
-    after   into the layer feeding it (Dense → BN): exact when that layer has no activation of
-            its own and the BN alone reads its output;
-    before  into the Dense that reads it (BN → Dense, BN as the first layer, Dense(relu) → BN →
-            Dense): exact when the BN's output reaches only that Dense, directly or through
-            Dropout (the identity at inference) or Flatten (input i is then channel i mod C).
-"after" is tried first. The BN must normalize the last axis and be called once. Fold builds the
-folded model from this plan; export refuses a model that still holds a BN the plan could fold,
-and names the operators the others became. Reads the model's config only; changes nothing.
+    after   into the layer feeding it (Dense or convolution → BN): exact when that layer has no
+            activation of its own and the BN alone reads its output;
+    before  into the Dense or convolution that reads it (BN as the first layer, Dense(relu) →
+            BN → Dense, ReLU → BN → Conv): exact when the BN's output reaches only that layer,
+            directly or through PASS_THROUGH layers, and (a convolution) no zero is padded
+            where the BN's shift would have been (foldmath.before_fold_blocker).
+"after" is tried first. The BN must normalize the last (channels) axis and be called once.
+Fold builds the folded model from this plan; export refuses a model that still holds a BN the
+plan could fold, and names the operators the others became. Reads the model's config (and
+its layers' shapes) only; changes nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .foldmath import FOLDABLE_CLASSES, before_fold_blocker
 from .graph import LayerGraph
 
 BN_CLASSES = ("BatchNormalization", "CustomBatchNorm", "bnpipe>CustomBatchNorm")
-# Layers a BN can be folded into, by direction.
-ABSORB_AFTER = ("Dense",)
-ABSORB_BEFORE = ("Dense",)
-# Layers a BN's output may pass through on its way to the Dense it folds into.
-PASS_THROUGH = ("Dropout", "Flatten")
+# Layers a BN can be folded into, in either direction (foldmath: Dense, Conv1D/2D/3D,
+# DepthwiseConv1D/2D with any multiplier, SeparableConv1D/2D).
+ABSORB_AFTER = ABSORB_BEFORE = FOLDABLE_CLASSES
+# Layers a BN's output may pass through on its way forward: the identity at inference
+# (Dropout), a reshape (Flatten, into a Dense: input i is then channel i mod C) and averages
+# over positions, which commute with a per-channel affine map (s·x + t averaged is s·x̄ + t).
+PASS_THROUGH = (
+    "Dropout",
+    "Flatten",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+)
 
 
 @dataclass
@@ -59,7 +71,7 @@ def plan_fold(model) -> tuple[list[Plan], list[SkippedBN]]:
         if reason is None:
             plan, why_after = _plan_after(graph, node, taken)
             if plan is None:
-                plan, why_before = _plan_before(graph, node, taken)
+                plan, why_before = _plan_before(graph, node, taken, objects)
                 reason = None if plan else f"{why_after}, and {why_before}"
         if plan is None:
             skipped.append(SkippedBN(node.name, reason))
@@ -92,27 +104,25 @@ def _plan_after(graph: LayerGraph, bn, taken) -> tuple[Plan | None, str]:
     if prev is None:
         return None, "is not fed by one layer"
     if prev.cls not in ABSORB_AFTER:
-        return None, f"follows {prev.cls} {prev.name!r}, not a Dense"
+        return None, f"follows {prev.cls} {prev.name!r}, not a Dense or a convolution"
     if prev.activation != "linear":
-        return (
-            None,
-            f"follows Dense {prev.name!r} which has its own activation {prev.activation!r}",
+        return None, f"follows {prev.cls} {prev.name!r} which has its own activation " + repr(
+            prev.activation
         )
     if prev.calls != 1:
-        return None, f"follows Dense {prev.name!r} which is shared by several inputs"
+        return None, f"follows {prev.cls} {prev.name!r} which is shared by several inputs"
     if prev.consumers != [bn.name] or prev.is_output:
-        others = ", ".join(
-            [c for c in prev.consumers if c != bn.name]
-            + (["the model output"] if prev.is_output else [])
-        )
-        return None, f"follows Dense {prev.name!r} whose output also feeds {others}"
+        others = [c for c in prev.consumers if c != bn.name]
+        others += ["the model output"] if prev.is_output else []
+        return None, f"follows {prev.cls} {prev.name!r} whose output also feeds {', '.join(others)}"
     if (prev.name, "after") in taken:
-        return None, f"Dense {prev.name!r} already takes another BN"
+        return None, f"{prev.cls} {prev.name!r} already takes another BN"
     return Plan(bn.name, prev.name, "after"), ""
 
 
-def _plan_before(graph: LayerGraph, bn, taken) -> tuple[Plan | None, str]:
-    """BN folded forward into the Dense that reads it (through Dropout/Flatten), or (None, why)."""
+def _plan_before(graph: LayerGraph, bn, taken, objects) -> tuple[Plan | None, str]:
+    """BN folded forward into the Dense or convolution that reads it (through PASS_THROUGH
+    layers), or (None, why not)."""
     via, current = [], bn
     while True:
         nxt = graph.sole_consumer(current.name)
@@ -125,9 +135,15 @@ def _plan_before(graph: LayerGraph, bn, taken) -> tuple[Plan | None, str]:
             current = nxt
             continue
         if nxt.cls not in ABSORB_BEFORE:
-            return None, f"feeds {nxt.cls} {nxt.name!r}, not a Dense"
+            return None, f"feeds {nxt.cls} {nxt.name!r}, not a Dense or a convolution"
+        spatial = tuple(objects[nxt.name].input_shape[1:-1])
+        why = before_fold_blocker(nxt.cls, nxt.config, spatial if None not in spatial else None)
+        if why is not None:
+            return None, why.replace(f"a {nxt.cls}", f"{nxt.cls} {nxt.name!r}", 1)
+        if "Flatten" in [graph.nodes[v].cls for v in via] and nxt.cls != "Dense":
+            return None, f"feeds {nxt.cls} {nxt.name!r} through Flatten"
         if (nxt.name, "before") in taken:
-            return None, f"Dense {nxt.name!r} already takes another BN"
+            return None, f"{nxt.cls} {nxt.name!r} already takes another BN"
         return Plan(bn.name, nxt.name, "before", tuple(via)), ""
 
 

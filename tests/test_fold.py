@@ -401,12 +401,13 @@ AXIS_REASON = "normalizes axis [1], not the last (channels) axis"
 REFUSED = [
     (
         _dense_feeds_bn_and_add,
-        "follows Dense 'd' whose output also feeds add, and feeds Add 'add', not a Dense",
+        "follows Dense 'd' whose output also feeds add, and feeds Add 'add', not a Dense or a "
+        "convolution",
     ),
     (
         _dense_feeds_bn_and_concat,
-        "follows Dense 'd' whose output also feeds concat, and feeds Concatenate 'concat', "
-        "not a Dense",
+        "follows Dense 'd' whose output also feeds concat, and feeds Concatenate 'concat', not a "
+        "Dense or a convolution",
     ),
     (
         _dense_is_also_output,
@@ -414,7 +415,8 @@ REFUSED = [
     ),
     (
         _shared_dense,
-        "follows Dense 'd' which is shared by several inputs, and feeds Add 'add', not a Dense",
+        "follows Dense 'd' which is shared by several inputs, and feeds Add 'add', not a Dense "
+        "or a convolution",
     ),
     (_shared_bn, "is applied to more than one input (shared layer)"),
     (_reshape_then_bn_axis1, AXIS_REASON),
@@ -741,7 +743,10 @@ def test_run_fold_warns_and_strict_refuses_and_writes_nothing(keras, tmp_path):
     src = save_model(
         _randomize(_dense_feeds_bn_and_add(keras, "keras")), tmp_path / "src" / "m.keras"
     )
-    reason = "follows Dense 'd' whose output also feeds add, and feeds Add 'add', not a Dense"
+    reason = (
+        "follows Dense 'd' whose output also feeds add, and feeds Add 'add', not a Dense or a "
+        "convolution"
+    )
 
     strict_out = tmp_path / "strict"
     with pytest.raises(ModelError, match=f"cannot fold exactly: bn {reason}"):
