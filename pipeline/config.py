@@ -58,14 +58,29 @@ TRAIN_STRATEGIES = ("none", "mirrored", "multi-worker")  # see pipeline/distribu
 ARCHITECTURES = ("mlp",)
 
 
+# Each architecture's recipe: what `train` uses for an option not given.
+#   mlp  the seed article's: Dense(64) → BN → ReLU twice, Adam at 1e-3, batch 32, 10 epochs
+#        (digits reaches ≥ 95 % test accuracy)
+#   cnn  model.build_cnn, Adam at 2e-3, batch 128, 15 epochs: on 8,000 28×28 augmented-digits
+#        images test accuracy after the 15th epoch was 99.1 %, 97.7 % and 98.5 % for seeds 0, 1,
+#        2 (batch 64 for 12 epochs: 98.8, 98.6, 97.3; at 1e-3 it levels off near 97.5); the
+#        constant rate moves test accuracy by ±0.5 % from one epoch to the next. Digits: ≈ 95 %.
+RECIPES = {
+    "mlp": {"hidden": (64, 64), "epochs": 10, "batch_size": 32, "learning_rate": 1e-3},
+    "cnn": {"hidden": (), "epochs": 15, "batch_size": 128, "learning_rate": 2e-3},
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = "digits"  # bundled with scikit-learn: works offline, trains in seconds
     test_data: str | None = None  # a separate test file, for formats that carry no split
-    hidden: tuple[int, ...] = (64, 64)  # the article's two Dense(64) blocks
-    epochs: int = 10  # the article's recipe; digits reaches ≥ 95 % test accuracy
-    batch_size: int = 32  # the article's recipe (and Keras's default)
-    learning_rate: float = 1e-3  # Adam's default, as in the article
+    arch: str = "mlp"  # "mlp": the seed article's network; "cnn": model.build_cnn for images
+    # None: the architecture's recipe (RECIPES). hidden is the MLP's Dense widths.
+    hidden: tuple[int, ...] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
     bn: str = "keras"  # "keras": tf.keras BatchNormalization; "custom": the article's layer, fixed
     seed: int = 0  # seeds the split, the initial weights and the shuffling
     val_fraction: float = 0.1  # of the training part, for the per-epoch validation curve
@@ -79,15 +94,26 @@ class TrainConfig:
     model: str | None = None
 
     def __post_init__(self):
+        _check(
+            self.arch in RECIPES, "arch", f"must be one of {', '.join(RECIPES)}, got {self.arch!r}"
+        )
+        _check(
+            self.arch == "mlp" or not self.hidden,
+            "hidden",
+            f"sets the MLP's Dense widths; --arch {self.arch} takes none",
+        )
+        for name, value in RECIPES[self.arch].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         _check(isinstance(self.data, str) and self.data != "", "data", "must name a data set")
         _check(
             self.model is None or (isinstance(self.model, str) and self.model != ""),
             "model",
             f"must be the path of a .keras file, got {self.model!r}",
         )
-        hidden = self.hidden if isinstance(self.hidden, (tuple, list)) else ()
+        hidden = self.hidden if isinstance(self.hidden, (tuple, list)) else (0,)
         _check(
-            bool(hidden)
+            (bool(hidden) or self.arch != "mlp")
             and len(hidden) <= MAX_LAYERS
             and all(
                 isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH
@@ -114,6 +140,11 @@ class TrainConfig:
                 flag=False,
             )
         _int_in(self.seed, "seed", 0, MAX_SEED)
+        _check(
+            self.strategy == "none" or self.arch == "mlp",
+            "strategy",
+            f"{self.strategy} trains the MLP only; --arch {self.arch} takes --strategy none",
+        )
         _check(
             self.strategy in TRAIN_STRATEGIES,
             "strategy",
@@ -411,8 +442,17 @@ def _section(where: str, table: str, default: Any, section: dict[str, Any]) -> A
         if problem:
             raise ConfigError(key, problem).in_file(where, table) from None
         values[key] = tuple(value) if isinstance(value, list) else value
+    # The stage's own defaults (RunConfig's, where they differ from the class's), then the
+    # file's values, given to the class: options a file leaves out that depend on another
+    # (train's recipe on its arch) are then resolved from what the file says.
+    base = cls()
+    given = {
+        f.name: getattr(default, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(default, f.name) != getattr(base, f.name)
+    }
     try:
-        return dataclasses.replace(default, **values)
+        return cls(**{**given, **values})
     except ConfigError as exc:
         raise exc.in_file(where, table) from None
 

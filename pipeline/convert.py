@@ -23,6 +23,7 @@ import numpy as np
 from . import artifacts
 from .config import MIXED, ExportConfig
 from .errors import ModelError
+from .model import predict
 
 
 def _representative(x: np.ndarray, n: int, seed: int):
@@ -176,6 +177,22 @@ def settle_ranges(qat, x: np.ndarray, config: ExportConfig) -> None:
         v.assign((v.numpy() - EMA_DECAY * old) / (1.0 - EMA_DECAY))
 
 
+def _check_qat_layers(model) -> None:
+    from .model import is_batch_norm
+    from .opset import QAT_LAYERS
+
+    bad = [
+        f"{layer.name!r} ({type(layer).__name__})"
+        for layer in model.layers
+        if type(layer).__name__ not in QAT_LAYERS and not is_batch_norm(layer)
+    ]
+    if bad:
+        raise ModelError(
+            f"quantization-aware training (tfmot) cannot quantize layer(s) {', '.join(bad)}; "
+            "the post-training modes can (--mode ptq-int8, or auto)"
+        )
+
+
 def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
     """quantize_model(folded), fine-tuned for config.qat_epochs. Returns (qat_model, history)."""
     import tensorflow_model_optimization as tfmot
@@ -184,6 +201,7 @@ def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
 
     k = keras()
     set_determinism(config.seed)
+    _check_qat_layers(folded)
     try:
         qat = _quantized(folded, tfmot)
     except Exception as exc:
@@ -192,7 +210,7 @@ def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
     if config.qat_target == "distill":
         # The teacher is the folded float model (= the original within 1e-5); its probabilities
         # (n, classes) are the targets, so QAT learns to reproduce the float model's decisions.
-        y_fit = folded.predict(ds.x_train, batch_size=1024, verbose=0)
+        y_fit = predict(folded, ds.x_train)
         loss = k.losses.KLDivergence()
     else:
         y_fit, loss = ds.y_train, "sparse_categorical_crossentropy"

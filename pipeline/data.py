@@ -611,3 +611,21 @@ def as_model_input(ds: Dataset, input_shape: tuple[int, ...]) -> Dataset:
         x_test=shaped(ds.x_test, input_shape),
         x_test_codes=None if codes is None else shaped(codes, input_shape),
     )
+
+
+def image_shape(ds: Dataset) -> tuple[int, int, int]:
+    """The (H, W, C) a convolutional model takes the data's samples as: (H, W) images get one
+    channel, (H, W, C) ones keep theirs, flat samples of a square size (digits' 64) are square
+    images. DataError for anything else."""
+    shape = tuple(ds.sample_shape) or (ds.preprocessing.n_features,)
+    if len(shape) == 3:
+        return shape
+    if len(shape) == 2:
+        return (*shape, 1)
+    side = math.isqrt(shape[0]) if len(shape) == 1 else 0
+    if side > 0 and side * side == shape[0]:
+        return (side, side, 1)
+    raise DataError(
+        f"{ds.name} has samples of shape {shape}, which are not images; --arch cnn takes "
+        "(H, W) or (H, W, C) images, or flat ones of a square size"
+    )

@@ -25,7 +25,8 @@ from .config import AUTO, AUTO_ORDER, MIXED, ExportConfig
 from .convert import convert, qat_fine_tune
 from .errors import ModelError
 from .files import tflite_name
-from .opset import QAT_LAYERS, graph_check, implied_ops, operators_of
+from .model import classify
+from .opset import EXPORTABLE_LAYERS, graph_check, implied_ops, operators_of
 from .tfenv import native_noise_filtered
 from .tflite_file import TfliteInfo, parse_tflite, quant_params, with_metadata
 
@@ -63,7 +64,7 @@ class ExportResult:
 def check_keras_model(model) -> list:
     """Before conversion: the BNs fold would still remove are refused (export takes the folded
     model); those fold has to keep are returned (SkippedBN: name and reason), and only layers
-    quantization-aware training and the converter support may be in the model."""
+    the converter exports may be in the model."""
     from .foldplan import plan_fold
 
     plans, kept = plan_fold(model)
@@ -75,12 +76,12 @@ def check_keras_model(model) -> list:
     bad = [
         f"{layer.name!r} ({type(layer).__name__})"
         for layer in model.layers
-        if type(layer).__name__ not in QAT_LAYERS and not _is_custom_bn(layer)
+        if type(layer).__name__ not in EXPORTABLE_LAYERS and not _is_custom_bn(layer)
     ]
     if bad:
         raise ModelError(
             f"layer(s) {', '.join(bad)} cannot be exported; supported: "
-            + ", ".join(sorted(QAT_LAYERS))
+            + ", ".join(sorted(EXPORTABLE_LAYERS))
         )
     return kept
 
@@ -92,7 +93,7 @@ def _is_custom_bn(layer) -> bool:
 
 
 def _keras_accuracy(model, x, y) -> tuple[float, np.ndarray]:
-    pred = np.argmax(model.predict(x, batch_size=1024, verbose=0), axis=1)
+    pred = classify(model, x)
     return float(np.mean(pred == y)), pred
 
 
@@ -207,10 +208,15 @@ def choose(job: _Job, model_path: Path, say) -> tuple[list[tuple[ModeResult, byt
         if mode == MIXED and "ptq-int8" not in tried:
             continue
         say(f"auto: {mode}")
-        if mode == MIXED:
-            tried[mode], keep = _mixed(job, val, tried["ptq-int8"][1], tried)
-        else:
-            tried[mode], keep = _export_mode(mode, job), []
+        try:
+            if mode == MIXED:
+                tried[mode], keep = _mixed(job, val, tried["ptq-int8"][1], tried)
+            else:
+                tried[mode], keep = _export_mode(mode, job), []
+        except ModelError as exc:  # e.g. QAT cannot wrap a Conv1D: the next mode may do
+            trials.append(Trial(mode, False, 0.0, 0.0, 0.0, f"cannot be made: {exc}"))
+            say(f"auto: {mode}: {trials[-1].reason}")
+            continue
         trials.append(_score(mode, tried[mode][1], val, job.config, keep))
         say(f"auto: {mode}: {trials[-1].reason}")
         if trials[-1].passed:
@@ -248,9 +254,7 @@ def _validation(job: _Job, model_path: Path):
     original = model_path.parent / files.MODEL
     model = load_reference(original) if original.is_file() else job.folded
     flat = x.reshape(len(x), -1)
-    pred = np.argmax(
-        model.predict(shaped(flat, model_input_shape(model)), verbose=0, batch_size=1024), axis=1
-    )
+    pred = classify(model, shaped(flat, model_input_shape(model)))
     return x, y, pred, float(np.mean(pred == y))
 
 

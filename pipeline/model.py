@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .config import RECIPES
 from .errors import ModelError
 from .tfenv import keras
 
@@ -69,12 +70,8 @@ CNN_BN_MOMENTUM = 0.9
 # Inputs at least this tall and wide get a stride-2 stem (28×28 → 14×14); smaller ones
 # (digits' 8×8) keep their resolution, which is all they have.
 CNN_STEM_STRIDE_FROM = 16
-# The recipe `train --arch cnn` uses by default (scripts/measure_cnn.py measures it): Adam at
-# 2e-3, batch 128, 15 epochs. On 8,000 28×28 augmented-digits images, test accuracy after the 15th
-# epoch was 99.1 %, 97.7 % and 98.5 % for seeds 0, 1, 2 (batch 64 for 12 epochs: 98.8, 98.6,
-# 97.3; at 1e-3 it levels off near 97.5). The constant rate keeps test accuracy moving by ±0.5 %
-# from one epoch to the next, which is why the margin matters. Digits (8×8): ≈ 95 %.
-CNN_RECIPE = {"epochs": 15, "batch_size": 128, "learning_rate": 2e-3}
+# The recipe `train --arch cnn` uses by default: config.RECIPES["cnn"] (measured there).
+CNN_RECIPE = {k: v for k, v in RECIPES["cnn"].items() if k != "hidden"}
 
 
 def build_cnn(
@@ -238,6 +235,26 @@ def input_shape(model) -> tuple[int, ...]:
             + ", ".join(str(tuple(t.shape)) for t in model.inputs)
         )
     return tuple(int(d) for d in model.inputs[0].shape[1:])
+
+
+def predict(model, x, batch_size: int = 1024):
+    """The model's outputs for `x` (NumPy, float32), `batch_size` rows per call in inference
+    mode. Plain calls instead of `model.predict`: no tf.data pipeline is built for data that is
+    already in memory (and none of the native notice each pipeline prints)."""
+    import numpy as np
+
+    if len(x) == 0:
+        return np.zeros((0, *model.outputs[0].shape[1:]), np.float32)
+    parts = [
+        np.asarray(model(x[i : i + batch_size], training=False), np.float32)
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+def classify(model, x, batch_size: int = 1024):
+    """The class each row of `x` is given (the argmax of the model's outputs)."""
+    return predict(model, x, batch_size).argmax(axis=1)
 
 
 def _is_hdf5(path: Path) -> bool:

@@ -14,6 +14,7 @@ from .tflite_file import TfliteInfo
 INTEGER_ONLY_MODES = ("int8", "ptq-int8", "ptq-int16x8")
 # What the converter makes of each layer (activations fused into the layer before them where it
 # can, so a ReLU may also leave no operator at all). Layers absent here are not exported.
+_SPATIAL_1D = {"RESHAPE", "EXPAND_DIMS", "SQUEEZE"}  # a 1-D layer runs as its 2-D kernel
 LAYER_OPS = {
     "InputLayer": set(),
     "Dropout": set(),  # the identity at inference: removed
@@ -27,6 +28,20 @@ LAYER_OPS = {
     # A BN fold could not remove: x·s + t with constants.
     "BatchNormalization": {"MUL", "ADD"},
     "CustomBatchNorm": {"MUL", "ADD"},
+    "Conv1D": {"CONV_2D"} | _SPATIAL_1D,
+    "Conv2D": {"CONV_2D"},
+    "DepthwiseConv2D": {"DEPTHWISE_CONV_2D"},
+    "SeparableConv2D": {"DEPTHWISE_CONV_2D", "CONV_2D"},
+    "MaxPooling1D": {"MAX_POOL_2D"} | _SPATIAL_1D,
+    "MaxPooling2D": {"MAX_POOL_2D"},
+    "AveragePooling1D": {"AVERAGE_POOL_2D"} | _SPATIAL_1D,
+    "AveragePooling2D": {"AVERAGE_POOL_2D"},
+    "GlobalAveragePooling1D": {"MEAN"},
+    "GlobalAveragePooling2D": {"MEAN", "AVERAGE_POOL_2D"},
+    "GlobalMaxPooling2D": {"REDUCE_MAX", "MAX_POOL_2D"},
+    "ZeroPadding2D": {"PAD"},
+    "Add": {"ADD"},
+    "Concatenate": {"CONCATENATION"},
 }
 ACTIVATION_OPS = {
     "linear": set(),
@@ -37,20 +52,13 @@ ACTIVATION_OPS = {
     "elu": {"ELU"},
     "relu6": {"RELU6"},
 }
+# Layers the converter exports (everything model loading accepts): a model holding anything
+# else is refused before any conversion.
+EXPORTABLE_LAYERS = set(LAYER_OPS)
 # Layers tfmot's default 8-bit scheme quantizes (or passes through) in quantization-aware
-# training; a model holding anything else is refused before QAT starts.
-QAT_LAYERS = {
-    "InputLayer",
-    "Dense",
-    "ReLU",
-    "LeakyReLU",
-    "Activation",
-    "Softmax",
-    "Flatten",
-    "Dropout",
-    "Reshape",
-    "BatchNormalization",
-}
+# training (it turns SeparableConv2D into depthwise + pointwise itself); with anything else
+# QAT int8 is refused and the post-training modes remain.
+QAT_LAYERS = EXPORTABLE_LAYERS - {"Conv1D"}
 
 
 def implied_ops(model) -> set[str]:

@@ -67,12 +67,13 @@ class Stage:
         return files.stage_reads(self.name, out)
 
     def outputs(self, config: Any, out: Path) -> list[str]:
-        """The files the stage wrote (called once they are in place): export's are the ones its
-        record names (with --mode auto only the run knows which)."""
+        """The files the stage wrote (called before its transaction commits): export's are the
+        ones its record names (with --mode auto only the run knows which), read from where the
+        record is pending."""
         if self.name == "export":
-            from .artifacts import read_json
+            from .artifacts import current, read_json
 
-            record = read_json(out / files.EXPORT_RECORD)
+            record = read_json(current(out / files.EXPORT_RECORD))
             return [*record.get("written", []), files.EXPORT_RECORD]
         return files.stage_outputs(self.name, getattr(config, "modes", ()))
 

@@ -17,10 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import artifacts, checkpoints, files
 from .config import TrainConfig
 from .data import epoch_order, load_dataset
 from .errors import BnpipeError
+from .model import classify
 
 
 @dataclass
@@ -66,23 +69,19 @@ def train(
     )
     t_data = time.perf_counter() - t0
 
-    from .model import build_mlp, compile_model
     from .tfenv import set_determinism
 
-    set_determinism(config.seed)
-    n_features, classes = ds.preprocessing.n_features, ds.num_classes
-    model = compile_model(
-        build_mlp(n_features, classes, config.hidden, config.bn), config.learning_rate
-    )
-    ckpt_root = Path(artifacts_dir) / files.RESUME_DIR
     summary = ds.summary()  # hashes the arrays (tens of MB for MNIST): once per stage
     fingerprint = summary["fingerprint"]
+    set_determinism(config.seed)
+    model, ds = _new_model(config, ds)
+    ckpt_root = Path(artifacts_dir) / files.RESUME_DIR
     start, hist = checkpoints.resume_point(model, ckpt_root, config, fingerprint, resume, say)
     artifacts.on_failure(lambda exc: _drop_unless_interrupted(exc, ckpt_root))
     t1 = time.perf_counter()
     _fit_epochs(model, ds, config, start, hist, quiet, ckpt_root, fingerprint)
     t_fit = time.perf_counter() - t1
-    _, test_acc = model.evaluate(ds.x_test, ds.y_test, batch_size=1024, verbose=0)
+    test_acc = float(np.mean(classify(model, ds.x_test) == ds.y_test))
     artifacts.on_success(lambda: checkpoints.remove(ckpt_root))
     return _write_outputs(
         artifacts_dir,
@@ -102,6 +101,21 @@ def _drop_unless_interrupted(exc: BaseException, ckpt_root: Path) -> None:
     that fails leaves the artifacts dir as it found it)."""
     if not isinstance(exc, KeyboardInterrupt):
         checkpoints.remove(ckpt_root)
+
+
+def _new_model(config: TrainConfig, ds):
+    """(the compiled model of config.arch, the data laid out as it takes them): the MLP takes
+    flat features, the CNN images (H, W, C) (data.image_shape)."""
+    from .data import as_model_input, image_shape
+    from .model import build_cnn, build_mlp, compile_model
+
+    if config.arch == "cnn":
+        shape = image_shape(ds)
+        model = build_cnn(shape, ds.num_classes, bn=config.bn)
+        ds = as_model_input(ds, shape)
+    else:
+        model = build_mlp(ds.preprocessing.n_features, ds.num_classes, config.hidden, config.bn)
+    return compile_model(model, config.learning_rate), ds
 
 
 def _fit_epochs(model, ds, config, start, hist, quiet, ckpt_root, fingerprint) -> None:
@@ -146,7 +160,6 @@ def _epoch_batches(x, y, config: TrainConfig, first: int):
     features) and y (n,) are copied once, into variables: a constant captured by the map
     function would be copied again into the iterator (~1× x).
     """
-    import numpy as np
 
     from .tfenv import tf
 
@@ -169,7 +182,6 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     the user's file and the reference are one), scored on the test split in the Keras that saved
     it. Refused before anything is written if bnpipe cannot take it (a layer it cannot export, a
     Keras 3 translation that does not hold, data that does not fit its input)."""
-    import numpy as np
 
     from .data import check_fits, model_input_shape, shaped
     from .model import load_model, load_reference, saved_with
@@ -187,10 +199,8 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
         test_fraction=config.test_fraction,
     )
     check_fits(ds, model_input_shape(reference), int(reference.outputs[0].shape[-1]))
-    probs = reference.predict(
-        shaped(ds.x_test, model_input_shape(reference)), verbose=0, batch_size=1024
-    )
-    accuracy = float(np.mean(np.argmax(probs, axis=1) == ds.y_test))
+    pred = classify(reference, shaped(ds.x_test, model_input_shape(reference)))
+    accuracy = float(np.mean(pred == ds.y_test))
     say(f"imported {src} (saved by {kind}): test accuracy {accuracy:.4f}")
     out = artifacts.ensure_dir(artifacts_dir)
     data = src.read_bytes()

@@ -21,6 +21,7 @@ import numpy as np
 from . import artifacts, files
 from .config import VerifyConfig
 from .errors import DataError, GateFailed, ModelError
+from .model import classify
 from .quantize import to_input
 from .safeio import regular_file
 from .stats import compare
@@ -248,9 +249,7 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
         codes = None if codes is None else codes[: config.max_samples]
     say(f"reference: {files.MODEL} on TensorFlow (host)")
     with muted_stderr():
-        pred = np.argmax(
-            model.predict(shaped(x, model_input_shape(model)), batch_size=1024, verbose=0), axis=1
-        )
+        pred = classify(model, shaped(x, model_input_shape(model)))
     values = None if codes is None else ds.preprocessing.code_values()
     return Reference(
         x,
@@ -317,7 +316,7 @@ def _folded_row(model, ref: Reference, say) -> Row:
     say(f"{files.FOLDED} on TensorFlow (host)")
     t1 = time.perf_counter()
     x = shaped(ref.x, model_input_shape(model))
-    pred = np.argmax(model.predict(x, batch_size=1024, verbose=0), axis=1)
+    pred = classify(model, x)
     return _row(files.FOLDED, "tensorflow", pred, ref, time.perf_counter() - t1, {})
 
 

@@ -794,3 +794,125 @@ def test_run_fold_on_functional_layouts(keras, tmp_path, layout):
     assert [(p.layer, p.bn) for p in report.pairs] == [("d", "bn")]
     assert report.passed and 0 <= report.output_max_rel_diff <= FOLD_RTOL
     assert report.pairs[0].max_rel_diff <= FOLD_RTOL
+
+
+# --- convolutions: the plan and the fold on whole models ---------------------------------------
+
+
+def _mobilenet_block(k, kind):
+    """Conv2D → BN → ReLU, DepthwiseConv2D (multiplier 2) → BN → ReLU6, pointwise Conv2D → BN,
+    a residual Add of two branches, global pooling, Dense."""
+    x = k.Input((8, 8, 3))
+    h = k.layers.Conv2D(4, 3, padding="same", use_bias=False, name="stem")(x)
+    h = k.layers.ReLU(name="r0")(_bn(k, kind, name="bn_stem")(h))
+    h = k.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(h)
+    h = k.layers.ReLU(max_value=6.0, name="r1")(_bn(k, kind, name="bn_dw")(h))
+    a = _bn(k, kind, name="bn_pw")(k.layers.Conv2D(8, 1, name="pw")(h))
+    b = _bn(k, kind, name="bn_sep")(k.layers.SeparableConv2D(8, 3, padding="same", name="sep")(h))
+    h = k.layers.Add(name="add")([a, b])
+    h = k.layers.GlobalAveragePooling2D(name="gap")(h)
+    return k.Model(x, k.layers.Dense(5, name="out")(h))
+
+
+def _bn_before_valid_conv(k, kind):
+    return k.Sequential(
+        [
+            k.Input((6, 6, 2)),
+            _bn(k, kind, name="bn"),
+            k.layers.Conv2D(3, 3, padding="valid", name="conv"),
+            k.layers.Flatten(name="flat"),
+            k.layers.Dense(2, name="out"),
+        ]
+    )
+
+
+def _bn_before_same_conv(k, kind):
+    return k.Sequential(
+        [
+            k.Input((6, 6, 2)),
+            _bn(k, kind, name="bn"),
+            k.layers.Conv2D(3, 3, padding="same", name="conv"),
+            k.layers.Flatten(name="flat"),
+            k.layers.Dense(2, name="out"),
+        ]
+    )
+
+
+def _conv1d_then_bn(k, kind):
+    return k.Sequential(
+        [
+            k.Input((10, 2)),
+            k.layers.Conv1D(4, 3, strides=2, dilation_rate=1, name="conv"),
+            _bn(k, kind, name="bn"),
+            k.layers.ReLU(),
+            k.layers.GlobalAveragePooling1D(name="gap"),
+            _bn(k, kind, name="bn_pooled"),  # through the average into the Dense
+            k.layers.Dense(2, name="out"),
+        ]
+    )
+
+
+CONV_CASES = [
+    (
+        _mobilenet_block,
+        [
+            ("stem", "bn_stem", "after"),
+            ("dw", "bn_dw", "after"),
+            ("pw", "bn_pw", "after"),
+            ("sep", "bn_sep", "after"),
+        ],
+        [],
+    ),
+    (_bn_before_valid_conv, [("conv", "bn", "before")], []),
+    (
+        _bn_before_same_conv,
+        [],
+        ["feeds Conv2D 'conv' with padding 'same' that pads [2, 2] zeros"],
+    ),
+    (_conv1d_then_bn, [("conv", "bn", "after"), ("out", "bn_pooled", "before")], []),
+]
+
+
+def _randomize_convs(model, seed):
+    """Non-trivial biases on every convolution (so a forgotten bias term shows)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if hasattr(layer, "bias") and layer.bias is not None and "Conv" in type(layer).__name__:
+            layer.bias.assign(rng.normal(size=layer.bias.shape).astype(np.float32))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["keras", "custom"])
+@pytest.mark.parametrize(
+    "build,expected,kept", CONV_CASES, ids=[c[0].__name__[1:] for c in CONV_CASES]
+)
+def test_fold_model_folds_convolutions(keras, kind, build, expected, kept):
+    from pipeline.fold import check_fold, fold_model
+
+    model = _randomize_convs(_randomize(build(keras, kind), seed=11), seed=12)
+    folded, pairs, skipped = fold_model(model)
+    assert [(p.layer, p.bn, p.direction) for p in pairs] == expected
+    reasons = [s.reason.split(", and ")[-1] for s in skipped]
+    assert len(reasons) == len(kept) and all(
+        r.startswith(k) for r, k in zip(reasons, kept, strict=True)
+    ), reasons
+    xs = _inputs_for(model, n=32)
+    _, rel, failures = check_fold(model, folded, pairs, xs, FOLD_RTOL)
+    assert failures == [] and rel <= FOLD_RTOL
+    assert all(p.max_rel_diff <= FOLD_RTOL for p in pairs)
+
+
+def test_a_depthwise_fold_in_the_wrong_channel_order_fails_the_check(keras):
+    """Negative control: with multiplier 2, output channel c·2 + m; folding the BN's scales in
+    the other order (m·C + c) moves the outputs far beyond the tolerance."""
+    from pipeline.fold import check_fold, fold_model
+
+    model = _randomize(_mobilenet_block(keras, "keras"), seed=13)
+    folded, pairs, _ = fold_model(model)
+    layer = folded.get_layer("dw")
+    kernel, bias = layer.get_weights()
+    kh, kw, c, m = kernel.shape
+    swapped = kernel.reshape(kh, kw, c * m)[..., np.arange(c * m).reshape(c, m).T.ravel()]
+    layer.set_weights([swapped.reshape(kh, kw, c, m), bias])
+    _, _, failures = check_fold(model, folded, pairs, _inputs_for(model, n=32), FOLD_RTOL)
+    assert any(f.startswith("dw+bn_dw:") for f in failures)

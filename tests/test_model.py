@@ -602,3 +602,16 @@ def test_load_model_refuses_zip_without_config_or_with_unknown_layer(keras, tmp_
     assert str(info.value).startswith(
         f"{layer}: layer 'x' (EvilLayer, a custom class from module 'evil') cannot be exported"
     )
+
+
+def test_predict_in_batches_matches_keras_predict_and_takes_no_rows(keras, trained, digits):
+    from pipeline.model import classify, load_model, predict
+
+    model = load_model(trained[1].model_path)
+    x = digits.x_test[:300]
+    expected = model.predict(x, batch_size=1024, verbose=0)
+    got = predict(model, x, batch_size=128)  # 3 calls, the last one short
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(classify(model, x, batch_size=7), expected.argmax(axis=1))
+    assert predict(model, x[:0]).shape == (0, expected.shape[1])
