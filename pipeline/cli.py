@@ -96,6 +96,18 @@ def artifacts_option(f):
     )(f)
 
 
+def c_array_option(f):
+    return click.option(
+        "--c-array",
+        type=click.Choice(["c++", "c"]),
+        is_flag=False,
+        flag_value="c++",
+        default=None,
+        help="Also write each integer model as a C++ (or, with `--c-array c`, C) source and "
+        "header for a microcontroller's build, with the TFLM tensor arena it needs.",
+    )(f)
+
+
 def quiet_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="No progress output.")(f)
 
@@ -312,7 +324,8 @@ def fold(model_path, data, strict, artifacts):
     multiple=True,
     default=("int8",),
     show_default=True,
-    help="int8 (QAT) | float32 | ptq-dynamic | ptq-float16 | ptq-int8 | ptq-int16x8 | all. "
+    help="int8 (QAT) | float32 | ptq-dynamic | ptq-float16 | ptq-int8 | ptq-int16x8 | all | "
+    "auto (the first of int8, ptq-int8, ptq-int16x8, mixed-int8, … that keeps the accuracy). "
     "Repeatable.",
 )
 @click.option(
@@ -338,6 +351,7 @@ def fold(model_path, data, strict, artifacts):
 @click.option(
     "--float-io", is_flag=True, help="Keep float32 input and output (QUANTIZE/DEQUANTIZE at edges)."
 )
+@c_array_option
 @click.option("--seed", default=0, show_default=True, type=int)
 @quiet_option
 @artifacts_option
@@ -350,16 +364,18 @@ def export(
     qat_target,
     calibration_samples,
     float_io,
+    c_array,
     seed,
     quiet,
     artifacts,
 ):
     """Convert the folded model to TFLite: int8 by quantization-aware training, and other modes.
 
-    Writes model_<mode>.tflite and export.json; every file passes a graph check (int8: only
-    FULLY_CONNECTED and SOFTMAX on int8 tensors, nothing left of a BatchNormalization).
+    Writes model_<mode>.tflite and export.json; every file passes a graph check (int8: only the
+    integer operators the model's layers imply, on int8 tensors, nothing left of a folded BN).
+    With --c-array, each integer model also as C++ (or C) source and header with its TFLM arena.
 
-    Example: bnpipe export --mode int8 --mode ptq-int8
+    Example: bnpipe export --mode int8 --mode ptq-int8 --c-array
     """
     from .config import ExportConfig
 
@@ -370,6 +386,7 @@ def export(
         qat_target=qat_target,
         calibration_samples=calibration_samples,
         float_io=float_io,
+        c_array=c_array,
         seed=seed,
     )
     request = _request(artifacts, quiet, model=model_path, data=data)
@@ -383,9 +400,12 @@ def export(
             f"{r.mode:<12} {r.size_bytes:>8} {r.keras_accuracy:>9.4f} {r.tflite_accuracy:>10.4f} "
             f"{r.agreement_with_float:>7.2%}  {ops}"
         )
+    c_files = [
+        f for r in result.modes if r.c_array for f in (r.c_array["source"], r.c_array["header"])
+    ]
     click.echo(
-        f"wrote {', '.join(r.file for r in result.modes)} and export.json to {request.out} "
-        f"({result.seconds:.1f} s)"
+        f"wrote {', '.join([r.file for r in result.modes] + c_files)} and export.json to "
+        f"{request.out} ({result.seconds:.1f} s)"
     )
 
 
@@ -618,10 +638,11 @@ class _progress_bar:
     default=None,
     help="A .keras model trained elsewhere (either Keras): imported instead of trained.",
 )
+@c_array_option
 @click.option("--force", is_flag=True, help="Rerun every stage, even those that are up to date.")
 @quiet_option
 @artifacts_option
-def run_cmd(config_path, data, arch, model_path, force, quiet, artifacts):
+def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifacts):
     """Run train → fold → export → verify → bench; skip stages whose inputs and options are
     unchanged.
 
@@ -639,7 +660,10 @@ def run_cmd(config_path, data, arch, model_path, force, quiet, artifacts):
         train["arch"] = arch
     if model_path is not None:
         train["model"] = str(model_path)
-    config = load_run_config(config_path, {"train": train} if train else None)
+    overrides = {"train": train} if train else {}
+    if c_array is not None:
+        overrides["export"] = {"c_array": c_array}
+    config = load_run_config(config_path, overrides or None)
     request = _request(artifacts, quiet)
     result = run_all(
         request.out, config, force=force, say=request.say, quiet=quiet, wait=request.wait

@@ -224,6 +224,10 @@ EXPORT_MODES = ("int8", "float32", "ptq-dynamic", "ptq-float16", "ptq-int8", "pt
 # full-integer mode passes, before giving up on integers.
 AUTO = "auto"
 MIXED = "mixed-int8"
+# The modes whose files hold integer arithmetic a microcontroller runs (C arrays are written for
+# these): full-integer ones, and mixed-int8 (one layer in float).
+INTEGER_MODES = ("int8", "ptq-int8", "ptq-int16x8", MIXED)
+C_LANGUAGES = ("c++", "c")
 AUTO_ORDER = ("int8", "ptq-int8", "ptq-int16x8", MIXED, "ptq-dynamic", "ptq-float16", "float32")
 QAT_TARGETS = ("distill", "labels")
 
@@ -240,6 +244,8 @@ class ExportConfig:
     qat_batch_size: int = 32  # as in training
     calibration_samples: int = 500  # representative data: enough for stable min/max on 64 units
     float_io: bool = False  # True keeps float32 input/output (QUANTIZE/DEQUANTIZE at the edges)
+    # "c++" / "c": beside each integer model, its bytes as a C++ / C source and header (carray.py)
+    c_array: str | None = None
     seed: int = 0  # QAT shuffling and calibration sample choice
     # `--mode auto`'s gates, on the validation split: verify's defaults (the test split stays
     # verify's alone, the honest final judge).
@@ -284,6 +290,11 @@ class ExportConfig:
             isinstance(self.float_io, bool),
             "float_io",
             f"must be true or false, got {self.float_io!r}",
+        )
+        _check(
+            self.c_array is None or self.c_array in C_LANGUAGES,
+            "c_array",
+            f"must be one of {', '.join(C_LANGUAGES)} (or absent), got {self.c_array!r}",
         )
         _int_in(self.seed, "seed", 0, MAX_SEED)
 

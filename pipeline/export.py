@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import artifacts, files
-from .config import AUTO, AUTO_ORDER, MIXED, ExportConfig
+from .config import AUTO, AUTO_ORDER, INTEGER_MODES, MIXED, ExportConfig
 from .convert import convert, qat_fine_tune
 from .errors import ModelError
 from .files import tflite_name
@@ -49,6 +49,8 @@ class ModeResult:
     qat_history: dict[str, list[float]] = field(default_factory=dict)
     # A BN fold had to keep → the operators it became in this file (by the tensors' names).
     kept_batch_norms: dict[str, list[str]] = field(default_factory=dict)
+    # --c-array: the source and header written beside the file, and the TFLM arena they carry.
+    c_array: dict[str, Any] | None = None
 
 
 @dataclass
@@ -303,6 +305,61 @@ def _keep_earlier_modes(out: Path, record: dict) -> None:
             record["outputs"][r["file"]] = r.get("sha256")
 
 
+def _tflm_arena(path: Path, x: np.ndarray, tensor: dict) -> tuple[int | None, str]:
+    """(the tensor arena TFLM needed to run one sample of the file, "") or (None, why not)."""
+    from .errors import BnpipeError
+    from .quantize import to_input
+
+    try:
+        from .runtimes.tflm import TflmRuntime
+
+        result = TflmRuntime().run(str(path), to_input(x[:1], tensor))
+    except (ImportError, BnpipeError) as exc:
+        return None, " ".join(str(exc).split())[:300]
+    used = result.info.get("arena_bytes_used")
+    return (int(used), "") if used else (None, "TFLM did not report the arena it used")
+
+
+def _write_c_arrays(out: Path, results: list[ModeResult], blobs: dict, job: _Job, say) -> list:
+    """Beside each integer model, its C/C++ source and header (carray.py) with the TFLM arena
+    measured on one test sample; the names written. Each result's c_array says what it got."""
+    from .carray import c_array
+
+    written = []
+    for r in results:
+        if r.mode not in INTEGER_MODES:
+            continue
+        say(f"C array of {r.file}")
+        arena, why = _tflm_arena(artifacts.current(out / r.file), job.ds.x_test, r.input)
+        arr = c_array(blobs[r.mode], r.file, arena_bytes=arena, language=job.config.c_array)
+        artifacts.write_text(out / arr.header_name, arr.header)
+        artifacts.write_text(out / arr.source_name, arr.source)
+        r.c_array = {
+            "source": arr.source_name,
+            "header": arr.header_name,
+            "array": arr.name,
+            "bytes": arr.length,
+            "arena_bytes": arena,
+            **({"arena_error": why} if why else {}),
+        }
+        written += [arr.source_name, arr.header_name]
+    return written
+
+
+def _drop_stale_c_arrays(out: Path, results: list[ModeResult]) -> None:
+    """Once the stage commits: remove the C arrays an earlier export wrote for a mode this one
+    rewrote, but not as those (they would hold the old model's bytes)."""
+    from .carray import LANGUAGES
+
+    stale = [
+        out / name
+        for r in results
+        for name in {f"{Path(r.file).stem}{s}" for s in (".h", *LANGUAGES.values())}
+        - {(r.c_array or {}).get("source"), (r.c_array or {}).get("header")}
+    ]
+    artifacts.on_success(lambda: [p.unlink() for p in stale if p.is_file()])
+
+
 def _export_modes(job: _Job, model_path: Path, say):
     """([ModeResult], {mode: bytes}, the auto record or None) for every mode asked for."""
     results, blobs, auto = [], {}, None
@@ -350,6 +407,9 @@ def run_export(
     out = artifacts.ensure_dir(artifacts_dir)
     for mode, blob in blobs.items():
         artifacts.write_bytes(out / tflite_name(mode), blob)
+    say = progress or (lambda m: None)
+    c_files = _write_c_arrays(out, results, blobs, job, say) if config.c_array else []
+    _drop_stale_c_arrays(out, results)
     record = {
         "stage": "export",
         "config": dataclasses.asdict(config),
@@ -361,7 +421,8 @@ def run_export(
         "modes": {r.mode: r for r in results},
         **({"auto": auto} if auto else {}),
         "outputs": {r.file: r.sha256 for r in results},
-        "written": [r.file for r in results],  # by this call (outputs keeps earlier modes too)
+        # by this call (outputs keeps earlier modes too)
+        "written": [r.file for r in results] + c_files,
         "timings": {"total_s": time.perf_counter() - t0},
     }
     _keep_earlier_modes(out, record)

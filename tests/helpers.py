@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,6 @@ def bnpipe_process(*args, timeout=120.0, env=None, preexec_fn=None, cwd=None) ->
     """Run `python -m pipeline.cli ARGS` in a real child process, killed at `timeout` seconds
     (a hang is then a test failure, not a hung test run)."""
     import os
-    import subprocess
     import sys
     import time
 
@@ -302,3 +302,63 @@ def fold_sequential(keras, model):
             weights = fold_after_layer(type(layer).__name__, weights, s, t)
         layer.set_weights([np.asarray(w, np.float32) for w in weights])
     return new
+
+
+# --- C arrays (carray.py) built with the system compilers ---------------------------------------
+
+CC, CXX = "cc", "g++"
+WARNINGS = ["-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+# Prints the array to stdout; exits 3 if it is not 16-byte aligned. With an arena, also sizes
+# a static array with the header's macro (so the macro must be a compile-time constant) and
+# checks it equals the variable.
+MAIN = """
+#include <stdint.h>
+#include <stdio.h>
+#include "{header}"
+{arena_decl}
+int main(void) {{
+  if ((uintptr_t){name} % 16u != 0u) return 3;
+{arena_check}
+  if (fwrite({name}, 1, {name}_len, stdout) != {name}_len) return 4;
+  return 0;
+}}
+"""
+
+
+def _main_source(arr) -> str:
+    arena_decl = arena_check = ""
+    if arr.arena_bytes is not None:
+        macro = f"{arr.name.upper()}_ARENA_BYTES"
+        arena_decl = f"static unsigned char arena[{macro}];"
+        arena_check = (
+            f"  if (sizeof arena != {arr.name}_arena_bytes) return 5;\n"
+            f'  fprintf(stderr, "arena %u\\n", {arr.name}_arena_bytes);'
+        )
+    return MAIN.format(
+        header=arr.header_name, name=arr.name, arena_decl=arena_decl, arena_check=arena_check
+    )
+
+
+def run_checked(cmd, cwd):
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=120)
+    assert proc.returncode == 0, (cmd, proc.stderr.decode(errors="replace"))
+    return proc
+
+
+def build_and_run(arr, tmp: Path, main_lang: str = "c") -> subprocess.CompletedProcess:
+    """Compile the array's source with its language's compiler, a main in `main_lang` that
+    includes the header, link them, run; the process's result (exit code checked by callers)."""
+    (tmp / arr.header_name).write_text(arr.header)
+    (tmp / arr.source_name).write_text(arr.source)
+    main = tmp / ("main.c" if main_lang == "c" else "main.cc")
+    main.write_text(_main_source(arr))
+    std = {"c": ["-std=c11"], "c++": ["-std=c++11"]}
+    data_cc = CC if arr.source_name.endswith(".c") else CXX
+    data_std = std["c" if data_cc == CC else "c++"]
+    run_checked([data_cc, *data_std, *WARNINGS, "-c", arr.source_name, "-o", "data.o"], tmp)
+    main_cc = CC if main_lang == "c" else CXX
+    run_checked([main_cc, *std[main_lang], *WARNINGS, "-c", main.name, "-o", "main.o"], tmp)
+    # Linked by the C driver even for C++ data: the array needs no C++ runtime.
+    run_checked([CC if main_lang == "c" else CXX, "main.o", "data.o", "-o", "prog"], tmp)
+    return subprocess.run([str(tmp / "prog")], capture_output=True, timeout=60)

@@ -4,70 +4,13 @@ arena the header promises, whatever the file is called."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CC, WARNINGS, build_and_run, run_checked
 
 from pipeline.carray import KEYWORDS, c_array, c_identifier, write_c_array
-
-CC, CXX = "cc", "g++"
-WARNINGS = ["-Wall", "-Wextra", "-Werror", "-pedantic"]
-
-# Prints the array to stdout; exits 3 if it is not 16-byte aligned. With an arena, also sizes
-# a static array with the header's macro (so the macro must be a compile-time constant) and
-# checks it equals the variable.
-MAIN = """
-#include <stdint.h>
-#include <stdio.h>
-#include "{header}"
-{arena_decl}
-int main(void) {{
-  if ((uintptr_t){name} % 16u != 0u) return 3;
-{arena_check}
-  if (fwrite({name}, 1, {name}_len, stdout) != {name}_len) return 4;
-  return 0;
-}}
-"""
-
-
-def _main_source(arr) -> str:
-    arena_decl = arena_check = ""
-    if arr.arena_bytes is not None:
-        macro = f"{arr.name.upper()}_ARENA_BYTES"
-        arena_decl = f"static unsigned char arena[{macro}];"
-        arena_check = (
-            f"  if (sizeof arena != {arr.name}_arena_bytes) return 5;\n"
-            f'  fprintf(stderr, "arena %u\\n", {arr.name}_arena_bytes);'
-        )
-    return MAIN.format(
-        header=arr.header_name, name=arr.name, arena_decl=arena_decl, arena_check=arena_check
-    )
-
-
-def _run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=120)
-    assert proc.returncode == 0, (cmd, proc.stderr.decode(errors="replace"))
-    return proc
-
-
-def build_and_run(arr, tmp: Path, main_lang: str = "c") -> subprocess.CompletedProcess:
-    """Compile the array's source with its language's compiler, a main in `main_lang` that
-    includes the header, link them, run; the process's result (exit code checked by callers)."""
-    (tmp / arr.header_name).write_text(arr.header)
-    (tmp / arr.source_name).write_text(arr.source)
-    main = tmp / ("main.c" if main_lang == "c" else "main.cc")
-    main.write_text(_main_source(arr))
-    std = {"c": ["-std=c11"], "c++": ["-std=c++11"]}
-    data_cc = CC if arr.source_name.endswith(".c") else CXX
-    data_std = std["c" if data_cc == CC else "c++"]
-    _run([data_cc, *data_std, *WARNINGS, "-c", arr.source_name, "-o", "data.o"], tmp)
-    main_cc = CC if main_lang == "c" else CXX
-    _run([main_cc, *std[main_lang], *WARNINGS, "-c", main.name, "-o", "main.o"], tmp)
-    # Linked by the C driver even for C++ data: the array needs no C++ runtime.
-    _run([CC if main_lang == "c" else CXX, "main.o", "data.o", "-o", "prog"], tmp)
-    return subprocess.run([str(tmp / "prog")], capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +90,7 @@ def test_header_included_twice_compiles(tmp_path):
     arr = c_array(b"\x01\x02", "m.tflite", arena_bytes=64)
     (tmp_path / arr.header_name).write_text(arr.header)
     (tmp_path / "twice.c").write_text(f'#include "{arr.header_name}"\n' * 2 + "int x;\n")
-    _run([CC, "-std=c11", *WARNINGS, "-c", "twice.c"], tmp_path)
+    run_checked([CC, "-std=c11", *WARNINGS, "-c", "twice.c"], tmp_path)
 
 
 @pytest.mark.parametrize(

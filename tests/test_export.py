@@ -376,3 +376,61 @@ def test_mixed_int8_keeps_the_culprit_in_float(outlier_case, digits):
     ]
     assert all(dtype in ("int8",) for op, dtype in ops[3:])
     assert info.input_tensor().dtype == info.output_tensor().dtype == "int8"
+
+
+# --- --c-array --------------------------------------------------------------------------------
+
+
+def _c_files(out):
+    return sorted(p.name for p in out.iterdir() if p.suffix in (".c", ".cc", ".h"))
+
+
+def test_c_array_beside_each_integer_model_compiles_to_its_bytes_and_arena(exported, tmp_path):
+    """--c-array writes source + header for the integer modes only; they compile and hold the
+    file's bytes and the arena TFLM measured. A later export of the mode in C replaces the C++
+    pair, and one without --c-array removes the pair (it would hold the old model)."""
+    from helpers import build_and_run
+
+    from pipeline.carray import c_array
+    from pipeline.runtimes.tflm import TflmRuntime
+
+    out = tmp_path / "art"
+    shutil.copytree(exported, out)
+    args = ["export", "--qat-epochs", "0", "-q", "--artifacts", str(out)]
+    modes = ["--mode", "int8", "--mode", "ptq-dynamic"]
+    result = CliRunner().invoke(cli, [*args, *modes, "--c-array"])
+    assert result.exit_code == 0, result.output
+    assert _c_files(out) == ["model_int8.cc", "model_int8.h"]
+    rec = json.loads((out / "export.json").read_text())
+    entry = rec["modes"]["int8"]["c_array"]
+    assert rec["modes"]["ptq-dynamic"]["c_array"] is None
+    assert {"model_int8.cc", "model_int8.h"} <= set(rec["written"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(rec["written"]) <= set(manifest["stages"]["export"]["outputs"])
+    data = (out / "model_int8.tflite").read_bytes()
+    x = to_input(np.zeros((1, 64), np.float32), rec["modes"]["int8"]["input"])
+    arena = TflmRuntime().run(str(out / "model_int8.tflite"), x).info["arena_bytes_used"]
+    assert entry == {
+        "source": "model_int8.cc",
+        "header": "model_int8.h",
+        "array": "model_int8_tflite",
+        "bytes": len(data),
+        "arena_bytes": arena,
+    }
+    arr = c_array(data, "model_int8.tflite", arena_bytes=arena)
+    assert (out / "model_int8.cc").read_text() == arr.source
+    build = tmp_path / "build"
+    build.mkdir()
+    proc = build_and_run(arr, build)
+    assert proc.returncode == 0 and proc.stdout == data
+    assert proc.stderr == f"arena {arena}\n".encode()
+
+    result = CliRunner().invoke(
+        cli, [*args, "--mode", "ptq-int8", "--mode", "int8", "--c-array", "c"]
+    )
+    assert result.exit_code == 0, result.output
+    assert _c_files(out) == ["model_int8.c", "model_int8.h", "model_ptq-int8.c", "model_ptq-int8.h"]
+    result = CliRunner().invoke(cli, [*args, "--mode", "int8"])
+    assert result.exit_code == 0, result.output
+    assert _c_files(out) == ["model_ptq-int8.c", "model_ptq-int8.h"]
+    assert json.loads((out / "export.json").read_text())["modes"]["int8"]["c_array"] is None
