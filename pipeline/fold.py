@@ -330,22 +330,24 @@ def run_fold(
 
 
 def _equalized(original, folded, x, config: FoldConfig):
-    """(the folded model with its ReLU-joined Dense pairs equalized, the EqualizedPair records,
+    """(the folded model with its ReLU-joined layer pairs equalized, the EqualizedPair records,
     (abs, rel, failures) of the result against the original). The last layer of each chain of
     pairs must compute what it computed before equalization, and the model what the original
     does."""
-    from .equalize import equalize, find_pairs
+    from .equalize import equalize, find_pairs, output_channels
     from .tfenv import keras
 
     pairs = find_pairs(folded)
     if not pairs:
         return folded, [], check_fold(original, folded, [], x, config.rtol)
     names = {n for a, b, _ in pairs for n in (a, b)}
+    classes = {n: type(folded.get_layer(n)).__name__ for n in names}
     weights = {}
-    for n in names:  # Dense [kernel (in, out), bias (out,)], a zero bias where it has none
+    for n in names:  # [kernel, bias (output channels,)], a zero bias where it has none
         ws = [w.astype(np.float64) for w in folded.get_layer(n).get_weights()]
-        weights[n] = [ws[0], ws[1] if len(ws) > 1 else np.zeros(ws[0].shape[-1])]
-    records = equalize(weights, pairs)
+        bias = ws[1] if len(ws) > 1 else np.zeros(output_channels(ws[0], classes[n]))
+        weights[n] = [ws[0], bias]
+    records = equalize(weights, pairs, classes)
     k = keras()
     result = k.models.clone_model(folded)
     result.set_weights(folded.get_weights())

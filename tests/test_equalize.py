@@ -117,3 +117,96 @@ def test_equalizing_across_relu6_would_change_the_function(keras):
         model.get_layer(n).set_weights([w.astype(np.float32) for w in weights[n]])
     after = np.asarray(model(x))
     assert np.max(np.abs(after - before)) / np.max(np.abs(before)) > 100 * FOLD_RTOL
+
+
+# --- convolutions ------------------------------------------------------------------------------
+
+
+def _conv_net(k, first_act="relu", between="relu", tail="gap"):
+    """Conv2D → ReLU → DepthwiseConv2D (multiplier 2) → `between` → pointwise Conv2D → ReLU →
+    (MaxPooling →) `tail` → Dense: channels last, no groups."""
+    L = k.layers
+    layers = [
+        k.Input((9, 9, 3)),
+        L.Conv2D(4, 3, padding="same", activation=first_act, name="stem"),
+        L.DepthwiseConv2D(3, depth_multiplier=2, name="dw"),
+    ]
+    layers += {
+        "relu": [L.ReLU(name="r1")],
+        "relu6": [L.ReLU(6.0, name="r1")],
+        "pool_relu": [L.MaxPooling2D(name="mp"), L.ReLU(name="r1")],
+    }[between]
+    layers += [L.Conv2D(5, 1, name="pw"), L.ReLU(name="r2"), L.ZeroPadding2D(1, name="pad")]
+    layers += [L.GlobalAveragePooling2D(name="gap")] if tail == "gap" else [L.Flatten(name="flat")]
+    layers += [L.Dense(3, name="out")]
+    return k.Sequential(layers)
+
+
+@pytest.mark.parametrize(
+    "first_act, between, tail, expected",
+    [
+        (
+            "relu",
+            "relu",
+            "gap",
+            [("stem", "dw", []), ("dw", "pw", ["r1"]), ("pw", "out", ["r2", "pad", "gap"])],
+        ),
+        (
+            "linear",
+            "pool_relu",
+            "gap",
+            [("dw", "pw", ["mp", "r1"]), ("pw", "out", ["r2", "pad", "gap"])],
+        ),
+        ("relu", "relu6", "flat", [("stem", "dw", [])]),  # ReLU6 and Flatten stop a pair
+    ],
+)
+def test_find_pairs_in_convolutions(keras, first_act, between, tail, expected):
+    assert find_pairs(_conv_net(keras, first_act, between, tail)) == expected
+
+
+def test_a_grouped_convolution_is_not_paired(keras):
+    k = keras
+    model = k.Sequential(
+        [
+            k.Input((6, 6, 4)),
+            k.layers.Conv2D(4, 1, activation="relu", name="a"),
+            k.layers.Conv2D(4, 1, groups=2, name="b"),
+        ]
+    )
+    assert find_pairs(model) == []
+
+
+def test_conv_pairs_equalize_exactly_depthwise_multiplier_included(keras):
+    """Outlier channels in every layer of a conv chain (stem → depthwise ×2 → pointwise →
+    global pooling → Dense): after equalization the model computes the same (the weights
+    written back as float32: within FOLD_RTOL), each pair's ranges meet channel by channel, and
+    the widest spread of output ranges in the chain narrows."""
+    from pipeline.equalize import output_channels
+
+    k = keras
+    model = _conv_net(k)
+    rng = np.random.default_rng(5)
+    for layer in model.layers:
+        ws = layer.get_weights()
+        if ws:
+            ws[0] = ws[0] * np.where(rng.random(ws[0].shape[-1]) < 0.25, 60.0, 1.0)
+            layer.set_weights([w.astype(np.float32) for w in ws])
+    x = rng.random((64, 9, 9, 3)).astype(np.float32)
+    before = np.asarray(model(x), np.float64)
+    pairs = find_pairs(model)
+    classes = {n: type(model.get_layer(n)).__name__ for a, b, _ in pairs for n in (a, b)}
+    weights = {}
+    for n in classes:
+        ws = [w.astype(np.float64) for w in model.get_layer(n).get_weights()]
+        assert len(ws) == 2 and ws[1].shape == (output_channels(ws[0], classes[n]),)
+        weights[n] = ws
+    records = equalize(weights, pairs, classes)
+    for n, ws in weights.items():
+        model.get_layer(n).set_weights([w.astype(np.float32) for w in ws])
+    after = np.asarray(model(x), np.float64)
+    assert np.max(np.abs(after - before)) / np.max(np.abs(before)) <= FOLD_RTOL
+    assert [len(r.r1_after) for r in records] == [4, 8, 5]  # dw: 4 channels × multiplier 2
+    for r in records:
+        np.testing.assert_allclose(r.r1_after, r.r2_after, rtol=1e-4)
+    worst_before = max(r.range_ratio_before for r in records)
+    assert max(r.range_ratio_after for r in records) < worst_before / 3, records
