@@ -17,8 +17,8 @@ Checked here, in every subgraph:
   - every index: an operator's opcode, the tensors of operators and of the subgraph's inputs and
     outputs, a tensor's buffer; a tensor's type is a known TensorType; a buffer's offset + size
     (data stored after the flatbuffer) ends inside the file.
-Not checked here, left to the child probe (runtimes/host.py loads and runs each model once in a
-child process before LiteRT touches it in this one): what lies one table deeper behind an
+Not checked here, left to the interpreters, which only ever run in child processes (runtimes/):
+what lies one table deeper behind an
 operator's options, a tensor's sparsity or a quantization's details (their own vectors and
 sub-tables, e.g. a RESHAPE's new shape; the object API read those, so an offset out of range
 there was refused before and is not now), vector alignment, values in range that a kernel still
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import json
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ from .errors import ModelError
 
 METADATA_NAME = "bnpipe"
 MIN_SIZE = 32  # root offset, identifier, and the smallest model table
+# A flatbuffer addresses at most 2 GiB; bnpipe's classifiers are kilobytes to megabytes. Reading
+# stops past this, so a device or a huge file given as a model cannot take unbounded memory.
+MAX_SIZE = 1024**3
 
 
 def _schema():
@@ -105,14 +109,29 @@ class TfliteInfo:
 
 def read_tflite(path: str | Path) -> TfliteInfo:
     """Parse and structurally check a .tflite file. ModelError for anything malformed."""
+    return parse_tflite(read_model_bytes(path), str(path))
+
+
+def read_model_bytes(path: str | Path) -> bytes:
+    """The bytes of a model file: a regular file of at most MAX_SIZE bytes, else ModelError
+    saying what it is. A FIFO or a device is refused before it is opened (it could block or never
+    end), and no more than MAX_SIZE + 1 bytes are ever read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ModelError(f"{path} is a directory, not a .tflite file")
+        if not stat.S_ISREG(mode):
+            raise ModelError(f"{path} is not a regular file (a device, a FIFO or a socket)")
+        with path.open("rb") as f:
+            data = f.read(MAX_SIZE + 1)
     except FileNotFoundError:
         raise ModelError(f"model file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ModelError(f"{path} is a directory, not a .tflite file") from None
-    return parse_tflite(data, str(path))
+    except OSError as err:
+        raise ModelError(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > MAX_SIZE:
+        raise ModelError(f"{path} is larger than {MAX_SIZE} bytes: not a model bnpipe can check")
+    return data
 
 
 def parse_tflite(data: bytes, name: str = "<bytes>") -> TfliteInfo:
@@ -305,7 +324,7 @@ class _Reader:
         return at + 4, n
 
     def numbers(self, t, slot: int, code: str, what: str) -> list | None:
-        """A vector of scalars (struct code: i int32, f float32, q int64) as a list; None if absent."""
+        """A vector of scalars (struct code: i int32, f float32, q int64) as a list, or None."""
         v = self.vector(t, slot, _ITEM_SIZE[code], what)
         return None if v is None else list(struct.unpack_from(f"<{v[1]}{code}", self.data, v[0]))
 
@@ -468,6 +487,21 @@ def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_name
     outputs = check_idx(sg, _SubGraph.OUTPUTS, "the outputs")
     r.text(sg, _SubGraph.NAME, "a subgraph's name")
     return tensors, operators, inputs, outputs
+
+
+def buffer_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, length) of every non-empty buffer's bytes inside the flatbuffer, in buffer order:
+    where a model keeps its weights, as opposed to its structure (tables, shapes, indices). For
+    tools that treat the two apart, such as scripts/fuzz_tflite.py. ModelError as parse_tflite."""
+    parse_tflite(data)
+    r = _Reader(bytes(data), "<bytes>")
+    model = r.table(int.from_bytes(data[0:4], "little"), "the model table")
+    spans = []
+    for b in r.tables(model, _Model.BUFFERS, "a buffer"):
+        v = r.vector(b, _Buffer.DATA, 1, "a buffer's data")
+        if v is not None and v[1]:
+            spans.append(v)
+    return spans
 
 
 def with_metadata(data: bytes, payload: dict[str, Any]) -> bytes:
