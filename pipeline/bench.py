@@ -184,7 +184,7 @@ def run_bench(
                 interp.resize_tensor_input(inp["index"], [b] + list(inputs[p].shape[1:]))
                 with native_noise_filtered():  # LiteRT's "Created … XNNPACK delegate" line
                     interp.allocate_tensors()
-                interp.set_tensor(inp["index"], device_runner._fill(inputs[p], b))
+                interp.set_tensor(inp["index"], device_runner.fill(inputs[p], b))
                 for _ in range(config.warmup):
                     interp.invoke()
                 configs.append((Config(p.name, th, b), interp))
