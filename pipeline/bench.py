@@ -17,11 +17,7 @@ How it measures (so the figures can be trusted):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +28,7 @@ import numpy as np
 
 from . import artifacts
 from .config import BenchConfig
-from .errors import BnpipeError, ModelError
+from .errors import BnpipeError
 from .quantize import to_input
 from .tfenv import native_noise_filtered
 from .tflite_file import check_io, quant_params, read_tflite
@@ -73,61 +69,6 @@ def _percentiles(lat: list[float]) -> dict[str, float]:
     }
 
 
-# Runs in a fresh interpreter process: resets the kernel's peak-RSS mark after the imports, then
-# loads and runs the model, so VmHWM − VmRSS(before) is the memory the model itself added.
-_COLD_START = r"""
-import json, sys, time
-import numpy as np
-sys.path.insert(0, sys.argv[1])
-import device_runner as dr
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-x = np.load(sys.argv[3], allow_pickle=False)
-try:
-    open("/proc/self/clear_refs", "w").write("5")
-    rss0 = status("VmRSS:")
-except OSError:
-    rss0 = None
-t0 = time.perf_counter()
-interp = dr.load_interpreter(sys.argv[2], threads=1)
-inp = interp.get_input_details()[0]
-interp.resize_tensor_input(inp["index"], list(x.shape))
-interp.allocate_tensors()
-t1 = time.perf_counter()
-interp.set_tensor(inp["index"], x)
-interp.invoke()
-t2 = time.perf_counter()
-for _ in range(20):
-    interp.invoke()
-peak = status("VmHWM:") if rss0 is not None else None
-print(json.dumps({"init_ms": 1e3 * (t1 - t0), "first_invoke_us": 1e6 * (t2 - t1),
-                  "peak_rss_added_kb": None if peak is None else peak - rss0}))
-"""
-
-
-def _cold_start(path: Path, sample: np.ndarray) -> dict[str, Any]:
-    """Fresh-process init, first invoke and peak memory added (batch 1, one thread)."""
-    from .runtimes import device_runner
-
-    with tempfile.TemporaryDirectory(prefix="bnpipe-bench-") as tmp:
-        np.save(Path(tmp) / "x.npy", np.ascontiguousarray(sample[:1]))
-        cmd = [
-            sys.executable,
-            "-c",
-            _COLD_START,
-            str(Path(device_runner.__file__).parent),
-            str(path),
-            str(Path(tmp) / "x.npy"),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ModelError(f"{path.name} failed to run in a fresh process: {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @artifacts.transactional
 def run_bench(
     artifacts_dir: Path,
@@ -137,7 +78,7 @@ def run_bench(
     progress: Callable[[str, int], None] | None = None,
 ) -> BenchResult:
     """Benchmark every model; write bench.json, bench.md and plots. `progress(label, steps_done)`."""
-    from .runtimes import device_runner
+    from .runtimes.host import HostRuntime, cold_start
     from .train import recorded_dataset
 
     t0 = time.perf_counter()
@@ -171,36 +112,27 @@ def run_bench(
             "bytes": info.size_bytes,
             "sha256": artifacts.sha256_file(p),
             "input_dtype": info.input_tensor().dtype,
-            **_cold_start(p, inputs[p]),
+            **cold_start(p, inputs[p]),
         }
 
-    # Steady state, interleaved.
-    configs: list[tuple[Config, Any]] = []  # (what is timed, its interpreter)
-    for p in files:
-        for th in threads:
-            for b in config.batch_sizes:
-                interp = device_runner.load_interpreter(str(p), threads=th)
-                inp = interp.get_input_details()[0]
-                interp.resize_tensor_input(inp["index"], [b] + list(inputs[p].shape[1:]))
-                with native_noise_filtered():  # LiteRT's "Created … XNNPACK delegate" line
-                    interp.allocate_tensors()
-                interp.set_tensor(inp["index"], device_runner.fill(inputs[p], b))
-                for _ in range(config.warmup):
-                    interp.invoke()
-                configs.append((Config(p.name, th, b), interp))
-    keras = _KerasBaseline(keras_path, x, config) if keras_path.is_file() else None
-    per_round = max(1, config.runs // config.rounds)
-    for r in range(config.rounds):
-        tick(f"round {r + 1}/{config.rounds}", 1)
-        order = configs[r % len(configs) :] + configs[: r % len(configs)]  # rotate who goes first
-        for cfg, interp in order:
-            lat = cfg.latencies_s
-            for _ in range(per_round):
-                s = time.perf_counter()
-                interp.invoke()
-                lat.append(time.perf_counter() - s)
-        if keras:
-            keras.round(max(1, config.keras_runs // config.rounds))
+    # Steady state, interleaved, in the host runtime's child process (LiteRT never runs here).
+    setups = [(p, th, b) for p in files for th in threads for b in config.batch_sizes]
+    configs = [(Config(p.name, th, b), None) for p, th, b in setups]
+    host = HostRuntime()
+    try:
+        rounds = host.rounds([(p, inputs[p], th, b) for p, th, b in setups], warmup=config.warmup)
+        keras = _KerasBaseline(keras_path, x, config) if keras_path.is_file() else None
+        per_round = max(1, config.runs // config.rounds)
+        for r in range(config.rounds):
+            tick(f"round {r + 1}/{config.rounds}", 1)
+            # every configuration in turn, a different one first each round
+            seconds = rounds.run(per_round, first=r % len(configs))
+            for (cfg, _), lat in zip(configs, seconds, strict=True):
+                cfg.latencies_s.extend(lat)
+            if keras:
+                keras.round(max(1, config.keras_runs // config.rounds))
+    finally:
+        host.close()
 
     rows = []
     for cfg, _ in configs:

@@ -264,13 +264,12 @@ def _tflite_predict(data: bytes, x: np.ndarray, info: TfliteInfo) -> np.ndarray:
     import tempfile
 
     from .quantize import to_input
-    from .runtimes import device_runner
+    from .runtimes.host import HostRuntime
 
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f, HostRuntime(reference=True) as rt:
         f.write(data)
         f.flush()
-        interp = device_runner.load_interpreter(f.name, reference=True)
-        y, _ = device_runner.run_batched(interp, to_input(x, quant_params(info.input_tensor())))
+        y = rt.run(f.name, to_input(x, quant_params(info.input_tensor()))).outputs
     return np.argmax(y, axis=1)
 
 

@@ -165,8 +165,8 @@ def run_verify(
     TargetUnavailable for bad input, before anything is written.
     """
     from .model import load_model
-    from .runtimes.host import HostRuntime, checked_tflite, start_probe
-    from .runtimes.registry import close_all, parse_targets, resolve
+    from .runtimes.host import checked_tflite
+    from .runtimes.registry import close_all, parse_targets, resolve, start_all
     from .train import recorded_dataset
 
     t0 = time.perf_counter()
@@ -185,12 +185,9 @@ def run_verify(
     runtimes, unavailable = resolve(
         parse_targets(",".join(config.targets) if explicit else None), explicit
     )
-    # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can be
-    # well formed and still abort a kernel) is bad input, exit 2, and never reaches this process.
-    # Started now, it runs while the reference model loads and predicts (which takes longer).
-    probe = start_probe(
-        [(p, rt.reference) for p in files for rt in runtimes if isinstance(rt, HostRuntime)]
-    )
+    # Every model runs in the runtimes' child processes (a crash there is exit 2, never this
+    # process's); started now, they start up while the reference model loads and predicts.
+    start_all(runtimes)
 
     reference = load_model(ref_path)
     ds, preprocessing = recorded_dataset([out], data, reference)
@@ -243,7 +240,6 @@ def run_verify(
             )
         )
 
-    probe.wait()  # ModelError naming a file that crashed the probe's child
     test_inputs = ModelInputs(x, codes, None if codes is None else ds.preprocessing.code_values())
     ordered = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
     try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed

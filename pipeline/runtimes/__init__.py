@@ -11,8 +11,11 @@ in quantization steps.
     arm64     aarch64 LiteRT under qemu-user (Cortex-A class)         runtimes/arm64.py
     ssh:U@H   the standalone runner on a real board over ssh          runtimes/ssh.py
 
-The standalone runner (runtimes/device_runner.py) imports only numpy and LiteRT so that the same
-file runs in the emulator and on a board; host and host-ref call its functions in-process.
+No model ever runs in bnpipe's own process, whatever the file holds: host and host-ref run the
+standalone runner (runtimes/device_runner.py, numpy and LiteRT only, so the same file runs in the
+emulator and on a board) as a child process under this python, tflm its own runner
+(runtimes/tflm_runner.py), arm64 the standalone runner under qemu, ssh on the board. A model
+that crashes a runner is a ModelCrashed (exit 2), never a crash of bnpipe.
 """
 
 from __future__ import annotations
