@@ -260,6 +260,21 @@ def test_a_model_litert_cannot_prepare_is_a_value_error(models, reference):
         dr.Rounds([(path, np.zeros((3, N_FEATURES), np.int8), 1, 4)], reference=reference)
 
 
+def test_a_tensor_name_that_is_not_utf8_is_a_value_error(models, tmp_path):
+    """LiteRT's Python layer decodes tensor names and raises UnicodeDecodeError on others: the
+    runner says what it is, as its one kind of refusal."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(models["int8"].read_bytes()), 0)
+    graph = model.subgraphs[0]
+    graph.tensors[graph.inputs[0]].name = b"\xc0pixels"
+    path = tmp_path / "latin.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    with pytest.raises(ValueError, match=r"^a tensor name of the model is not UTF-8 \(invalid"):
+        dr.run_batched(dr.load_interpreter(path), np.zeros((1, N_FEATURES), np.int8))
+
+
 def run_cli(*args):
     return subprocess.run(
         [sys.executable, str(dr.__file__), *map(str, args)],

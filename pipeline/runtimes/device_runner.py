@@ -138,7 +138,10 @@ def load_interpreter(model_path, reference=False, threads=None):
 
 def _io_details(interp):
     """(input details, output details) of a single-input, single-output model."""
-    inputs, outputs = interp.get_input_details(), interp.get_output_details()
+    try:
+        inputs, outputs = interp.get_input_details(), interp.get_output_details()
+    except UnicodeDecodeError as err:  # LiteRT's Python layer decodes tensor names as UTF-8
+        raise ValueError("a tensor name of the model is not UTF-8 (%s)" % err.reason) from None
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(
             "expected a model with 1 input and 1 output, got %d inputs and %d outputs"
