@@ -264,11 +264,12 @@ def _tflite_predict(data: bytes, x: np.ndarray, info: TfliteInfo) -> np.ndarray:
     import tempfile
 
     from .quantize import to_input
-    from .runtimes.host import HostRuntime
+    from .runtimes.host import shared_runtime
 
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as f, HostRuntime(reference=True) as rt:
+    with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
         f.write(data)
         f.flush()
+        rt = shared_runtime(reference=True)  # in a child process, started once
         y = rt.run(f.name, to_input(x, quant_params(info.input_tensor()))).outputs
     return np.argmax(y, axis=1)
 

@@ -296,6 +296,18 @@ def test_one_child_serves_every_model_until_closed(models):
     assert child.returncode == 0 and runtime.server.process is None
 
 
+def test_the_shared_runtime_starts_one_child_for_the_whole_process(models):
+    from pipeline.runtimes.host import shared_runtime
+
+    runtime = shared_runtime(reference=True)
+    assert shared_runtime(reference=True) is runtime and shared_runtime() is not runtime
+    assert runtime.reference and runtime.name == "host-ref"
+    starts = runtime.server.starts
+    for _ in range(3):
+        runtime.run(models["int8"], model_inputs(models["int8"], features(3)))
+    assert runtime.server.starts == max(starts, 1)
+
+
 def test_outputs_of_another_shape_than_declared_are_a_model_error(models, tmp_path):
     """A damaged output shape in the file (10 features where LiteRT makes 4): the outputs are not
     what the file says it gives, and verify indexes them by what it says. ModelError naming both."""

@@ -302,6 +302,19 @@ class Rounds:
             self.close()
 
 
+_shared: dict[bool, HostRuntime] = {}
+
+
+def shared_runtime(reference: bool = False) -> HostRuntime:
+    """This process's one HostRuntime for these kernels, for callers that run a model now and then
+    (export checks each converted file): its child starts once (≈ 0.3 s) and serves every later
+    call until the process exits. Its requests are answered one at a time (thread-safe)."""
+    runtime = _shared.get(bool(reference))
+    if runtime is None:
+        runtime = _shared.setdefault(bool(reference), HostRuntime(reference=reference))
+    return runtime
+
+
 def _check_outputs(target: str, path: Path, info: TfliteInfo, outputs: np.ndarray, n: int):
     """ModelError unless outputs are n rows of the output features the file declares (where it
     declares them): a model whose kernels make another shape is damaged, and the callers index
