@@ -16,7 +16,9 @@ Checked here, in every subgraph:
     buffer data, custom options, intermediates …) lies inside the file, its length included;
   - every index: an operator's opcode, the tensors of operators and of the subgraph's inputs and
     outputs, a tensor's buffer; a tensor's type is a known TensorType; a buffer's offset + size
-    (data stored after the flatbuffer) ends inside the file.
+    (data stored after the flatbuffer) ends inside the file;
+  - a tensor's shape fits its shape signature (TFLM sizes a tensor by the one, bnpipe reads the
+    other).
 Not checked here, left to the interpreters, which only ever run in child processes (runtimes/):
 what lies one table deeper behind an
 operator's options, a tensor's sparsity or a quantization's details (their own vectors and
@@ -413,6 +415,14 @@ def _describe(r: _Reader, root: int) -> TfliteInfo:
     )
 
 
+def _fits(shape: list[int], signature: list[int]) -> bool:
+    """Whether a shape is an instance of a shape signature: the same rank, and each dimension as
+    the signature has it where the signature does not leave it open (-1)."""
+    return len(shape) == len(signature) and all(
+        s in (-1, d) for d, s in zip(shape, signature, strict=True)
+    )
+
+
 def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_names: dict):
     """Subgraph k: (tensors, operators, inputs, outputs), every index checked to be in range."""
     name = (
@@ -443,6 +453,11 @@ def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_name
             r.numbers(variant, _VariantSubType.SHAPE, "i", "a variant tensor's shape")
         shape = r.numbers(t, _Tensor.SHAPE, "i", "a tensor's shape")
         signature = r.numbers(t, _Tensor.SHAPE_SIGNATURE, "i", "a tensor's shape signature")
+        if signature is not None and not _fits(shape or [], signature):
+            # TFLM sizes the tensor by its shape, LiteRT and bnpipe by its signature
+            raise ModelError(
+                f"{name} is damaged: tensor {i} has shape {shape} but shape signature {signature}"
+            )
         tname = r.text(t, _Tensor.NAME, "a tensor's name")
         const = bool(buffers) and buffers[buffer][1]
         tensors.append(

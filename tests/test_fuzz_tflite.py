@@ -137,6 +137,32 @@ def test_a_seeded_subset_never_takes_bnpipe_down(exported, tmp_path):
         assert m["outcome"] == "exit 0" or m["line"].startswith("Error: "), m
 
 
+def test_a_shape_that_does_not_fit_its_signature_is_exit_2_not_a_traceback(
+    seeds, fuzz, exported, tmp_path
+):
+    """Mutant 239 of seed 1 (one byte of model_int8.tflite: the output's shape 10 → 27, its
+    signature still 10) made TFLM's outputs 27 wide where host-ref's are 10, and verify's LSB
+    distance raised a NumPy broadcast error: a traceback, exit 1. Now the structural check refuses
+    the file: exit 2, one line."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    m = fuzz.mutant(seeds, 1, 239)
+    assert (m.seed_file, m.kind, m.positions) == ("model_int8.tflite", "flip", [3048])
+    out = shutil.copytree(exported, tmp_path / "artifacts")
+    path = tmp_path / "mutant239.tflite"
+    path.write_bytes(m.data)
+    result = CliRunner().invoke(
+        cli, ["verify", "--tflite", str(path), "--targets", "host,host-ref,tflm", "-q",
+              "--artifacts", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.stderr == (
+        f"Error: {path} is damaged: tensor 10 has shape [1, 27] but shape signature [-1, 10]\n"
+    )
+
+
 def test_the_original_reproducer_is_exit_2_not_a_segfault(fuzz, exported, tmp_path):
     """The issue's file: three bytes of model_int8.tflite changed (REPRODUCER), one of them in a
     tensor's shape. It passes the structural check and TFLM builds it in a child (the checks that

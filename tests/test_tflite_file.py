@@ -213,6 +213,25 @@ def test_structural_checks_name_the_broken_index(int8_bytes, change, message):
         parse_tflite(_rewrite(int8_bytes, change), "m.tflite")
 
 
+@pytest.mark.parametrize("shape", [[1, 27], [1, 10, 1], [10]])
+def test_a_shape_that_does_not_fit_its_signature_is_refused(int8_bytes, shape):
+    """TFLM sizes a tensor by its shape, LiteRT and bnpipe read its signature: a file where the two
+    disagree (one byte of the output's shape changed: 10 → 27) gave TFLM outputs of another width
+    than verify expected."""
+
+    def change(model):
+        graph = model.subgraphs[0]
+        graph.tensors[graph.outputs[0]].shape = shape
+
+    index = parse_tflite(int8_bytes).outputs[0]
+    with pytest.raises(
+        ModelError,
+        match=rf"^m\.tflite is damaged: tensor {index} has shape {re.escape(str(shape))} but "
+        r"shape signature \[-1, 10\]$",
+    ):
+        parse_tflite(_rewrite(int8_bytes, change), "m.tflite")
+
+
 def test_read_tflite_missing_file_and_directory(tmp_path):
     with pytest.raises(ModelError, match=f"^model file {tmp_path / 'no.tflite'} does not exist$"):
         read_tflite(tmp_path / "no.tflite")

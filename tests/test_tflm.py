@@ -159,7 +159,8 @@ def _with_hidden_shape(models, directory, width):
 
     model = fb.ModelT.InitFromPackedBuf(bytearray(models["int8"].read_bytes()), 0)
     graph = model.subgraphs[0]
-    graph.tensors[graph.operators[0].outputs[0]].shape = [1, width]
+    hidden = graph.tensors[graph.operators[0].outputs[0]]
+    hidden.shape, hidden.shapeSignature = [1, width], [-1, width]
     path = directory / f"hidden{width}.tflite"
     path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
     return path

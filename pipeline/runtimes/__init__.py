@@ -44,3 +44,20 @@ class Runtime(Protocol):
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
         """Run every row of `inputs` (already quantized, model input dtype) through the model."""
+
+
+def check_outputs(target: str, path, info, outputs: np.ndarray, n: int) -> None:
+    """ModelError unless `outputs` are n rows of the output features the file declares (info: its
+    TfliteInfo; where it declares them): a model whose kernels make another shape is damaged, and
+    the callers index its outputs by the declared shape."""
+    from pipeline.errors import ModelError
+
+    declared = info.output_tensor().shape[1:]
+    shape = tuple(outputs.shape)
+    if shape[:1] != (n,) or (
+        all(d >= 0 for d in declared) and shape[1:] != tuple(int(d) for d in declared)
+    ):
+        raise ModelError(
+            f"{target}: {path} produced outputs of shape {shape} for {n} inputs, but its output "
+            f"tensor declares (N, {', '.join(str(d) for d in declared)})"
+        )

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
-from pipeline.runtimes import RunResult
+from pipeline.runtimes import RunResult, check_outputs
 from pipeline.runtimes.served import ServedRunner, how_it_ended, last_error_line
 from pipeline.tflite_file import TfliteInfo, parse_tflite, read_model_bytes
 
@@ -179,7 +179,7 @@ class HostRuntime:
                 what=str(path),
             )
             outputs = np.load(y_path, allow_pickle=False)
-        _check_outputs(self.name, path, info, outputs, len(inputs))
+        check_outputs(self.name, path, info, outputs, len(inputs))
         run_info = {
             **{key: result[key] for key in _ENVIRONMENT},
             "kernels": self.kernels,
@@ -313,21 +313,6 @@ def shared_runtime(reference: bool = False) -> HostRuntime:
     if runtime is None:
         runtime = _shared.setdefault(bool(reference), HostRuntime(reference=reference))
     return runtime
-
-
-def _check_outputs(target: str, path: Path, info: TfliteInfo, outputs: np.ndarray, n: int):
-    """ModelError unless outputs are n rows of the output features the file declares (where it
-    declares them): a model whose kernels make another shape is damaged, and the callers index
-    its outputs by the declared shape."""
-    declared = info.output_tensor().shape[1:]
-    shape = tuple(outputs.shape)
-    if shape[:1] != (n,) or (
-        all(d >= 0 for d in declared) and shape[1:] != tuple(int(d) for d in declared)
-    ):
-        raise ModelError(
-            f"{target}: {path} produced outputs of shape {shape} for {n} inputs, but its output "
-            f"tensor declares (N, {', '.join(str(d) for d in declared)})"
-        )
 
 
 def cold_start(model_path, sample: np.ndarray, memory_limit: int = MEMORY_LIMIT) -> dict:

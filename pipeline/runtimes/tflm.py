@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
-from pipeline.runtimes import RunResult
+from pipeline.runtimes import RunResult, check_outputs
 from pipeline.runtimes.served import ServedRunner, last_error_line
 from pipeline.tflite_file import read_tflite
 
@@ -223,7 +223,7 @@ class TflmRuntime:
         if not ok:
             raise TargetUnavailable(why)
         path = Path(model_path)
-        read_tflite(path)  # structural check: a malformed flatbuffer never reaches TFLM
+        model = read_tflite(path)  # structural check: a malformed flatbuffer never reaches TFLM
         arena, attempts = self._arena(path)
         with tempfile.TemporaryDirectory(prefix="bnpipe-tflm-") as tmp:
             x_path, y_path = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
@@ -239,6 +239,7 @@ class TflmRuntime:
                 what=str(path),
             )
             outputs = np.load(y_path, allow_pickle=False)
+        check_outputs(self.name, path, model, outputs, len(inputs))
         info = {
             "tflm_version": result["tflm_version"],
             "kernels": "tflm",
