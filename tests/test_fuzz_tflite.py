@@ -119,7 +119,7 @@ def test_a_seeded_subset_never_takes_bnpipe_down(exported, tmp_path):
             "--max-samples",
             "50",
             "--timeout",
-            "300",
+            "900",
             "--json",
             str(report),
         ],
