@@ -17,11 +17,7 @@ How it measures (so the figures can be trusted):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,61 +68,6 @@ def _percentiles(lat: list[float]) -> dict[str, float]:
     }
 
 
-# Runs in a fresh interpreter process: resets the kernel's peak-RSS mark after the imports, then
-# loads and runs the model, so VmHWM − VmRSS(before) is the memory the model itself added.
-_COLD_START = r"""
-import json, sys, time
-import numpy as np
-sys.path.insert(0, sys.argv[1])
-import device_runner as dr
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1])
-x = np.load(sys.argv[3], allow_pickle=False)
-try:
-    open("/proc/self/clear_refs", "w").write("5")
-    rss0 = status("VmRSS:")
-except OSError:
-    rss0 = None
-t0 = time.perf_counter()
-interp = dr.load_interpreter(sys.argv[2], threads=1)
-inp = interp.get_input_details()[0]
-interp.resize_tensor_input(inp["index"], list(x.shape))
-interp.allocate_tensors()
-t1 = time.perf_counter()
-interp.set_tensor(inp["index"], x)
-interp.invoke()
-t2 = time.perf_counter()
-for _ in range(20):
-    interp.invoke()
-peak = status("VmHWM:") if rss0 is not None else None
-print(json.dumps({"init_ms": 1e3 * (t1 - t0), "first_invoke_us": 1e6 * (t2 - t1),
-                  "peak_rss_added_kb": None if peak is None else peak - rss0}))
-"""
-
-
-def _cold_start(path: Path, sample: np.ndarray) -> dict[str, Any]:
-    """Fresh-process init, first invoke and peak memory added (batch 1, one thread)."""
-    from .runtimes import device_runner
-
-    with tempfile.TemporaryDirectory(prefix="bnpipe-bench-") as tmp:
-        np.save(Path(tmp) / "x.npy", np.ascontiguousarray(sample[:1]))
-        cmd = [
-            sys.executable,
-            "-c",
-            _COLD_START,
-            str(Path(device_runner.__file__).parent),
-            str(path),
-            str(Path(tmp) / "x.npy"),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ModelError(f"{path.name} failed to run in a fresh process: {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @artifacts.transactional
 def run_bench(
     artifacts_dir: Path,
@@ -136,8 +77,7 @@ def run_bench(
     progress: Callable[[str, int], None] | None = None,
 ) -> BenchResult:
     """Benchmark every model; write bench.json, bench.md and plots. `progress(label, steps_done)`."""
-    from .data import recorded_dataset
-    from .runtimes import device_runner
+    from .runtimes.host import cold_start
 
     t0 = time.perf_counter()
     out = artifacts_dir
@@ -150,17 +90,8 @@ def run_bench(
     infos = {p: check_io(read_tflite(p)) for p in paths}
     keras_path = out / files.MODEL
     tick = progress or (lambda label, n=1: None)
-
-    try:
-        ds, _ = recorded_dataset([out])
-        x = ds.x_test[:SAMPLE_ROWS]
-        sample_source = f"{len(x)} test samples of {ds.name}"
-    except BnpipeError:
-        n_in = int(np.prod(infos[paths[0]].input_tensor().shape[1:]))
-        x = np.random.default_rng(0).random((SAMPLE_ROWS, n_in), dtype=np.float32)
-        sample_source = f"{SAMPLE_ROWS} uniform random inputs (no training record)"
-    threads = [t if t > 0 else (os.cpu_count() or 1) for t in config.threads]
-    threads = list(dict.fromkeys(threads))
+    x, sample_source = _sample(out, infos[paths[0]])
+    threads = list(dict.fromkeys(t if t > 0 else (os.cpu_count() or 1) for t in config.threads))
     inputs = {p: _model_input(x, info) for p, info in infos.items()}
 
     models: dict[str, dict[str, Any]] = {}
@@ -173,59 +104,16 @@ def run_bench(
             "input_dtype": info.input_tensor().dtype,
             "macs": _macs(info),
             "integer": _is_integer(info),
-            **_cold_start(p, inputs[p]),
+            **cold_start(p, inputs[p]),
         }
-
-    # Steady state, interleaved.
-    configs: list[tuple[Config, Any]] = []  # (what is timed, its interpreter)
-    for p in paths:
-        for th in threads:
-            for b in config.batch_sizes:
-                interp = device_runner.load_interpreter(str(p), threads=th)
-                inp = interp.get_input_details()[0]
-                interp.resize_tensor_input(inp["index"], [b] + list(inputs[p].shape[1:]))
-                with native_noise_filtered():  # LiteRT's "Created … XNNPACK delegate" line
-                    interp.allocate_tensors()
-                interp.set_tensor(inp["index"], device_runner._fill(inputs[p], b))
-                for _ in range(config.warmup):
-                    interp.invoke()
-                configs.append((Config(p.name, th, b), interp))
     keras = _KerasBaseline(keras_path, x, config) if keras_path.is_file() else None
-    per_round = max(1, config.runs // config.rounds)
-    for r in range(config.rounds):
-        tick(f"round {r + 1}/{config.rounds}", 1)
-        order = configs[r % len(configs) :] + configs[: r % len(configs)]  # rotate who goes first
-        for cfg, interp in order:
-            lat = cfg.latencies_s
-            for _ in range(per_round):
-                s = time.perf_counter()
-                interp.invoke()
-                lat.append(time.perf_counter() - s)
-        if keras:
-            keras.round(max(1, config.keras_runs // config.rounds))
-
-    rows = []
-    for cfg, _ in configs:
-        lat = _percentiles(cfg.latencies_s)
-        rows.append(
-            {
-                "model": cfg.model,
-                "runtime": "litert (host, XNNPACK)",
-                "threads": cfg.threads,
-                "batch": cfg.batch,
-                "latency_us": lat,
-                "throughput_per_s": cfg.batch * len(cfg.latencies_s) / float(sum(cfg.latencies_s)),
-            }
-        )
-    if keras:
-        rows += keras.rows()
+    configs = _steady_state(paths, inputs, threads, config, keras, tick)
+    rows = [_litert_row(cfg) for cfg in configs] + (keras.rows() if keras else [])
     _add_ratios(rows, models)
-
-    arena = _tflm_arenas(paths, infos, inputs)
-    for name, a in arena.items():
+    for name, a in _tflm_arenas(paths, infos, inputs).items():
         models[name]["tflm_arena"] = a
-    remote = _remote_targets(config, paths, inputs, tick)
-
+    if keras_path.is_file():
+        models[files.MODEL] = {"file": files.MODEL, "bytes": keras_path.stat().st_size}
     record = {
         "stage": "bench",
         "machine": artifacts.machine_info(),
@@ -234,19 +122,64 @@ def run_bench(
         "sample": sample_source,
         "models": models,
         "rows": rows,
-        "remote": remote,
+        "remote": _remote_targets(config, paths, inputs, tick),
         "baseline": BASELINE,
         "timings": {"total_s": time.perf_counter() - t0},
     }
-    if keras_path.is_file():
-        record["models"]["model.keras"] = {
-            "file": "model.keras",
-            "bytes": keras_path.stat().st_size,
-        }
+    return _write(out, record, paths, t0)
+
+
+def _sample(out: Path, info) -> tuple[np.ndarray, str]:
+    """The inputs every model is timed on: the recorded test set's first rows, or (without a
+    training record) uniform random inputs of the first model's shape; and what they are."""
+    from .data import recorded_dataset
+
+    try:
+        ds, _ = recorded_dataset([out])
+        x = ds.x_test[:SAMPLE_ROWS]
+        return x, f"{len(x)} test samples of {ds.name}"
+    except BnpipeError:
+        n_in = int(np.prod(info.input_tensor().shape[1:]))
+        x = np.random.default_rng(0).random((SAMPLE_ROWS, n_in), dtype=np.float32)
+        return x, f"{SAMPLE_ROWS} uniform random inputs (no training record)"
+
+
+def _steady_state(paths, inputs, threads, config: BenchConfig, keras, tick) -> list[Config]:
+    """Every (model, threads, batch) timed in rounds in the host runtime's child process (LiteRT
+    never runs here), a different one first each round, the Keras baseline between rounds."""
+    from .runtimes.host import HostRuntime
+
+    setups = [(p, th, b) for p in paths for th in threads for b in config.batch_sizes]
+    configs = [Config(p.name, th, b) for p, th, b in setups]
+    with HostRuntime() as host:
+        rounds = host.rounds([(p, inputs[p], th, b) for p, th, b in setups], warmup=config.warmup)
+        per_round = max(1, config.runs // config.rounds)
+        for r in range(config.rounds):
+            tick(f"round {r + 1}/{config.rounds}", 1)
+            seconds = rounds.run(per_round, first=r % len(configs))
+            for cfg, lat in zip(configs, seconds, strict=True):
+                cfg.latencies_s.extend(lat)
+            if keras:
+                keras.round(max(1, config.keras_runs // config.rounds))
+    return configs
+
+
+def _litert_row(cfg: Config) -> dict:
+    return {
+        "model": cfg.model,
+        "runtime": "litert (host, XNNPACK)",
+        "threads": cfg.threads,
+        "batch": cfg.batch,
+        "latency_us": _percentiles(cfg.latencies_s),
+        "throughput_per_s": cfg.batch * len(cfg.latencies_s) / float(sum(cfg.latencies_s)),
+    }
+
+
+def _write(out: Path, record: dict, paths: list[Path], t0: float) -> BenchResult:
     from .report import bench_markdown, bench_plots
 
     plots = bench_plots(record, out)
-    inputs_sha = {p.name: models[p.name]["sha256"] for p in paths}
+    inputs_sha = {p.name: record["models"][p.name]["sha256"] for p in paths}
     record_path = artifacts.write_json(out / files.BENCH_RECORD, record, inputs=inputs_sha)
     report_path = artifacts.write_text(out / files.BENCH_REPORT, bench_markdown(record, plots))
     return BenchResult(record, record_path, report_path, plots, time.perf_counter() - t0)
@@ -358,12 +291,13 @@ def _tflm_arenas(files, infos, inputs) -> dict[str, Any]:
     except ImportError as exc:
         return {p.name: {"error": str(exc)} for p in files}
     out = {}
-    for p in files:
-        try:
-            res = TflmRuntime().run(str(p), inputs[p][:1])
-            out[p.name] = {k: v for k, v in res.info.items() if "arena" in k}
-        except BnpipeError as exc:
-            out[p.name] = {"error": " ".join(str(exc).split())[:200]}
+    with TflmRuntime() as rt:  # one child process for every model
+        for p in files:
+            try:
+                res = rt.run(str(p), inputs[p][:1])
+                out[p.name] = {k: v for k, v in res.info.items() if "arena" in k}
+            except BnpipeError as exc:
+                out[p.name] = {"error": " ".join(str(exc).split())[:200]}
     return out
 
 

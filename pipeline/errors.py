@@ -5,6 +5,7 @@ BnpipeError          exit 2: bad input or usage; the message is one line, no tra
   ModelError         a model file that cannot be read, or a model bnpipe cannot handle
   ArtifactError      an artifact missing, stale or tampered with
   TargetUnavailable  a requested runtime target that is not set up here
+  ModelCrashed       a model that crashed or exhausted a runtime's child process
 GateFailed           exit 1: the model was measured and is not fit to ship
 KeyboardInterrupt    exit 130 (Ctrl-C); Terminated, exit 143 (SIGTERM, SIGHUP)
 anything else        exit BUG_EXIT_CODE: a bug in bnpipe, never mistaken for a failed gate
@@ -35,6 +36,12 @@ class ArtifactError(BnpipeError):
 
 class TargetUnavailable(BnpipeError):
     """A runtime target that was asked for but is not set up on this machine."""
+
+
+class ModelCrashed(BnpipeError):
+    """A model that crashed a runtime's child process (a signal, the memory limit): the file is
+    bad input. Not a ModelError, which a stage may record as one target's failure and go on:
+    a crash ends the stage with exit 2, so it never reads as a failed gate (exit 1)."""
 
 
 class GateFailed(Exception):

@@ -104,13 +104,13 @@ def _tflite_predict(data: bytes, x: np.ndarray, info: TfliteInfo) -> np.ndarray:
     import tempfile
 
     from .quantize import to_input
-    from .runtimes import device_runner
+    from .runtimes.host import shared_runtime
 
     with tempfile.NamedTemporaryFile(suffix=".tflite") as f:
         f.write(data)
         f.flush()
-        interp = device_runner.load_interpreter(f.name, reference=True)
-        y, _ = device_runner.run_batched(interp, to_input(x, quant_params(info.input_tensor())))
+        rt = shared_runtime(reference=True)  # in a child process, started once
+        y = rt.run(f.name, to_input(x, quant_params(info.input_tensor()))).outputs
     return np.argmax(y, axis=1)
 
 
@@ -313,7 +313,8 @@ def _tflm_arena(path: Path, x: np.ndarray, tensor: dict) -> tuple[int | None, st
     try:
         from .runtimes.tflm import TflmRuntime
 
-        result = TflmRuntime().run(str(path), to_input(x[:1], tensor))
+        with TflmRuntime() as rt:  # its own child process, closed here
+            result = rt.run(str(path), to_input(x[:1], tensor))
     except (ImportError, BnpipeError) as exc:
         return None, " ".join(str(exc).split())[:300]
     used = result.info.get("arena_bytes_used")

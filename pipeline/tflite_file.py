@@ -16,9 +16,11 @@ Checked here, in every subgraph:
     buffer data, custom options, intermediates …) lies inside the file, its length included;
   - every index: an operator's opcode, the tensors of operators and of the subgraph's inputs and
     outputs, a tensor's buffer; a tensor's type is a known TensorType; a buffer's offset + size
-    (data stored after the flatbuffer) ends inside the file.
-Not checked here, left to the child probe (runtimes/host.py loads and runs each model once in a
-child process before LiteRT touches it in this one): what lies one table deeper behind an
+    (data stored after the flatbuffer) ends inside the file;
+  - a tensor's shape fits its shape signature (TFLM sizes a tensor by the one, bnpipe reads the
+    other).
+Not checked here, left to the interpreters, which only ever run in child processes (runtimes/):
+what lies one table deeper behind an
 operator's options, a tensor's sparsity or a quantization's details (their own vectors and
 sub-tables, e.g. a RESHAPE's new shape; the object API read those, so an offset out of range
 there was refused before and is not now), vector alignment, values in range that a kernel still
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import json
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,9 @@ from .errors import ModelError
 
 METADATA_NAME = "bnpipe"
 MIN_SIZE = 32  # root offset, identifier, and the smallest model table
+# A flatbuffer addresses at most 2 GiB; bnpipe's classifiers are kilobytes to megabytes. Reading
+# stops past this, so a device or a huge file given as a model cannot take unbounded memory.
+MAX_SIZE = 1024**3
 
 
 def _schema():
@@ -105,14 +111,29 @@ class TfliteInfo:
 
 def read_tflite(path: str | Path) -> TfliteInfo:
     """Parse and structurally check a .tflite file. ModelError for anything malformed."""
+    return parse_tflite(read_model_bytes(path), str(path))
+
+
+def read_model_bytes(path: str | Path) -> bytes:
+    """The bytes of a model file: a regular file of at most MAX_SIZE bytes, else ModelError
+    saying what it is. A FIFO or a device is refused before it is opened (it could block or never
+    end), and no more than MAX_SIZE + 1 bytes are ever read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ModelError(f"{path} is a directory, not a .tflite file")
+        if not stat.S_ISREG(mode):
+            raise ModelError(f"{path} is not a regular file (a device, a FIFO or a socket)")
+        with path.open("rb") as f:
+            data = f.read(MAX_SIZE + 1)
     except FileNotFoundError:
         raise ModelError(f"model file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ModelError(f"{path} is a directory, not a .tflite file") from None
-    return parse_tflite(data, str(path))
+    except OSError as err:
+        raise ModelError(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > MAX_SIZE:
+        raise ModelError(f"{path} is larger than {MAX_SIZE} bytes: not a model bnpipe can check")
+    return data
 
 
 def parse_tflite(data: bytes, name: str = "<bytes>") -> TfliteInfo:
@@ -305,7 +326,7 @@ class _Reader:
         return at + 4, n
 
     def numbers(self, t, slot: int, code: str, what: str) -> list | None:
-        """A vector of scalars (struct code: i int32, f float32, q int64) as a list; None if absent."""
+        """A vector of scalars (struct code: i int32, f float32, q int64) as a list, or None."""
         v = self.vector(t, slot, _ITEM_SIZE[code], what)
         return None if v is None else list(struct.unpack_from(f"<{v[1]}{code}", self.data, v[0]))
 
@@ -394,49 +415,21 @@ def _describe(r: _Reader, root: int) -> TfliteInfo:
     )
 
 
+def _fits(shape: list[int], signature: list[int]) -> bool:
+    """Whether a shape is an instance of a shape signature: the same rank, and each dimension as
+    the signature has it where the signature does not leave it open (-1)."""
+    return len(shape) == len(signature) and all(
+        s in (-1, d) for d, s in zip(shape, signature, strict=True)
+    )
+
+
 def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_names: dict):
     """Subgraph k: (tensors, operators, inputs, outputs), every index checked to be in range."""
-    name = (
-        r.name if k == 0 else f"{r.name} subgraph {k}"
-    )  # the messages name subgraph 0 as the file
-    tensors = []
-    for i, t in enumerate(r.tables(sg, _SubGraph.TENSORS, "a tensor")):
-        buffer = r.scalar(t, _Tensor.BUFFER, _U32)
-        if not buffer < max(len(buffers), 1):
-            raise ModelError(
-                f"{name} is damaged: tensor {i} points at buffer {buffer} of {len(buffers)}"
-            )
-        ttype = r.scalar(t, _Tensor.TYPE, _I8)
-        if ttype not in type_names:
-            raise ModelError(f"{name} is damaged: tensor {i} has unknown type {ttype}")
-        scale, zero_point = [], []
-        q = r.sub_table(t, _Tensor.QUANTIZATION, "a tensor's quantization")
-        if q is not None:
-            scale = r.numbers(q, _Quantization.SCALE, "f", "a quantization scale") or []
-            zero_point = (
-                r.numbers(q, _Quantization.ZERO_POINT, "q", "a quantization zero point") or []
-            )
-            r.numbers(q, _Quantization.MIN, "f", "a quantization minimum")
-            r.numbers(q, _Quantization.MAX, "f", "a quantization maximum")
-            r.sub_table(q, _Quantization.DETAILS, "a tensor's quantization details")
-        r.sub_table(t, _Tensor.SPARSITY, "a tensor's sparsity")
-        for variant in r.tables(t, _Tensor.VARIANT_TENSORS, "a variant tensor"):
-            r.numbers(variant, _VariantSubType.SHAPE, "i", "a variant tensor's shape")
-        shape = r.numbers(t, _Tensor.SHAPE, "i", "a tensor's shape")
-        signature = r.numbers(t, _Tensor.SHAPE_SIGNATURE, "i", "a tensor's shape signature")
-        tname = r.text(t, _Tensor.NAME, "a tensor's name")
-        const = bool(buffers) and buffers[buffer][1]
-        tensors.append(
-            TensorInfo(
-                i,
-                tname,
-                signature if signature is not None else (shape or []),
-                type_names[ttype].lower(),
-                scale,
-                zero_point,
-                const,
-            )
-        )
+    name = r.name if k == 0 else f"{r.name} subgraph {k}"  # messages name subgraph 0 the file
+    tensors = [
+        _tensor(r, t, i, name, buffers, type_names)
+        for i, t in enumerate(r.tables(sg, _SubGraph.TENSORS, "a tensor"))
+    ]
     n = len(tensors)
 
     def check_idx(t, slot, what):
@@ -451,13 +444,9 @@ def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_name
         code = r.scalar(op, _Operator.OPCODE_INDEX, _U32)
         if not code < len(codes):
             raise ModelError(f"{name} is damaged: operator {i} has opcode {code} of {len(codes)}")
+        ins = check_idx(op, _Operator.INPUTS, f"operator {i}")
         operators.append(
-            OperatorInfo(
-                i,
-                codes[code],
-                check_idx(op, _Operator.INPUTS, f"operator {i}"),
-                check_idx(op, _Operator.OUTPUTS, f"operator {i}"),
-            )
+            OperatorInfo(i, codes[code], ins, check_idx(op, _Operator.OUTPUTS, f"operator {i}"))
         )
         r.sub_table(op, _Operator.BUILTIN_OPTIONS, "an operator's options")
         r.sub_table(op, _Operator.BUILTIN_OPTIONS_2, "an operator's options")
@@ -468,6 +457,55 @@ def _subgraph(r: _Reader, sg, k: int, codes: list[str], buffers: list, type_name
     outputs = check_idx(sg, _SubGraph.OUTPUTS, "the outputs")
     r.text(sg, _SubGraph.NAME, "a subgraph's name")
     return tensors, operators, inputs, outputs
+
+
+def _tensor(r: _Reader, t, i: int, name: str, buffers: list, type_names: dict) -> TensorInfo:
+    """Tensor i of subgraph `name`, its buffer, type, quantization and shape checked."""
+    buffer = r.scalar(t, _Tensor.BUFFER, _U32)
+    if not buffer < max(len(buffers), 1):
+        raise ModelError(
+            f"{name} is damaged: tensor {i} points at buffer {buffer} of {len(buffers)}"
+        )
+    ttype = r.scalar(t, _Tensor.TYPE, _I8)
+    if ttype not in type_names:
+        raise ModelError(f"{name} is damaged: tensor {i} has unknown type {ttype}")
+    scale, zero_point = [], []
+    q = r.sub_table(t, _Tensor.QUANTIZATION, "a tensor's quantization")
+    if q is not None:
+        scale = r.numbers(q, _Quantization.SCALE, "f", "a quantization scale") or []
+        zero_point = r.numbers(q, _Quantization.ZERO_POINT, "q", "a quantization zero point") or []
+        r.numbers(q, _Quantization.MIN, "f", "a quantization minimum")
+        r.numbers(q, _Quantization.MAX, "f", "a quantization maximum")
+        r.sub_table(q, _Quantization.DETAILS, "a tensor's quantization details")
+    r.sub_table(t, _Tensor.SPARSITY, "a tensor's sparsity")
+    for variant in r.tables(t, _Tensor.VARIANT_TENSORS, "a variant tensor"):
+        r.numbers(variant, _VariantSubType.SHAPE, "i", "a variant tensor's shape")
+    shape = r.numbers(t, _Tensor.SHAPE, "i", "a tensor's shape")
+    signature = r.numbers(t, _Tensor.SHAPE_SIGNATURE, "i", "a tensor's shape signature")
+    if signature is not None and not _fits(shape or [], signature):
+        # TFLM sizes the tensor by its shape, LiteRT and bnpipe by its signature
+        raise ModelError(
+            f"{name} is damaged: tensor {i} has shape {shape} but shape signature {signature}"
+        )
+    tname = r.text(t, _Tensor.NAME, "a tensor's name")
+    const = bool(buffers) and buffers[buffer][1]
+    dims = signature if signature is not None else (shape or [])
+    return TensorInfo(i, tname, dims, type_names[ttype].lower(), scale, zero_point, const)
+
+
+def buffer_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, length) of every non-empty buffer's bytes inside the flatbuffer, in buffer order:
+    where a model keeps its weights, as opposed to its structure (tables, shapes, indices). For
+    tools that treat the two apart, such as scripts/fuzz_tflite.py. ModelError as parse_tflite."""
+    parse_tflite(data)
+    r = _Reader(bytes(data), "<bytes>")
+    model = r.table(int.from_bytes(data[0:4], "little"), "the model table")
+    spans = []
+    for b in r.tables(model, _Model.BUFFERS, "a buffer"):
+        v = r.vector(b, _Buffer.DATA, 1, "a buffer's data")
+        if v is not None and v[1]:
+            spans.append(v)
+    return spans
 
 
 def with_metadata(data: bytes, payload: dict[str, Any]) -> bytes:

@@ -178,7 +178,7 @@ def run_verify(
         "run `bnpipe train` first (verify compares against it)",
     )
     candidates = _candidate_files(out, tflite)
-    infos, runtimes, unavailable, probe = _prepare(candidates, config)
+    infos, runtimes, unavailable = _prepare(candidates, config)
     ref = _reference(ref_path, out, data, config, say)
     _check_fit(infos, ref)
     rows: list[Row] = []
@@ -186,7 +186,6 @@ def run_verify(
     folded_path = out / files.FOLDED
     if folded_path.is_file() and not tflite:
         rows.append(_folded_row(_folded_model(folded_path, ref), ref, say))
-    probe.wait()  # ModelError naming a file that crashed the probe's child
     try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed
         for p, info in infos.items():
             _run_everywhere(p, info, runtimes, ref, config, rows, skipped, say)
@@ -216,23 +215,20 @@ def run_verify(
 
 
 def _prepare(candidates: list[Path], config: VerifyConfig):
-    """(infos, runtimes, unavailable targets, probe): every file checked structurally before
-    any interpreter sees one, the targets resolved, and the child-process probe started."""
-    from .runtimes.host import HostRuntime, checked_tflite, start_probe
-    from .runtimes.registry import parse_targets, resolve
+    """(infos, runtimes, unavailable targets): every file checked structurally before any
+    interpreter sees one, the targets resolved and their child processes started."""
+    from .runtimes.host import checked_tflite
+    from .runtimes.registry import parse_targets, resolve, start_all
 
     infos = {p: check_io(checked_tflite(p)) for p in candidates}
     explicit = config.targets is not None
     runtimes, unavailable = resolve(
         parse_targets(",".join(config.targets) if explicit else None), explicit
     )
-    # Every candidate on the host kernels once, in one child: a file that crashes LiteRT (it can
-    # be well formed and still abort a kernel) is bad input, exit 2, and never reaches this
-    # process. Started now, it runs while the reference model loads and predicts (slower).
-    probe = start_probe(
-        [(p, rt.reference) for p in candidates for rt in runtimes if isinstance(rt, HostRuntime)]
-    )
-    return infos, runtimes, unavailable, probe
+    # Every model runs in the runtimes' child processes (a crash there is exit 2, never this
+    # process's); started now, they start up while the reference model loads and predicts.
+    start_all(runtimes)
+    return infos, runtimes, unavailable
 
 
 def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig, say) -> Reference:

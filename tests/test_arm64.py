@@ -22,7 +22,7 @@ from test_device_runner import (
 )
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.errors import ModelError, TargetUnavailable
+from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
 from pipeline.runtimes import RunResult
 from pipeline.runtimes import device_runner as dr
 from pipeline.runtimes.arm64 import Arm64Runtime
@@ -190,7 +190,7 @@ def test_a_model_that_crashes_litert_fails_alone_and_the_server_recovers(emulato
         assert runtime.run(str(models["int8"]), x).outputs.tobytes() == expected.tobytes()
         first = runtime.server.process
         with pytest.raises(
-            ModelError,
+            ModelCrashed,
             match=r"^arm64: the device runner crashed on "
             r"beta0_softmax\.tflite \(signal 6 \(SIGABRT\): "
             r"qemu: uncaught target signal 6",

@@ -2,6 +2,8 @@
 
 import ast
 import json
+import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -167,7 +169,7 @@ def test_load_interpreter_rejects_missing_and_invalid_files(tmp_path):
         dr.load_interpreter(tmp_path / "nope.tflite")
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(b"not a flatbuffer")
-    with pytest.raises(ValueError, match="cannot load .* as a TFLite model"):
+    with pytest.raises(ValueError, match=r"cannot load .* as a TFLite model"):
         dr.load_interpreter(junk)
 
 
@@ -190,6 +192,88 @@ def test_bench_reports_every_pair_and_is_json_serialisable(models):
         assert r["throughput_per_s"] == pytest.approx(r["batch"] * 5 / (lat["mean"] * 5e-6))
     assert report["peak_rss_kb_after"] >= report["peak_rss_kb_before"] > 0
     assert report["runs"] == 5 and report["warmup"] == 2 and report["reference"] is False
+
+
+def test_fill_repeats_the_rows_in_order():
+    sample = np.arange(6, dtype=np.int8).reshape(3, 2)
+    filled = dr.fill(sample, 7)
+    assert filled.flags.c_contiguous and filled.dtype == np.int8
+    np.testing.assert_array_equal(filled, sample[[0, 1, 2, 0, 1, 2, 0]])
+    np.testing.assert_array_equal(dr.fill(sample, 2), sample[:2])
+
+
+def counting_invokes(interp, log, name):
+    """interp with its invoke() wrapped to append `name` to `log` (LiteRT's Interpreter is a Python
+    class, so one instance's method can be replaced)."""
+    real = interp.invoke
+    interp.invoke = lambda: (log.append(name), real())[1]
+    return interp
+
+
+def test_rounds_time_every_configuration_in_turn(models, monkeypatch):
+    """Set-up: a first invoke and `warmup` more per configuration, in order; run(): `runs` timed
+    invokes of each, taking turns from configuration `first`, after `warmup` untimed ones."""
+    sample, other = quantized_inputs(models["int8"], 3), quantized_inputs(models["float32"], 2)
+    log, built = [], []
+    real = dr.load_interpreter
+
+    def logging_load(*args, **kwargs):
+        built.append(len(built))
+        return counting_invokes(real(*args, **kwargs), log, f"c{built[-1]}")
+
+    monkeypatch.setattr(dr, "load_interpreter", logging_load)
+    rounds = dr.Rounds([(models["int8"], sample, 1, 4), (models["float32"], other, 1, 2)], warmup=2)
+    assert log == ["c0"] * 3 + ["c1"] * 3
+    assert [sorted(s) for s in rounds.setup] == [["first_invoke_seconds", "init_seconds"]] * 2
+    log.clear()
+    seconds = rounds.run(4, first=1, warmup=1)
+    assert log == ["c1"] * 5 + ["c0"] * 5
+    assert [len(s) for s in seconds] == [4, 4] and min(min(s) for s in seconds) > 0
+    # the first configuration's interpreter holds its batch: the sample repeated to 4 rows
+    interp = rounds.interpreters[0]
+    np.testing.assert_array_equal(
+        interp.get_tensor(interp.get_input_details()[0]["index"]), sample[[0, 1, 2, 0]]
+    )
+
+
+def build_refused_model(directory):
+    """The tiny int8 model with a fused activation (5) that LiteRT's FULLY_CONNECTED refuses in
+    Prepare: it loads, and allocate_tensors raises RuntimeError. Returns its path."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray((directory / "tiny_int8.tflite").read_bytes()), 0)
+    model.subgraphs[0].operators[0].builtinOptions.fusedActivationFunction = 5
+    path = directory / "refused_int8.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    return path
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_a_model_litert_cannot_prepare_is_a_value_error(models, reference):
+    """LiteRT refuses such a model in allocate_tensors with RuntimeError; the runner's callers see
+    its one kind of refusal, ValueError (exit 2 on the command line, a ModelError on the host)."""
+    path = build_refused_model(models["int8"].parent)
+    interp = dr.load_interpreter(path, reference=reference)
+    with pytest.raises(ValueError, match=r"^LiteRT cannot run the model: .*fully_connected"):
+        dr.run_batched(interp, np.zeros((3, N_FEATURES), np.int8))
+    with pytest.raises(ValueError, match=r"^LiteRT cannot run .*refused_int8.tflite: "):
+        dr.Rounds([(path, np.zeros((3, N_FEATURES), np.int8), 1, 4)], reference=reference)
+
+
+def test_a_tensor_name_that_is_not_utf8_is_a_value_error(models, tmp_path):
+    """LiteRT's Python layer decodes tensor names and raises UnicodeDecodeError on others: the
+    runner says what it is, as its one kind of refusal."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(models["int8"].read_bytes()), 0)
+    graph = model.subgraphs[0]
+    graph.tensors[graph.inputs[0]].name = b"\xc0pixels"
+    path = tmp_path / "latin.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    with pytest.raises(ValueError, match=r"^a tensor name of the model is not UTF-8 \(invalid"):
+        dr.run_batched(dr.load_interpreter(path), np.zeros((1, N_FEATURES), np.int8))
 
 
 def run_cli(*args):
@@ -276,7 +360,7 @@ def test_cli_errors_exit_2_with_one_line(models, tmp_path, case, message):
 
 def test_runner_imports_only_stdlib_numpy_and_litert():
     # It is copied alone onto boards: no `pipeline`, and syntax that old board Pythons parse.
-    tree = ast.parse(open(dr.__file__).read(), feature_version=(3, 7))
+    tree = ast.parse(Path(dr.__file__).read_text(), feature_version=(3, 7))
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -293,9 +377,9 @@ def test_runner_imports_only_stdlib_numpy_and_litert():
 class Server:
     """`device_runner.py serve` under this test's python, spoken to line by line."""
 
-    def __init__(self):
+    def __init__(self, *options):
         self.proc = subprocess.Popen(
-            [sys.executable, str(dr.__file__), "serve"],
+            [sys.executable, str(dr.__file__), "serve", *options],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -402,7 +486,16 @@ def test_serve_answers_like_the_one_shot_commands(server, models, tmp_path):
     [
         ("not json", "bad request: not JSON: "),
         ('["run"]', "bad request: expected a JSON object, got list"),
-        ('{"command": "predict"}', "bad request: command must be 'run' or 'bench', got 'predict'"),
+        (
+            '{"command": "predict"}',
+            "bad request: command must be one of run, bench, rounds_open, rounds_run, "
+            "rounds_close, got 'predict'",
+        ),
+        ('{"command": "rounds_run", "session": 7, "runs": 3}', "bad request: no open rounds"),
+        (
+            '{"command": "rounds_open", "configs": [{"model": "m"}]}',
+            "bad request: 'configs' must be a non-empty list of",
+        ),
         ('{"command": "run", "model": "m", "inputs": "x"}', "bad request: 'outputs' is missing"),
         (
             '{"command": "run", "model": "m", "inputs": "x", "outputs": "y", "batch": "8"}',
@@ -446,6 +539,54 @@ def test_serve_refuses_a_bad_request_and_keeps_serving(
     assert reply["ok"] is True and reply["result"]["n"] == 5
     code, rest, _ = server.close()
     assert code == 0 and rest == ""
+
+
+def test_serve_times_rounds_across_requests(server, models, tmp_path):
+    np.save(tmp_path / "x8.npy", quantized_inputs(models["int8"], 3))
+    np.save(tmp_path / "xf.npy", quantized_inputs(models["float32"], 3))
+    configs = [
+        {"model": str(models[mode]), "inputs": str(tmp_path / x), "threads": threads, "batch": b}
+        for mode, x, threads, b in (("int8", "x8.npy", 1, 4), ("float32", "xf.npy", None, 2))
+    ]
+    opened = server.ask({"id": 1, "command": "rounds_open", "configs": configs, "warmup": 1})
+    assert opened["ok"] is True, opened
+    session = opened["result"]["session"]
+    assert len(opened["result"]["setup"]) == 2
+    assert opened["result"]["litert_version"] == server.ready["litert_version"]
+    for first in (0, 1):
+        reply = server.ask({"command": "rounds_run", "session": session, "runs": 3, "first": first})
+        assert reply["ok"] is True, reply
+        assert [len(s) for s in reply["result"]["seconds"]] == [3, 3]
+    assert server.ask({"command": "rounds_close", "session": session})["ok"] is True
+    reply = server.ask({"command": "rounds_run", "session": session, "runs": 3})
+    assert reply["exit"] == dr.EXIT_BAD_INPUT and "no open rounds session" in reply["error"]
+    assert server.close()[:2] == (0, "")
+
+
+def test_serve_caps_its_data_memory(models, tmp_path):
+    """--memory-limit sets RLIMIT_DATA before the ready line; a request that needs more (a batch of
+    2**25 rows: 512 MiB of inputs alone) is refused as bad input, by numpy (MemoryError) or by
+    LiteRT (it cannot allocate its tensors), and the process serves on."""
+    limit = 400 * 2**20
+    limited = Server("--memory-limit", str(limit))
+    try:
+        assert resource.prlimit(limited.proc.pid, resource.RLIMIT_DATA)[0] == limit
+        np.save(tmp_path / "x.npy", quantized_inputs(models["int8"], 3))
+        config = {"model": str(models["int8"]), "inputs": str(tmp_path / "x.npy"), "threads": 1}
+        for request in (
+            {"command": "rounds_open", "configs": [{**config, "batch": 2**25}], "warmup": 0},
+            {"command": "bench", **config, "batch_sizes": [2**25], "threads": [1], "runs": 1},
+        ):
+            reply = limited.ask(request)
+            assert reply["ok"] is False and reply["exit"] == dr.EXIT_BAD_INPUT, reply
+            assert re.match(r"the model needs more memory|LiteRT cannot run", reply["error"])
+        reply = limited.ask({"command": "rounds_open", "configs": [{**config, "batch": 4}]})
+        assert reply["ok"] is True, reply
+        assert limited.close()[0] == 0
+    finally:
+        if limited.proc.poll() is None:
+            limited.proc.kill()
+            limited.proc.wait()
 
 
 def test_serve_dies_with_the_model_that_crashes_litert(server, tmp_path):

@@ -287,7 +287,7 @@ def _bad_inputs(tmp_path, exported, keras):
         ),
         "layer-norm": (
             ["--model", str(norm), "--data", "digits"],
-            "Error: quantization-aware training does not support layer(s) norm (LayerNormalization); ",
+            f"Error: {norm}: layer 'norm' (LayerNormalization) cannot be exported; supported: ",
         ),
     }
 

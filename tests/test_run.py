@@ -228,6 +228,10 @@ modes = ["int8", "float32"]
 qat_epochs = 3
 [verify]
 targets = ["host-ref", "tflm"]
+# 360 test samples, one of them 0.28 pp: the drop gate allows three, agreement stays at its
+# default. The figures of record (drop, agreement) are measured on 2,000 MNIST digits by
+# scripts/measure_byom.py.
+max_drop = 1.0
 [bench]
 batch_sizes = [1]
 threads = [1]
@@ -339,3 +343,40 @@ def test_run_model_refuses_an_unsupported_layer_before_anything_runs(k3, tmp_pat
     result = _run_model(tmp_path, path)
     assert_one_line_error(result, fragment="layer 'rnn' (LSTM) cannot be exported")
     assert not (tmp_path / "a" / "model.keras").exists()
+
+
+AUTO_RUN = """
+[verify]
+targets = ["host-ref", "tflm"]
+[bench]
+batch_sizes = [1]
+threads = [1]
+warmup = 1
+runs = 4
+rounds = 2
+keras_runs = 2
+"""
+
+
+def test_run_model_with_defaults_ships_int8_for_the_outlier_case(outlier_case, tmp_path):
+    """The issue's outlier case (two channels of the first Dense ×100, undone by the next):
+    `bnpipe run --model` with the default fold and export (equalization on, --mode auto) ends
+    with an integer model within 0.3 pp and 99.5 % agreement of the original, because
+    equalization brings the first pair's channel ranges back together."""
+    _, outlier = outlier_case
+    cfg = tmp_path / "auto.toml"
+    cfg.write_text(AUTO_RUN)
+    out = tmp_path / "a"
+    args = ["run", "--model", str(outlier / "folded.keras"), "--config", str(cfg)]
+    result = CliRunner().invoke(cli, [*args, "--data", "digits", "--artifacts", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    first = json.loads((out / "fold.json").read_text())["report"]["equalized"][0]
+    assert first["range_ratio_before"] > 50 and first["range_ratio_after"] < 10, first
+    export = json.loads((out / "export.json").read_text())
+    chosen = export["auto"]["chosen"]
+    assert chosen in ("int8", "ptq-int8"), export["auto"]
+    rows = json.loads((out / "verify.json").read_text())["rows"]
+    int8 = [r for r in rows if r["candidate"] == f"model_{chosen}.tflite"]
+    assert {r["target"] for r in int8} == {"host-ref", "tflm"}
+    for r in int8:
+        assert r["diff_pp"] >= -0.3 and r["agreement"] >= 0.995, r

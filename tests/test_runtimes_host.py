@@ -1,16 +1,19 @@
-"""The host and host-ref targets (LiteRT in-process) and the target registry, on tiny real models.
+"""The host and host-ref targets (LiteRT in a child process) and the target registry, on tiny real
+models.
 
 The tiny models are built here once per test session (`tiny_models`) and reused by
 tests/test_tflm.py and tests/test_quantize.py.
 """
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.errors import BnpipeError, ModelError, TargetUnavailable
+from pipeline.errors import BnpipeError, ModelCrashed, ModelError, TargetUnavailable
 from pipeline.quantize import quantize
 from pipeline.runtimes import device_runner
 from pipeline.runtimes.host import HostRuntime
@@ -127,25 +130,43 @@ def test_float_outputs_match_keras(models, reference):
     np.testing.assert_allclose(result.outputs, expected, rtol=0, atol=FLOAT_ATOL)
 
 
-def test_run_is_batched_not_per_sample(models, monkeypatch):
-    """2500 rows with batch 1024 → exactly three invokes (1024, 1024, 452)."""
-    invokes = []
-    real = device_runner.load_interpreter
-
-    def counting(*args, **kwargs):
-        interp = real(*args, **kwargs)
-        wrapped = interp.invoke
-        # LiteRT's Interpreter is a Python class, so one instance's method can be wrapped.
-        interp.invoke = lambda: (invokes.append(1), wrapped())[1]
-        return interp
-
-    monkeypatch.setattr(device_runner, "load_interpreter", counting)
-    result = HostRuntime(reference=True).run(
-        models["int8"], model_inputs(models["int8"], features(2500))
+@pytest.mark.parametrize("mode", ["int8", "float32"])
+@pytest.mark.parametrize("reference", [False, True])
+def test_the_child_gives_the_runners_outputs_bit_for_bit(models, mode, reference):
+    """The child runs device_runner's own code: its outputs are those of run_batched in this
+    process (a tiny model of the test's own making) bit for bit, 1024 rows per invoke."""
+    x = model_inputs(models[mode], features(2500))
+    with HostRuntime(reference=reference) as runtime:
+        result = runtime.run(models[mode], x)
+    expected, _ = device_runner.run_batched(
+        device_runner.load_interpreter(models[mode], reference=reference), x, batch=1024
     )
-    assert len(invokes) == 3
+    assert result.outputs.dtype == expected.dtype and result.outputs.shape == expected.shape
+    assert result.outputs.tobytes() == expected.tobytes()
     assert result.info["batch"] == 1024 and result.info["n"] == 2500
     assert result.invoke_seconds > 0
+
+
+def test_no_interpreter_is_ever_loaded_in_this_process(models, tmp_path):
+    """host, host-ref and tflm run models in child processes only: after a run on each, neither
+    LiteRT's nor TFLM's interpreter module was imported here (a fresh python, to start clean)."""
+    x = model_inputs(models["int8"], features(10))
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np\n"
+        "from pipeline.runtimes.registry import close_all, resolve\n"
+        "runtimes, _ = resolve('host,host-ref,tflm', explicit=True)\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        f"print([rt.run({str(models['int8'])!r}, x).outputs.shape for rt in runtimes])\n"
+        "close_all(runtimes)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('ai_edge_litert.interpreter', "
+        "'tflite_micro.runtime', 'tflite_micro.python'))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str([(10, N_CLASSES)] * 3), "[]"]
 
 
 def test_wrong_input_dtype_is_a_model_error(models):
@@ -177,20 +198,17 @@ def _malformed(model_bytes):
     "case", ["random bytes", "truncated model", "truncated tail", "header only", "empty"]
 )
 @pytest.mark.parametrize("reference", [False, True])
-def test_malformed_file_is_a_model_error_before_litert_sees_it(
-    models, tmp_path, monkeypatch, case, reference
-):
-    def must_not_load(*args, **kwargs):
-        raise AssertionError("a malformed file reached LiteRT")
-
-    monkeypatch.setattr(device_runner, "load_interpreter", must_not_load)
+def test_malformed_file_is_a_model_error_before_litert_sees_it(models, tmp_path, case, reference):
     path = tmp_path / "bad.tflite"
     path.write_bytes(_malformed(models["int8"].read_bytes())[case])
     runtime = HostRuntime(reference=reference)
-    with pytest.raises(ModelError, match="bad.tflite"):
+    with pytest.raises(ModelError, match=r"bad\.tflite"):
         runtime.run(path, np.zeros((2, N_FEATURES), dtype=np.int8))
-    with pytest.raises(ModelError, match="bad.tflite"):
+    with pytest.raises(ModelError, match=r"bad\.tflite"):
         runtime.bench(path, np.zeros((2, N_FEATURES), dtype=np.int8), runs=1, warmup=0)
+    with pytest.raises(ModelError, match=r"bad\.tflite"):
+        runtime.rounds([(path, np.zeros((2, N_FEATURES), dtype=np.int8), 1, 4)])
+    assert runtime.server.starts == 0  # no child, so no LiteRT, ever saw the file
 
 
 def test_missing_file_is_a_model_error(tmp_path):
@@ -226,7 +244,7 @@ def test_a_checked_model_is_parsed_once_per_content(models, tmp_path, monkeypatc
     assert host.checked_tflite(a).input_tensor().dtype == "float32"
     assert parsed == [str(a), str(a)]
     a.write_bytes(good[: len(good) // 2])
-    with pytest.raises(ModelError, match="a.tflite"):
+    with pytest.raises(ModelError, match=r"a\.tflite"):
         HostRuntime().run(a, x)
     host.forget_checked()
     host.checked_tflite(b)
@@ -245,40 +263,105 @@ def test_checked_models_are_remembered_up_to_a_bound(models, tmp_path):
     assert len(host._checked) == host.CHECKED_CACHE_SIZE
 
 
-def test_a_probe_is_remembered_only_once_waited_for(models):
-    """start_probe returns with the child under way; until wait() nothing is remembered (the same
-    models would be probed again), after it nothing is left to do (no child at all)."""
-    from pipeline.runtimes import host
+def test_a_model_that_crashes_the_child_is_that_models_error(models, tmp_path):
+    """The beta-0 SOFTMAX aborts LiteRT's reference kernels (the child dies by SIGABRT): that model
+    is a ModelCrashed naming it (exit 2, not one target's failure); the next model gets a fresh
+    child, and this process lives on."""
+    from test_device_runner import build_crashing_model
 
-    host.forget_checked()
-    pairs = [(models["int8"], False), (models["int8"], True), (models["int8"], False)]
-    probe = host.start_probe(pairs)
-    assert probe.models == [(models["int8"], False), (models["int8"], True)]  # duplicates once
-    assert host.start_probe(pairs[:1]).models == [(models["int8"], False)]  # not yet remembered
-    probe.wait()
-    probe.wait()  # the verdict again, no second child
-    assert host.start_probe(pairs).models == []
-    host.forget_parsed()  # the structural checks only: the probes stay remembered
-    assert host.start_probe(pairs).models == []
-    host.forget_checked()
-    assert len(host.start_probe(pairs).models) == 2
+    crashing = build_crashing_model(tmp_path)
+    x = model_inputs(models["int8"], features(5))
+    with HostRuntime(reference=True) as runtime:
+        with pytest.raises(ModelCrashed) as info:
+            runtime.run(crashing, np.zeros((4, N_FEATURES), np.int8))
+        assert str(info.value).startswith(
+            f"host-ref: the device runner crashed on {crashing} (signal 6 (SIGABRT): "
+        )
+        assert runtime.run(models["int8"], x).outputs.shape == (5, N_CLASSES)
+        assert runtime.server.starts == 2
+    # XNNPACK's SOFTMAX takes beta 0: the same file runs on host
+    with HostRuntime() as runtime:
+        assert runtime.run(crashing, np.zeros((4, N_FEATURES), np.int8)).outputs.shape == (4, 4)
 
 
-def test_a_probe_dropped_without_wait_is_killed_and_remembers_nothing(models):
-    """An error between start and wait (verify's data checks) drops the probe: its child is killed
-    and reaped when the Probe goes, and nothing it may have run is remembered."""
-    import gc
+def test_one_child_serves_every_model_until_closed(models):
+    x = model_inputs(models["int8"], features(5))
+    runtime = HostRuntime()
+    runtime.start()  # started early: the first run waits for it to be ready
+    for path in (models["int8"], models["int8"], models["float32"]):
+        runtime.run(path, x if path == models["int8"] else features(5))
+    child = runtime.server.process
+    assert runtime.server.starts == 1 and child.poll() is None
+    runtime.close()
+    assert child.returncode == 0 and runtime.server.process is None
 
-    from pipeline.runtimes import host
 
-    host.forget_checked()
-    probe = host.start_probe([(models["float32"], False)])
-    child = probe._proc
-    assert child.poll() is None  # still starting Python, numpy and LiteRT
-    del probe
-    gc.collect()
-    assert child.returncode is not None and child.stdout.closed and child.stderr.closed
-    assert host.start_probe([(models["float32"], False)]).models == [(models["float32"], False)]
+def test_the_shared_runtime_starts_one_child_for_the_whole_process(models):
+    from pipeline.runtimes.host import shared_runtime
+
+    runtime = shared_runtime(reference=True)
+    assert shared_runtime(reference=True) is runtime and shared_runtime() is not runtime
+    assert runtime.reference and runtime.name == "host-ref"
+    starts = runtime.server.starts
+    for _ in range(3):
+        runtime.run(models["int8"], model_inputs(models["int8"], features(3)))
+    assert runtime.server.starts == max(starts, 1)
+
+
+def test_outputs_of_another_shape_than_declared_are_a_model_error(models, tmp_path):
+    """A damaged output shape in the file (10 features where LiteRT makes 4): the outputs are not
+    what the file says it gives, and verify indexes them by what it says. ModelError naming both."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(models["int8"].read_bytes()), 0)
+    graph = model.subgraphs[0]
+    graph.tensors[graph.outputs[0]].shape = [1, 10]
+    graph.tensors[graph.outputs[0]].shapeSignature = [-1, 10]
+    path = tmp_path / "ten.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    with pytest.raises(
+        ModelError,
+        match=rf"^host: {path} produced outputs of shape \(3, 4\) for 3 inputs, but its output "
+        r"tensor declares \(N, 10\)$",
+    ):
+        HostRuntime().run(path, model_inputs(models["int8"], features(3)))
+
+
+def test_rounds_time_in_turns_in_the_child(models):
+    """HostRuntime.rounds: device_runner.Rounds in the child, round by round."""
+    x8, xf = model_inputs(models["int8"], features(8)), features(8)
+    with HostRuntime() as runtime:
+        rounds = runtime.rounds(
+            [
+                (models["int8"], x8, 1, 1),
+                (models["int8"], x8, 1, 32),
+                (models["float32"], xf, 2, 4),
+            ],
+            warmup=2,
+        )
+        assert len(rounds.setup) == 3 and all(s["init_seconds"] > 0 for s in rounds.setup)
+        for first in range(3):
+            seconds = rounds.run(5, first=first)
+            assert [len(s) for s in seconds] == [5, 5, 5] and min(map(min, seconds)) > 0
+        rounds.close()
+        with pytest.raises(ModelError, match=r"^host: bad request: no open rounds session"):
+            rounds.run(1)
+        assert runtime.server.starts == 1
+
+
+def test_cold_start_in_a_fresh_process(models):
+    from pipeline.runtimes.host import cold_start
+
+    result = cold_start(models["int8"], model_inputs(models["int8"], features(4)))
+    assert set(result) == {"init_ms", "first_invoke_us", "peak_rss_added_kb"}
+    assert result["init_ms"] > 0 and result["first_invoke_us"] > 0
+    assert result["peak_rss_added_kb"] is None or result["peak_rss_added_kb"] >= 0
+    with pytest.raises(
+        ModelError,
+        match=r"failed to run in a fresh process: Cannot set tensor: .*FLOAT32 but expected .*INT8",
+    ):
+        cold_start(models["int8"], features(4))  # float inputs for an int8 model
 
 
 # -- registry -------------------------------------------------------------------------------------

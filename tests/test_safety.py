@@ -473,45 +473,63 @@ def test_a_model_that_aborts_the_reference_kernels_is_exit_2(files, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-500:])
-    assert f"Error: {path} " in proc.stderr and "Traceback" not in proc.stderr
+    assert f"Error: host-ref: the device runner crashed on {path} (signal 6 (SIGABRT)" in (
+        proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
 
 
-def test_the_probe_turns_the_abort_into_a_model_error_in_process(files):
-    """In this very process: the reference kernels would abort pytest, the probe's child dies
-    instead; the XNNPACK kernels accept the file, so that probe passes and is remembered."""
-    from pipeline.errors import ModelError
+def test_the_abort_is_a_model_crashed_in_process(files):
+    """In this very process: the reference kernels would abort pytest, the runtime's child dies
+    instead; the XNNPACK kernels accept the file and run it."""
+    from pipeline.errors import ModelCrashed
     from pipeline.runtimes import host
 
     path = files[0] / "beta0.tflite"
-    host.forget_checked()
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelCrashed) as info:
         host.HostRuntime(reference=True).run(str(path), np.zeros((4, N_FEATURES), np.int8))
     assert str(info.value).startswith(
-        f"{path} crashes LiteRT's reference kernels when loaded and run once on zeros (signal "
+        f"host-ref: the device runner crashed on {path} (signal 6 (SIGABRT): "
     )
-    host.probe_in_child([(path, False)])
-    assert len(host._probed) == 1  # the good pair only; the crashing one is never remembered
+    result = host.HostRuntime().run(str(path), np.zeros((4, N_FEATURES), np.int8))
+    assert result.outputs.shape == (4, N_CLASSES)
 
 
-def test_a_model_that_ran_on_no_target_fails_the_gate(files, tmp_path):
-    """TFLM crashes on the beta-0 softmax (in its child process); with no other target the file
-    ran nowhere, which is no evidence of anything: exit 1 naming it, never a PASS."""
+def test_a_model_that_crashes_tflm_is_exit_2_not_a_failed_gate(files, tmp_path):
+    """TFLM's constructor aborts on the beta-0 softmax (in its child process) at any arena size:
+    the file is bad input, exit 2 with one line, never a failed gate and never a PASS."""
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
     path = files[0] / "beta0.tflite"
     result = invoke(
-        "verify",
-        "--tflite",
-        path,
-        "--targets",
-        "tflm",
-        "--data",
-        "digits",
-        "-q",
-        "--artifacts",
-        out,
+        "verify", "--tflite", path, "--targets", "tflm", "--data", "digits", "-q",
+        "--artifacts", out,
+    )  # fmt: skip
+    assert_one_line_error(
+        result,
+        f"tflm: {path} crashes TFLM when its interpreter is built, even in an arena of 4194304 "
+        "bytes (the TFLM interpreter crashed (signal 6 (SIGABRT): no message on stderr))",
     )
+    assert sorted(p.name for p in out.iterdir()) == ["model.keras"]
+
+
+def test_a_model_that_ran_on_no_target_fails_the_gate(files, tmp_path):
+    """TFLM refuses float16 weights (their DEQUANTIZE) in Prepare, cleanly; with no other target
+    the file ran nowhere, which is no evidence of anything: exit 1 naming it, never a PASS."""
+    from pipeline.config import ExportConfig
+    from pipeline.export import convert
+    from pipeline.model import load_model
+
+    out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
+    path = tmp_path / "float16.tflite"
+    x = np.random.default_rng(0).random((64, N_FEATURES), dtype=np.float32)
+    good = load_model(files[0] / "good.keras")
+    path.write_bytes(convert(good, "ptq-float16", x, ExportConfig(calibration_samples=64)))
+    result = invoke(
+        "verify", "--tflite", path, "--targets", "tflm", "--data", "digits", "-q",
+        "--artifacts", out,
+    )  # fmt: skip
     assert result.exit_code == 1, result.output
-    assert "beta0.tflite ran on no target (tflm: failed: tflm: " in result.stderr
+    assert "float16.tflite ran on no target (tflm: failed: tflm: cannot run " in result.stderr
     assert "FAIL" in result.stdout
 
 

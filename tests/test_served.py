@@ -18,7 +18,7 @@ from test_device_runner import (
 )
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.errors import ModelError, TargetUnavailable
+from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
 from pipeline.runtimes import device_runner as dr
 from pipeline.runtimes.served import ServedRunner, how_it_ended
 
@@ -83,12 +83,14 @@ def test_a_crash_is_that_models_error_and_the_next_request_gets_a_new_process(
     first = runner.process
     crash, _ = run_request(models, tmp_path, "crash", reference=True)
     with pytest.raises(
-        ModelError,
+        ModelCrashed,
         match=r"^test: the device runner crashed on beta0\.tflite "
-        r"\(signal 6 \(SIGABRT\): ",
+        r"\(signal 6 \(SIGABRT\): .*\); the file is malformed",
     ):
         runner.request(crash, what="beta0.tflite")
     assert first.returncode == -signal.SIGABRT and runner.process is None
+    assert runner.last_crash.startswith("signal 6 (SIGABRT): ")
+    assert not issubclass(ModelCrashed, ModelError)  # a stage never records it as a target failure
     result = runner.request(request, what="good")
     assert result["n"] == 20 and runner.starts == 2 and runner.process is not first
 
@@ -128,6 +130,29 @@ def test_close_is_idempotent_and_a_closed_runner_starts_again(runner, models, tm
     assert runner.process is None
     runner.request(request, what="m")
     assert runner.starts == 2
+
+
+def test_start_overlaps_the_start_up_and_the_first_request_waits_for_it(models, tmp_path):
+    """start() returns before the runner is ready (its ready line unread); the first request reads
+    it and is answered by that same process, and a second start() while it runs is a no-op."""
+    served = ServedRunner(command(), target="test", timeout=120)
+    served.start()
+    popen = served.process
+    assert popen is not None and served.starts == 1
+    served.start()
+    assert served.process is popen
+    request, _ = run_request(models, tmp_path)
+    assert served.request(request, what="m")["n"] == 20
+    assert served.process is popen and served.starts == 1
+    served.close()
+
+
+def test_a_runner_started_early_that_cannot_start_is_unavailable_at_the_first_request():
+    served = ServedRunner(command([sys.executable, "-S", dr.__file__, "serve"]), "test", 60)
+    served.start()
+    with pytest.raises(TargetUnavailable, match=r"^test: the device runner failed \(exit 1: "):
+        served.request({"command": "run"}, what="m")
+    assert served.process is None
 
 
 def test_a_dropped_runner_stops_its_process(models, tmp_path):

@@ -1,5 +1,6 @@
-"""tflite_file: parsing and structural checks without an interpreter, and bnpipe's metadata entry."""
+"""tflite_file: parsing and structural checks without an interpreter, and bnpipe's metadata."""
 
+import itertools
 import json
 import re
 
@@ -34,7 +35,7 @@ def int8_bytes(exported):
 
 
 def _rewrite(data: bytes, change) -> bytes:
-    """The model re-serialized after `change(ModelT)`: a well-formed flatbuffer with bad contents."""
+    """The model re-serialized after `change(ModelT)`: well-formed flatbuffer, bad contents."""
     model = fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
     change(model)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
@@ -171,7 +172,7 @@ def test_header_only_with_garbage_is_a_model_error():
     rng = np.random.default_rng(0)
     for _ in range(50):
         data = b"\x0c\x00\x00\x00TFL3" + rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
-        with pytest.raises(ModelError, match="^g.tflite "):
+        with pytest.raises(ModelError, match=r"^g\.tflite "):
             parse_tflite(data, "g.tflite")
 
 
@@ -212,11 +213,72 @@ def test_structural_checks_name_the_broken_index(int8_bytes, change, message):
         parse_tflite(_rewrite(int8_bytes, change), "m.tflite")
 
 
+@pytest.mark.parametrize("shape", [[1, 27], [1, 10, 1], [10]])
+def test_a_shape_that_does_not_fit_its_signature_is_refused(int8_bytes, shape):
+    """TFLM sizes a tensor by its shape, LiteRT and bnpipe read its signature: a file where the two
+    disagree (one byte of the output's shape changed: 10 → 27) gave TFLM outputs of another width
+    than verify expected."""
+
+    def change(model):
+        graph = model.subgraphs[0]
+        graph.tensors[graph.outputs[0]].shape = shape
+
+    index = parse_tflite(int8_bytes).outputs[0]
+    with pytest.raises(
+        ModelError,
+        match=rf"^m\.tflite is damaged: tensor {index} has shape {re.escape(str(shape))} but "
+        r"shape signature \[-1, 10\]$",
+    ):
+        parse_tflite(_rewrite(int8_bytes, change), "m.tflite")
+
+
 def test_read_tflite_missing_file_and_directory(tmp_path):
     with pytest.raises(ModelError, match=f"^model file {tmp_path / 'no.tflite'} does not exist$"):
         read_tflite(tmp_path / "no.tflite")
     with pytest.raises(ModelError, match=f"^{tmp_path} is a directory, not a .tflite file$"):
         read_tflite(tmp_path)
+
+
+def test_read_tflite_refuses_what_is_not_a_regular_file_before_opening_it(tmp_path):
+    """A FIFO would block the open (no writer) and a device may never end: both are refused by
+    their type, before any read, so the call returns at once."""
+    import os
+
+    fifo = tmp_path / "model.tflite"
+    os.mkfifo(fifo)
+    for path in (fifo, os.devnull):
+        with pytest.raises(
+            ModelError, match=r"is not a regular file \(a device, a FIFO or a socket\)$"
+        ):
+            read_tflite(path)
+
+
+def test_read_tflite_reads_no_more_than_its_limit(tmp_path, monkeypatch):
+    from pipeline import tflite_file
+
+    path = tmp_path / "big.tflite"
+    path.write_bytes(b"\0" * 100)
+    monkeypatch.setattr(tflite_file, "MAX_SIZE", 99)
+    with pytest.raises(ModelError, match=rf"^{path} is larger than 99 bytes: "):
+        read_tflite(path)
+    monkeypatch.setattr(tflite_file, "MAX_SIZE", 100)
+    with pytest.raises(ModelError, match="is not a TFLite model: no TFL3 identifier"):
+        read_tflite(path)
+
+
+def test_buffer_spans_are_the_weights_bytes(int8_bytes):
+    """Every span holds exactly one buffer's data, as the object API reads it, and the spans do not
+    overlap: what lies outside them is the model's structure."""
+    from pipeline.tflite_file import buffer_spans
+
+    spans = buffer_spans(int8_bytes)
+    model = fb.ModelT.InitFromPackedBuf(bytearray(int8_bytes), 0)
+    datas = [bytes(b.data.tobytes()) for b in model.buffers if b.data is not None and len(b.data)]
+    assert [int8_bytes[s : s + n] for s, n in spans] == datas
+    ends = sorted((s, s + n) for s, n in spans)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ends))
+    with pytest.raises(ModelError):
+        buffer_spans(int8_bytes[:100])
 
 
 # --- the reader against LiteRT's generated schema and its object API ----------------------------

@@ -1,4 +1,5 @@
-"""The tflm target: TensorFlow Lite Micro's interpreter, one sample per invoke, arena sized for it."""
+"""The tflm target: TensorFlow Lite Micro's interpreter in a child process, one sample per invoke,
+arena sized for it."""
 
 import numpy as np
 import pytest
@@ -129,13 +130,10 @@ def test_wrong_input_dtype_and_shape_are_model_errors(models):
 
 @pytest.mark.parametrize("case", ["random bytes", "truncated model", "header only"])
 def test_malformed_file_never_reaches_tflm(models, tmp_path, monkeypatch, case):
-    from tflite_micro import runtime
-
     def must_not_run(*args, **kwargs):
         raise AssertionError("a malformed file reached TFLM")
 
     monkeypatch.setattr(tflm, "try_arena", must_not_run)
-    monkeypatch.setattr(runtime.Interpreter, "from_bytes", must_not_run)
     data = models["int8"].read_bytes()
     path = tmp_path / "bad.tflite"
     path.write_bytes(
@@ -147,8 +145,85 @@ def test_malformed_file_never_reaches_tflm(models, tmp_path, monkeypatch, case):
             "header only": data[:8],
         }[case]
     )
-    with pytest.raises(ModelError, match="bad.tflite"):
-        TflmRuntime().run(path, np.zeros((2, N_FEATURES), dtype=np.int8))
+    runtime = TflmRuntime()
+    with pytest.raises(ModelError, match=r"bad\.tflite"):
+        runtime.run(path, np.zeros((2, N_FEATURES), dtype=np.int8))
+    assert runtime.server.starts == 0  # no child, so no TFLM, ever saw the file
+
+
+def _with_hidden_shape(models, directory, width):
+    """The tiny int8 model with its hidden activation declared (1, width) instead of (1, 8):
+    LiteRT recomputes the shape, TFLM trusts it and its FULLY_CONNECTED writes `width` values."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = fb.ModelT.InitFromPackedBuf(bytearray(models["int8"].read_bytes()), 0)
+    graph = model.subgraphs[0]
+    hidden = graph.tensors[graph.operators[0].outputs[0]]
+    hidden.shape, hidden.shapeSignature = [1, width], [-1, width]
+    path = directory / f"hidden{width}.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    return path
+
+
+def test_a_model_that_crashes_tflm_is_that_models_error_and_the_next_gets_a_fresh_child(
+    models, tmp_path
+):
+    """TFLM builds the model with a 8,256-wide hidden tensor in 16 KiB and then writes past its
+    buffers at the first invoke: the child dies by SIGSEGV, which is a ModelCrashed for that model
+    (exit 2, never one target's failure); the next model runs in a fresh child."""
+    from pipeline.errors import ModelCrashed
+
+    path = _with_hidden_shape(models, tmp_path, 8 + 256 * 32)
+    x = model_inputs(models["int8"], features(3))
+    with TflmRuntime() as runtime:
+        with pytest.raises(ModelCrashed) as info:
+            runtime.run(path, x)
+        assert str(info.value) == (
+            f"tflm: the TFLM runner crashed on {path} (signal 11 (SIGSEGV): no message on "
+            "stderr); the file is malformed or uses an operator in a way the kernels do not accept"
+        )
+        assert runtime.run(models["int8"], x).outputs.shape == (3, N_CLASSES)
+        assert runtime.server.starts == 2
+
+
+def test_a_model_that_crashes_tflm_while_it_is_built_is_tried_once_more_at_the_limit(tmp_path):
+    """A crash while building may be an arena just short of what the model needs; one more try at
+    the largest arena tells: the beta-0 SOFTMAX aborts TFLM's constructor there too, so the model
+    is a ModelCrashed after two tries, not a walk through every size."""
+    from test_device_runner import build_crashing_model
+
+    from pipeline.errors import ModelCrashed
+
+    path = build_crashing_model(tmp_path)
+    with TflmRuntime() as runtime, pytest.raises(ModelCrashed) as info:
+        runtime.run(path, np.zeros((2, N_FEATURES), np.int8))
+    assert str(info.value).startswith(
+        f"tflm: {path} crashes TFLM when its interpreter is built, even in an arena of "
+        f"{tflm.ARENA_LIMIT} bytes (the TFLM interpreter crashed (signal 6 (SIGABRT)"
+    )
+    assert runtime.server.starts == 2  # one child per crash; the third was never needed
+
+
+def test_one_child_serves_every_model_and_sizes_the_arena_there(models):
+    """The arena search loads the model in the serving child and the run uses that interpreter:
+    one child, one build, for a model that fits the first size."""
+    x = model_inputs(models["int8"], features(4))
+    with TflmRuntime() as runtime:
+        for _ in range(2):
+            result = runtime.run(models["int8"], x)
+            assert result.info["arena_attempts"] == [{"arena_bytes": ARENA_START, "ok": True}]
+        runtime.run(models["float32"], features(4))
+        assert runtime.server.starts == 1 and runtime.server.requests == 6
+
+
+def test_the_child_data_memory_is_capped(models):
+    import resource
+
+    with TflmRuntime(memory_limit=700 * 2**20) as runtime:
+        runtime.run(models["int8"], model_inputs(models["int8"], features(1)))
+        limit = resource.prlimit(runtime.server.process.pid, resource.RLIMIT_DATA)[0]
+    assert limit == 700 * 2**20
 
 
 def test_a_model_tflm_does_not_support_is_refused_after_one_try_at_the_limit(exported, monkeypatch):

@@ -320,45 +320,67 @@ def _crafted(tmp_path, exported):
     }
 
 
-def test_the_probe_runs_while_the_reference_model_loads_and_predicts(
+def test_the_runtimes_start_while_the_reference_model_loads_and_predicts(
     exported, tmp_path, monkeypatch
 ):
-    """verify starts the child probe of every candidate × host kernels right after the structural
-    checks and waits for it only before the first candidate runs, so that the reference model's
-    loading and predictions hide its wall time. (The real probe runs; the wrappers only log.)"""
-    from pipeline.runtimes import host
+    """verify starts the child process of every runtime right after the structural checks, so that
+    their start-up overlaps the reference model's loading and predictions; each child then serves
+    every candidate. (The real start runs; the wrapper only logs.)"""
+    from pipeline.runtimes.served import ServedRunner
 
     out = _copy(exported, tmp_path)
-    events = []
-    real_start, real_wait = host.start_probe, host.Probe.wait
+    events, runners = [], []
+    real_start = ServedRunner.start
 
-    def start(models):
-        probe = real_start(models)
-        events.append(("started", sorted((p.name, reference) for p, reference in probe.models)))
-        return probe
+    def start(self):
+        real_start(self)
+        events.append(f"started {self.target}")
+        runners.append(self)
 
-    def wait(self):
-        real_wait(self)
-        events.append("waited")
-
-    monkeypatch.setattr(host, "start_probe", start)
-    monkeypatch.setattr(host.Probe, "wait", wait)
-    host.forget_checked()
-    path = out / tflite_name("int8")
+    monkeypatch.setattr(ServedRunner, "start", start)
+    paths = [out / tflite_name("int8"), out / tflite_name("float32")]
     run_verify(
         out,
-        config=VerifyConfig(targets=("host-ref", "host")),
-        tflite=[path],
+        config=VerifyConfig(targets=("host-ref", "host", "tflm")),
+        tflite=paths,
         progress=events.append,
     )
     assert events[:4] == [
-        ("started", [(path.name, False), (path.name, True)]),
+        "started host-ref",
+        "started host",
+        "started tflm",
         "reference: model.keras on TensorFlow (host)",
-        "waited",
-        f"{path.name} on host-ref",
     ]
-    # HostRuntime.run finds both probes remembered (by the checked bytes) and starts no other.
-    assert events[4:] == [f"{path.name} on host"]
+    assert events[4:] == [f"{p.name} on {t}" for p in paths for t in ("host-ref", "host", "tflm")]
+    assert [r.starts for r in runners] == [1, 1, 1]  # one child per target for both candidates
+    assert all(r.process is None for r in runners)  # closed at the end
+
+
+def test_a_model_that_crashes_a_runtime_is_exit_2_not_a_failed_gate(exported, tmp_path):
+    """TFLM trusts the declared shapes: a hidden activation declared 8,208 wide (LiteRT works its
+    width out itself) makes TFLM's FULLY_CONNECTED write past the arena, and the TFLM child dies by
+    SIGSEGV. That is bad input (exit 2, one line naming the file), never a failed gate (exit 1) and
+    never a crash of bnpipe: verify runs in this very process."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    out = _copy(exported, tmp_path)
+    model = fb.ModelT.InitFromPackedBuf(bytearray((out / tflite_name("int8")).read_bytes()), 0)
+    graph = model.subgraphs[0]
+    hidden = graph.tensors[graph.operators[0].outputs[0]]
+    width = int(hidden.shape[1]) + 256 * 32
+    hidden.shape, hidden.shapeSignature = [1, width], [-1, width]
+    path = tmp_path / "wide.tflite"
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    result = CliRunner().invoke(
+        cli, ["verify", "--tflite", str(path), "--targets", TARGETS, "-q", "--artifacts", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert _one_error_line(result) == (
+        f"Error: tflm: the TFLM runner crashed on {path} (signal 11 (SIGSEGV): no message on "
+        "stderr); the file is malformed or uses an operator in a way the kernels do not accept"
+    )
+    assert not (out / "verify.json").exists()
 
 
 def test_crafted_tflite_files_exit_2_before_writing(exported, tmp_path):

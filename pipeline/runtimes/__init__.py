@@ -11,8 +11,11 @@ in quantization steps.
     arm64     aarch64 LiteRT under qemu-user (Cortex-A class)         runtimes/arm64.py
     ssh:U@H   the standalone runner on a real board over ssh          runtimes/ssh.py
 
-The standalone runner (runtimes/device_runner.py) imports only numpy and LiteRT so that the same
-file runs in the emulator and on a board; host and host-ref call its functions in-process.
+No model ever runs in bnpipe's own process, whatever the file holds: host and host-ref run the
+standalone runner (runtimes/device_runner.py, numpy and LiteRT only, so the same file runs in the
+emulator and on a board) as a child process under this python, tflm its own runner
+(runtimes/tflm_runner.py), arm64 the standalone runner under qemu, ssh on the board. A model
+that crashes a runner is a ModelCrashed (exit 2), never a crash of bnpipe.
 """
 
 from __future__ import annotations
@@ -41,3 +44,20 @@ class Runtime(Protocol):
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
         """Run every row of `inputs` (already quantized, model input dtype) through the model."""
+
+
+def check_outputs(target: str, path, info, outputs: np.ndarray, n: int) -> None:
+    """ModelError unless `outputs` are n rows of the output features the file declares (info: its
+    TfliteInfo; where it declares them): a model whose kernels make another shape is damaged, and
+    the callers index its outputs by the declared shape."""
+    from pipeline.errors import ModelError
+
+    declared = info.output_tensor().shape[1:]
+    shape = tuple(outputs.shape)
+    if shape[:1] != (n,) or (
+        all(d >= 0 for d in declared) and shape[1:] != tuple(int(d) for d in declared)
+    ):
+        raise ModelError(
+            f"{target}: {path} produced outputs of shape {shape} for {n} inputs, but its output "
+            f"tensor declares (N, {', '.join(str(d) for d in declared)})"
+        )

@@ -1,62 +1,66 @@
-"""The `host` and `host-ref` targets: LiteRT in this process, on this CPU.
+"""The `host` and `host-ref` targets: LiteRT on this CPU, in a child process.
 
     host      the default op resolver, which applies the XNNPACK delegate (the fast path a phone
               app gets by default)
     host-ref  OpResolverType.BUILTIN_REF: LiteRT's reference kernels, the numerical truth every
               other target is compared with
 
-Both call the standalone runner's functions (runtimes/device_runner.py) in-process, so the host
-runs exactly the code a board runs. Every model file is parsed by `pipeline.tflite_file` first: a
-malformed flatbuffer is a ModelError in Python, never a crash in LiteRT's C++ loader. A file can be
-well formed and still abort a kernel (a SOFTMAX with beta 0 aborts the reference kernels), so
-before a model's first run in this process it is loaded and run once on zeros in a child process
-(`probe_in_child`): a crash there is a ModelError here, and the CLI's process lives on. verify
-starts that child early (`start_probe`) and waits for it just before the candidates run.
+A model never runs in bnpipe's own process: a file can be well formed and still crash a kernel
+(a SOFTMAX with beta 0 aborts the reference kernels; a damaged shape can send one past its
+buffers), so each runtime keeps one child, the standalone runner (`device_runner.py serve`) under
+this python, started on the first request (or by start()) and kept for every model until close().
+The host runs exactly the code a board runs. A model that crashes the child is that model's
+ModelCrashed (exit 2) and the next request gets a fresh child; the child's data memory is capped
+(MEMORY_LIMIT) and every request bounded in time (TIMEOUT_S). Inputs and outputs cross as .npy
+files in a temporary directory. Every model file is parsed by `pipeline.tflite_file` first: a
+malformed flatbuffer is a ModelError in Python and never starts LiteRT.
+
+bench's figures come from the child too: bench() (device_runner.bench, one configuration at a
+time), rounds() (device_runner.Rounds, configurations timed in turns, round by round, so that
+the caller can time other things between rounds) and cold_start() (a fresh process per model).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import os
+import importlib.util
+import json
 import subprocess
 import sys
-import weakref
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelError, TargetUnavailable
-from pipeline.runtimes import RunResult
-from pipeline.tfenv import native_noise_filtered
-from pipeline.tflite_file import TfliteInfo, parse_tflite, read_tflite
+from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
+from pipeline.runtimes import RunResult, check_outputs
+from pipeline.runtimes.served import ServedRunner, how_it_ended, last_error_line
+from pipeline.tflite_file import TfliteInfo, parse_tflite, read_model_bytes
 
 INSTALL_HINT = "pip install ai-edge-litert"
+RUNNER = Path(__file__).with_name("device_runner.py")
+COLD_START = Path(__file__).with_name("cold_start.py")
+DEFAULT_BATCH = 1024  # rows per invoke (device_runner.DEFAULT_BATCH, not imported: it loads LiteRT)
+TIMEOUT_S = 300  # per request, start-up included: verify's 10,000 MNIST rows take seconds
+MEMORY_LIMIT = 4 * 1024**3  # the child's data memory; a 1024-row batch of a 784-input MLP: ~10 MB
 # Model contents whose check is remembered (by sha256); a verify run has about six candidates.
 CHECKED_CACHE_SIZE = 32
 _checked: OrderedDict[bytes, TfliteInfo] = OrderedDict()
+_ENVIRONMENT = ("litert_version", "numpy_version", "machine", "python")
 
 
 def checked_tflite(path) -> TfliteInfo:
     """read_tflite(path), remembered by the file's content: the same bytes are parsed only once.
 
-    Parsing in Python costs ~0.2 ms per model (~1.4 ms before the bounds-checked reader), a large
-    share of what LiteRT needs to run 10,000 digits samples, and verify checks each candidate and
-    then runs it on host-ref and host. The key is the sha256 of the bytes read now (not the name or
-    the mtime), so a changed file is always parsed again. Returns a copy whose `path` is this path.
-    ModelError as read_tflite.
+    verify checks each candidate and then runs it on host-ref and host; parsing costs ~0.2 ms per
+    model, a visible share of what LiteRT needs to run 10,000 digits samples. The key is the
+    sha256 of the bytes read now (not the name or the mtime), so a changed file is always parsed
+    again. Returns a copy whose `path` is this path. ModelError as read_tflite.
     """
-    return _checked_with_key(Path(path))[0]
-
-
-def _checked_with_key(path: Path) -> tuple[TfliteInfo, bytes]:
-    """checked_tflite, and the sha256 of the bytes it checked (the key of the probes, too)."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        read_tflite(path)  # raises the ModelError that names what is wrong with the path
-        raise ModelError(f"cannot read {path}: {err}") from None  # it could be read after all
+    data = read_model_bytes(path)
     key = hashlib.sha256(data).digest()
     info = _checked.get(key)
     if info is None:
@@ -66,157 +70,37 @@ def _checked_with_key(path: Path) -> tuple[TfliteInfo, bytes]:
             _checked.popitem(last=False)
     else:
         _checked.move_to_end(key)
-    return dataclasses.replace(info, path=str(path)), key
+    return dataclasses.replace(info, path=str(path))
 
 
 def forget_checked() -> None:
-    """Drop every remembered check and probe (the next use checks and probes again)."""
-    _checked.clear()
-    _probed.clear()
-
-
-def forget_parsed() -> None:
-    """Drop the remembered structural checks only; probes stay remembered.
-
-    A verify run parses each candidate once, while a probe is paid once per file per process:
-    scripts/measure_verify_overhead.py times the two apart.
-    """
+    """Drop every remembered structural check (the next use parses again)."""
     _checked.clear()
 
 
-# Run by `sys.executable -c` with the runner's directory, then "R:PATH" per model (R = 1 for the
-# reference kernels): loads each, runs one sample of zeros, prints "ok" after each. A ValueError
-# (the runner's message for what LiteRT refuses cleanly) is left for the real run to report.
-_PROBE = (
-    "import sys\n"
-    "import numpy as np\n"
-    "sys.path.insert(0, sys.argv[1])\n"
-    "import device_runner as runner\n"
-    "for arg in sys.argv[2:]:\n"
-    "    ref, path = arg.split(':', 1)\n"
-    "    try:\n"
-    "        interp = runner.load_interpreter(path, reference=ref == '1')\n"
-    "        d = interp.get_input_details()[0]\n"
-    "        runner.run_batched(interp, np.zeros((1, *d['shape'][1:]), d['dtype']), batch=1)\n"
-    "    except ValueError:\n"
-    "        pass\n"
-    "    print('ok', flush=True)\n"
-)
-PROBE_TIMEOUT_S = 120
-_probed: set[tuple[bytes, bool]] = set()  # (sha256 of the bytes, reference kernels) that ran
-
-
-def probe_in_child(models: list[tuple[str | os.PathLike, bool]]) -> None:
-    """Load and run each (model, reference kernels?) once, in one child process; ModelError naming
-    the first model that crashes it. Remembered by content, so each file is probed once per process.
-
-    One child serves them all (≈ 0.1–0.2 s: Python, numpy and LiteRT start once). The same as
-    start_probe(models).wait(); start the probe early to let other work hide its wall time.
-    """
-    start_probe(models).wait()
-
-
-def start_probe(models: list[tuple[str | os.PathLike, bool]]) -> Probe:
-    """Start the probe of probe_in_child in a child process and return at once; Probe.wait() gives
-    its verdict. Models already probed in this process (by content) are not run again."""
-    todo, keys = [], []
-    for path, reference in models:
-        key = (hashlib.sha256(Path(path).read_bytes()).digest(), bool(reference))
-        if key not in _probed and key not in keys:
-            todo.append((Path(path), bool(reference)))
-            keys.append(key)
-    if not todo:
-        return Probe([], [], None)
-    runner_dir = str(Path(__file__).resolve().parent)  # where device_runner.py lives
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _PROBE, runner_dir, *[f"{int(ref)}:{path}" for path, ref in todo]],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    return Probe(todo, keys, proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Kill the child if it still runs, read its pipes to the end and reap it."""
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate()
-
-
-class Probe:
-    """A probe under way in a child process (start_probe). wait() for its verdict.
-
-    A probe dropped without wait() (an error came first) has its child killed and reaped, and
-    remembers nothing: only wait() records which models ran.
-    """
-
-    def __init__(self, todo: list[tuple[Path, bool]], keys: list, proc: subprocess.Popen | None):
-        self.models = todo  # (path, reference kernels?) the child runs: those not probed before
-        self._keys, self._proc = keys, proc
-        self._error: ModelError | None = None
-        self._reaper = weakref.finalize(self, _stop, proc) if proc is not None else None
-
-    def wait(self) -> None:
-        """Block until the child is done (at most PROBE_TIMEOUT_S more); ModelError naming the first
-        model that crashed it, or when it timed out. A second wait() gives the same verdict."""
-        if self._proc is not None:
-            self._error = self._verdict(self._proc)  # an interrupt here leaves it to wait for again
-            self._proc = None
-        if self._error is not None:
-            raise self._error
-
-    def _verdict(self, proc: subprocess.Popen) -> ModelError | None:
-        try:
-            out, err = proc.communicate(timeout=PROBE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._reaper()
-            return ModelError(
-                f"loading {', '.join(str(p) for p, _ in self.models)} in LiteRT took "
-                f"more than {PROBE_TIMEOUT_S} s"
-            )
-        self._reaper.detach()
-        done = out.split().count("ok")
-        _probed.update(self._keys[:done])
-        if done == len(self.models):
-            return None
-        path, reference = self.models[done]
-        kernels = "reference" if reference else "default (XNNPACK)"
-        how = (
-            f"signal {-proc.returncode}"
-            if proc.returncode < 0
-            else f"exit {proc.returncode}: {(err.strip().splitlines() or ['no message'])[-1]}"
-        )
-        return ModelError(
-            f"{path} crashes LiteRT's {kernels} kernels when loaded and run once on "
-            f"zeros ({how}); the file is malformed or uses an operator in a way the "
-            "kernels do not accept"
-        )
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def _runner():
-    """device_runner, imported on first use (it imports LiteRT at module level)."""
-    from pipeline.runtimes import device_runner
-
-    return device_runner
+def _serve_command(memory_limit: int) -> tuple[list[str], None, None]:
+    argv = [sys.executable, str(RUNNER), "serve", "--memory-limit", str(memory_limit)]
+    return argv, None, None
 
 
 class HostRuntime:
-    """LiteRT on the host CPU, in-process.
+    """LiteRT on the host CPU, in a child process (see the module docstring).
 
     reference=False: the default kernels (XNNPACK delegate), target name "host".
     reference=True: the builtin reference kernels, target name "host-ref".
     threads=None lets LiteRT choose; batch is the rows per invoke (inputs are run in batches,
-    never one Python call per sample).
+    never one Python call per sample). timeout bounds each request (the child's start-up
+    included), memory_limit the child's data memory (0: none). Use as a context manager or
+    close() it; it is also closed when collected and at interpreter exit.
     """
 
     def __init__(
-        self, reference: bool = False, threads: int | None = None, batch: int | None = None
+        self,
+        reference: bool = False,
+        threads: int | None = None,
+        batch: int | None = None,
+        timeout: float = TIMEOUT_S,
+        memory_limit: int = MEMORY_LIMIT,
     ):
         if threads is not None and int(threads) < 0:
             raise ValueError(f"threads must be None or >= 0, got {threads}")
@@ -226,48 +110,78 @@ class HostRuntime:
         self.threads = int(threads) if threads else None
         self.batch = int(batch) if batch is not None else None
         self.name = "host-ref" if self.reference else "host"
+        self.server = ServedRunner(
+            functools.partial(_serve_command, int(memory_limit)), target=self.name, timeout=timeout
+        )
 
     @property
     def kernels(self) -> str:
         return "builtin_ref" if self.reference else "default (XNNPACK delegate)"
 
     def available(self) -> tuple[bool, str]:
+        """Whether this python has LiteRT: found, not imported (it runs in the child only)."""
         try:
-            import ai_edge_litert  # noqa: F401
-            from ai_edge_litert.interpreter import OpResolverType  # noqa: F401
-        except ImportError as err:
-            return False, f"{self.name}: LiteRT is not importable ({err}): {INSTALL_HINT}"
+            found = importlib.util.find_spec("ai_edge_litert.interpreter") is not None
+        except ImportError:  # no ai_edge_litert package at all
+            found = False
+        if not found:
+            return (
+                False,
+                f"{self.name}: LiteRT is not installed for {sys.executable}: {INSTALL_HINT}",
+            )
         return True, ""
 
-    def _check(self, model_path) -> Path:
+    def start(self) -> None:
+        """Start the child now (python, numpy and LiteRT: ≈ 0.25 s) so that its start-up overlaps
+        the caller's other work; the first request waits for it to be ready."""
+        self.server.start()
+
+    def close(self) -> None:
+        """Stop the child, if one runs. Idempotent; a later request starts another."""
+        self.server.close()
+
+    def __enter__(self) -> HostRuntime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check(self, model_path) -> tuple[Path, TfliteInfo]:
         """Structural check of the file before any interpreter sees it (ModelError if bad)."""
         ok, why = self.available()
         if not ok:
             raise TargetUnavailable(why)
         path = Path(model_path)
-        _, key = _checked_with_key(path)
-        if (key, self.reference) not in _probed:  # else the bytes just checked ran in a probe
-            probe_in_child([(path, self.reference)])
-        return path
+        return path, checked_tflite(path)
 
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
-        """Run every row of `inputs` (model input dtype) in batched invokes. Copies; mutates nothing.
+        """Run every row of `inputs` (model input dtype) in batched invokes; mutates nothing.
 
-        outputs: (N, *output features), the raw output tensor values (int8 codes for an int8 model).
+        outputs: (N, *output features), the raw output tensor values (int8 codes for an int8
+        model). ModelError when LiteRT refuses the model or the inputs, or the outputs do not have
+        the shape the file declares; ModelCrashed when the model crashes the child.
         """
-        runner = _runner()
-        path = self._check(model_path)
-        batch = self.batch or runner.DEFAULT_BATCH
-        try:
-            with native_noise_filtered():  # LiteRT's "Created … XNNPACK delegate" line
-                interp = runner.load_interpreter(
-                    path, reference=self.reference, threads=self.threads
-                )
-                outputs, seconds = runner.run_batched(interp, np.asarray(inputs), batch=batch)
-        except ValueError as err:  # the runner's one message for a bad file, dtype or shape
-            raise ModelError(f"{self.name}: {_one_line(err)}") from None
-        info = {
-            **runner.environment(),
+        path, info = self._check(model_path)
+        batch = self.batch or DEFAULT_BATCH
+        with tempfile.TemporaryDirectory(prefix="bnpipe-host-") as tmp:
+            x_path, y_path = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
+            np.save(x_path, np.asarray(inputs), allow_pickle=False)
+            result = self.server.request(
+                {
+                    "command": "run",
+                    "model": str(path.resolve()),
+                    "inputs": str(x_path),
+                    "outputs": str(y_path),
+                    "reference": self.reference,
+                    "threads": self.threads,
+                    "batch": batch,
+                },
+                what=str(path),
+            )
+            outputs = np.load(y_path, allow_pickle=False)
+        check_outputs(self.name, path, info, outputs, len(inputs))
+        run_info = {
+            **{key: result[key] for key in _ENVIRONMENT},
             "kernels": self.kernels,
             "reference": self.reference,
             "threads": self.threads,
@@ -276,22 +190,158 @@ class HostRuntime:
             "emulated": False,
         }
         return RunResult(
-            target=self.name, outputs=outputs, invoke_seconds=float(seconds), info=info
+            target=self.name,
+            outputs=outputs,
+            invoke_seconds=float(result["invoke_seconds"]),
+            info=run_info,
         )
 
-    def bench(self, model_path: str, sample: np.ndarray, **kw) -> dict:
-        """device_runner.bench for this target's kernels; keyword arguments pass through.
-
-        threads defaults to (self.threads,) when the runtime was given a thread count.
-        """
-        runner = _runner()
-        path = self._check(model_path)
-        if self.threads and "threads" not in kw:
-            kw["threads"] = (self.threads,)
-        try:
-            with native_noise_filtered():
-                result = runner.bench(path, np.asarray(sample), reference=self.reference, **kw)
-        except ValueError as err:
-            raise ModelError(f"{self.name}: {_one_line(err)}") from None
+    def bench(
+        self,
+        model_path: str,
+        sample: np.ndarray,
+        batch_sizes=(1, 32, 1024),
+        threads=None,
+        warmup: int = 20,
+        runs: int = 200,
+    ) -> dict:
+        """device_runner.bench for this target's kernels, in the child: every (threads, batch size)
+        pair timed alone on a fresh interpreter. threads defaults to (self.threads,) when the
+        runtime was given a thread count, else (1, None)."""
+        path, _ = self._check(model_path)
+        if threads is None:
+            threads = (self.threads,) if self.threads else (1, None)
+        with tempfile.TemporaryDirectory(prefix="bnpipe-host-") as tmp:
+            x_path = Path(tmp) / "sample.npy"
+            np.save(x_path, np.asarray(sample), allow_pickle=False)
+            result = self.server.request(
+                {
+                    "command": "bench",
+                    "model": str(path.resolve()),
+                    "inputs": str(x_path),
+                    "batch_sizes": [int(b) for b in batch_sizes],
+                    "threads": [int(t or 0) for t in threads],
+                    "warmup": int(warmup),
+                    "runs": int(runs),
+                    "reference": self.reference,
+                },
+                what=str(path),
+            )
         result.update(target=self.name, kernels=self.kernels, emulated=False)
         return result
+
+    def rounds(self, configs: list[tuple], warmup: int = 20) -> Rounds:
+        """Interleaved timing in the child (device_runner.Rounds): configs is a list of
+        (model path, sample, threads, batch size); each gets its own interpreter, allocated for its
+        batch, filled with its sample repeated, invoked once and `warmup` more times. Returns the
+        open Rounds: run() times every configuration in turn, close() frees them."""
+        samples: dict[int, tuple[np.ndarray, str]] = {}  # one .npy per distinct sample array
+        with tempfile.TemporaryDirectory(prefix="bnpipe-host-") as tmp:
+            requested = []
+            for model_path, sample, threads, batch in configs:
+                path, _ = self._check(model_path)
+                if id(sample) not in samples:
+                    x_path = Path(tmp) / f"sample{len(samples)}.npy"
+                    np.save(x_path, np.asarray(sample), allow_pickle=False)
+                    samples[id(sample)] = (sample, str(x_path))  # kept: its id stays unique
+                requested.append(
+                    {
+                        "model": str(path.resolve()),
+                        "inputs": samples[id(sample)][1],
+                        "threads": int(threads) if threads else None,
+                        "batch": int(batch),
+                    }
+                )
+            names = sorted({str(Path(c[0])) for c in configs})
+            result = self.server.request(
+                {
+                    "command": "rounds_open",
+                    "configs": requested,
+                    "warmup": int(warmup),
+                    "reference": self.reference,
+                },
+                what=", ".join(names),
+            )
+        return Rounds(self, result["session"], result["setup"], ", ".join(names))
+
+
+class Rounds:
+    """Configurations open in a host runtime's child for interleaved timing (HostRuntime.rounds).
+
+    setup: per configuration, {"init_seconds", "first_invoke_seconds"} of its interpreter.
+    """
+
+    def __init__(self, runtime: HostRuntime, session: int, setup: list[dict], what: str):
+        self.runtime, self.session, self.setup, self.what = runtime, session, setup, what
+
+    def run(self, runs: int, first: int = 0, warmup: int = 0) -> list[list[float]]:
+        """Time `runs` invokes of each configuration, in turn from configuration `first`, each
+        turn after `warmup` untimed invokes: one list of seconds per configuration, in order."""
+        return self.runtime.server.request(
+            {
+                "command": "rounds_run",
+                "session": self.session,
+                "runs": int(runs),
+                "first": int(first),
+                "warmup": int(warmup),
+            },
+            what=self.what,
+        )["seconds"]
+
+    def close(self) -> None:
+        """Free the interpreters in the child (the runtime's close() frees them too)."""
+        self.runtime.server.request(
+            {"command": "rounds_close", "session": self.session}, what=self.what
+        )
+
+    def __enter__(self) -> Rounds:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.runtime.server.process is not None:
+            self.close()
+
+
+_shared: dict[bool, HostRuntime] = {}
+
+
+def shared_runtime(reference: bool = False) -> HostRuntime:
+    """This process's one HostRuntime for these kernels, for callers that run a model now and then
+    (export checks each converted file): its child starts once (≈ 0.3 s) and serves every later
+    call until the process exits. Its requests are answered one at a time (thread-safe)."""
+    runtime = _shared.get(bool(reference))
+    if runtime is None:
+        runtime = _shared.setdefault(bool(reference), HostRuntime(reference=reference))
+    return runtime
+
+
+def cold_start(model_path, sample: np.ndarray, memory_limit: int = MEMORY_LIMIT) -> dict:
+    """A model's cold start in a fresh process on sample[:1] (runtimes/cold_start.py): init_ms,
+    first_invoke_us and peak_rss_added_kb. After the structural check; ModelError when LiteRT
+    refuses the model or it takes too long, ModelCrashed when it crashes the process."""
+    path = Path(model_path)
+    checked_tflite(path)
+    with tempfile.TemporaryDirectory(prefix="bnpipe-bench-") as tmp:
+        x_path = Path(tmp) / "x.npy"
+        np.save(x_path, np.ascontiguousarray(sample[:1]), allow_pickle=False)
+        argv = [sys.executable, str(COLD_START), str(path), str(x_path)]
+        try:
+            proc = subprocess.run(
+                [*argv, "--memory-limit", str(memory_limit)],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise ModelError(
+                f"{path} did not load and run in a fresh process within {TIMEOUT_S} s"
+            ) from None
+    if proc.returncode < 0:
+        raise ModelCrashed(
+            f"{path} crashed LiteRT when loaded and run in a fresh process "
+            f"({how_it_ended(proc.returncode)}: {last_error_line(proc.stderr)})"
+        )
+    if proc.returncode != 0:
+        raise ModelError(f"{path} failed to run in a fresh process: {last_error_line(proc.stderr)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

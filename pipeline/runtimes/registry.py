@@ -3,8 +3,9 @@
     host  host-ref  tflm  arm64     fixed names (TARGETS)
     ssh:USER@HOST[:PORT]            a board over ssh
 
-Each runtime module is imported only when its target is asked for: arm64 and ssh are plain
-subprocess wrappers, but host and tflm import LiteRT / TFLM when they run.
+Each runtime module is imported only when its target is asked for. None of them imports LiteRT
+or TFLM into this process: every model runs in a child process (host, host-ref and tflm under
+this python; arm64 under qemu; ssh on the board).
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def get_runtime(name: str):
 
         return SshRuntime(name[len(SSH_PREFIX) :])
     raise _unknown(name)
+
+
+def start_all(runtimes: Iterable) -> None:
+    """Start the child processes of the runtimes that keep one (host, host-ref, tflm) without
+    waiting for them, so that their start-up overlaps the caller's work before the first run.
+    Runtimes without a start() start on their first run. Pair with close_all()."""
+    for runtime in runtimes:
+        start = getattr(runtime, "start", None)
+        if start is not None:
+            start()
 
 
 def close_all(runtimes: Iterable) -> None:

@@ -9,8 +9,10 @@ interpreter exits, whichever comes first.
 
 Every request builds its own interpreter in the runner, so the answers are the one-shot
 command's. What the process shares across requests is only the imported modules; a model that
-crashes LiteRT kills it, which is reported for that model alone (ModelError) and the next request
-starts a fresh process.
+crashes the runner kills it, which is reported for that model alone (ModelCrashed: bad input,
+exit 2) and the next request starts a fresh process. The same class serves the host targets
+(`device_runner.py serve` under this python) and TFLM (`tflm_runner.py serve`), so that no model
+ever runs in bnpipe's own process.
 
 Only the standard library is imported here.
 """
@@ -27,7 +29,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from pipeline.errors import ModelError, TargetUnavailable
+from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
 
 # device_runner.py's exit codes (kept in step with EXIT_INTERNAL / EXIT_BAD_INPUT / EXIT_NO_LITERT).
 RUNNER_EXIT_INTERNAL = 1
@@ -73,6 +75,7 @@ class _Process:
             env=env,
             cwd=cwd,
         )
+        self.ready = False  # its ready line was read
         self.answers: queue.Queue[str | None] = queue.Queue()
         self.stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.threads = [
@@ -154,12 +157,13 @@ class _Process:
 
 
 class ServedRunner:
-    """`device_runner.py serve`, started on the first request and kept for the next ones.
+    """`device_runner.py serve`, started on the first request (or by start()) and kept for the
+    next ones.
 
     command() → (argv, env, cwd) of the serve process (env None: this process's); target names
-    the target in messages; timeout bounds start-up plus one request, in seconds. Thread-safe:
-    requests are answered one at a time. close() is idempotent; a closed runner starts again on
-    the next request.
+    the target in messages, and runner the process; timeout bounds start-up plus one request, in
+    seconds. Thread-safe: requests are answered one at a time. close() is idempotent; a closed
+    runner starts again on the next request.
     """
 
     def __init__(
@@ -167,11 +171,15 @@ class ServedRunner:
         command: Callable[[], tuple[list[str], dict | None, str | None]],
         target: str,
         timeout: float,
+        runner: str = "the device runner",
     ):
         self.command, self.target, self.timeout = command, target, timeout
+        self.runner = runner
+        self.last_crash = ""  # how the last process that died on a request ended, in words
         self._lock = threading.Lock()
         self._state = {"process": None}  # shared with the finalizer, which must not hold self
         self.starts = 0  # processes started so far (one more after each crash or close())
+        self.ready_seconds = 0.0  # time requests spent waiting for a started process to be ready
         self.requests = 0  # requests sent so far; each carries its number as its id
         weakref.finalize(self, _stop, self._state, False)
 
@@ -181,12 +189,21 @@ class ServedRunner:
         proc = self._state["process"]
         return proc.popen if proc is not None else None
 
+    def start(self) -> None:
+        """Start the process now, if none runs, without waiting for it to be ready: its start-up
+        then overlaps whatever the caller does before the first request. OSError passes through."""
+        with self._lock:
+            proc = self._state["process"]
+            if proc is None or proc.popen.poll() is not None:
+                self._spawn()
+
     def request(self, request: dict, what: str) -> dict:
         """The runner's result for one request ({"command": "run", ...} without "id").
 
         `what` names the request's model in messages. ModelError when the runner refused the
-        request (exit 2) or died on it; TargetUnavailable when the runner cannot start, has no
-        LiteRT, fails for another reason or does not answer within the timeout.
+        request (exit 2); ModelCrashed when it died on it (a signal, or an exit without an
+        answer); TargetUnavailable when the runner cannot start, has no LiteRT, fails for
+        another reason or does not answer within the timeout.
         """
         with self._lock:
             deadline = time.monotonic() + self.timeout
@@ -199,7 +216,7 @@ class ServedRunner:
             except TimeoutError:
                 self._drop(kill=True)
                 raise TargetUnavailable(
-                    f"{self.target}: the device runner did not answer within "
+                    f"{self.target}: {self.runner} did not answer within "
                     f"{self.timeout:g} s ({what})"
                 ) from None
             except BaseException:  # Ctrl-C while it works: stop it now, not after the request
@@ -207,8 +224,10 @@ class ServedRunner:
                 raise
             if line is None:  # it died on this request: the request's fault, not the target's
                 self._state["process"] = None
-                raise ModelError(
-                    f"{self.target}: the device runner crashed on {what} ({proc.reap()})"
+                self.last_crash = proc.reap()
+                raise ModelCrashed(
+                    f"{self.target}: {self.runner} crashed on {what} ({self.last_crash}); the "
+                    "file is malformed or uses an operator in a way the kernels do not accept"
                 )
             return self._result(line, request["id"])
 
@@ -226,12 +245,9 @@ class ServedRunner:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _started(self, deadline: float) -> _Process:
-        """The running process, started (and its ready line read) if there is none."""
-        proc = self._state["process"]
-        if proc is not None and proc.popen.poll() is None:
-            return proc
-        if proc is not None:  # died between requests (killed from outside): start afresh
+    def _spawn(self) -> _Process:
+        """A new process (the old one, if any, stopped); its ready line is not read yet."""
+        if self._state["process"] is not None:
             self._drop(kill=True)
         argv, env, cwd = self.command()
         try:
@@ -240,19 +256,30 @@ class ServedRunner:
             raise TargetUnavailable(f"{self.target}: cannot start {argv[0]}: {err}") from None
         self._state["process"] = proc
         self.starts += 1
+        return proc
+
+    def _started(self, deadline: float) -> _Process:
+        """The running process, started (and its ready line read) if there is none."""
+        proc = self._state["process"]
+        if proc is not None and proc.ready and proc.popen.poll() is None:
+            return proc
+        if proc is None or (proc.ready and proc.popen.poll() is not None):
+            # none yet, or it died between requests (killed from outside): start afresh
+            proc = self._spawn()
+        t0 = time.monotonic()
         try:
             line = proc.next_line(deadline)
         except TimeoutError:
             self._drop(kill=True)
             raise TargetUnavailable(
-                f"{self.target}: the device runner did not start within {self.timeout:g} s"
+                f"{self.target}: {self.runner} did not start within {self.timeout:g} s"
             ) from None
         except BaseException:  # Ctrl-C while it starts
             self._drop(kill=True)
             raise
         if line is None:
             self._state["process"] = None
-            raise TargetUnavailable(f"{self.target}: the device runner failed ({proc.reap()})")
+            raise TargetUnavailable(f"{self.target}: {self.runner} failed ({proc.reap()})")
         try:
             ready = json.loads(line)
         except json.JSONDecodeError:
@@ -260,9 +287,11 @@ class ServedRunner:
         if not isinstance(ready, dict) or ready.get("ready") is not True:
             self._drop(kill=True)
             raise TargetUnavailable(
-                f"{self.target}: the device runner printed "
+                f"{self.target}: {self.runner} printed "
                 f"{line.strip()[:200]!r} instead of its ready line"
             )
+        proc.ready = True
+        self.ready_seconds += time.monotonic() - t0
         return proc
 
     def _result(self, line: str, request_id: int) -> dict:
@@ -272,13 +301,12 @@ class ServedRunner:
         except (json.JSONDecodeError, KeyError, TypeError):
             self._drop(kill=True)
             raise TargetUnavailable(
-                f"{self.target}: the device runner answered "
-                f"{line.strip()[:200]!r}, not a JSON reply"
+                f"{self.target}: {self.runner} answered {line.strip()[:200]!r}, not a JSON reply"
             ) from None
         if answered != request_id:
             self._drop(kill=True)
             raise TargetUnavailable(
-                f"{self.target}: the device runner answered request "
+                f"{self.target}: {self.runner} answered request "
                 f"{answered!r} when {request_id} was asked"
             )
         if ok:
@@ -287,7 +315,7 @@ class ServedRunner:
         code = reply.get("exit")
         if code == RUNNER_EXIT_BAD_INPUT:
             raise ModelError(f"{self.target}: {message}")
-        raise TargetUnavailable(f"{self.target}: the device runner failed (exit {code}): {message}")
+        raise TargetUnavailable(f"{self.target}: {self.runner} failed (exit {code}): {message}")
 
     def _drop(self, kill: bool) -> None:
         _stop(self._state, kill)

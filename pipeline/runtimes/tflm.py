@@ -8,6 +8,12 @@ the device, and the outputs are those of the kernels that ship in firmware. Both
 rounding, LiteRT 2.3.0's BUILTIN_REF with a single rounding, so tflm and host-ref agree to within
 one int8 step, and exactly on all but a small share of outputs (tests/test_tflm.py).
 
+Every model runs in a child process, `tflm_runner.py serve` under this python (started on the
+first run, kept for the next models until close(); see served.py). TFLM trusts the file — a
+tensor's declared shape sizes what its kernels write — so a damaged model can crash it, when it
+is built or only at a later invoke; then that model is a ModelCrashed (exit 2) and the next one
+gets a fresh process. The child's data memory is capped (MEMORY_LIMIT).
+
 The arena. A microcontroller gives TFLM one fixed buffer (the tensor arena) for every tensor,
 the interpreter's bookkeeping and the kernels' scratch. Its size is chosen here automatically:
 start at ARENA_START and double while TFLM cannot allocate the model's tensors, up to
@@ -23,117 +29,107 @@ bytes the model actually occupies; RunResult.info carries both:
 reports 1488 bytes used, while the smallest arena that builds is about 1800 bytes. Size a
 firmware arena from `arena_bytes_used` with a margin, then confirm it on the device.
 
-Why each candidate arena is tried in a child process: TFLM's Python interpreter does not always
-fail cleanly when the arena is too small. Below ~500 bytes, and at some sizes just short of what a
-model needs (1672 bytes for the test MLP), its constructor dereferences a failed allocation and
-the whole process segfaults. A child (≈ 0.2 s: python + tflite_micro, no TensorFlow) takes that
-crash instead of bnpipe; the interpreter that runs the rows is then built in-process with a size
-the child proved works (allocation is deterministic for a given model and arena size).
-
-print_allocations() writes from C++ to the process's stderr, bypassing sys.stderr, so it is
-captured by pointing file descriptors 1 and 2 at a temporary file for the call (process-wide:
-do not run two TFLM captures in parallel threads). The package (checked: tflite_micro
-0.dev2026…) has no API that returns the used bytes directly.
+TFLM's Python interpreter does not always fail cleanly when the arena is too small: below ~500
+bytes, and at some sizes just short of what a model needs (1672 bytes for the test MLP), its
+constructor dereferences a failed allocation and the process segfaults. So a crash while building
+at one size means "try the largest arena once": a model that crashes TFLM even there is the
+model's fault (ModelCrashed); otherwise the search goes on, in a fresh process. The interpreter
+that runs the rows is the one built at the size found (allocation is deterministic).
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import importlib.util
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelError, TargetUnavailable
-from pipeline.runtimes import RunResult
+from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
+from pipeline.runtimes import RunResult, check_outputs
+from pipeline.runtimes.served import ServedRunner, last_error_line
 from pipeline.tflite_file import read_tflite
 
 ARENA_START = 16 * 1024  # small MLPs fit in one try (the tests' 16→8→4 MLP needs < 2 KiB)
 ARENA_LIMIT = 4 * 1024 * 1024  # more SRAM than any microcontroller TFLM targets; beyond it, give up
 ARENA_FLOOR = 1024  # an explicit arena below this crashes the interpreter rather than failing
-PROBE_TIMEOUT_S = 120  # one child builds one interpreter: well under a second for any sane model
+TIMEOUT_S = 300  # per request, start-up included: one model's rows take well under a second
+MEMORY_LIMIT = 2 * 1024**3  # the child's data memory: the arena ≤ 4 MiB, outputs N × classes
 INSTALL_HINT = "pip install tflite-micro"
-
-# Run in a child by `sys.executable -c`: builds one interpreter with the given arena and exits.
-# Exit 0 = it allocated; 1 = TFLM reported a failure (message on stderr); a signal = it crashed.
-_PROBE = (
-    "import sys\n"
-    "from tflite_micro import runtime\n"
-    "data = open(sys.argv[1], 'rb').read()\n"
-    "try:\n"
-    "    runtime.Interpreter.from_bytes(data, arena_size=int(sys.argv[2]))\n"
-    "except (RuntimeError, ValueError) as err:\n"
-    "    sys.stderr.write('error: %s\\n' % err)\n"
-    "    sys.exit(1)\n"
-)
-_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
-_HEAD = re.compile(r"Arena allocation head (\d+) bytes")
-_TAIL = re.compile(r"Arena allocation tail (\d+) bytes")
+RUNNER = Path(__file__).with_name("tflm_runner.py")
+CRASHED = "the TFLM interpreter crashed"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _last_lines(stderr: str, n: int = 3) -> str:
-    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
-    return " | ".join(lines[-n:]) or "no message"
+def _serve_command(memory_limit: int) -> tuple[list[str], None, None]:
+    return [sys.executable, str(RUNNER), "serve", "--memory-limit", str(memory_limit)], None, None
 
 
 def try_arena(model_path: str | os.PathLike, arena_size: int) -> tuple[bool, str]:
     """(True, "") if TFLM can build `model_path` in an arena of `arena_size` bytes, else
-    (False, why). Runs in a child process, so a TFLM crash costs nothing but the child."""
+    (False, why). Runs `tflm_runner.py arena` in a fresh child, so a crash costs only the child."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, os.fspath(model_path), str(int(arena_size))],
+            [sys.executable, str(RUNNER), "arena", os.fspath(model_path), str(int(arena_size))],
             capture_output=True,
             text=True,
-            timeout=PROBE_TIMEOUT_S,
+            timeout=TIMEOUT_S,
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
-        return False, f"building the interpreter took more than {PROBE_TIMEOUT_S} s"
+        return False, f"building the interpreter took more than {TIMEOUT_S} s"
     if proc.returncode == 0:
         return True, ""
     if proc.returncode < 0:
-        return False, f"the TFLM interpreter crashed (signal {-proc.returncode})"
-    return False, _last_lines(proc.stderr)
+        return False, f"{CRASHED} (signal {-proc.returncode})"
+    return False, last_error_line(proc.stderr)
 
 
 def find_arena(
-    model_path: str | os.PathLike, start: int = ARENA_START, limit: int = ARENA_LIMIT
+    model_path: str | os.PathLike,
+    start: int = ARENA_START,
+    limit: int = ARENA_LIMIT,
+    attempt: Callable[[str | os.PathLike, int], tuple[bool, str]] | None = None,
 ) -> tuple[int, list[dict]]:
     """The first of start, 2·start, 4·start … ≤ limit in which TFLM can build the model.
 
-    Returns (arena bytes, attempts): attempts lists every size tried and its outcome. ModelError
-    if none up to `limit` works, with TFLM's last message.
+    attempt(model_path, size) → (built?, why not) tries one size (default: try_arena, a fresh
+    child each). Returns (arena bytes, attempts): attempts lists every size tried and its outcome.
+    A size that TFLM refuses in Prepare, or that crashes it, is followed by one try at `limit`:
+    a kernel that refuses the model, or a model that crashes TFLM, does so there too, and the
+    search stops without walking every size. ModelError when nothing up to `limit` works,
+    ModelCrashed when the model crashes TFLM at `limit` too; both with TFLM's last message.
     """
+    attempt = attempt or try_arena
     attempts: list[dict] = []
+
+    def tried(size: int) -> tuple[bool, str]:
+        ok, why = attempt(model_path, size)
+        attempts.append({"arena_bytes": size, "ok": ok, **({} if ok else {"error": why})})
+        return ok, why
+
     size = int(start)
     tried_limit = False
     while size <= limit:
-        ok, why = try_arena(model_path, size)
-        attempts.append({"arena_bytes": size, "ok": ok, **({} if ok else {"error": why})})
+        ok, why = tried(size)
         if ok:
             return size, attempts
-        if "failed to prepare" in why and not tried_limit and size < limit:
+        if ("failed to prepare" in why or why.startswith(CRASHED)) and not tried_limit:
             # A kernel refused the model in Prepare: a type TFLM does not support, or a scratch
-            # buffer the arena could not hold (int8 at 2 KiB fails so, and runs at 4 KiB). One try
-            # at the largest arena tells them apart without walking every size up to it.
+            # buffer the arena could not hold (int8 at 2 KiB fails so, and runs at 4 KiB). Or
+            # the constructor crashed: a size just short of what the model needs, or the model.
+            # One try at the largest arena tells them apart without walking every size up to it.
             tried_limit = True
-            ok_at_limit, why_at_limit = try_arena(model_path, limit)
-            attempts.append(
-                {
-                    "arena_bytes": limit,
-                    "ok": ok_at_limit,
-                    **({} if ok_at_limit else {"error": why_at_limit}),
-                }
-            )
+            ok_at_limit, why_at_limit = tried(limit) if size < limit else (ok, why)
+            if not ok_at_limit and why_at_limit.startswith(CRASHED):
+                raise ModelCrashed(
+                    f"tflm: {model_path} crashes TFLM when its interpreter is built, even in an "
+                    f"arena of {limit} bytes ({why_at_limit})"
+                )
             if not ok_at_limit:
                 raise ModelError(f"tflm: cannot run {model_path}: {why_at_limit}")
         size *= 2
@@ -144,82 +140,71 @@ def find_arena(
     )
 
 
-@contextlib.contextmanager
-def _captured_fds(sink):
-    """Point file descriptors 1 and 2 at `sink` (a real file) for the block.
-
-    C++ writes go straight to the descriptors, so sys.stdout/sys.stderr redirection would miss
-    them. Python's and C's buffers are flushed on the way in and out so nothing crosses over.
-    """
-    try:
-        import ctypes
-
-        libc_fflush = ctypes.CDLL(None).fflush
-    except (OSError, AttributeError):  # no C library handle: rely on the writer not buffering
-        libc_fflush = None
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        yield
-    finally:
-        if libc_fflush is not None:
-            libc_fflush(None)
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-
-
-def arena_report(interpreter) -> dict:
-    """{"arena_bytes_used", "arena_bytes_head", "arena_bytes_tail"} from print_allocations().
-
-    Call after an invoke. Values are None if TFLM printed nothing recognisable.
-    """
-    with tempfile.TemporaryFile() as sink:
-        with _captured_fds(sink):
-            interpreter.print_allocations()
-        sink.seek(0)
-        text = sink.read().decode("utf-8", "replace")
-
-    def grab(pattern):
-        match = pattern.search(text)
-        return int(match.group(1)) if match else None
-
-    return {
-        "arena_bytes_used": grab(_TOTAL),
-        "arena_bytes_head": grab(_HEAD),
-        "arena_bytes_tail": grab(_TAIL),
-    }
-
-
 class TflmRuntime:
-    """Runs a .tflite model with TFLM, one sample per invoke. See the module docstring.
+    """Runs a .tflite model with TFLM in a child process, one sample per invoke. See the module
+    docstring.
 
-    arena_size=None sizes the arena automatically (ARENA_START doubling up to ARENA_LIMIT);
-    an explicit size is used as given, and a model that does not fit it is a ModelError.
+    arena_size=None sizes the arena automatically (ARENA_START doubling up to ARENA_LIMIT); an
+    explicit size is used as given, and a model that does not fit it is a ModelError. timeout
+    bounds each request to the child (its start-up included), memory_limit its data memory (0:
+    none). Use as a context manager or close() it; it is also closed when collected.
     """
 
     name = "tflm"
 
-    def __init__(self, arena_size: int | None = None):
+    def __init__(
+        self,
+        arena_size: int | None = None,
+        timeout: float = TIMEOUT_S,
+        memory_limit: int = MEMORY_LIMIT,
+    ):
         if arena_size is not None and int(arena_size) < ARENA_FLOOR:
             raise ValueError(f"arena_size must be None or >= {ARENA_FLOOR} bytes, got {arena_size}")
         self.arena_size = int(arena_size) if arena_size is not None else None
+        self.server = ServedRunner(
+            functools.partial(_serve_command, int(memory_limit)),
+            target=self.name,
+            timeout=timeout,
+            runner="the TFLM runner",
+        )
 
     def available(self) -> tuple[bool, str]:
-        try:
-            import tflite_micro  # noqa: F401
-        except ImportError as err:
-            return False, f"tflm: TensorFlow Lite Micro is not importable ({err}): {INSTALL_HINT}"
+        """Whether this python has TFLM: found, not imported (it runs in the child only)."""
+        if importlib.util.find_spec("tflite_micro") is None:
+            return False, (
+                f"tflm: TensorFlow Lite Micro is not installed for {sys.executable}: {INSTALL_HINT}"
+            )
         return True, ""
+
+    def start(self) -> None:
+        """Start the child now (it imports numpy and TFLM, ≈ 0.3 s), to overlap other work."""
+        self.server.start()
+
+    def close(self) -> None:
+        """Stop the child, if one runs. Idempotent; a later run() starts another."""
+        self.server.close()
+
+    def __enter__(self) -> TflmRuntime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _load(self, path: Path, size: int) -> tuple[bool, str]:
+        """One arena size tried in the serving child: (built?, why not). A crash while building
+        is an answer here (that size crashed the constructor), not an error."""
+        try:
+            result = self.server.request(
+                {"command": "load", "model": str(path), "arena_size": int(size)}, what=str(path)
+            )
+        except ModelCrashed:
+            return False, f"{CRASHED} ({self.server.last_crash})"
+        return (True, "") if result["built"] else (False, result["error"])
 
     def _arena(self, path: Path) -> tuple[int, list[dict]]:
         if self.arena_size is None:
-            return find_arena(path)
-        ok, why = try_arena(path, self.arena_size)
+            return find_arena(path, attempt=self._load)
+        ok, why = self._load(path, self.arena_size)
         if not ok:
             raise ModelError(
                 f"tflm: {path} does not fit the given arena of {self.arena_size} bytes ({why}); "
@@ -230,65 +215,46 @@ class TflmRuntime:
     def run(self, model_path: str, inputs: np.ndarray) -> RunResult:
         """Run every row of `inputs` (N, *input features; model input dtype), one invoke each.
 
-        Returns the raw outputs, (N, *output features) in the output dtype. Copies; mutates nothing.
+        Returns the raw outputs, (N, *output features) in the output dtype. Copies; mutates
+        nothing. ModelError for a model or inputs TFLM refuses, ModelCrashed for one that crashes
+        it, TargetUnavailable when the child cannot start or does not answer in time.
         """
         ok, why = self.available()
         if not ok:
             raise TargetUnavailable(why)
-        from tflite_micro import __version__ as tflm_version
-        from tflite_micro import runtime
-
         path = Path(model_path)
-        read_tflite(path)  # structural check: a malformed flatbuffer never reaches C++
+        model = read_tflite(path)  # structural check: a malformed flatbuffer never reaches TFLM
         arena, attempts = self._arena(path)
-        try:
-            interp = runtime.Interpreter.from_bytes(path.read_bytes(), arena_size=arena)
-            inp, out = interp.get_input_details(0), interp.get_output_details(0)
-        except (RuntimeError, ValueError, IndexError) as err:
-            raise ModelError(f"tflm: cannot load {path}: {_one_line(err)}") from None
-
-        in_shape = tuple(int(d) for d in inp["shape"])
-        out_shape = tuple(int(d) for d in out["shape"])
-        if not in_shape or in_shape[0] != 1:
-            raise ModelError(f"tflm: {path} has input shape {in_shape}; TFLM runs batch 1 (1, …)")
-        x = np.ascontiguousarray(inputs)
-        want = np.dtype(inp["dtype"])
-        if x.dtype != want:
-            raise ModelError(
-                f"tflm: inputs have dtype {x.dtype} but {path}'s input tensor is {want} "
-                f"(quantize on the host first)"
+        with tempfile.TemporaryDirectory(prefix="bnpipe-tflm-") as tmp:
+            x_path, y_path = Path(tmp) / "inputs.npy", Path(tmp) / "outputs.npy"
+            np.save(x_path, np.ascontiguousarray(inputs), allow_pickle=False)
+            result = self.server.request(
+                {
+                    "command": "run",
+                    "model": str(path),
+                    "arena_size": arena,
+                    "inputs": str(x_path),
+                    "outputs": str(y_path),
+                },
+                what=str(path),
             )
-        if x.ndim < 1 or tuple(x.shape[1:]) != in_shape[1:]:
-            raise ModelError(
-                f"tflm: inputs have shape {tuple(x.shape)} but {path}'s input tensor wants "
-                f"(N, {', '.join(str(d) for d in in_shape[1:])})"
-            )
-
-        n = x.shape[0]
-        outputs = np.empty((n,) + out_shape[1:], dtype=np.dtype(out["dtype"]))
-        seconds = 0.0
-        try:
-            for i in range(n):  # one sample per invoke: the microcontroller's way
-                interp.set_input(x[i : i + 1], 0)  # (1, *features), copied into the arena
-                t0 = time.perf_counter()
-                interp.invoke()
-                seconds += time.perf_counter() - t0
-                outputs[i] = interp.get_output(0)[0]
-            if n == 0:  # print_allocations wants an invoke first; any valid input will do
-                interp.set_input(np.zeros(in_shape, dtype=want), 0)
-                interp.invoke()
-        except (RuntimeError, ValueError, IndexError) as err:
-            raise ModelError(f"tflm: invoke failed on {path}: {_one_line(err)}") from None
-        arena_info = arena_report(interp)
-
+            outputs = np.load(y_path, allow_pickle=False)
+        check_outputs(self.name, path, model, outputs, len(inputs))
         info = {
-            "tflm_version": f"tflite-micro {tflm_version}",
+            "tflm_version": result["tflm_version"],
             "kernels": "tflm",
             "batch": 1,
-            "n": int(n),
+            "n": int(result["n"]),
             "arena_bytes_given": arena,
-            **arena_info,
+            "arena_bytes_used": result["arena_bytes_used"],
+            "arena_bytes_head": result["arena_bytes_head"],
+            "arena_bytes_tail": result["arena_bytes_tail"],
             "arena_attempts": attempts,
             "emulated": False,
         }
-        return RunResult(target=self.name, outputs=outputs, invoke_seconds=seconds, info=info)
+        return RunResult(
+            target=self.name,
+            outputs=outputs,
+            invoke_seconds=float(result["invoke_seconds"]),
+            info=info,
+        )
