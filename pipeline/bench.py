@@ -8,7 +8,8 @@ How it measures (so the figures can be trusted):
   warmed up, and then the configurations take turns for `rounds` rounds, each timing its share of
   `runs` invokes. A machine that drifts (turbo, a noisy neighbour) so hits every model alike.
   Latency is per invoke (one batch); throughput is samples per second of timed invoke time.
-- Keras baseline: `model(x)` and `model.predict(x)` on one sample, and `model(x)` on each batch size.
+- Keras baseline: `model(x)` and `model.predict(x)` on one sample, and `model(x)` on each batch
+  size.
 - Ratios are to `model_float32.tflite` on the same configuration, measured in the same run.
 - arm64 is emulated by QEMU: its timings describe the emulator, not a phone, and are reported as
   such (never as device timings). `ssh:` targets report the board's own timings.
@@ -76,7 +77,9 @@ def run_bench(
     tflite: list[Path] | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> BenchResult:
-    """Benchmark every model; write bench.json, bench.md and plots. `progress(label, steps_done)`."""
+    """Benchmark every model; write bench.json, bench.md and plots.
+
+    progress: called as `progress(label, steps_done)`."""
     from .runtimes.host import cold_start
 
     t0 = time.perf_counter()
@@ -271,7 +274,7 @@ class _KerasBaseline:
 
 
 def _add_ratios(rows: list[dict], models: dict) -> None:
-    """latency / throughput / size as ratios to the float32 TFLite model on the same configuration."""
+    """latency / throughput / size as ratios to the float32 TFLite model, same configuration."""
     base = {(r["threads"], r["batch"]): r for r in rows if r["model"] == BASELINE}
     base_size = models.get(BASELINE, {}).get("bytes")
     for r in rows:
@@ -302,7 +305,7 @@ def _tflm_arenas(files, infos, inputs) -> dict[str, Any]:
 
 
 def _remote_targets(config: BenchConfig, files, inputs, tick) -> list[dict]:
-    """arm64 (emulated: not device timing) and ssh boards (device timing), via the runner's bench."""
+    """arm64 (emulated: not device timing) and ssh boards (device timing) via the runner's bench."""
     results = []
     for target in config.targets:
         if target == "host":

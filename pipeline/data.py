@@ -85,7 +85,7 @@ class Preprocessing:
         return raw.astype(np.float32) / np.float32(self.divisor)
 
     def code_values(self) -> np.ndarray:
-        """float32 (256,): what each integer pixel 0..255 becomes, by exactly `apply`'s arithmetic."""
+        """float32 (256,): what each integer pixel 0..255 becomes by `apply`'s exact arithmetic."""
         return self._scale(np.arange(PIXEL_CODES))
 
     def to_dict(self) -> dict:
@@ -117,7 +117,8 @@ class Dataset:
     split: dict = field(default_factory=dict)  # seed, fractions, where the test split came from
     # uint8 (n_test, n_features) when the test images are integer pixels: x_test is exactly
     # preprocessing.code_values()[x_test_codes], so quantizing can look pixels up (quantize_codes)
-    # instead of dividing floats. None for other data. Not part of the fingerprint: it is x_test again.
+    # instead of dividing floats. None for other data. Not part of the fingerprint: it is x_test
+    # again.
     x_test_codes: np.ndarray | None = None
     # One sample's shape as the source stores it: (64,) for digits, (28, 28) for MNIST images.
     sample_shape: tuple[int, ...] = ()

@@ -46,7 +46,9 @@ def round_half_away(v: np.ndarray) -> np.ndarray:
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
-    """float32 array → integer codes of `dtype` (a copy). The division is done in float32, as the kernel does."""
+    """float32 array → integer codes of `dtype` (a copy).
+
+    The division is done in float32, as the kernel does."""
     _check_dtype(dtype)
     _check_scale(scale)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -131,8 +133,9 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 def to_input(
     x: np.ndarray, tensor: dict, codes: np.ndarray | None = None, values: np.ndarray | None = None
 ) -> np.ndarray:
-    """Preprocessed float inputs → what the model's input tensor takes (`tensor` as quant_params gives).
+    """Preprocessed float inputs → what the model's input tensor takes.
 
+    tensor: the input tensor as quant_params gives it.
     codes, values: optionally the integer pixels behind x, with x == values[codes] bit for bit
     (Dataset.x_test_codes and Preprocessing.code_values guarantee it); an integer input tensor is
     then filled by table lookup (quantize_codes), with the same result. A float tensor gets x

@@ -1,4 +1,4 @@
-"""Human-facing output: Markdown tables a person reads in seconds, and PNG plots (matplotlib, Agg)."""
+"""Human-facing output: Markdown tables a person reads in seconds, PNG plots (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -178,15 +178,22 @@ def verify_plots(record: dict, out: Path) -> list[Path]:
     ax.bar(range(len(rows)), acc, yerr=err, color=colors, capsize=3)
     ref = 100 * rec["reference"]["accuracy"]
     ax.axhline(ref, color="black", lw=1, ls="--", label=f"original (model.keras) {ref:.2f} %")
-    ax.axhline(ref - rec["config"]["max_drop"], color="grey", lw=1, ls=":", label="max-drop gate")
-    lo = min(min(a - e for a, e in zip(acc, err[0])), ref - rec["config"]["max_drop"]) - 1
-    ax.set_ylim(max(0, lo), min(100.5, max(a + e for a, e in zip(acc, err[1])) + 0.5))
+    gate = ref - rec["config"]["max_drop"]
+    ax.axhline(gate, color="grey", lw=1, ls=":", label="max-drop gate")
+    lo = min(min(a - e for a, e in zip(acc, err[0], strict=True)), gate) - 1
+    hi = max(a + e for a, e in zip(acc, err[1], strict=True)) + 0.5
+    ax.set_ylim(max(0, lo), min(100.5, hi))
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("test accuracy, % (95 % CI)")
     ax.set_title("Accuracy per candidate and target (red: a gate failed)")
     ax.legend(fontsize=7, loc="lower left")
     paths.append(save_figure(fig, out / files.VERIFY_ACCURACY_PLOT))
+    paths.append(_disagreement_plot(plt, rows, out / files.VERIFY_DISAGREEMENT_PLOT))
+    return paths
 
+
+def _disagreement_plot(plt, rows: list[dict], path: Path) -> Path:
+    """verify_disagreement.png: which reference classes each candidate disagrees on."""
     dis = [r for r in rows if any(r["disagreement_by_class"])]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     if dis:
@@ -213,8 +220,7 @@ def verify_plots(record: dict, out: Path) -> list[Path]:
     ax.set_xlabel("class predicted by the original model")
     ax.set_ylabel("samples with another top-1")
     ax.set_title("Where candidates disagree with the original")
-    paths.append(save_figure(fig, out / files.VERIFY_DISAGREEMENT_PLOT))
-    return paths
+    return save_figure(fig, path)
 
 
 # --- bench ------------------------------------------------------------------------------------
@@ -401,7 +407,7 @@ def _every_configuration(rec: dict) -> str:
 
 
 def bench_plots(record: dict, out: Path) -> list[Path]:
-    """bench_latency.png and bench_throughput.png: median latency / throughput against batch size."""
+    """bench_latency.png and bench_throughput.png: median latency / throughput vs batch size."""
     rec = jsonable(record)
     plt = _pyplot()
     paths = []
@@ -412,7 +418,7 @@ def bench_plots(record: dict, out: Path) -> list[Path]:
         fig, axes = plt.subplots(
             1, len(rec["threads_used"]), figsize=(5 * len(rec["threads_used"]), 3.8), squeeze=False
         )
-        for ax, th in zip(axes[0], rec["threads_used"]):
+        for ax, th in zip(axes[0], rec["threads_used"], strict=True):
             series: dict[str, list] = {}
             for r in rec["rows"]:
                 if r["threads"] in (th, None) and r["runtime"] != "keras predict":

@@ -1,4 +1,4 @@
-"""The statistics behind every accuracy claim: intervals for one accuracy and for a paired difference.
+"""Statistics behind every accuracy claim: intervals for one accuracy and for a paired difference.
 
 All candidates are evaluated on the same test samples as the reference, so differences are paired:
 what matters is the samples on which the two disagree about correctness (the discordant pairs).
@@ -30,7 +30,9 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: b, c = discordant counts (candidate-only right, reference-only right).
+    """Two-sided exact McNemar p-value.
+
+    b, c: the discordant counts (b: only the candidate right, c: only the reference right).
 
     Under H0 (same accuracy) each discordant sample is equally likely to go either way, so
     min(b, c) ~ Binomial(b + c, 1/2); p = 2·P(X ≤ min(b, c)), capped at 1. No discordance: p = 1.

@@ -1,4 +1,4 @@
-"""The one door to TensorFlow: import it lazily, quietly, and with Keras 2 (see pipeline/__init__.py).
+"""The one door to TensorFlow: import it lazily, quietly, with Keras 2 (see pipeline/__init__.py).
 
 Importing TensorFlow costs about 6 s, so nothing at module level in the CLI's path imports it;
 stage functions call `tf()` / `keras()` when they need it.

@@ -1,4 +1,4 @@
-"""Stage 4: evidence that what ships is as accurate as what was trained, on the runtimes it ships to.
+"""Stage 4: evidence that what ships is as accurate as what was trained, on the targets it ships to.
 
 Reference: the original float model with BN (`model.keras`) run by TensorFlow on the host, on the
 test split. Candidates: `folded.keras` (TensorFlow, host) and every `.tflite` file on every target.

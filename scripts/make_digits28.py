@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write scikit-learn's digits as an MNIST-shaped data set (28×28 uint8 pixels) in Keras's .npz layout.
+"""Write scikit-learn's digits as MNIST-shaped data (28×28 uint8 pixels) in Keras's .npz layout.
 
 For measuring the 784-input network offline: MNIST itself needs a download, digits ships with
 scikit-learn. Each 8×8 image (values 0–16) is enlarged 3× by pixel repetition to 24×24, padded by
@@ -14,7 +14,8 @@ beyond what the unshifted digits say. Copies of a test image stay in the test sp
 training image in the training split), so no test digit leaks into training. The 2-pixel frame
 of zeros makes each shift exact: nothing of a digit is cut off.
 
-    python scripts/make_digits28.py artifacts/digits28.npz && bnpipe run --data artifacts/digits28.npz
+    python scripts/make_digits28.py artifacts/digits28.npz
+    bnpipe run --data artifacts/digits28.npz
     python scripts/make_digits28.py --shifted-copies 5 artifacts/digits28x6.npz
 """
 

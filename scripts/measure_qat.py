@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Measure QAT settings side by side: accuracy and top-1 agreement of the int8 TFLite model.
+r"""Measure QAT settings side by side: accuracy and top-1 agreement of the int8 TFLite model.
 
-    python scripts/measure_qat.py ARTIFACTS_DIR [--epochs 1,2,3] [--lr 1e-4,1e-5] [--targets distill,labels]
+    python scripts/measure_qat.py ARTIFACTS_DIR [--epochs 1,2,3] [--lr 1e-4,1e-5] \
+        [--targets distill,labels]
 
 ARTIFACTS_DIR must hold folded.keras and train.json (run `bnpipe train` and `bnpipe fold`).
 Each setting exports into a scratch copy; the table compares every one with post-training int8

@@ -50,7 +50,7 @@ def timed_run(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.Co
 
 def stage_seconds(stdout: str) -> dict[str, float]:
     """{stage: seconds} from run's summary line `stages: train 4.5 s, fold skipped, …`."""
-    line = next((l for l in stdout.splitlines() if l.startswith("stages: ")), "")
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("stages: ")), "")
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"(\w+) ([\d.]+) s", line)}
 
 
@@ -113,8 +113,9 @@ def main() -> int:
             firsts.append(t1)
             seconds.append(t2)
             ratios.append(t2 / t1)
+            times = ", ".join(f"{s} {v:.1f}" for s, v in per_stage.items())
             print(
-                f"repeat {r}: first {t1:6.1f} s ({', '.join(f'{s} {v:.1f}' for s, v in per_stage.items())}); "
+                f"repeat {r}: first {t1:6.1f} s ({times}); "
                 f"second {t2:5.2f} s ({100 * t2 / t1:.1f} % of the first)",
                 flush=True,
             )

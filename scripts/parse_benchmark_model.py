@@ -7,7 +7,9 @@ Standard library only, so it runs on any host that has Python 3.
 Formats understood (all found in the tool's own sources and its documentation):
 
 * current (TF 2.x, LiteRT ``tflite/tools/benchmark``): every line is prefixed
-  ``INFO: `` / ``WARN: `` (stdout) or ``ERROR: `` (stderr)::
+  ``INFO: `` / ``WARN: `` (stdout) or ``ERROR: `` (stderr); lines too long for
+  this page are wrapped here, the continuation indented (the tool prints each
+  as one line)::
 
       INFO: Log parameter values verbosely: [0]
       INFO: Num threads: [4]
@@ -15,11 +17,15 @@ Formats understood (all found in the tool's own sources and its documentation):
       INFO: Use xnnpack: [1]
       INFO: The input model file size (MB): 0.062
       INFO: Initialized session in 3.245ms.
-      INFO: Running benchmark for at least 10 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+      INFO: Running benchmark for at least 10 iterations and at least 0.5 seconds but
+          terminate if exceeding 150 seconds.
       INFO: count=1 curr=8901 p5=8901 median=8901 p95=8901
-      INFO: Running benchmark for at least 100 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
-      INFO: count=100 first=1180 curr=1090 min=1052 max=1411 avg=1100.2 std=41 p5=1060 median=1093 p95=1170
-      INFO: Inference timings in us: Init: 3245, First inference: 8901, Warmup (avg): 1234.5, Inference (avg): 1100.2
+      INFO: Running benchmark for at least 100 iterations and at least 1 seconds but
+          terminate if exceeding 150 seconds.
+      INFO: count=100 first=1180 curr=1090 min=1052 max=1411 avg=1100.2 std=41 p5=1060
+          median=1093 p95=1170
+      INFO: Inference timings in us: Init: 3245, First inference: 8901,
+          Warmup (avg): 1234.5, Inference (avg): 1100.2
       INFO: Memory footprint delta from the start of the tool (MB): init=2.125 overall=3.5
       INFO: Overall peak memory footprint (MB) via periodic monitoring: 7.2
 
@@ -227,7 +233,10 @@ def parse(text: str, label: str = "benchmark_model output") -> dict:
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Parse benchmark_model output (stdin or FILE) into JSON on stdout.",
-        epilog="Example: python3 scripts/parse_benchmark_model.py --label 'threads=1 xnnpack=true' out.txt",
+        epilog=(
+            "Example: python3 scripts/parse_benchmark_model.py "
+            "--label 'threads=1 xnnpack=true' out.txt"
+        ),
     )
     parser.add_argument("file", nargs="?", help="benchmark_model output; stdin if omitted")
     parser.add_argument(

@@ -4,10 +4,11 @@
 #   bash scripts/test.sh [pytest args…]
 #
 # 1. a virtual environment .venv with bnpipe and its test extras (pip, from pyproject.toml);
-# 2. the arm64 emulator (qemu-user + an arm64 Python sysroot + aarch64 LiteRT) in the user's
+# 2. ruff: lint and format check of the whole repo (config in pyproject.toml); findings fail;
+# 3. the arm64 emulator (qemu-user + an arm64 Python sysroot + aarch64 LiteRT) in the user's
 #    cache dir — no root needed, idempotent, seconds when already built;
-# 3. openssh-server when `sshd` is missing (apt-get, as root) for the ssh target's loopback tests;
-# 4. pytest, everything included: nothing is skipped in CI (CI=true).
+# 4. openssh-server when `sshd` is missing (apt-get, as root) for the ssh target's loopback tests;
+# 5. pytest, everything included: nothing is skipped in CI (CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,10 @@ fi
 echo "== installing bnpipe and its test dependencies"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 
 echo "== arm64 emulator"
 bash scripts/setup_arm64_emulator.sh

@@ -18,7 +18,7 @@ TINY = dict(hidden=(16, 16), epochs=2, batch_size=16, learning_rate=1e-2, seed=0
 
 @pytest.fixture(scope="session")
 def tiny():
-    """The TINY recipe as a dict of TrainConfig fields (a copy: tests may not change the shared one)."""
+    """TINY as a dict of TrainConfig fields (a copy: tests may not change the shared one)."""
     return dict(TINY)
 
 

@@ -237,7 +237,7 @@ def test_not_set_up_says_how_to_set_up(tmp_path):
     runtime = Arm64Runtime(directory=tmp_path / "empty")
     ok, why = runtime.available()
     assert not ok and "bash scripts/setup_arm64_emulator.sh" in why
-    with pytest.raises(TargetUnavailable, match="setup_arm64_emulator.sh"):
+    with pytest.raises(TargetUnavailable, match=r"setup_arm64_emulator\.sh"):
         runtime.run(str(tmp_path / "m.tflite"), np.zeros((1, N_FEATURES), np.int8))
 
 

@@ -54,10 +54,12 @@ def test_atomic_path_creates_nothing_when_block_raises_and_dest_is_new(tmp_path)
 
 def test_atomic_path_temp_removed_even_if_writer_deleted_or_never_wrote(tmp_path):
     dest = tmp_path / "a.txt"
-    with pytest.raises(ArtifactError, match=f"^cannot write {dest}: disk full$"):
-        with atomic_path(dest) as tmp:
-            tmp.unlink()  # a writer that cleaned up after itself before failing
-            raise OSError("disk full")
+    with (
+        pytest.raises(ArtifactError, match=f"^cannot write {dest}: disk full$"),
+        atomic_path(dest) as tmp,
+    ):
+        tmp.unlink()  # a writer that cleaned up after itself before failing
+        raise OSError("disk full")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -271,7 +273,7 @@ def test_machine_info_records_the_kernel_relevant_cpu_features():
     info = artifacts.machine_info()
     assert info["cores"] == os.cpu_count() and info["cpu"]
     text = Path("/proc/cpuinfo").read_text()
-    line = next(l for l in text.splitlines() if l.split(":")[0].strip() in ("flags", "Features"))
+    line = next(ln for ln in text.splitlines() if ln.split(":")[0].strip() in ("flags", "Features"))
     present = set(line.split(":", 1)[1].split())
     assert info["cpu_flags"] == [f for f in artifacts.KERNEL_FLAGS if f in present]
     assert info["cpu_flags"]  # any CPU this runs on has one of SSE4/AVX/ASIMD

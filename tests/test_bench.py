@@ -1,6 +1,6 @@
-"""bench: one row per model × threads × batch plus the Keras baseline rows, ratios to float32 measured
-in the same run, plots written; bad options are exit 2. Tiny settings: this checks the bookkeeping,
-not the speed."""
+"""bench: one row per model × threads × batch plus the Keras baseline rows, ratios to float32
+measured in the same run, plots written; bad options are exit 2. Tiny settings: this checks the
+bookkeeping, not the speed."""
 
 import json
 import shutil
@@ -29,7 +29,7 @@ def benched(exported, tmp_path_factory):
 
 
 def test_a_row_per_model_thread_and_batch_plus_keras(benched):
-    out, result = benched
+    out, _result = benched
     record = json.loads((out / "bench.json").read_text())
     assert record["schema_version"] == 1 and record["stage"] == "bench"
     tflite_rows = [

@@ -52,14 +52,21 @@ INFO: Loaded model {graph}
 INFO: Initialized TensorFlow Lite runtime.
 {xnn_line}INFO: The input model file size (MB): 0.062128
 INFO: Initialized session in {init_ms}ms.
-INFO: Running benchmark for at least {warmup_runs} iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
-INFO: count={warm_count} first={first} curr={warm_curr} min={warm_min} max={first} avg={warm_avg} std={warm_std} p5={warm_min} median={warm_curr} p95={first}
+INFO: Running benchmark for at least {warmup_runs} iterations and at least 0.5 seconds but \
+terminate if exceeding 150 seconds.
+INFO: count={warm_count} first={first} curr={warm_curr} min={warm_min} max={first} avg={warm_avg} \
+std={warm_std} p5={warm_min} median={warm_curr} p95={first}
 
-INFO: Running benchmark for at least {runs} iterations and at least 1 seconds but terminate if exceeding 150 seconds.
-INFO: count={count} first={s_first} curr={s_curr} min={s_min} max={s_max} avg={avg} std={std} p5={s_min} median={s_curr} p95={s_max}
+INFO: Running benchmark for at least {runs} iterations and at least 1 seconds but terminate if \
+exceeding 150 seconds.
+INFO: count={count} first={s_first} curr={s_curr} min={s_min} max={s_max} avg={avg} std={std} \
+p5={s_min} median={s_curr} p95={s_max}
 
-INFO: Inference timings in us: Init: {init}, First inference: {first}, Warmup (avg): {warm_avg}, Inference (avg): {avg}
-INFO: Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.
+INFO: Inference timings in us: Init: {init}, First inference: {first}, Warmup (avg): {warm_avg}, \
+Inference (avg): {avg}
+INFO: Note: as the benchmark tool itself affects memory footprint, the following is only \
+APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your \
+discretion.
 INFO: Memory footprint delta from the start of the tool (MB): init={mem_init} overall={mem_overall}
 INFO: Overall peak memory footprint (MB) via periodic monitoring: {peak}
 INFO: Memory status at the end of exeution:
@@ -80,14 +87,18 @@ Use xnnpack: [{xnn01}]
 Loaded model {graph}
 The input model file size (MB): 0.062128
 Initialized session in {init_ms}ms.
-Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+Running benchmark for at least 1 iterations and at least 0.5 seconds but terminate if exceeding \
+150 seconds.
 count=1 curr={first}
 
-Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+Running benchmark for at least 50 iterations and at least 1 seconds but terminate if exceeding \
+150 seconds.
 count={count} first={s_first} curr={s_curr} min={s_min} max={s_max} avg={avg} std={std}
 
-Inference timings in us: Init: {init}, First inference: {first}, Warmup (avg): {first}, Inference (avg): {avg}
-Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to the actual memory footprint of the model at runtime. Take the information at your discretion.
+Inference timings in us: Init: {init}, First inference: {first}, Warmup (avg): {first}, Inference \
+(avg): {avg}
+Note: as the benchmark tool itself affects memory footprint, the following is only APPROXIMATE to \
+the actual memory footprint of the model at runtime. Take the information at your discretion.
 Peak memory footprint (MB): init={mem_init} overall={mem_overall}
 """
 
@@ -126,7 +137,8 @@ INFO: Use xnnpack: [0]
 INFO: Loaded model {graph}
 INFO: The input model file size (MB): 0.062128
 INFO: Initialized session in 2.15ms.
-INFO: Running benchmark for at least 10 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+INFO: Running benchmark for at least 10 iterations and at least 0.5 seconds but terminate if \
+exceeding 150 seconds.
 ERROR: Node number 2 (FULLY_CONNECTED) failed to invoke.
 INFO: count=1 curr=912
 
@@ -139,7 +151,8 @@ Flags:
 	--num_runs=50	int32	optional	expected number of runs, see also min_secs, max_secs
 	--num_threads=-1	int32	optional	number of threads
 	--warmup_runs=1	int32	optional	minimum number of runs performed on initialization
-	--report_peak_memory_footprint=false	bool	optional	Report the peak memory footprint by periodically checking the memory footprint.
+	--report_peak_memory_footprint=false	bool	optional	Report the peak memory footprint \
+by periodically checking the memory footprint.
 	--graph=	string	optional	the path to the TFLite model file
 	--use_xnnpack=false	bool	optional	explicitly apply the XNNPACK delegate.
 """
@@ -863,12 +876,14 @@ def test_parse_logcat_prefix_scientific_notation_and_all_same():
             "ERROR: Benchmarking failed.",
         ),
         (
-            "INFO: STARTING!\nERROR: Could not open '/x.tflite'.\nERROR: Failed to mmap model /x.tflite\n",
+            "INFO: STARTING!\nERROR: Could not open '/x.tflite'.\n"
+            "ERROR: Failed to mmap model /x.tflite\n",
             "the binary reported: ERROR: Could not open '/x.tflite'. | "
             "ERROR: Failed to mmap model /x.tflite",
         ),
         (
-            "/system/bin/sh: /data/local/tmp/bnpipe/benchmark_model: not executable: 32-bit ELF file\n",
+            "/system/bin/sh: /data/local/tmp/bnpipe/benchmark_model: "
+            "not executable: 32-bit ELF file\n",
             "the binary reported: /system/bin/sh: /data/local/tmp/bnpipe/benchmark_model: "
             "not executable: 32-bit ELF file",
         ),

@@ -56,7 +56,8 @@ def test_help_does_not_import_tensorflow():
         "        cli.main(args, prog_name='bnpipe')\n"
         "    except SystemExit as exc:\n"
         "        assert exc.code == 0, (args, exc.code)\n"
-        "heavy = sorted(m for m in ('tensorflow', 'tf_keras', 'keras', 'ai_edge_litert') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('tensorflow', 'tf_keras', 'keras', 'ai_edge_litert')"
+        " if m in sys.modules)\n"
         "assert not heavy, heavy\n"
         "print('OK', len(cli.commands))\n"
     )

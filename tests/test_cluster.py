@@ -49,16 +49,21 @@ HINT = (
             'TF_CONFIG has no "cluster" object listing the workers; ' + HINT,
         ),
         (
-            '{"cluster": {"worker": ["h:1"], "ps": ["h:2"]}, "task": {"type": "worker", "index": 0}}',
-            "TF_CONFIG's cluster has the job(s) ps; multi-worker training takes only chief and worker tasks",
+            '{"cluster": {"worker": ["h:1"], "ps": ["h:2"]}, '
+            '"task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG's cluster has the job(s) ps; "
+            "multi-worker training takes only chief and worker tasks",
         ),
         (
-            '{"cluster": {"worker": ["h:1", "nohostport"]}, "task": {"type": "worker", "index": 0}}',
-            "TF_CONFIG cluster.worker[1] is 'nohostport'; expected \"HOST:PORT\" with a port from 1 to 65535",
+            '{"cluster": {"worker": ["h:1", "nohostport"]}, '
+            '"task": {"type": "worker", "index": 0}}',
+            "TF_CONFIG cluster.worker[1] is 'nohostport'; "
+            'expected "HOST:PORT" with a port from 1 to 65535',
         ),
         (
             '{"cluster": {"worker": ["h:1", "h:70000"]}, "task": {"type": "worker", "index": 0}}',
-            "TF_CONFIG cluster.worker[1] is 'h:70000'; expected \"HOST:PORT\" with a port from 1 to 65535",
+            "TF_CONFIG cluster.worker[1] is 'h:70000'; "
+            'expected "HOST:PORT" with a port from 1 to 65535',
         ),
         (
             '{"cluster": {"worker": ["h:1", "h:1"]}, "task": {"type": "worker", "index": 0}}',
@@ -73,7 +78,8 @@ HINT = (
         ),
         (
             '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 2}}',
-            "TF_CONFIG task index is 2; cluster.worker lists 2 address(es), so the index must be 0 to 1",
+            "TF_CONFIG task index is 2; cluster.worker lists 2 address(es), "
+            "so the index must be 0 to 1",
         ),
         (
             '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "evaluator", "index": 0}}',

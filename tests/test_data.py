@@ -356,7 +356,7 @@ def test_npz_and_csv_test_codes_are_the_stored_pixels(tmp_path):
     np.testing.assert_array_equal(
         load_dataset(str(path)).x_test_codes, arrays["x_test"].reshape(12, 16)
     )
-    rows, x, y = csv_rows()
+    rows, _x, _y = csv_rows()
     write_csv(tmp_path / "d.csv", rows)
     ds = load_dataset(str(tmp_path / "d.csv"), seed=2)
     assert ds.x_test_codes.dtype == np.uint8

@@ -110,7 +110,7 @@ def runs(tmp_path_factory):
 def test_same_seed_gives_identicalkeras_weights(runs, name):
     a, b = keras_weights(runs["a"] / name), keras_weights(runs["b"] / name)
     assert [n for n, _ in a] == [n for n, _ in b] and len(a) >= 6
-    for (n, wa), (_, wb) in zip(a, b):
+    for (n, wa), (_, wb) in zip(a, b, strict=True):
         assert wa.dtype == wb.dtype and wa.shape == wb.shape, n
         assert np.array_equal(wa, wb), (
             f"{name}: {n} differs in {np.sum(wa != wb)} of {wa.size} values"
@@ -120,7 +120,8 @@ def test_same_seed_gives_identicalkeras_weights(runs, name):
 @pytest.mark.parametrize("name", KERAS_FILES + TFLITE_FILES)
 def test_same_seed_gives_identical_bytes(runs, name):
     a, b = (runs["a"] / name).read_bytes(), (runs["b"] / name).read_bytes()
-    assert len(a) == len(b) and a == b, f"{name}: {sum(x != y for x, y in zip(a, b))} bytes differ"
+    assert len(a) == len(b), f"{name}: {len(a)} vs {len(b)} bytes"
+    assert a == b, f"{name}: {sum(x != y for x, y in zip(a, b, strict=True))} bytes differ"
 
 
 @pytest.mark.parametrize("name", KERAS_FILES)

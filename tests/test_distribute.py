@@ -48,7 +48,7 @@ def test_mirrored_on_one_device_gives_the_single_process_weights(request, fixtur
     mirrored = train(dataclasses.replace(config, strategy="mirrored"), tmp_path, quiet=True)
     a, b = keras_weights(single.model_path), keras_weights(mirrored.model_path)
     assert [n for n, _ in a] == [n for n, _ in b]
-    for (name, wa), (_, wb) in zip(a, b):
+    for (name, wa), (_, wb) in zip(a, b, strict=True):
         assert np.array_equal(wa, wb), name
     assert mirrored.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-7)
     rec = json.loads(mirrored.record_path.read_text())
@@ -128,13 +128,13 @@ def _two_workers(tmp_path, extra: list[str]):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     return addresses, outputs
 
 
 def _assert_close(reference_model, two_worker_model, x_test):
-    """The checks of WEIGHT_RTOL, PROB_ATOL and MIN_TOP1_AGREEMENT; the two models' probabilities."""
+    """Check WEIGHT_RTOL, PROB_ATOL and MIN_TOP1_AGREEMENT; return the two models' probabilities."""
     from pipeline.model import load_model
 
     a, b = dict(keras_weights(reference_model)), dict(keras_weights(two_worker_model))

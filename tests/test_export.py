@@ -112,8 +112,9 @@ def test_every_exported_file_passes_the_graph_check(exported, mode):
 
 def _bn_model(keras, bn_first: bool):
     """Input(8) → BN → Dense(4) → Dense(3, softmax), or Input(8) → Dense(4, relu) → BN → Dense(3,
-    softmax): neither BN follows a bare Dense, so the converter cannot fuse it into FULLY_CONNECTED.
-    Its statistics are set to non-trivial values so no part of it is an identity to optimize away."""
+    softmax): neither BN follows a bare Dense, so the converter cannot fuse it into
+    FULLY_CONNECTED. Its statistics are set to non-trivial values so no part of it is an identity
+    to optimize away."""
     inp = keras.Input((8,))
     if bn_first:
         h = keras.layers.Dense(4, name="dense")(keras.layers.BatchNormalization(name="bn")(inp))
@@ -154,7 +155,7 @@ def test_graph_check_rejects_a_standalone_batch_norm(keras, bn_first):
 def test_check_keras_model_refuses_a_bn_fold_would_remove(keras, bn_first):
     with pytest.raises(
         ModelError,
-        match="^BatchNormalization layer\\(s\\) bn can still be folded; run `bnpipe fold` first",
+        match=r"^BatchNormalization layer\(s\) bn can still be folded; run `bnpipe fold` first",
     ):
         check_keras_model(_bn_model(keras, bn_first=bn_first))
 

@@ -167,7 +167,8 @@ def _assert_unchanged(model, snapshot):
     config, weights = snapshot
     assert json.dumps(model.get_config(), sort_keys=True, default=str) == config
     now = model.get_weights()
-    assert len(now) == len(weights) and all(np.array_equal(a, b) for a, b in zip(now, weights))
+    assert len(now) == len(weights)
+    assert all(np.array_equal(a, b) for a, b in zip(now, weights, strict=True))
 
 
 def _assert_no_bn(model):
@@ -271,7 +272,7 @@ def test_fold_model_functional_branches_and_bn_as_output(keras, kind):
     assert {(p.layer, p.bn) for p in pairs} == {("da", "bna"), ("db", "bnb"), ("dc", "bnc")}
     _assert_no_bn(folded)
     assert [t.name.split("/")[0] for t in folded.outputs] == ["out", "dc"]
-    for orig, new in zip(model(xs, training=False), folded(xs, training=False)):
+    for orig, new in zip(model(xs, training=False), folded(xs, training=False), strict=True):
         assert _rel_diff(orig, new) <= FOLD_RTOL
     _assert_unchanged(model, before)
 
@@ -577,7 +578,7 @@ def test_fold_model_keeps_bn_it_cannot_fold_exactly(keras, build, kind, reason):
     xs = _inputs_for(model)
     expected, got = _as_list(model(xs, training=False)), _as_list(folded(xs, training=False))
     assert len(expected) == len(got)
-    for a, b in zip(expected, got):
+    for a, b in zip(expected, got, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     _assert_unchanged(model, before)
 

@@ -59,7 +59,7 @@ def finished(tmp_path_factory):
 
 
 def _state(d: Path) -> dict[str, str]:
-    """sha256 of every file under `d`, but the resume checkpoints (kept on purpose, see train.py)."""
+    """sha256 of every file under `d` but the resume checkpoints (kept on purpose, see train.py)."""
     return {
         str(p.relative_to(d)): sha256_file(p)
         for p in sorted(d.rglob("*"))

@@ -288,5 +288,5 @@ def test_quantize_codes_checks_its_arguments():
         ValueError, match=r"values must be float32 of shape \(256,\), got float32 \(17,\)"
     ):
         quantize_codes(np.zeros(3, np.uint8), values[:17], 0.1, 0)
-    with pytest.raises(ValueError, match="scale must be a finite number > 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"scale must be a finite number > 0, got 0\.0"):
         quantize_codes(np.zeros(3, np.uint8), values, 0.0, 0)

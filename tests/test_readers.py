@@ -108,7 +108,7 @@ def test_digits_refuses_test_data(tmp_path):
 
 @pytest.mark.parametrize("gz,dotted", [(False, False), (True, False), (False, True), (True, True)])
 def test_idx_directory_plain_gzipped_and_dotted(tmp_path, gz, dotted):
-    x_train, y_train, x_test, y_test = write_idx_dir(tmp_path / "mnist", gz=gz, dotted=dotted)
+    _x_train, y_train, x_test, y_test = write_idx_dir(tmp_path / "mnist", gz=gz, dotted=dotted)
     ds = load_dataset(str(tmp_path / "mnist"))
     np.testing.assert_array_equal(
         ds.x_test, x_test.reshape(12, 16).astype(np.float32) / np.float32(255)
@@ -137,7 +137,8 @@ def test_idx_truncated_file(tmp_path):
     f = tmp_path / "m" / "t10k-images-idx3-ubyte"
     f.write_bytes(f.read_bytes()[:-7])
     raises_data_error(
-        "is truncated: the header declares shape (12, 4, 4) (192 data bytes) but the file holds 185",
+        "is truncated: the header declares shape (12, 4, 4) (192 data bytes) "
+        "but the file holds 185",
         load_dataset,
         str(tmp_path / "m"),
     )
@@ -200,7 +201,7 @@ def test_csv_with_and_without_header(tmp_path, header):
     assert ds.split["test_from"] == "split" and ds.split["test_fraction"] == 0.25
     # every test sample is one of the file's rows, scaled
     expected = {(int(y[i]), *(x[i] / 255).astype(np.float32).tolist()) for i in range(40)}
-    for xi, yi in zip(ds.x_test, ds.y_test):
+    for xi, yi in zip(ds.x_test, ds.y_test, strict=True):
         assert (int(yi), *xi.tolist()) in expected
 
 

@@ -119,7 +119,7 @@ def test_changed_parameter_reruns_that_stage_and_downstream_only(first_run, tmp_
         cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"]
     )
     assert result.exit_code == 0, result.output
-    line = [l for l in result.output.splitlines() if l.startswith("stages:")][0]
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("stages:"))
     assert "train skipped" in line and "fold skipped" in line
     assert "export skipped" not in line and "verify skipped" not in line
 
@@ -200,7 +200,7 @@ def test_train_alone_then_run_reruns_downstream_without_refusing(first_run, tmp_
         cli, ["run", "--config", str(cfg), "--artifacts", str(tmp_path / "a"), "-q"]
     )
     assert result.exit_code == 0, result.output
-    line = [l for l in result.output.splitlines() if l.startswith("stages:")][0]
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("stages:"))
     assert "train skipped" in line and "fold skipped" not in line
 
 

@@ -38,7 +38,10 @@ NOT_KERAS_MSG = (
     "{path} does not end in .keras; bnpipe loads only .keras files (Keras's safe "
     "format), so rename it if it is one"
 )
-OBJECT_NPZ_MSG = "{path} holds object arrays (x_train); bnpipe never unpickles; save plain numeric arrays instead"
+OBJECT_NPZ_MSG = (
+    "{path} holds object arrays (x_train); bnpipe never unpickles; "
+    "save plain numeric arrays instead"
+)
 # Fast bench settings: the tests check what bench refuses, not how fast anything runs.
 BENCH_ARGS = ["--batch-sizes", "1", "--threads", "1", "--warmup", "0", "--runs", "5", "-q"]
 
@@ -368,7 +371,7 @@ def _first_op_code(model, value):
 
 
 def _corrupted(files, tmp_path):
-    """{file: the message after its path}; None where the message depends on the parser's details."""
+    """{file: the message after its path}; None where the message hangs on the parser's details."""
     from ai_edge_litert import schema_py_generated as fb
 
     d, _ = files

@@ -1,5 +1,5 @@
-"""stats: the Wilson interval, the exact McNemar test and the paired comparison, each checked against
-an independent reference (a published table, scipy, a hand count)."""
+"""stats: the Wilson interval, the exact McNemar test and the paired comparison, each checked
+against an independent reference (a published table, scipy, a hand count)."""
 
 import math
 import statistics

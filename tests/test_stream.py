@@ -11,7 +11,7 @@ from pipeline.config import TrainConfig
 
 
 def _collect(dataset):
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
     return np.concatenate(xs), np.concatenate(ys)
 
 

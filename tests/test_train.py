@@ -20,7 +20,7 @@ def test_same_seed_gives_identicalkeras_weights(request, fixture, tmp_path):
     second = train(config, tmp_path, quiet=True)
     a, b = keras_weights(first.model_path), keras_weights(second.model_path)
     assert [name for name, _ in a] == [name for name, _ in b]
-    for (name, wa), (_, wb) in zip(a, b):
+    for (name, wa), (_, wb) in zip(a, b, strict=True):
         assert wa.dtype == wb.dtype and np.array_equal(wa, wb), name
     assert second.test_accuracy == first.test_accuracy
 
@@ -224,7 +224,7 @@ def test_interrupted_training_resumes_to_the_uninterruptedkeras_weights(tmp_path
     whole = train(TrainConfig(**RESUME), tmp_path / "whole", quiet=True)
     a, b = keras_weights(out / "model.keras"), keras_weights(whole.model_path)
     assert [n for n, _ in a] == [n for n, _ in b]
-    for (name, wa), (_, wb) in zip(a, b):
+    for (name, wa), (_, wb) in zip(a, b, strict=True):
         assert np.array_equal(wa, wb), name
     assert rec["history"] == json.loads(whole.record_path.read_text())["history"]
 

@@ -58,7 +58,7 @@ def record(verified):
 
 
 def test_verify_passes_on_the_exported_models(verified, record):
-    out, result = verified
+    _out, result = verified
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("# bnpipe verify: **PASS — fit to ship**\n")
     assert record["passed"] is True and record["failures"] == []
@@ -132,7 +132,7 @@ def test_lsb_gate_passes_optimized_kernels_by_and_reports_them(record):
 
 @pytest.mark.parametrize("mode", INTEGER_MODES)
 def test_tflm_lsb_matches_a_direct_computation(exported, digits, record, mode):
-    """verify's tflm column is max |TFLM − host-ref| over the raw outputs, computed here directly."""
+    """verify's tflm column is max |TFLM − host-ref| over raw outputs, computed here directly."""
     path = exported / tflite_name(mode)
     x = to_input(digits.x_test, quant_params(read_tflite(path).input_tensor()))
     diff = np.abs(
@@ -395,7 +395,7 @@ def test_a_model_that_crashes_a_runtime_is_exit_2_not_a_failed_gate(exported, tm
         cli, ["verify", "--tflite", str(path), "--targets", TARGETS, "-q", "--artifacts", str(out)]
     )
     assert result.exit_code == 2, result.output
-    assert _one_error_line(result) == (
+    assert assert_one_line_error(result) == (
         f"Error: tflm: the TFLM runner crashed on {path} (signal 11 (SIGSEGV): no message on "
         "stderr); the file is malformed or uses an operator in a way the kernels do not accept"
     )
@@ -428,7 +428,7 @@ def test_data_with_another_feature_count_exits_2_with_both_numbers(exported, tmp
     out = _copy(exported, tmp_path)
     rng = np.random.default_rng(0)
     csv = tmp_path / "ten.csv"
-    rows = [[i % 10] + list(rng.integers(0, 256, 10)) for i in range(200)]
+    rows = [[i % 10, *rng.integers(0, 256, 10)] for i in range(200)]
     csv.write_text("\n".join(",".join(map(str, r)) for r in rows) + "\n")
     result = CliRunner().invoke(
         cli, ["verify", "--data", str(csv), "--targets", "host-ref", "-q", "--artifacts", str(out)]
