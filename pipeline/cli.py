@@ -227,11 +227,12 @@ def train(
     """Train a BN classifier and write model.keras and train.json.
 
     --arch mlp (default): the seed article's Dense(64) → BN → ReLU → Dense(64) → BN → ReLU →
-    Dense(10, softmax), 10 epochs of batch 32. --arch cnn: Conv → BN → ReLU, then depthwise →
-    BN → ReLU6 and pointwise → BN → ReLU blocks, pooling, Dense; images (digits as 8×8×1,
-    MNIST as 28×28×1), 15 epochs of batch 128. Adam, sparse categorical cross-entropy. Same
-    seed, same weights. After each epoch a checkpoint goes to .resume/train/ in the artifacts
-    dir, so that `--resume` can continue a training that was stopped.
+    Dense(10, softmax), 10 epochs of batch 32. --arch cnn: two Conv → BN → ReLU, then
+    depthwise → BN → ReLU6 and pointwise → BN → ReLU blocks, pooling, Dense; images (digits as
+    8×8×1, MNIST as 28×28×1), 15 epochs of batch 128, images of 16×16 or more shifted by up to
+    2 pixels ([train] shift). Adam, sparse categorical cross-entropy. Same seed, same weights.
+    After each epoch a checkpoint goes to .resume/train/ in the artifacts dir, so that
+    `--resume` can continue a training that was stopped.
 
     Example: bnpipe train --data digits --arch cnn --seed 0
     """

@@ -158,23 +158,69 @@ def _epoch_batches(x, y, config: TrainConfig, first: int):
     a copy of x per epoch (one fit per epoch made a data adapter, a copy of x and a validation
     handler each time: +2.3 s CPU and +137 MiB at peak on 8,000 MNIST-sized samples). x (n,
     features) and y (n,) are copied once, into variables: a constant captured by the map
-    function would be copied again into the iterator (~1× x).
+    function would be copied again into the iterator (~1× x). Images (n, H, W, C) are moved by
+    shift_draws' pixels when config.shift asks for it (shifted); labels never change.
     """
 
     from .tfenv import tf
 
     t = tf()
     n = len(y)
-    orders = np.stack([epoch_order(config.seed, e, n) for e in range(first, config.epochs)])
+    epochs = range(first, config.epochs)
+    orders = np.stack([epoch_order(config.seed, e, n) for e in epochs])
     xs, ys = t.Variable(x, trainable=False), t.Variable(y, trainable=False)
+    shift = config.shift if shiftable(x.shape) else 0
+    if not shift:
+        return (
+            t.data.Dataset.from_tensor_slices(orders)  # (epochs, n): one epoch's order each
+            .flat_map(lambda o: t.data.Dataset.from_tensor_slices(o).batch(config.batch_size))
+            # No prefetch: the gather runs in the training step's own thread. A prefetch buffer
+            # hands every batch over between threads, which costs a wake-up per step when the
+            # cores are busy (2 shared cores: up to seconds per run).
+            .map(lambda idx: (t.gather(xs, idx), t.gather(ys, idx)))
+        )
+    # (epochs, n, 2): the (rows, columns) shift of the i-th sample of each epoch's order
+    moves = np.stack([shift_draws(config.seed, e, n, shift) for e in epochs])
     return (
-        t.data.Dataset.from_tensor_slices(orders)  # (epochs, n): one epoch's order per element
-        .flat_map(lambda order: t.data.Dataset.from_tensor_slices(order).batch(config.batch_size))
-        # No prefetch: the gather runs in the training step's own thread. A prefetch buffer
-        # hands every batch over between threads, which costs a wake-up per step when the
-        # cores are busy (2 shared cores: up to seconds per run).
-        .map(lambda idx: (t.gather(xs, idx), t.gather(ys, idx)))
+        t.data.Dataset.from_tensor_slices((orders, moves))
+        .flat_map(lambda o, m: t.data.Dataset.from_tensor_slices((o, m)).batch(config.batch_size))
+        .map(lambda idx, m: (shifted(t.gather(xs, idx), m, shift), t.gather(ys, idx)))
     )
+
+
+# Images smaller than this on either side are not shifted: digits' 8×8 has no margin to lose.
+SHIFT_MIN_SIDE = 16
+
+
+def shiftable(shape) -> bool:
+    """True for a batch shape (n, H, W, C) of images at least SHIFT_MIN_SIDE on both sides."""
+    return len(shape) == 4 and min(shape[1:3]) >= SHIFT_MIN_SIDE
+
+
+def shift_draws(seed: int, epoch: int, n: int, shift: int) -> np.ndarray:
+    """int32 (n, 2): the (rows, columns) shift, each in [-shift, shift], of the i-th sample in
+    epoch_order(seed, epoch): a function of (seed, epoch) alone, so a resumed run draws the very
+    shifts of the uninterrupted one. A generator of its own, apart from epoch_order's."""
+    rng = np.random.default_rng([seed, epoch, SHIFT_STREAM])
+    return rng.integers(-shift, shift + 1, size=(n, 2)).astype(np.int32)
+
+
+SHIFT_STREAM = 1  # tells shift_draws' generator from epoch_order's ([seed, epoch])
+
+
+def shifted(images, moves, shift: int):
+    """images (b, H, W, C) with sample i moved down by moves[i, 0] and right by moves[i, 1]
+    pixels (negative: up, left); what is moved in is 0, what is moved out is lost. TF ops, new
+    tensors; |moves| ≤ shift. Pad by `shift`, then gather each sample's rows and columns."""
+    from .tfenv import tf
+
+    t = tf()
+    height, width = images.shape[1], images.shape[2]
+    padded = t.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]])
+    rows = t.range(height)[None, :] + shift - moves[:, 0:1]  # (b, H) rows of `padded`
+    cols = t.range(width)[None, :] + shift - moves[:, 1:2]  # (b, W)
+    out = t.gather(padded, rows, axis=1, batch_dims=1)  # (b, H, W + 2·shift, C)
+    return t.gather(out, cols, axis=2, batch_dims=1)  # (b, H, W, C)
 
 
 def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:

@@ -286,8 +286,10 @@ CNN_INT8_OPS = {
 }
 
 
-def _cnn_names(blocks: int) -> list[str]:
-    names = ["stem_conv", "stem_bn", "stem_relu"]
+def _cnn_names(stem: int, blocks: int) -> list[str]:
+    names = []
+    for i in range(1, stem + 1):
+        names += [f"stem_conv_{i}", f"stem_bn_{i}", f"stem_relu_{i}"]
     for i in range(1, blocks + 1):
         names += [f"dw_{i}", f"dw_bn_{i}", f"dw_relu6_{i}", f"pw_{i}", f"pw_bn_{i}", f"pw_relu_{i}"]
     return [*names, "pool", "classes"]
@@ -295,17 +297,18 @@ def _cnn_names(blocks: int) -> list[str]:
 
 @pytest.mark.parametrize(
     "shape,grids",
-    [((28, 28, 1), (14, 7, 7, 4, 4, 4)), ((8, 8, 1), (8, 4, 4, 2, 2, 2))],
+    [((28, 28, 1), (28, 14, 14, 7, 7, 4, 4)), ((8, 8, 1), (8, 8, 8, 4, 4, 2, 2))],
 )
 def test_build_cnn_is_mobilenet_style_and_fits_both_image_sizes(keras, shape, grids):
-    """The grid after the stem and after each block: a stride-2 stem on 28×28 only, then the
-    two stride-2 blocks (2 and 3), "same" padding throughout (7 → 4)."""
-    from pipeline.model import CNN_BLOCKS, build_cnn, is_batch_norm
+    """The grid after each stem convolution and each block: the stem's stride 2 on 28×28 only,
+    then the two stride-2 blocks (2 and 4), "same" padding throughout (7 → 4)."""
+    from pipeline.model import CNN_BLOCKS, CNN_STEM, build_cnn, is_batch_norm
 
     model = build_cnn(shape)
-    assert [layer.name for layer in model.layers] == _cnn_names(len(CNN_BLOCKS))
-    outputs = ["stem_relu"] + [f"pw_relu_{i}" for i in range(1, len(CNN_BLOCKS) + 1)]
-    widths = [16] + [filters for filters, _ in CNN_BLOCKS]
+    assert [layer.name for layer in model.layers] == _cnn_names(len(CNN_STEM), len(CNN_BLOCKS))
+    outputs = [f"stem_relu_{i}" for i in range(1, len(CNN_STEM) + 1)]
+    outputs += [f"pw_relu_{i}" for i in range(1, len(CNN_BLOCKS) + 1)]
+    widths = [16, 32] + [filters for filters, _ in CNN_BLOCKS]
     assert [model.get_layer(n).output_shape for n in outputs] == [
         (None, g, g, w) for g, w in zip(grids, widths, strict=True)
     ]
@@ -318,24 +321,31 @@ def test_build_cnn_is_mobilenet_style_and_fits_both_image_sizes(keras, shape, gr
             assert layer.padding == ("valid" if pointwise else "same")  # 1×1: no padding
         if layer.name.startswith("dw_relu6"):
             assert float(layer.max_value) == 6.0
-    assert sum(is_batch_norm(layer) for layer in model.layers) == 1 + 2 * len(CNN_BLOCKS)
-    # weights: stem 9·16; blocks 9·c_in + c_in·c_out; classes 768·10 + 10; BN 4 per channel
-    channels = [16, 32, 64, 128, 384, 768]
-    weights = 9 * 16 + sum(9 * a + a * b for a, b in itertools.pairwise(channels)) + 7690
-    assert model.count_params() == weights + 4 * (16 + sum(channels[:-1]) + sum(channels[1:]))
+    assert sum(is_batch_norm(layer) for layer in model.layers) == 2 + 2 * len(CNN_BLOCKS)
+    # weights: stem 9·1·16 + 9·16·32; blocks 9·c_in + c_in·c_out; classes 768·10 + 10;
+    # BN 4 per channel
+    channels = [32, 64, 128, 128, 384, 768]
+    weights = 9 * 16 + 9 * 16 * 32
+    weights += sum(9 * a + a * b for a, b in itertools.pairwise(channels)) + 7690
+    bn_channels = 16 + 32 + sum(channels[:-1]) + sum(channels[1:])
+    assert model.count_params() == weights + 4 * bn_channels == 398_778
 
 
 def test_build_cnn_options(keras):
     from pipeline.model import build_cnn, is_batch_norm
 
-    model = build_cnn((12, 10, 3), 4, stem=8, blocks=((16, 2),), bn="custom", stem_stride=2)
-    assert [layer.name for layer in model.layers] == _cnn_names(1)
-    assert model.get_layer("stem_relu").output_shape == (None, 6, 5, 8)
-    assert model.get_layer("pw_relu_1").output_shape == (None, 3, 3, 16)
+    model = build_cnn((20, 18, 3), 4, stem=((8, 2),), blocks=((16, 2),), bn="custom")
+    assert [layer.name for layer in model.layers] == _cnn_names(1, 1)
+    assert model.get_layer("stem_relu_1").output_shape == (None, 10, 9, 8)
+    assert model.get_layer("pw_relu_1").output_shape == (None, 5, 5, 16)
     assert model.output_shape == (None, 4)
-    assert type(model.get_layer("stem_bn")).__name__ == "CustomBatchNorm"
-    assert model.get_layer("stem_bn").momentum == 0.9  # CNN_BN_MOMENTUM, for either BN kind
+    assert type(model.get_layer("stem_bn_1")).__name__ == "CustomBatchNorm"
+    assert model.get_layer("stem_bn_1").momentum == 0.9  # CNN_BN_MOMENTUM, for either BN kind
     assert is_batch_norm(model.get_layer("dw_bn_1"))
+    # under CNN_STEM_STRIDE_FROM (16) on one side: the stem keeps the resolution, blocks do not
+    small = build_cnn((12, 18, 3), 4, stem=((8, 2),), blocks=((16, 2),))
+    assert small.get_layer("stem_relu_1").output_shape == (None, 12, 18, 8)
+    assert small.get_layer("pw_relu_1").output_shape == (None, 6, 9, 16)
 
 
 def test_build_cnn_rejects_bad_arguments():
@@ -352,9 +362,12 @@ def test_build_cnn_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"bn_momentum must be in \[0, 1\), got 1.0"):
         build_cnn((8, 8, 1), bn_momentum=1.0)
     with pytest.raises(
-        ValueError, match=r"bad shape: num_classes=10, stem=16, blocks=\(\(0, 1\),\)"
+        ValueError,
+        match=r"bad shape: num_classes=10, stem=\(\(16, 1\), \(32, 2\)\), blocks=\(\(0, 1\),\)",
     ):
         build_cnn((8, 8, 1), blocks=((0, 1),))
+    with pytest.raises(ValueError, match=r"stem=\(\(8, 0\),\)"):
+        build_cnn((8, 8, 1), stem=((8, 0),))
 
 
 def _randomize_bns(model, seed=0):
@@ -404,7 +417,7 @@ def test_build_cnn_folds_quantizes_and_converts_to_integer_conv_ops(keras, tf):
     conv.inference_input_type = conv.inference_output_type = tf.int8
     info = parse_tflite(conv.convert(), "cnn_int8")
     assert info.op_counts() == {
-        "CONV_2D": 6,
+        "CONV_2D": 7,
         "DEPTHWISE_CONV_2D": 5,
         "MEAN": 1,
         "FULLY_CONNECTED": 1,

@@ -115,6 +115,11 @@ def test_train_bad_data_writes_nothing(tmp_path):
         (dict(bn="torch"), "--bn must be keras or custom, got 'torch'"),
         (dict(batch_size=0), "--batch-size must be an integer from 1 to 1,048,576, got 0"),
         (dict(val_fraction=0.0), "val_fraction must be in (0, 0.5), got 0.0"),  # data.py needs > 0
+        (dict(arch="cnn", shift=9), "shift must be an integer from 0 to 8, got 9"),
+        (
+            dict(shift=2),
+            "shift moves images for --arch cnn; --arch mlp takes flat samples, so 0, got 2",
+        ),
     ],
 )
 def test_train_config_validates_on_construction(kwargs, message):
@@ -123,6 +128,75 @@ def test_train_config_validates_on_construction(kwargs, message):
     with pytest.raises(BnpipeError) as info:
         TrainConfig(**kwargs)
     assert str(info.value) == message
+
+
+def test_recipes_shift_cnn_images_only():
+    assert TrainConfig().shift == 0 and TrainConfig(arch="cnn").shift == 2
+    assert TrainConfig(arch="cnn", shift=0).shift == 0
+
+
+# --- shifted images -----------------------------------------------------------------------------
+
+
+def _reference_shift(x: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """NumPy: sample i moved down moves[i, 0] and right moves[i, 1] pixels, zeros moved in."""
+    out = np.zeros_like(x)
+    h, w = x.shape[1:3]
+    for i, (dy, dx) in enumerate(moves):
+        out[i, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+            i, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+        ]
+    return out
+
+
+def test_shifted_matches_a_numpy_reference(tf):
+    from pipeline.train import shift_draws, shifted
+
+    x = np.random.default_rng(0).random((40, 20, 17, 2), dtype=np.float32)
+    moves = shift_draws(0, 3, len(x), 2)
+    assert moves.dtype == np.int32 and moves.min() == -2 and moves.max() == 2
+    got = np.asarray(shifted(tf.constant(x), tf.constant(moves), 2))
+    assert np.array_equal(got, _reference_shift(x, moves))
+    still = np.zeros((len(x), 2), np.int32)
+    assert np.array_equal(np.asarray(shifted(tf.constant(x), tf.constant(still), 2)), x)
+
+
+def _batches(x, y, **options):
+    from pipeline.train import _epoch_batches
+
+    config = TrainConfig(**{"epochs": 2, "batch_size": 16, "seed": 0, **options})
+    return [(np.asarray(a), np.asarray(b)) for a, b in _epoch_batches(x, y, config, 0)]
+
+
+def test_epoch_batches_shift_images_per_seed_and_epoch_and_leave_the_rest(tf):
+    from pipeline.data import epoch_order
+    from pipeline.train import shift_draws
+
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 16, 16, 1), dtype=np.float32)
+    y = rng.integers(0, 10, 40)
+    first = _batches(x, y, arch="cnn")
+    assert len(first) == 2 * 3  # 2 epochs of 40 samples in batches of 16, 16, 8
+    for (xa, ya), (xb, yb) in zip(first, _batches(x, y, arch="cnn"), strict=True):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)  # same seed: same batches
+    plain = _batches(x, y, arch="cnn", shift=0)
+    for epoch in (0, 1):
+        order = epoch_order(0, epoch, len(y))
+        xs = np.concatenate([b[0] for b in first[3 * epoch : 3 * epoch + 3]])
+        ys = np.concatenate([b[1] for b in first[3 * epoch : 3 * epoch + 3]])
+        assert np.array_equal(ys, y[order])  # labels: in the epoch's order, never changed
+        moved = _reference_shift(x[order], shift_draws(0, epoch, len(y), 2))
+        assert np.array_equal(xs, moved) and not np.array_equal(xs, x[order])
+        unshifted = np.concatenate([b[0] for b in plain[3 * epoch : 3 * epoch + 3]])
+        assert np.array_equal(unshifted, x[order])  # shift 0: the images as they are
+    other = _batches(x, y, arch="cnn", seed=1)
+    assert not np.array_equal(other[0][0], first[0][0])
+    # Too small to shift (digits' 8×8) and flat samples (the MLP's): the images as they are.
+    small = rng.random((40, 8, 8, 1), dtype=np.float32)
+    order = epoch_order(0, 0, len(y))
+    assert np.array_equal(_batches(small, y, arch="cnn")[0][0], small[order[:16]])
+    flat = x.reshape(40, -1)
+    assert np.array_equal(_batches(flat, y)[0][0], flat[order[:16]])
 
 
 # --- resume -------------------------------------------------------------------------------------
