@@ -122,6 +122,7 @@ def _quantized(folded, tfmot):
     from .model import is_batch_norm
     from .tfenv import keras
 
+    reserve_layer_names(folded)
     if not any(is_batch_norm(layer) for layer in folded.layers):
         return tfmot.quantization.keras.quantize_model(folded)
     k, q = keras(), tfmot.quantization.keras
@@ -143,6 +144,31 @@ def _quantized(folded, tfmot):
     }
     with q.quantize_scope(scope):
         return q.quantize_apply(annotated)
+
+
+def reserve_layer_names(model) -> None:
+    """Move Keras's layer-name counters past every name `model` uses.
+
+    tfmot names the layers it makes (a SeparableConv2D's depthwise and pointwise halves) the way
+    Keras names a new layer: its class in snake case and this process's count of them so far,
+    "depthwise_conv2d", then "depthwise_conv2d_1" … A model trained in another process holds
+    those very names, and quantize_apply then refuses the duplicate ("All layers added to a
+    Sequential model should have unique names"). For each name `base` or `base_N` in the model,
+    the counter of `base` is advanced past N, so every name made from here on is new to it."""
+    import re
+
+    from tf_keras.src.backend import unique_object_name  # what names a new tf_keras layer
+
+    highest: dict[str, int] = {}
+    for layer in model.layers:
+        match = re.fullmatch(r"(.+?)(?:_(\d+))?", layer.name)
+        base, n = match.group(1), int(match.group(2) or 0)
+        highest[base] = max(highest.get(base, -1), n)
+    for base, n in highest.items():
+        while True:  # names base, base_1, base_2 … in turn: stop once one past n was made
+            made = re.fullmatch(r"(.+?)(?:_(\d+))?", unique_object_name(base, zero_based=True))
+            if int(made.group(2) or 0) >= n:
+                break
 
 
 # tfmot's activation quantizers start at [-6, 6] and follow the data by an exponential moving

@@ -46,3 +46,43 @@ def test_settled_ranges_are_the_calibration_samples_own(keras):
     tolerance = 0.01 * (hi - lo)
     assert abs(after["post_activation_min"] - lo) <= tolerance
     assert abs(after["post_activation_max"] - hi) <= tolerance
+
+
+def test_qat_wraps_a_separable_conv_model_whose_names_keras_would_give_again(keras):
+    """tfmot splits a SeparableConv2D into layers it names as Keras names new ones
+    ("depthwise_conv2d", "conv2d" in a fresh process). A model trained in another process holds
+    exactly those names; QAT used to refuse it (duplicate layer names) and now wraps and trains
+    it, the halves named apart from every layer of the model."""
+    from types import SimpleNamespace
+
+    from pipeline.convert import qat_fine_tune
+
+    k = keras
+    L = k.layers
+    model = k.Sequential(
+        [
+            k.Input((8, 8, 1)),
+            L.Conv2D(4, 3, padding="same", name="conv2d"),
+            L.DepthwiseConv2D(3, padding="same", name="depthwise_conv2d"),
+            L.DepthwiseConv2D(3, padding="same", name="depthwise_conv2d_3"),
+            L.SeparableConv2D(6, 3, padding="same", name="separable_conv2d"),
+            L.ReLU(name="re_lu"),
+            L.GlobalAveragePooling2D(name="global_average_pooling2d"),
+            L.Dense(3, activation="softmax", name="dense"),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    ds = SimpleNamespace(
+        x_train=rng.random((32, 8, 8, 1), dtype=np.float32), y_train=rng.integers(0, 3, 32)
+    )
+    qat, history = qat_fine_tune(model, ds, ExportConfig(qat_epochs=1, calibration_samples=32))
+    names = [layer.name for layer in qat.layers]
+    assert len(names) == len(set(names))
+    made = [
+        n
+        for n in names
+        if "separable" not in n
+        and n.removeprefix("quant_") not in {layer.name for layer in model.layers}
+    ]
+    assert made, names  # the two halves, under names of their own
+    assert len(history["loss"]) == 1
