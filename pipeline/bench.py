@@ -154,12 +154,15 @@ def _steady_state(paths, inputs, threads, config: BenchConfig, keras, tick) -> l
 
     setups = [(p, th, b) for p in paths for th in threads for b in config.batch_sizes]
     configs = [Config(p.name, th, b) for p, th, b in setups]
+    budget = config.max_seconds / config.rounds  # per configuration and round
     with HostRuntime() as host:
-        rounds = host.rounds([(p, inputs[p], th, b) for p, th, b in setups], warmup=config.warmup)
+        rounds = host.rounds(
+            [(p, inputs[p], th, b) for p, th, b in setups], warmup=config.warmup, budget=budget
+        )
         per_round = max(1, config.runs // config.rounds)
         for r in range(config.rounds):
             tick(f"round {r + 1}/{config.rounds}", 1)
-            seconds = rounds.run(per_round, first=r % len(configs))
+            seconds = rounds.run(per_round, first=r % len(configs), budget=budget)
             for cfg, lat in zip(configs, seconds, strict=True):
                 cfg.latencies_s.extend(lat)
             if keras:
@@ -238,12 +241,18 @@ class _KerasBaseline:
                     self.model(xb, training=False)
 
     def round(self, n: int) -> None:
+        """n calls per batch size (fewer once a batch size's took the round's time budget)."""
+        budget = self.config.max_seconds / self.config.rounds
+        spent = dict.fromkeys(self.batches, 0.0)
         with native_noise_filtered():  # each predict builds a tf.data pipeline, which may say so
             for _ in range(n):
                 for b, xb in self.batches.items():
+                    if spent[b] >= budget:
+                        continue
                     s = time.perf_counter()
                     self.model(xb, training=False)
                     self.call_lat[b].append(time.perf_counter() - s)
+                    spent[b] += self.call_lat[b][-1]
                 s = time.perf_counter()
                 self.model.predict(self.x1, verbose=0)
                 self.predict_lat.append(time.perf_counter() - s)

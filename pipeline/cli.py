@@ -513,6 +513,13 @@ def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples,
 @click.option("--warmup", default=20, show_default=True, type=int)
 @click.option("--runs", default=200, show_default=True, type=int)
 @click.option(
+    "--max-seconds",
+    default=2.0,
+    show_default=True,
+    type=float,
+    help="Timed seconds per configuration at most: a large model stops short of --runs.",
+)
+@click.option(
     "--targets",
     default="host",
     show_default=True,
@@ -521,7 +528,7 @@ def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples,
 )
 @quiet_option
 @artifacts_option
-def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts):
+def bench(tflite, batch_sizes, threads, warmup, runs, max_seconds, targets, quiet, artifacts):
     """Benchmark latency, throughput, size and memory of every .tflite model against Keras.
 
     Writes bench.json, bench.md, bench_latency.png and bench_throughput.png.
@@ -535,6 +542,7 @@ def bench(tflite, batch_sizes, threads, warmup, runs, targets, quiet, artifacts)
         threads=_ints(threads, "--threads"),
         warmup=warmup,
         runs=runs,
+        max_seconds=max_seconds,
         targets=_names(targets) or (),
     )
     show = not quiet and sys.stderr.isatty()

@@ -366,6 +366,10 @@ class BenchConfig:
     runs: int = 200  # timed invokes per configuration, split across the interleaved rounds
     rounds: int = 5  # the models take turns this many times, so drift hits every model alike
     keras_runs: int = 30  # Keras calls take milliseconds: fewer runs give as stable a median
+    # Timed seconds per configuration at most, all rounds together (its warm-up gets as much):
+    # runs is the most invokes, and a large model at batch 1,024 stops short of it rather than
+    # take minutes. A small model never meets the budget (the MLP at 1,024: 200 runs ≈ 0.05 s).
+    max_seconds: float = 2.0
     targets: tuple[str, ...] = ("host",)  # where to time; arm64 is emulated (not device timing)
 
     def __post_init__(self):
@@ -384,6 +388,11 @@ class BenchConfig:
         _int_in(self.rounds, "rounds", 1, 1_000, flag=False)
         _int_in(self.runs, "runs", self.rounds, 10_000_000)
         _int_in(self.keras_runs, "keras_runs", 1, 100_000, flag=False)
+        _check(
+            _number(self.max_seconds) and 0 < self.max_seconds <= 86_400,
+            "max_seconds",
+            f"must be a number of seconds above 0 and at most a day, got {self.max_seconds!r}",
+        )
         _names(self, "targets")
 
 

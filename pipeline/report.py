@@ -240,7 +240,8 @@ def bench_markdown(record: dict, plots: list[Path]) -> str:
         "",
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores; LiteRT with its default delegate "
         f"(XNNPACK); inputs: {rec['sample']}. Medians of {cfg['runs']} timed invokes "
-        f"after {cfg['warmup']} warm-up ones, models interleaved over "
+        f"({cfg.get('max_seconds', '?')} s per configuration at most: see the timed invokes "
+        f"column) after {cfg['warmup']} warm-up ones, models interleaved over "
         f"{cfg['rounds']} rounds. Ratios are to `{rec['baseline']}` in the same run.",
         "",
         _bench_summary(rec),
@@ -280,14 +281,16 @@ def _find(rows: list[dict], model: str, threads: int | None, batch: int, runtime
 
 
 def _bench_summary(rec: dict) -> str:
-    """One row per .tflite: size, cold start, batch-1 latency, bulk throughput, memory, arena."""
+    """One row per .tflite: size, cold start, latency at the smallest batch and fewest threads
+    (batch 1, 1 thread by default), bulk throughput, memory, arena."""
     rows = rec["rows"]
     tmax, bmax = max(rec["threads_used"]), max(rec["config"]["batch_sizes"])
+    tmin, bmin = min(rec["threads_used"]), min(rec["config"]["batch_sizes"])
     table = []
     for name, info in rec["models"].items():
         if name == files.MODEL:
             continue
-        lat, thr = _find(rows, name, 1, 1), _find(rows, name, tmax, bmax)
+        lat, thr = _find(rows, name, tmin, bmin), _find(rows, name, tmax, bmax)
         arena = info.get("tflm_arena", {})
         rss = info.get("peak_rss_added_kb")
         table.append(
@@ -310,7 +313,7 @@ def _bench_summary(rec: dict) -> str:
         "size (vs float32)",
         "init",
         "first invoke",
-        "batch-1 latency median / p99, 1 thread (vs float32)",
+        f"batch-{bmin} latency median / p99, {tmin} thread{'s' if tmin > 1 else ''} (vs float32)",
         f"throughput, batch {bmax}, {tmax} threads (vs float32)",
         "peak RSS added",
         "TFLM arena",
@@ -388,6 +391,7 @@ def _every_configuration(rec: dict) -> str:
             f"{r['throughput_per_s']:,.0f}",
             f"{r['latency_ratio']:.2f}" if "latency_ratio" in r else "—",
             f"{r['throughput_ratio']:.2f}" if "throughput_ratio" in r else "—",
+            f"{r['latency_us']['n']:,}",  # fewer than --runs where the time budget ended
         ]
         for r in rec["rows"]
     ]
@@ -402,8 +406,9 @@ def _every_configuration(rec: dict) -> str:
         "samples/s",
         "latency ÷ float32",
         "throughput ÷ float32",
+        "timed invokes",
     ]
-    return md_table(headers, full, "llrrrrrrrr")
+    return md_table(headers, full, "llrrrrrrrrr")
 
 
 def bench_plots(record: dict, out: Path) -> list[Path]:

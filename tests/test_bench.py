@@ -127,6 +127,32 @@ def test_report_and_plots(benched):
     assert "## Every configuration" in md and "![bench_latency](bench_latency.png)" in md
 
 
+def test_a_time_budget_cuts_a_large_configuration_short(exported, tmp_path):
+    """max_seconds bounds each configuration's timed invokes (all rounds together, after one
+    per round at least): at 1 ms nearly every configuration stops far below its 100,000 runs,
+    and the report says how many were timed."""
+    out = tmp_path / "art"
+    shutil.copytree(exported, out)
+    config = BenchConfig(
+        runs=100_000,
+        rounds=2,
+        warmup=2,
+        batch_sizes=(1024,),
+        threads=(1,),
+        keras_runs=4,
+        max_seconds=0.001,
+    )
+    tflite = [out / tflite_name("int8"), out / tflite_name("float32")]
+    record = run_bench(out, config=config, tflite=tflite).record
+    for r in record["rows"]:
+        if r["model"] != "model.keras":
+            assert config.rounds <= r["latency_us"]["n"] < 1_000, r
+    keras_1024 = next(r for r in record["rows"] if r["runtime"] == "keras model(x)")
+    assert keras_1024["latency_us"]["n"] == config.rounds  # a Keras call takes > 0.5 ms
+    md = (out / "bench.md").read_text()
+    assert "timed invokes" in md
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -135,6 +161,10 @@ def test_report_and_plots(benched):
         (
             ["--batch-sizes", "0"],
             "Error: --batch-sizes must be integers from 1 to 65,536, got (0,)",
+        ),
+        (
+            ["--max-seconds", "0"],
+            "Error: --max-seconds must be a number of seconds above 0 and at most a day, got 0.0",
         ),
     ],
 )

@@ -6,6 +6,7 @@ import re
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,36 @@ def test_rounds_time_every_configuration_in_turn(models, monkeypatch):
     np.testing.assert_array_equal(
         interp.get_tensor(interp.get_input_details()[0]["index"]), sample[[0, 1, 2, 0]]
     )
+
+
+def test_rounds_stop_a_turn_once_its_time_budget_is_spent(models, monkeypatch):
+    """With a budget, a turn ends after the invoke that took it over (one at least), and so does
+    the warm-up: each invoke here takes ≥ 20 ms, so a 50 ms budget allows three at most, not 50."""
+    sample = quantized_inputs(models["int8"], 3)
+    log = []
+    real = dr.load_interpreter
+
+    def slow_load(*args, **kwargs):
+        interp = counting_invokes(real(*args, **kwargs), log, "c")
+        invoke = interp.invoke
+
+        def slow_invoke():
+            time.sleep(0.02)
+            invoke()
+
+        interp.invoke = slow_invoke
+        return interp
+
+    monkeypatch.setattr(dr, "load_interpreter", slow_load)
+    rounds = dr.Rounds([(models["int8"], sample, 1, 2)], warmup=50, budget=0.05)
+    assert 2 <= len(log) <= 4  # the first invoke, then the warm-up's until 50 ms passed
+    seconds = rounds.run(50, budget=0.05)[0]
+    assert 2 <= len(seconds) <= 3 and sum(seconds[:-1]) < 0.05 <= sum(seconds)
+    assert len(rounds.run(2, budget=10.0)[0]) == 2  # runs still caps a generous budget
+    assert len(rounds.run(5, budget=1e-9)[0]) == 1  # one timed invoke at least
+    for bad in (0, -1.0, True, "1"):
+        with pytest.raises(ValueError, match="a time budget must be a positive number"):
+            rounds.run(5, budget=bad)
 
 
 def build_refused_model(directory):
@@ -557,6 +588,13 @@ def test_serve_times_rounds_across_requests(server, models, tmp_path):
         reply = server.ask({"command": "rounds_run", "session": session, "runs": 3, "first": first})
         assert reply["ok"] is True, reply
         assert [len(s) for s in reply["result"]["seconds"]] == [3, 3]
+    budgeted = {"command": "rounds_run", "session": session, "runs": 10**6, "budget": 0.01}
+    reply = server.ask(budgeted)
+    assert reply["ok"] is True, reply
+    assert all(1 <= len(s) < 10**6 for s in reply["result"]["seconds"])  # 10 ms, not a million
+    reply = server.ask({**budgeted, "budget": "soon"})
+    assert reply["exit"] == dr.EXIT_BAD_INPUT
+    assert "'budget' must be a positive number of seconds or null" in reply["error"]
     assert server.ask({"command": "rounds_close", "session": session})["ok"] is True
     reply = server.ask({"command": "rounds_run", "session": session, "runs": 3})
     assert reply["exit"] == dr.EXIT_BAD_INPUT and "no open rounds session" in reply["error"]

@@ -249,9 +249,10 @@ class Rounds(object):
     the bench stage takes turns over rounds so that a machine that drifts hits every one alike.
     """
 
-    def __init__(self, configs, warmup=20, reference=False):
+    def __init__(self, configs, warmup=20, reference=False, budget=None):
         if int(warmup) < 0:
             raise ValueError("need warmup >= 0, got %s" % (warmup,))
+        budget = _budget(budget)
         self.interpreters = []
         self.setup = []  # per configuration: init_seconds, first_invoke_seconds
         for model_path, sample, threads, rows in configs:
@@ -274,8 +275,7 @@ class Rounds(object):
                 t0 = time.perf_counter()
                 interp.invoke()
                 first_seconds = time.perf_counter() - t0
-                for _ in range(int(warmup)):
-                    interp.invoke()
+                _invoke_for(interp, int(warmup), budget)
             except RuntimeError as err:  # LiteRT refused to allocate or run the model
                 raise ValueError(
                     "LiteRT cannot run %s: %s" % (model_path, _one_line(err))
@@ -283,11 +283,13 @@ class Rounds(object):
             self.interpreters.append(interp)
             self.setup.append({"init_seconds": init_seconds, "first_invoke_seconds": first_seconds})
 
-    def run(self, runs, first=0, warmup=0):
+    def run(self, runs, first=0, warmup=0, budget=None):
         """Time `runs` invokes of each configuration, in turn from configuration `first` (then
-        first + 1, ... wrapping round), each turn after `warmup` untimed invokes. Returns one list
-        of seconds per configuration, in configuration order."""
-        runs, warmup = int(runs), int(warmup)
+        first + 1, ... wrapping round), each turn after `warmup` untimed invokes. With a budget
+        (seconds), a turn also ends once its timed invokes took that long, after one at least: a
+        large model at a large batch gets fewer invokes, not minutes. Returns one list of
+        seconds per configuration, in configuration order."""
+        runs, warmup, budget = int(runs), int(warmup), _budget(budget)
         if runs < 1 or warmup < 0:
             raise ValueError(
                 "need runs >= 1 and warmup >= 0, got runs=%s warmup=%s" % (runs, warmup)
@@ -297,15 +299,34 @@ class Rounds(object):
         for k in range(n):
             i = (int(first) + k) % n
             interp = self.interpreters[i]
-            for _ in range(warmup):
-                interp.invoke()
-            timed = [0.0] * runs
-            for r in range(runs):
+            _invoke_for(interp, warmup, budget)
+            timed = []
+            spent = 0.0
+            while len(timed) < runs and (budget is None or spent < budget):
                 t0 = time.perf_counter()
                 interp.invoke()
-                timed[r] = time.perf_counter() - t0
+                timed.append(time.perf_counter() - t0)
+                spent += timed[-1]
             seconds[i] = timed
         return seconds
+
+
+def _budget(budget):
+    """A time budget in seconds (None: none); ValueError unless it is a positive number."""
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise ValueError("a time budget must be a positive number of seconds, got %r" % (budget,))
+    return float(budget)
+
+
+def _invoke_for(interp, count, budget):
+    """`count` untimed invokes, or fewer once `budget` seconds (if any) have passed."""
+    t0 = time.perf_counter()
+    for _ in range(count):
+        if budget is not None and time.perf_counter() - t0 >= budget:
+            break
+        interp.invoke()
 
 
 def bench(
@@ -560,6 +581,10 @@ _BENCH_FIELDS = {
 }
 
 
+def _is_seconds(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and v > 0
+
+
 _ROUNDS_OPEN_FIELDS = {
     "configs": (
         _is_config_list,
@@ -568,12 +593,14 @@ _ROUNDS_OPEN_FIELDS = {
     ),
     "warmup": (_is_int, "an integer", 20),
     "reference": _RUN_FIELDS["reference"],
+    "budget": (_is_seconds, "a positive number of seconds or null", None),
 }
 _ROUNDS_RUN_FIELDS = {
     "session": (_is_int, "an integer", _REQUIRED),
     "runs": (_is_int, "an integer", _REQUIRED),
     "first": (_is_int, "an integer", 0),
     "warmup": (_is_int, "an integer", 0),
+    "budget": _ROUNDS_OPEN_FIELDS["budget"],
 }
 _ROUNDS_CLOSE_FIELDS = {"session": _ROUNDS_RUN_FIELDS["session"]}
 _COMMANDS = ("run", "bench", "rounds_open", "rounds_run", "rounds_close")
@@ -596,7 +623,7 @@ def _request_args(request, fields):
     return kwargs
 
 
-def _open_rounds(sessions, configs, warmup, reference):
+def _open_rounds(sessions, configs, warmup, reference, budget):
     """A new Rounds over `configs` (each sample loaded from its .npy once), kept in `sessions`."""
     samples = {}
     for c in configs:
@@ -606,6 +633,7 @@ def _open_rounds(sessions, configs, warmup, reference):
         [(c["model"], samples[c["inputs"]], c["threads"], c["batch"]) for c in configs],
         warmup=warmup,
         reference=reference,
+        budget=budget,
     )
     session = max(sessions, default=0) + 1
     sessions[session] = rounds

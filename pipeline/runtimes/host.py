@@ -230,11 +230,12 @@ class HostRuntime:
         result.update(target=self.name, kernels=self.kernels, emulated=False)
         return result
 
-    def rounds(self, configs: list[tuple], warmup: int = 20) -> Rounds:
+    def rounds(self, configs: list[tuple], warmup: int = 20, budget: float | None = None) -> Rounds:
         """Interleaved timing in the child (device_runner.Rounds): configs is a list of
         (model path, sample, threads, batch size); each gets its own interpreter, allocated for its
-        batch, filled with its sample repeated, invoked once and `warmup` more times. Returns the
-        open Rounds: run() times every configuration in turn, close() frees them."""
+        batch, filled with its sample repeated, invoked once and `warmup` more times (fewer once
+        they took `budget` seconds). Returns the open Rounds: run() times every configuration in
+        turn, close() frees them."""
         samples: dict[int, tuple[np.ndarray, str]] = {}  # one .npy per distinct sample array
         with tempfile.TemporaryDirectory(prefix="bnpipe-host-") as tmp:
             requested = []
@@ -259,6 +260,7 @@ class HostRuntime:
                     "configs": requested,
                     "warmup": int(warmup),
                     "reference": self.reference,
+                    "budget": budget,
                 },
                 what=", ".join(names),
             )
@@ -274,9 +276,12 @@ class Rounds:
     def __init__(self, runtime: HostRuntime, session: int, setup: list[dict], what: str):
         self.runtime, self.session, self.setup, self.what = runtime, session, setup, what
 
-    def run(self, runs: int, first: int = 0, warmup: int = 0) -> list[list[float]]:
-        """Time `runs` invokes of each configuration, in turn from configuration `first`, each
-        turn after `warmup` untimed invokes: one list of seconds per configuration, in order."""
+    def run(
+        self, runs: int, first: int = 0, warmup: int = 0, budget: float | None = None
+    ) -> list[list[float]]:
+        """Time `runs` invokes of each configuration (fewer once a turn's took `budget`
+        seconds, one at least), in turn from configuration `first`, each turn after `warmup`
+        untimed invokes: one list of seconds per configuration, in order."""
         return self.runtime.server.request(
             {
                 "command": "rounds_run",
@@ -284,6 +289,7 @@ class Rounds:
                 "runs": int(runs),
                 "first": int(first),
                 "warmup": int(warmup),
+                "budget": budget,
             },
             what=self.what,
         )["seconds"]
