@@ -409,7 +409,9 @@ class RunConfig:
     bench: BenchConfig = BenchConfig()
 
 
-STAGE_CONFIGS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+# Each stage's config class by its table name (the annotations resolved: with postponed
+# evaluation a dataclass field's type is only its name).
+STAGE_CONFIGS: dict[str, type] = dict(typing.get_type_hints(RunConfig))
 # bnpipe.toml holds a few dozen options; a megabyte is thousands of times that.
 CONFIG_FILE_MAX_BYTES = 1 << 20
 
@@ -447,7 +449,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+        import tomli as tomllib  # type: ignore[no-redef]
 
     # A FIFO, a device or a directory is refused before reading; a real config is a few lines.
     text = read_bytes(path, "config file", BnpipeError, max_bytes=CONFIG_FILE_MAX_BYTES)

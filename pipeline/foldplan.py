@@ -60,7 +60,9 @@ def plan_fold(model) -> tuple[list[Plan], list[SkippedBN]]:
 
     graph = LayerGraph(model)
     objects = {layer.name: layer for layer in model.layers}
-    plans, skipped, taken = [], [], set()
+    plans: list = []
+    skipped: list[SkippedBN] = []
+    taken: set[tuple[str, str]] = set()
     for node in graph.nodes.values():
         # The class name alone is not enough: another package's layer may be called
         # "CustomBatchNorm" (the article's is) and have no moving statistics to fold.
@@ -74,7 +76,7 @@ def plan_fold(model) -> tuple[list[Plan], list[SkippedBN]]:
                 plan, why_before = _plan_before(graph, node, taken, objects)
                 reason = None if plan else f"{why_after}, and {why_before}"
         if plan is None:
-            skipped.append(SkippedBN(node.name, reason))
+            skipped.append(SkippedBN(node.name, reason or "no layer to fold into"))
         else:
             plans.append(plan)
             taken.add((plan.layer, plan.direction))

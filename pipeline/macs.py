@@ -96,7 +96,9 @@ def count_macs(info: TfliteInfo, batch: int = 1) -> MacCount:
     with a fixed batch keeps its own), per counted operator and in total. Reads `info` only."""
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an int ≥ 1, got {batch!r}")
-    per_op, by_op, uncounted = [], {}, {}
+    per_op: list = []
+    by_op: dict[str, int] = {}
+    uncounted: dict[str, int] = {}
     for op in info.operators:
         if op.op in COUNTED_OPS:
             counted = _op_macs(info, op, batch)

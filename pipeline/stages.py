@@ -18,7 +18,6 @@ from typing import Any
 
 from . import files
 from .artifacts import require_file
-from .config import STAGE_CONFIGS
 from .lineage import current_inputs, recorded_stage
 from .lock import writer_lock
 
@@ -56,10 +55,6 @@ class Stage:
     name: str
     call: str  # "module:function" taking (config, request), imported when the stage runs
     writes_here: Callable[[Any], bool] = lambda config: True  # False: no files, no record
-
-    @property
-    def config_class(self) -> type:
-        return STAGE_CONFIGS[self.name]
 
     def reads(self, out: Path) -> list[str]:
         """Default inputs whose sha256 the manifest records (those that exist: verify and

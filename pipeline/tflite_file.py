@@ -392,11 +392,11 @@ def _describe(r: _Reader, root: int) -> TfliteInfo:
         raise ModelError(f"{name} has no inputs or no outputs")
     meta, meta_names = {}, []
     for m in r.tables(model, _Model.METADATA, "a metadata entry"):
-        mname = r.text(m, _Metadata.NAME, "a metadata entry's name")
-        meta_names.append(mname)
+        meta_names.append(mname := r.text(m, _Metadata.NAME, "a metadata entry's name"))
         index = r.scalar(m, _Metadata.BUFFER, _U32)
-        if mname == METADATA_NAME and index < len(buffers) and buffers[index][0] is not None:
-            start, n = buffers[index][0]
+        span = buffers[index][0] if index < len(buffers) else None  # (start, length) or None
+        if mname == METADATA_NAME and span:
+            start, n = span
             try:
                 meta = json.loads(r.data[start : start + n].decode("utf-8"))
             except ValueError:  # not UTF-8, or not JSON

@@ -4,7 +4,8 @@
 #   bash scripts/test.sh [pytest args…]
 #
 # 1. a virtual environment .venv with bnpipe and its test extras (pip, from pyproject.toml);
-# 2. ruff: lint and format check of the whole repo (config in pyproject.toml); findings fail;
+# 2. ruff (lint and format of the whole repo) and mypy (the typed modules listed under
+#    [tool.mypy]), both configured in pyproject.toml; findings fail;
 # 3. the arm64 emulator (qemu-user + an arm64 Python sysroot + aarch64 LiteRT) in the user's
 #    cache dir — no root needed, idempotent, seconds when already built;
 # 4. openssh-server when `sshd` is missing (apt-get, as root) for the ssh target's loopback tests;
@@ -24,6 +25,8 @@ echo "== installing bnpipe and its test dependencies"
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "== mypy"
+.venv/bin/mypy
 
 echo "== arm64 emulator"
 bash scripts/setup_arm64_emulator.sh
