@@ -13,9 +13,9 @@ split recorded at training, repeated to --samples rows:
     inputs   the inputs in the model's input dtype (ModelInputs.for_tensor: table lookup when the
              data are integer pixels, as Dataset.x_test_codes allows; else, or with --float-path,
              the float path that data which are not pixels take)
-    run      verify.run_row on HostRuntime: the inputs written to a temporary .npy, the request to
-             the runtime's child and its answer, the interpreter made and allocated there,
-             set_tensor and get_tensor copies, the batched invokes, the outputs read back, top-1,
+    run      verify.run_candidate on HostRuntime: the inputs written to a temporary .npy, the
+             request to the runtime's child and its answer, the interpreter made and allocated
+             there, set_tensor and get_tensor copies, the batched invokes, the outputs read back, top-1,
              the paired statistics and the LSB distance from the host-ref outputs (computed once
              beforehand, as host-ref runs first)
 
@@ -77,10 +77,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     from pipeline.config import VerifyConfig
+    from pipeline.data import recorded_dataset
     from pipeline.runtimes.host import HostRuntime, checked_tflite, forget_checked
     from pipeline.tflite_file import quant_params
-    from pipeline.train import recorded_dataset
-    from pipeline.verify import ModelInputs, run_row
+    from pipeline.verify import ModelInputs, Reference, run_candidate
 
     path = args.artifacts / args.model
     ds, _ = recorded_dataset([args.artifacts])
@@ -88,13 +88,17 @@ def main() -> None:
     x, y = ds.x_test[idx], ds.y_test[idx]
     codes = None if ds.x_test_codes is None or args.float_path else ds.x_test_codes[idx]
     values = None if codes is None else ds.preprocessing.code_values()
-    ref_pred = y  # stands in for the reference's top-1 classes: the statistics cost the same
-    n_classes = int(ds.num_classes)
     config = VerifyConfig()
     info = checked_tflite(path)
-    xin = ModelInputs(x, codes, values).for_tensor(quant_params(info.input_tensor()))
-    with HostRuntime(reference=True) as ref:
-        _, raw_ref = run_row(ref, path, info, xin, ref_pred, y, n_classes, None, config)
+
+    def reference(inputs):
+        # y stands in for the original's top-1 classes: the statistics cost the same
+        return Reference(x, y, y, int(ds.num_classes), inputs, {}, {}, "")
+
+    with HostRuntime(reference=True) as host_ref:
+        _, raw_ref = run_candidate(
+            host_ref, path, info, reference(ModelInputs(x, codes, values)), None, config
+        )
     rt = HostRuntime()
     rt.start()
 
@@ -110,9 +114,10 @@ def main() -> None:
         t0 = time.perf_counter()
         info = checked_tflite(path)
         t1 = time.perf_counter()
-        xin = ModelInputs(x, codes, values).for_tensor(quant_params(info.input_tensor()))
+        inputs = ModelInputs(x, codes, values)  # made afresh: its quantization is timed here
+        xin = inputs.for_tensor(quant_params(info.input_tensor()))
         t2 = time.perf_counter()
-        row, _ = run_row(rt, path, info, xin, ref_pred, y, n_classes, raw_ref, config)
+        row, _ = run_candidate(rt, path, info, reference(inputs), raw_ref, config)
         t3 = time.perf_counter()
         for key, value in (
             ("check", t1 - t0),
