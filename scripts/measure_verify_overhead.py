@@ -15,9 +15,9 @@ split recorded at training, repeated to --samples rows:
              the float path that data which are not pixels take)
     run      verify.run_candidate on HostRuntime: the inputs written to a temporary .npy, the
              request to the runtime's child and its answer, the interpreter made and allocated
-             there, set_tensor and get_tensor copies, the batched invokes, the outputs read back, top-1,
-             the paired statistics and the LSB distance from the host-ref outputs (computed once
-             beforehand, as host-ref runs first)
+             there, set_tensor and get_tensor copies, the batched invokes, the outputs read back,
+             top-1, the paired statistics and the LSB distance from the host-ref outputs (computed
+             once beforehand, as host-ref runs first)
 
 against "the interpreter's own batched time": the wall time of the invoke() calls alone on the
 very same batches (the RunResult.invoke_seconds of that run: ≤ 1024 rows per invoke; no
