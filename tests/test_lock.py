@@ -125,7 +125,9 @@ def trained(tmp_path_factory):
 def test_a_second_run_with_other_options_is_refused_naming_the_first(tmp_path):
     out = tmp_path / "a"
     configs = []
-    for epochs in (2, 3):
+    # The first trains long enough (minutes) that the test's SIGTERM, not its own end, stops it:
+    # with 2 epochs a loaded machine saw it finish between the poll and the signal (exit 0).
+    for epochs in (500, 3):
         configs.append(tmp_path / f"c{epochs}.toml")
         configs[-1].write_text(RUN_CONFIG.format(epochs=epochs))
     first = Child("run", "--config", configs[0], "--artifacts", out, "-q")
