@@ -514,7 +514,7 @@ def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples,
 @click.option("--runs", default=200, show_default=True, type=int)
 @click.option(
     "--max-seconds",
-    default=2.0,
+    default=1.0,
     show_default=True,
     type=float,
     help="Timed seconds per configuration at most: a large model stops short of --runs.",

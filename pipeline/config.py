@@ -369,7 +369,7 @@ class BenchConfig:
     # Timed seconds per configuration at most, all rounds together (its warm-up gets as much):
     # runs is the most invokes, and a large model at batch 1,024 stops short of it rather than
     # take minutes. A small model never meets the budget (the MLP at 1,024: 200 runs ≈ 0.05 s).
-    max_seconds: float = 2.0
+    max_seconds: float = 1.0
     targets: tuple[str, ...] = ("host",)  # where to time; arm64 is emulated (not device timing)
 
     def __post_init__(self):
