@@ -170,6 +170,12 @@ def _ranges(weights, a: str, b: str, classes: dict[str, str]) -> tuple[np.ndarra
     return r1, r2
 
 
+def range_ratio(weights, a: str, b: str, classes: dict[str, str]) -> float:
+    """max/min over the live output channels of `a` of its largest |weight|: how far apart the
+    channel ranges a per-tensor int8 grid must share are."""
+    return _ratio(_ranges(weights, a, b, classes)[0])
+
+
 def _ratio(r: np.ndarray) -> float:
     live = r[r > 0]
     return float(live.max() / live.min()) if live.size else 1.0

@@ -329,24 +329,36 @@ def run_fold(
     return _write(artifacts_dir, model_path, to_save, kind, config, report, t0)
 
 
+def _pairs_to_equalize(folded, config: FoldConfig):
+    """(pairs, weights, classes): the ReLU-joined pairs whose first layer's channel ranges span
+    at least config.equalize_from, with their weights as float64 [kernel, bias] (a zero bias
+    where a layer has none) and class names, for equalize.equalize."""
+    from .equalize import find_pairs, output_channels, range_ratio
+
+    found = find_pairs(folded)
+    names = {n for a, b, _ in found for n in (a, b)}
+    classes = {n: type(folded.get_layer(n)).__name__ for n in names}
+    weights = {}
+    for n in names:
+        ws = [w.astype(np.float64) for w in folded.get_layer(n).get_weights()]
+        bias = ws[1] if len(ws) > 1 else np.zeros(output_channels(ws[0], classes[n]))
+        weights[n] = [ws[0], bias]
+    pairs = [p for p in found if range_ratio(weights, p[0], p[1], classes) >= config.equalize_from]
+    kept = {n for a, b, _ in pairs for n in (a, b)}
+    return pairs, {n: weights[n] for n in kept}, {n: classes[n] for n in kept}
+
+
 def _equalized(original, folded, x, config: FoldConfig):
     """(the folded model with its ReLU-joined layer pairs equalized, the EqualizedPair records,
     (abs, rel, failures) of the result against the original). The last layer of each chain of
     pairs must compute what it computed before equalization, and the model what the original
     does."""
-    from .equalize import equalize, find_pairs, output_channels
+    from .equalize import equalize
     from .tfenv import keras
 
-    pairs = find_pairs(folded)
+    pairs, weights, classes = _pairs_to_equalize(folded, config)
     if not pairs:
         return folded, [], check_fold(original, folded, [], x, config.rtol)
-    names = {n for a, b, _ in pairs for n in (a, b)}
-    classes = {n: type(folded.get_layer(n)).__name__ for n in names}
-    weights = {}
-    for n in names:  # [kernel, bias (output channels,)], a zero bias where it has none
-        ws = [w.astype(np.float64) for w in folded.get_layer(n).get_weights()]
-        bias = ws[1] if len(ws) > 1 else np.zeros(output_channels(ws[0], classes[n]))
-        weights[n] = [ws[0], bias]
     records = equalize(weights, pairs, classes)
     k = keras()
     result = k.models.clone_model(folded)

@@ -84,9 +84,9 @@ def test_run_fold_equalizes_and_records_the_ranges(keras, trained, tmp_path):
     from pipeline.fold import run_fold
 
     _, result = trained
-    on = run_fold(result.model_path, tmp_path / "on")
+    every = run_fold(result.model_path, tmp_path / "on", config=FoldConfig(equalize_from=1.0))
     off = run_fold(result.model_path, tmp_path / "off", config=FoldConfig(equalize=False))
-    report = json.loads(on.record_path.read_text())["report"]
+    report = json.loads(every.record_path.read_text())["report"]
     assert [(e["first"], e["second"]) for e in report["equalized"]] == [
         ("dense_1", "dense_2"),
         ("dense_2", "classes"),
@@ -95,6 +95,53 @@ def test_run_fold_equalizes_and_records_the_ranges(keras, trained, tmp_path):
         assert len(e["r1_before"]) == len(e["r2_after"]) == 16
     assert report["output_max_rel_diff"] <= FOLD_RTOL and report["passed"]
     assert json.loads(off.record_path.read_text())["report"]["equalized"] == []
+    # By default only pairs whose channel ranges span ≥ equalize_from (8) are touched.
+    default = run_fold(result.model_path, tmp_path / "default")
+    wide = [
+        (e["first"], e["second"])
+        for e in report["equalized"]
+        if e["range_ratio_before"] >= FoldConfig().equalize_from
+    ]
+    got = json.loads(default.record_path.read_text())["report"]["equalized"]
+    assert [(e["first"], e["second"]) for e in got] == wide
+
+
+def test_default_fold_leaves_balanced_pairs_and_equalizes_an_outlier_pair(keras, tmp_path):
+    """A pair whose channel ranges span 1.5 is left as trained (the folded weights unchanged);
+    the same model with one channel ×60 has that pair equalized (its ratio to about √60)."""
+    import json
+
+    from pipeline.fold import run_fold
+    from pipeline.model import save_model
+
+    k = keras
+    rng = np.random.default_rng(0)
+    model = _chain(k, "relu", [])
+    for name, shape in (("b", (5, 4)), ("c", (4, 3))):  # balanced too: ranges within 1.5×
+        w = rng.choice([-1.0, 1.0], size=shape) * rng.uniform(1.0, 1.5, size=shape[1])
+        model.get_layer(name).set_weights([w.astype(np.float32), np.zeros(shape[1], np.float32)])
+    kernel = rng.choice([-1.0, 1.0], size=(6, 5)) * rng.uniform(1.0, 1.5, size=5)
+    model.get_layer("a").set_weights([kernel.astype(np.float32), np.zeros(5, np.float32)])
+    for name, factor in (("balanced", 1.0), ("outlier", 60.0)):
+        scaled = kernel.copy()
+        scaled[:, 0] *= factor
+        model.get_layer("a").set_weights([scaled.astype(np.float32), np.zeros(5, np.float32)])
+        path = tmp_path / f"{name}.keras"
+        save_model(model, path)
+        result = run_fold(path, tmp_path / name)
+        equalized = json.loads(result.record_path.read_text())["report"]["equalized"]
+        if name == "balanced":
+            assert equalized == []
+            np.testing.assert_array_equal(
+                keras.models.load_model(tmp_path / name / "folded.keras")
+                .get_layer("a")
+                .get_weights()[0],
+                scaled.astype(np.float32),
+            )
+        else:
+            assert [(e["first"], e["second"]) for e in equalized] == [("a", "b")]
+            before, after = equalized[0]["range_ratio_before"], equalized[0]["range_ratio_after"]
+            assert before >= 40 and after < before / 4, equalized[0]  # √60: about 8 after
 
 
 def test_equalizing_across_relu6_would_change_the_function(keras):
