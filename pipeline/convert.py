@@ -204,14 +204,9 @@ def settle_ranges(qat, x: np.ndarray, config: ExportConfig) -> None:
 
 
 def _check_qat_layers(model) -> None:
-    from .model import is_batch_norm
-    from .opset import QAT_LAYERS
+    from .opset import QAT_LAYERS, unsupported_layers
 
-    bad = [
-        f"{layer.name!r} ({type(layer).__name__})"
-        for layer in model.layers
-        if type(layer).__name__ not in QAT_LAYERS and not is_batch_norm(layer)
-    ]
+    bad = unsupported_layers(model, QAT_LAYERS)
     if bad:
         raise ModelError(
             f"quantization-aware training (tfmot) cannot quantize layer(s) {', '.join(bad)}; "

@@ -26,7 +26,13 @@ from .convert import convert, qat_fine_tune
 from .errors import ModelError
 from .files import tflite_name
 from .model import classify
-from .opset import EXPORTABLE_LAYERS, graph_check, implied_ops, operators_of
+from .opset import (
+    EXPORTABLE_LAYERS,
+    graph_check,
+    implied_ops,
+    operators_of,
+    unsupported_layers,
+)
 from .tfenv import native_noise_filtered
 from .tflite_file import TfliteInfo, parse_tflite, quant_params, with_metadata
 
@@ -75,23 +81,13 @@ def check_keras_model(model) -> list:
             f"BatchNormalization layer(s) {', '.join(p.bn for p in plans)} can still be folded; "
             "run `bnpipe fold` first (export takes the folded model)"
         )
-    bad = [
-        f"{layer.name!r} ({type(layer).__name__})"
-        for layer in model.layers
-        if type(layer).__name__ not in EXPORTABLE_LAYERS and not _is_custom_bn(layer)
-    ]
+    bad = unsupported_layers(model, EXPORTABLE_LAYERS)
     if bad:
         raise ModelError(
             f"layer(s) {', '.join(bad)} cannot be exported; supported: "
             + ", ".join(sorted(EXPORTABLE_LAYERS))
         )
     return kept
-
-
-def _is_custom_bn(layer) -> bool:
-    from .model import is_batch_norm
-
-    return is_batch_norm(layer)
 
 
 def _keras_accuracy(model, x, y) -> tuple[float, np.ndarray]:

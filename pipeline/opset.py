@@ -61,6 +61,19 @@ EXPORTABLE_LAYERS = set(LAYER_OPS)
 QAT_LAYERS = EXPORTABLE_LAYERS - {"Conv1D"}
 
 
+def unsupported_layers(model, allowed: set[str]) -> list[str]:
+    """ "'name' (Class)" of every layer of `model` whose class is not in `allowed`, batch
+    normalization of either kind excepted (fold keeps a BN it cannot remove; export names what
+    it became)."""
+    from .model import is_batch_norm
+
+    return [
+        f"{layer.name!r} ({type(layer).__name__})"
+        for layer in model.layers
+        if type(layer).__name__ not in allowed and not is_batch_norm(layer)
+    ]
+
+
 def implied_ops(model) -> set[str]:
     """Every TFLite operator the layers of `model` may become."""
     ops: set[str] = set()

@@ -362,3 +362,44 @@ def build_and_run(arr, tmp: Path, main_lang: str = "c") -> subprocess.CompletedP
     # Linked by the C driver even for C++ data: the array needs no C++ runtime.
     run_checked([CC if main_lang == "c" else CXX, "main.o", "data.o", "-o", "prog"], tmp)
     return subprocess.run([str(tmp / "prog")], capture_output=True, timeout=60)
+
+
+class CliChild:
+    """`python -m pipeline.cli ARGS` in a running child process, its stderr collected line by
+    line as it comes (lines), for tests that act on it while it runs."""
+
+    def __init__(self, *args, env=None, preexec_fn=None):
+        import os
+        import sys
+        import threading
+
+        self.args = [str(a) for a in args]
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            preexec_fn=preexec_fn,
+        )
+        self.pid = self.proc.pid
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def wait(self, timeout: float = 300) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.wait()

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import CliChild
 
 from pipeline.artifacts import TMP_PREFIX, sha256_file
 from pipeline.cli import cli
@@ -77,27 +75,11 @@ def _as_in_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-class Child:
-    """`python -m pipeline.cli ARGS` with its stderr collected line by line as it comes."""
+class Child(CliChild):
+    """A CLI child with Ctrl-C's default action restored, as under a terminal."""
 
     def __init__(self, *args: str):
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=_as_in_a_terminal,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def said(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
+        super().__init__(*args, preexec_fn=_as_in_a_terminal)
 
     def interrupt_when(self, ready, timeout: float = 240.0, signum=signal.SIGINT) -> int:
         deadline = time.monotonic() + timeout

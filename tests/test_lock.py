@@ -15,14 +15,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import CliChild as Child
 from helpers import assert_one_line_error, bnpipe_process
 
 from pipeline.artifacts import TMP_PREFIX, sha256_file
@@ -55,41 +53,6 @@ REFUSED = (
     r"`{command}`, since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\); rerun when it has ended, or with "
     r"--wait \(or BNPIPE_WAIT=1\) to wait for it"
 )
-
-
-class Child:
-    """`python -m pipeline.cli ARGS`, its stderr collected line by line as it comes."""
-
-    def __init__(self, *args, env=None):
-        self.args = [str(a) for a in args]
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.pid = self.proc.pid
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def said(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
-
-    def wait(self, timeout: float = 300) -> int:
-        code = self.proc.wait(timeout=timeout)
-        self.reader.join(timeout=10)
-        return code
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.wait()
 
 
 def until(condition, child: Child | None = None, timeout: float = 120.0) -> None:
