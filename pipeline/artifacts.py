@@ -20,10 +20,8 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from importlib import metadata
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
+from .interrupts import interrupts_deferred
 from .safeio import loads_json, read_bytes, regular_file
 
 SCHEMA_VERSION = 1
@@ -246,45 +245,6 @@ def current(path: str | os.PathLike) -> Path:
         if tmp is not None:
             return tmp
     return Path(path)
-
-
-_HELD_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
-
-
-@contextlib.contextmanager
-def interrupts_deferred(note: str = "") -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block ends, then act on the first one
-    that came, as its handler before the block would have (a signal that was ignored stays
-    ignored): KeyboardInterrupt(note) for SIGINT, the handler's own exception otherwise.
-
-    The commit of a transaction is a handful of renames; letting a signal land between two of
-    them would leave half a stage. Only the main thread can set signal handlers; elsewhere the
-    block runs as it is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    numbers = [getattr(signal, name) for name in _HELD_SIGNALS if hasattr(signal, name)]
-    previous = {n: signal.signal(n, lambda signum, frame: received.append(signum)) for n in numbers}
-    try:
-        yield
-    finally:
-        for n, handler in previous.items():
-            signal.signal(n, handler)
-    for signum in received:
-        handler = previous[signum]
-        if handler is signal.SIG_IGN:
-            continue
-        if handler is signal.default_int_handler or (
-            handler in (signal.SIG_DFL, None) and signum == signal.SIGINT
-        ):
-            raise KeyboardInterrupt(note) if note else KeyboardInterrupt
-        if callable(handler):
-            handler(signum, None)
-        else:  # SIG_DFL for SIGTERM/SIGHUP: die of the signal, as without the block
-            os.kill(os.getpid(), signum)
-        return
 
 
 def _umask() -> int:

@@ -8,6 +8,7 @@ here (see errors.py).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -113,6 +114,9 @@ def quiet_option(f):
 
 
 def _progress(message: str) -> None:
+    from .interrupts import raise_pending
+
+    raise_pending()  # a Ctrl-C a finalizer swallowed stops the stage here, not at its commit
     click.echo(f"… {message}", err=True)
 
 
@@ -683,16 +687,21 @@ def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifact
 
 
 def main():
-    import signal
+    """The `bnpipe` command. Ctrl-C, SIGTERM and SIGHUP discard the running stage's files (see
+    interrupts.py). An interrupted run ends without the interpreter's shutdown, which tears
+    TensorFlow down: a late signal or finalizer there could turn exit 130 into death by SIGINT
+    (seen once in CI) or hang a user who pressed Ctrl-C."""
+    from .interrupts import install
 
-    def terminate(signum, frame):
-        raise Terminated()
-
-    for name in ("SIGTERM", "SIGHUP"):  # like Ctrl-C: the running stage's files are discarded
-        number = getattr(signal, name, None)
-        if number is not None and signal.getsignal(number) is signal.SIG_DFL:
-            signal.signal(number, terminate)
-    cli(prog_name="bnpipe")
+    install()
+    try:
+        cli(prog_name="bnpipe")
+    except SystemExit as exc:
+        if exc.code in (130, 143):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code)
+        raise
 
 
 if __name__ == "__main__":

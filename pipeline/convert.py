@@ -20,9 +20,9 @@ import warnings
 
 import numpy as np
 
-from . import artifacts
 from .config import MIXED, ExportConfig
 from .errors import ModelError
+from .interrupts import interrupts_deferred, raise_pending
 from .model import predict
 
 
@@ -102,7 +102,7 @@ def _run(build, mode: str) -> bytes:
         # Ctrl-C is held during the conversion (< 1 s a mode): TensorFlow's converter catches
         # Exception around one of its paths and retries another, so an interrupt landing there
         # could be swallowed, and the retry gives other (valid but different) bytes.
-        with muted_stderr(), warnings.catch_warnings(), artifacts.interrupts_deferred():
+        with muted_stderr(), warnings.catch_warnings(), interrupts_deferred():
             # The converter prints its settings and TF graph notices on stderr: noise here.
             warnings.simplefilter("ignore")
             return bytes(build())
@@ -253,6 +253,7 @@ def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
                 batch_size=config.qat_batch_size,
                 shuffle=True,
                 verbose=verbose,
+                callbacks=[k.callbacks.LambdaCallback(on_epoch_end=lambda *_: raise_pending())],
             )
         history = {kk: [float(v) for v in vals] for kk, vals in h.history.items()}
     return qat, history

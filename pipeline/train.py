@@ -124,6 +124,7 @@ def _fit_epochs(model, ds, config, start, hist, quiet, ckpt_root, fingerprint) -
     (`hist` and `model` are mutated)."""
     import math
 
+    from .interrupts import raise_pending
     from .tfenv import keras, muted_stderr
 
     if start >= config.epochs:
@@ -131,6 +132,7 @@ def _fit_epochs(model, ds, config, start, hist, quiet, ckpt_root, fingerprint) -
 
     class EpochEnd(keras().callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            raise_pending()  # a Ctrl-C a finalizer swallowed during the epoch
             for k, v in (logs or {}).items():
                 hist.setdefault(k, []).append(float(v))
             if epoch + 1 < config.epochs:  # the last epoch's state is model.keras itself

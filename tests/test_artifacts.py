@@ -227,19 +227,6 @@ def test_nested_transactions_commit_with_the_outermost(tmp_path):
     assert a.read_text() == "inner, again" and _leftovers(tmp_path) == []
 
 
-def test_interrupts_deferred_holds_sigint_to_the_end_of_the_block():
-    import signal
-
-    reached_end = False
-    with pytest.raises(KeyboardInterrupt), artifacts.interrupts_deferred():
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(1000):  # the handler runs between bytecodes: give it many chances
-            pass
-        reached_end = True
-    assert reached_end
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-
-
 def test_export_interrupted_between_its_files_leaves_every_file_as_it_was(
     exported, tmp_path, monkeypatch
 ):
@@ -277,17 +264,3 @@ def test_machine_info_records_the_kernel_relevant_cpu_features():
     present = set(line.split(":", 1)[1].split())
     assert info["cpu_flags"] == [f for f in artifacts.KERNEL_FLAGS if f in present]
     assert info["cpu_flags"]  # any CPU this runs on has one of SSE4/AVX/ASIMD
-
-
-def test_interrupts_deferred_leaves_an_ignored_sigint_ignored():
-    import signal
-
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with artifacts.interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):
-                pass
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # nothing raised, still ignored
-    finally:
-        signal.signal(signal.SIGINT, previous)

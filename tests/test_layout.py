@@ -52,6 +52,7 @@ LAYERS = {
     },
     "foundations": {
         "errors",
+        "interrupts",
         "tfenv",
         "quantize",
         "stats",
