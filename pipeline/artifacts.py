@@ -125,7 +125,7 @@ def _replace(tmp: Path, dest: Path) -> None:
 class _Transaction:
     """Files written but not yet renamed into place, and what to do once they are."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pending: dict[Path, Path] = {}  # destination → its complete temporary file
         self.before: list = []  # run before the renames, e.g. mark the stage as not recorded
         self.after: list = []

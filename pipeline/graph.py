@@ -30,7 +30,7 @@ class Node:
 class LayerGraph:
     """The layers of `model` (its own, not those inside a nested model), in config order."""
 
-    def __init__(self, model):
+    def __init__(self, model) -> None:
         config = model.get_config()
         entries = config["layers"]
         self.sequential = "input_layers" not in config

@@ -23,16 +23,28 @@ def _let_handlers_run() -> None:
         pass
 
 
-@pytest.fixture
-def installed(monkeypatch):
-    """bnpipe's handlers, as the CLI installs them; Python's own back afterwards."""
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@pytest.fixture(autouse=True)
+def as_from_a_terminal(monkeypatch):
+    """Python's handlers as a process started from a terminal has them (under a background job
+    pytest inherits SIGINT ignored), a fresh note of signals and the handlers of before, after."""
     monkeypatch.setattr(interrupts, "_noted", [])
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    saved = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    interrupts.install()
+    saved = {n: signal.getsignal(n) for n in SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     yield
     for number, handler in saved.items():
         signal.signal(number, handler)
+
+
+@pytest.fixture
+def installed():
+    """bnpipe's handlers, as the CLI installs them."""
+    interrupts.install()
 
 
 class _SwallowsASignal:
@@ -63,28 +75,18 @@ def test_interrupts_deferred_holds_sigint_to_the_end_of_the_block():
 
 
 def test_interrupts_deferred_leaves_an_ignored_sigint_ignored():
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with interrupts.interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            _let_handlers_run()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # nothing raised, still ignored
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with interrupts.interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        _let_handlers_run()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # nothing raised, still ignored
 
 
-def test_install_leaves_a_signal_the_process_was_told_to_ignore(monkeypatch):
-    monkeypatch.setattr(interrupts, "_noted", [])
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    saved = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+def test_install_leaves_a_signal_the_process_was_told_to_ignore():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `nohup` or a background job starts it
-    try:
-        interrupts.install()
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    finally:
-        for number, handler in saved.items():
-            signal.signal(number, handler)
+    interrupts.install()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
 
 
 @pytest.mark.parametrize(
@@ -129,6 +131,6 @@ def test_a_signal_held_by_the_block_is_raised_by_bnpipes_handler_after_it(instal
     with pytest.raises(Terminated, match="saved"), interrupts.interrupts_deferred("saved"):
         os.kill(os.getpid(), signal.SIGTERM)
         _let_handlers_run()
-    handlers = {signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    handlers = {signal.getsignal(n) for n in SIGNALS}
     assert len(handlers) == 1  # bnpipe's one handler, back on all three
     assert handlers.isdisjoint({signal.default_int_handler, signal.SIG_DFL})
