@@ -9,7 +9,9 @@
 # 3. the arm64 emulator (qemu-user + an arm64 Python sysroot + aarch64 LiteRT) in the user's
 #    cache dir — no root needed, idempotent, seconds when already built;
 # 4. openssh-server when `sshd` is missing (apt-get, as root) for the ssh target's loopback tests;
-# 5. pytest, everything included: nothing is skipped in CI (CI=true).
+# 5. pytest, everything included: nothing is skipped in CI (CI=true), on BNPIPE_TEST_WORKERS
+#    processes (default 2; 1 runs it in this process), each test file whole on one of them so a
+#    file's expensive fixtures are made once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +44,8 @@ if ! command -v sshd >/dev/null 2>&1 && [[ ! -x /usr/sbin/sshd ]]; then
 fi
 
 echo "== pytest"
-exec .venv/bin/python -m pytest "$@"
+WORKERS="${BNPIPE_TEST_WORKERS:-2}"
+if [[ "$WORKERS" == 1 ]]; then
+    exec .venv/bin/python -m pytest "$@"
+fi
+exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadfile "$@"

@@ -179,7 +179,7 @@ def test_readers_need_no_lock_and_the_wait_env_waits(exported, tmp_path):
         waiter = Child("fold", "--artifacts", out, env={"BNPIPE_WAIT": "1"})
         try:
             until(lambda: waiter.said("waiting for another bnpipe"), waiter)
-            assert waiter.said(f"(pid {os.getpid()}, `bnpipe ")
+            assert waiter.said(f"(pid {os.getpid()}, `bnpipe")  # its argv: pytest's, or a worker's
             assert stranded.exists()
         except BaseException:
             waiter.stop()
