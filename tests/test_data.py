@@ -177,12 +177,25 @@ def test_fingerprint_sees_dtype_and_shape():
     assert len({a.fingerprint(), b.fingerprint(), c.fingerprint()}) == 3
 
 
-def test_loading_digits_does_not_import_tensorflow():
+def test_loading_digits_imports_neither_tensorflow_nor_scikit_learn():
     code = (
         "import sys, pipeline.data as d; d.load_dataset('digits'); "
-        "assert 'tensorflow' not in sys.modules and 'tf_keras' not in sys.modules"
+        "assert not {'tensorflow', 'tf_keras', 'sklearn'} & set(sys.modules), "
+        "sorted({'tensorflow', 'tf_keras', 'sklearn'} & set(sys.modules))"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_digits_are_scikit_learns_load_digits_exactly():
+    from sklearn.datasets import load_digits
+
+    from pipeline.readers import read_source
+
+    bunch = load_digits()
+    part, test, _, kind = read_source("digits")
+    assert test is None and kind == "digits"
+    assert part.x.dtype == bunch.data.dtype and np.array_equal(part.x, bunch.data)
+    assert np.array_equal(part.y, bunch.target)
 
 
 # --- checks common to all formats ----------------------------------------------------------------
