@@ -133,18 +133,30 @@ def run_candidate(
 ) -> tuple[Row, np.ndarray]:
     """One candidate on one target: its row, and its raw outputs (N, classes).
 
-    Runs the test inputs on `rt`, scores the top-1 classes against the labels and the
-    reference's, and for an integer model measures the distance of the raw outputs from
-    `raw_ref` (the host-ref outputs; None before host-ref ran; on host-ref itself its own
-    outputs, distance 0) in quantization steps. ModelError from the runtime passes through.
+    Runs the test inputs on `rt` (run_on) and scores them (score). ModelError from the runtime
+    passes through.
     """
+    return score(rt.name, path, info, ref, run_on(rt, path, info, ref), raw_ref, config)
+
+
+def run_on(rt, path: Path, info, ref: Reference):
+    """The runtime's RunResult for the test inputs, laid out as the file's input tensor takes
+    them (e.g. (N, 28, 28, 1): a view)."""
     xin = ref.inputs.for_tensor(quant_params(info.input_tensor()))
-    # (N, features) as the file's input tensor lays it out, e.g. (N, 28, 28, 1): a view.
-    res = rt.run(str(path), xin.reshape((len(xin), *info.input_tensor().shape[1:])))
+    return rt.run(str(path), xin.reshape((len(xin), *info.input_tensor().shape[1:])))
+
+
+def score(
+    target: str, path: Path, info, ref: Reference, res, raw_ref: np.ndarray | None, config
+) -> tuple[Row, np.ndarray]:
+    """The row of one run (a RunResult) and its raw outputs (N, classes): the top-1 classes
+    against the labels and the reference's and, for an integer model, the distance of the raw
+    outputs from `raw_ref` (the host-ref outputs; None when host-ref did not run; on host-ref
+    itself its own outputs, distance 0) in quantization steps."""
     raw = res.outputs.reshape(len(ref.y), -1)
-    if rt.name == REFERENCE_TARGET:
+    if target == REFERENCE_TARGET:
         raw_ref = raw
-    row = _row(path.name, rt.name, np.argmax(raw, axis=1), ref, res.invoke_seconds, res.info)
+    row = _row(path.name, target, np.argmax(raw, axis=1), ref, res.invoke_seconds, res.info)
     if _integer(quant_params(info.output_tensor())) and raw_ref is not None:
         # Steps apart, in the narrowest type that holds any difference (int8 codes: int16, 20×
         # faster than int64 on 10,000 × 10 outputs; int16 codes: int32).
@@ -199,10 +211,11 @@ def run_verify(
     if folded_path.is_file() and not tflite:
         rows.append(_folded_row(_folded_model(folded_path, ref), ref, say))
     try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed
-        for p, info in infos.items():
-            _run_everywhere(p, info, runtimes, ref, config, rows, skipped, say)
+        ran, failed = _run_everywhere(infos, runtimes, ref, config, say)
     finally:
         close_all(runtimes)
+    rows += ran
+    skipped += failed
 
     failures = _apply_gates(rows, config) + _run_failures(infos, rows, skipped)
     record = _record(config, ref, rows, skipped, failures, candidates, t0)
@@ -328,29 +341,68 @@ def _folded_row(model, ref: Reference, say) -> Row:
     return _row(files.FOLDED, "tensorflow", pred, ref, time.perf_counter() - t1, {})
 
 
-def _run_everywhere(
-    path: Path,
-    info,
-    runtimes,
-    ref: Reference,
-    config: VerifyConfig,
-    rows: list[Row],
-    skipped: list[Skipped],
-    say,
-) -> None:
-    """One candidate on every runtime, host-ref first (the others' outputs are measured against
-    it); appends to `rows`, and to `skipped` where a runtime failed on it."""
-    raw_ref = None
-    for rt in sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET):
+def _run_everywhere(infos: dict, runtimes, ref: Reference, config: VerifyConfig, say):
+    """Every candidate on every runtime: (rows, skipped) in the order of one runtime after the
+    other, host-ref first for each candidate (the others' outputs are measured against it).
+
+    The runtimes work at once, one thread each taking the candidates in turn: each runs in its
+    own child process, and the emulator's lane (arm64: float32 kernels are slow under qemu)
+    would otherwise add up with the rest. A ModelError on one candidate skips that pair; any
+    other failure, and Ctrl-C, kills every runtime's child and passes through."""
+    for info in infos.values():  # the inputs each file takes, made here, not in two lanes at once
+        ref.inputs.for_tensor(quant_params(info.input_tensor()))
+    lanes = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
+    done = _in_lanes(lanes, lambda rt: _lane(rt, infos, ref, say))
+    rows: list[Row] = []
+    skipped: list[Skipped] = []
+    for path, info in infos.items():
+        raw_ref = None
+        for rt in lanes:
+            res = done[rt.name][path]
+            if isinstance(res, ModelError):
+                skipped.append(Skipped(path.name, rt.name, f"failed: {res}"))
+                continue
+            row, raw = score(rt.name, path, info, ref, res, raw_ref, config)
+            if rt.name == REFERENCE_TARGET:
+                raw_ref = raw
+            rows.append(row)
+    return rows, skipped
+
+
+def _lane(rt, infos: dict, ref: Reference, say) -> dict:
+    """{path: RunResult, or the ModelError it failed with} for every candidate on one runtime."""
+    results: dict = {}
+    for path, info in infos.items():
         say(f"{path.name} on {rt.name}")
         try:
-            row, raw = run_candidate(rt, path, info, ref, raw_ref, config)
+            results[path] = run_on(rt, path, info, ref)
         except ModelError as exc:
-            skipped.append(Skipped(path.name, rt.name, f"failed: {exc}"))
-            continue
-        if rt.name == REFERENCE_TARGET:
-            raw_ref = raw
-        rows.append(row)
+            results[path] = exc
+    return results
+
+
+def _in_lanes(lanes: list, work) -> dict:
+    """{runtime name: work(runtime)}, each in a thread of its own; the first exception (or
+    Ctrl-C here) kills every runtime's child, so the other lanes end at once, and is raised."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    from .runtimes.registry import abort_all
+
+    pool = ThreadPoolExecutor(max_workers=max(1, len(lanes)), thread_name_prefix="bnpipe-lane")
+    try:
+        futures = {rt.name: pool.submit(work, rt) for rt in lanes}
+        pending = set(futures.values())
+        while pending:  # short waits: Ctrl-C lands between them
+            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for future in futures.values():
+                if future.done() and future.exception() is not None:
+                    raise future.exception()
+        return {name: future.result() for name, future in futures.items()}
+    except BaseException:
+        abort_all(lanes)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _record(config, ref: Reference, rows, skipped, failures, candidates, t0) -> dict:

@@ -371,9 +371,48 @@ def test_the_runtimes_start_while_the_reference_model_loads_and_predicts(
         "started tflm",
         "reference: model.keras on TensorFlow (host)",
     ]
-    assert events[4:] == [f"{p.name} on {t}" for p in paths for t in ("host-ref", "host", "tflm")]
+    lines = events[4:]  # the targets work at once: each one's lines in order, theirs interleaved
+    for t in ("host-ref", "host", "tflm"):
+        assert [line for line in lines if line.endswith(f" on {t}")] == [
+            f"{p.name} on {t}" for p in paths
+        ]
+    assert len(lines) == 6
     assert [r.starts for r in runners] == [1, 1, 1]  # one child per target for both candidates
     assert all(r.process is None for r in runners)  # closed at the end
+
+
+def test_the_targets_run_at_once_and_the_rows_keep_one_order(exported, tmp_path, monkeypatch):
+    """Each target's child serves the candidates in turn while the other targets' children work
+    (the emulator's lane no longer adds up with the rest); the rows come out in the order of one
+    target after the other, host-ref first, whatever finished first."""
+    import threading
+    import time
+
+    from pipeline.runtimes.served import ServedRunner
+
+    out = _copy(exported, tmp_path)
+    real_request = ServedRunner.request
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def request(self, req, what):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.3)  # long enough for the other lanes' requests to be under way too
+            return real_request(self, req, what)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(ServedRunner, "request", request)
+    paths = [out / tflite_name("int8"), out / tflite_name("float32")]
+    result = run_verify(
+        out, config=VerifyConfig(targets=("host", "tflm", "host-ref")), tflite=paths
+    )
+    assert state["most"] == 3  # all three targets had a request under way at one moment
+    candidate_rows = [(r.candidate, r.target) for r in result.rows if r.target != "tensorflow"]
+    assert candidate_rows == [(p.name, t) for p in paths for t in ("host-ref", "host", "tflm")]
 
 
 def test_a_model_that_crashes_a_runtime_is_exit_2_not_a_failed_gate(exported, tmp_path):

@@ -61,6 +61,15 @@ def start_all(runtimes: Iterable) -> None:
             start()
 
 
+def abort_all(runtimes: Iterable) -> None:
+    """Kill the child processes of the runtimes that keep one, even mid-request (see
+    ServedRunner.abort); the requests under way fail. Pair with close_all()."""
+    for runtime in runtimes:
+        abort = getattr(getattr(runtime, "server", None), "abort", None)
+        if abort is not None:
+            abort()
+
+
 def close_all(runtimes: Iterable) -> None:
     """Stop whatever the runtimes keep running between models (arm64: its emulated runner).
 

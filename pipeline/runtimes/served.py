@@ -237,6 +237,11 @@ class ServedRunner:
         with self._lock:
             self._drop(kill=False)
 
+    def abort(self) -> None:
+        """Kill the runner now, without waiting for the request another thread may be waiting
+        on (that request then fails): for Ctrl-C while several runners work at once."""
+        _stop(self._state, kill=True)
+
     def __enter__(self) -> ServedRunner:
         return self
 
