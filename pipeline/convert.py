@@ -99,9 +99,10 @@ def _run(build, mode: str) -> bytes:
     from .tfenv import muted_stderr
 
     try:
-        # Ctrl-C is held during the conversion (< 1 s a mode): TensorFlow's converter catches
-        # Exception around one of its paths and retries another, so an interrupt landing there
-        # could be swallowed, and the retry gives other (valid but different) bytes.
+        # Ctrl-C is held during the conversion (< 1 s a mode for the MLP, 6-9 s for the digits
+        # CNN's QAT model): TensorFlow's converter catches Exception around one of its paths
+        # and retries another, so an interrupt landing there could be swallowed, and the retry
+        # gives other (valid but different) bytes.
         with muted_stderr(), warnings.catch_warnings(), interrupts_deferred():
             # The converter prints its settings and TF graph notices on stderr: noise here.
             warnings.simplefilter("ignore")
