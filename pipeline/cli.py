@@ -290,8 +290,9 @@ def train(
 @click.option(
     "--strict", is_flag=True, help="Fail (exit 2) if any BatchNormalization cannot be folded."
 )
+@quiet_option
 @artifacts_option
-def fold(model_path, data, strict, artifacts):
+def fold(model_path, data, strict, quiet, artifacts):
     """Fold each BatchNormalization into a neighbouring layer; write folded.keras and fold.json.
 
     With s = γ/√(σ²+ε): a BN after a Dense scales its outputs, W' = W·s, b' = (b−μ)·s + β; a BN
@@ -306,7 +307,7 @@ def fold(model_path, data, strict, artifacts):
     request = _request(artifacts, say=_note, model=model_path, data=data)  # warnings: stderr
     result = _execute("fold", FoldConfig(strict=strict), request)
     r = result.report
-    for p in r.pairs:
+    for p in [] if quiet else r.pairs:  # quiet: the summary line alone (warnings stay on stderr)
         where = "into" if p.direction == "after" else "forward into"
         click.echo(f"folded {p.bn} {where} {p.layer}: max relative difference {p.max_rel_diff:.2e}")
     click.echo(

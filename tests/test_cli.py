@@ -181,6 +181,17 @@ def test_fold_respects_artifacts_flag(run, trained, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["fold.json", "folded.keras"]
 
 
+def test_fold_quiet_prints_the_summary_line_alone(run, trained, tmp_path):
+    _, result_train = trained
+    out = tmp_path / "q"
+    result = run("fold", "--model", result_train.model_path, "--artifacts", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 1 and result.stderr == ""
+    assert result.stdout.startswith("output max relative difference ")
+    assert result.stdout.rstrip().endswith(f"wrote {out / 'folded.keras'}")
+    assert (out / "folded.keras").is_file()
+
+
 def test_fold_respects_env_and_flag_beats_env(run, trained, tmp_path):
     _, result_train = trained
     env_dir = tmp_path / "env"
