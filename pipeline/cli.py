@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .errors import BUG_EXIT_CODE, DEBUG_ENV, BnpipeError, GateFailed, Terminated
+from .interrupts import install, raise_pending
 
 ARTIFACTS_HELP = "Artifacts directory [default: $BNPIPE_ARTIFACTS or ./artifacts]."
 WAIT_HELP = "If another bnpipe is writing the artifacts dir, wait for it [or $BNPIPE_WAIT=1]."
@@ -114,8 +115,6 @@ def quiet_option(f):
 
 
 def _progress(message: str) -> None:
-    from .interrupts import raise_pending
-
     raise_pending()  # a Ctrl-C a finalizer swallowed stops the stage here, not at its commit
     click.echo(f"… {message}", err=True)
 
@@ -692,8 +691,6 @@ def main():
     interrupts.py). An interrupted run ends without the interpreter's shutdown, which tears
     TensorFlow down: a late signal or finalizer there could turn exit 130 into death by SIGINT
     (seen once in CI) or hang a user who pressed Ctrl-C."""
-    from .interrupts import install
-
     install()
     try:
         cli(prog_name="bnpipe")

@@ -315,7 +315,7 @@ def _budget(budget):
     """A time budget in seconds (None: none); ValueError unless it is a positive number."""
     if budget is None:
         return None
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+    if not _is_seconds(budget):
         raise ValueError("a time budget must be a positive number of seconds, got %r" % (budget,))
     return float(budget)
 
