@@ -4,7 +4,8 @@
                                             state.json (epoch, options, history, data)
 
 A checkpoint directory is written under a temporary name and renamed, so one that exists is
-complete whenever the process was stopped; only the newest is kept. A checkpoint continues only
+complete whenever the process was stopped; only the newest is kept (the rename and the removal
+of the older ones hold Ctrl-C back, so an interrupt never leaves two). A checkpoint continues only
 the training it came from: same options (bar the epoch count) and same data.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from . import artifacts
 from .config import TrainConfig
 from .errors import ArtifactError
+from .interrupts import interrupts_deferred
 
 _EPOCH_PREFIX = "epoch-"
 _STATE_FILE = "state.json"
@@ -54,17 +56,20 @@ def save(root: Path, model, epoch: int, config: TrainConfig, fingerprint: str, h
             "inputs": {"data": fingerprint},
         }
         (tmp / _STATE_FILE).write_text(json.dumps(artifacts.jsonable(state)))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        # The swap holds Ctrl-C back: a signal between the rename and the removal of the older
+        # checkpoints would leave two of them.
+        with interrupts_deferred():
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in root.glob(f"{_EPOCH_PREFIX}*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):  # a full disk, a read-only directory
             raise artifacts.write_error(final, exc) from None
         raise
-    for old in root.glob(f"{_EPOCH_PREFIX}*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_tf_checkpoint(model, prefix: Path, final: Path) -> None:

@@ -303,6 +303,39 @@ def test_interrupted_training_resumes_to_the_uninterruptedkeras_weights(tmp_path
     assert rec["history"] == json.loads(whole.record_path.read_text())["history"]
 
 
+def test_ctrl_c_just_after_a_checkpoint_rename_leaves_one_checkpoint(tmp_path, monkeypatch):
+    """The moment the CI run caught: SIGINT right after epoch-0002 appeared, before epoch-0001
+    was removed. The swap holds it back, so the newest checkpoint is the only one."""
+    import os
+    import signal
+
+    from pipeline.checkpoints import latest
+    from pipeline.checkpoints import save as save_checkpoint
+    from pipeline.model import build_mlp, compile_model
+
+    config = TrainConfig(**{**RESUME, "epochs": 2})
+    model = compile_model(build_mlp(64, 10, config.hidden, "keras"), config.learning_rate)
+    root = tmp_path / "ckpts"
+    save_checkpoint(root, model, 1, config, "data", {})
+    rename = os.replace
+
+    def rename_then_ctrl_c(src, dst):
+        rename(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # bytecodes for the handler to run between
+            pass
+
+    monkeypatch.setattr(os, "replace", rename_then_ctrl_c)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(root, model, 2, config, "data", {})
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert [p.name for p in root.iterdir()] == ["epoch-0002"]
+    assert latest(root) == root / "epoch-0002"
+
+
 def test_resume_refuses_a_checkpoint_of_other_options(tmp_path):
     import dataclasses
 
