@@ -21,6 +21,7 @@ import numpy as np
 from . import artifacts, files
 from .config import VerifyConfig
 from .errors import DataError, GateFailed, ModelError
+from .interrupts import raise_pending
 from .model import classify
 from .quantize import to_input
 from .safeio import regular_file
@@ -394,6 +395,7 @@ def _in_lanes(lanes: list, work) -> dict:
         pending = set(futures.values())
         while pending:  # short waits: Ctrl-C lands between them
             _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            raise_pending()  # one a finalizer run by this thread swallowed
             for future in futures.values():
                 if future.done() and future.exception() is not None:
                     raise future.exception()
