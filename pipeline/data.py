@@ -308,9 +308,13 @@ def _check_fraction(name: str, value: float) -> None:
 def _check_part(p: RawPart, num_classes: int | None) -> None:
     """Counts, emptiness, label values and finite pixels of one raw split. Raises one DataError."""
     x, y = p.x, p.y
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(f"{p.origin}: the {p.split} images have dtype {x.dtype}; expected numbers")
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
+    # Booleans, integers and reals; not complex numbers, nor timedeltas (numpy counts both as
+    # numbers, and a cast would drop the imaginary part or the unit without a word).
+    if x.dtype.kind not in "biuf":
+        raise DataError(
+            f"{p.origin}: the {p.split} images have dtype {x.dtype}; expected real numbers"
+        )
+    if y.dtype.kind not in "biuf":
         raise DataError(f"{p.origin}: the {p.split} labels have dtype {y.dtype}; expected integers")
     if x.ndim < 2:
         raise DataError(

@@ -19,6 +19,7 @@ import gzip
 import os
 import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ MNIST_FILE = "mnist.npz"
 # images as float64, far beyond what bnpipe's small classifiers train on; a header claiming more
 # is a damaged or hostile file, refused before anything is allocated.
 MAX_ARRAY_BYTES = 4 << 30
+MAX_IDX_DIMS = 8  # numpy arrays have at most 64; images and labels need 3 and 1
 DIGITS_FILE = "digits.csv.gz"  # scikit-learn's bundled copy, read by load_digits
 MNIST_HINT = (
     "supply MNIST locally instead: --data PATH.npz (keys x_train, y_train, x_test, "
@@ -218,7 +220,9 @@ def _read_npz(path: Path, label: str) -> tuple[RawPart, RawPart]:
                     f"{', '.join(members) or 'no keys'}; expected {', '.join(NPZ_KEYS)}"
                 )
             arrays = {k: _npz_member(archive, members[k], label, k) for k in NPZ_KEYS}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+    except DataError:
+        raise
+    except Exception as exc:  # a crafted central directory fails in many ways
         raise DataError(f"{label} is not a readable .npz archive: {_one_line(exc)}") from None
     return (
         RawPart("train", f"{label} (x_train, y_train)", arrays["x_train"], arrays["y_train"]),
@@ -229,8 +233,6 @@ def _read_npz(path: Path, label: str) -> tuple[RawPart, RawPart]:
 def _npz_member(archive, name: str, label: str, key: str) -> np.ndarray:
     """One .npy member: its header says dtype and shape; refused before allocating when the
     dtype holds objects (pickles) or the shape asks for more bytes than the member holds."""
-    import zlib
-
     fmt = np.lib.format
     info = archive.getinfo(name)
     try:
@@ -255,7 +257,10 @@ def _npz_member(archive, name: str, label: str, key: str) -> np.ndarray:
             return fmt.read_array(f, allow_pickle=False)
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, zlib.error, TypeError, KeyError) as exc:
+    except Exception as exc:  # every way the member's bytes can fail to parse
+        # zip: a corrupt stream (zlib.error, lzma.LZMAError, OSError), an encrypted member
+        # (RuntimeError), an unknown compression method (NotImplementedError); numpy's header
+        # parser: ValueError, tokenize.TokenError, SyntaxError, RecursionError, MemoryError.
         raise DataError(f"{label}: array {key} is unreadable: {_one_line(exc)}") from None
 
 
@@ -378,8 +383,13 @@ def idx_header(path: str | os.PathLike) -> IdxHeader:
                     f"{path} is not an IDX file: magic number 0x{magic.hex()}; expected "
                     "0x0000 then a type code (08 09 0b 0c 0d 0e) and a dims count"
                 )
+            if ndim > MAX_IDX_DIMS:
+                raise DataError(
+                    f"IDX file {path} declares {ndim} dimensions; bnpipe reads images (3) and "
+                    f"labels (1), and no IDX file of more than {MAX_IDX_DIMS}"
+                )
             raw = f.read(4 * ndim)
-    except (OSError, EOFError) as exc:  # gzip: a truncated stream is an EOFError
+    except (OSError, EOFError, zlib.error) as exc:  # gzip: truncated EOFError, corrupt zlib.error
         raise DataError(f"IDX file {path} cannot be read: {exc}") from None
     header = 4 + 4 * ndim
     if len(raw) < 4 * ndim:
@@ -407,7 +417,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with h.open() as f:
             f.read(h.header_bytes)
             data = f.read(expected + 1)  # one byte more tells a longer file from an exact one
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"IDX file {h.path} cannot be read: {exc}") from None
     actual = len(data)
     if actual < expected:
@@ -446,7 +456,7 @@ def read_csv(path: Path, split: str) -> RawPart:
     row_lines = [i + 1 for i, line in enumerate(lines) if line.strip()]
     if not row_lines:
         raise DataError(f"CSV file {path} is empty; expected rows of label,feature,feature,...")
-    first = next(csv.reader([lines[row_lines[0] - 1]]))
+    first = _cells(path, row_lines[0], lines[row_lines[0] - 1])
     if not all(_is_number(c) for c in first):  # a header
         row_lines = row_lines[1:]
     if not row_lines:
@@ -465,6 +475,15 @@ def read_csv(path: Path, split: str) -> RawPart:
         return f"row {row_lines[i]}" + ("" if j is None else f", column {j + 2}")
 
     return RawPart(split, f"CSV file {path}", table[:, 1:], table[:, 0], where)
+
+
+def _cells(path: Path, line_no: int, line: str) -> list[str]:
+    """One row's cells; the csv module's own complaints (a cell over its field size limit, a
+    NUL byte) name the row."""
+    try:
+        return next(csv.reader([line]))
+    except csv.Error as exc:
+        raise DataError(f"CSV file {path}, row {line_no}: {exc}") from None
 
 
 def _csv_fast(path: Path, row_lines: list[int], width: int) -> np.ndarray | None:
@@ -492,7 +511,7 @@ def _csv_slow(path: Path, lines: list[str], row_lines: list[int], width: int) ->
     """Cell by cell, so that a ragged row or a cell that is not a number is named."""
     table = np.empty((len(row_lines), width), dtype=np.float64)
     for r, line_no in enumerate(row_lines):
-        cells = next(csv.reader([lines[line_no - 1]]))
+        cells = _cells(path, line_no, lines[line_no - 1])
         if len(cells) != width:
             raise DataError(
                 f"CSV file {path}, row {line_no}: {len(cells)} columns; expected "

@@ -419,3 +419,130 @@ def test_idx_file_that_is_a_device_is_refused(tmp_path):
     (directory / "train-images-idx3-ubyte").unlink()
     (directory / "train-images-idx3-ubyte").symlink_to("/dev/zero")
     raises_data_error("is a device, not a regular file", load_dataset, str(directory))
+
+
+def _zip_flags_patched(data: bytes, flag: int = 0, method: int | None = None) -> bytes:
+    """A zip's general-purpose flag bits OR-ed with `flag` and its compression method set to
+    `method`, in every local header and every central directory entry."""
+    import struct
+
+    out = bytearray(data)
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        i = out.find(signature)
+        while i != -1:
+            out[i + flag_at] |= flag
+            if method is not None:
+                out[i + method_at : i + method_at + 2] = struct.pack("<H", method)
+            i = out.find(signature, i + 4)
+    return bytes(out)
+
+
+def _compressed_then_garbled(compression: int) -> bytes:
+    """An .npz whose members are compressed by `compression` and whose first member's
+    compressed bytes are garbled (the local header, 30 bytes and the name, stays intact)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for k, a in write_npz_arrays().items():
+            member = io.BytesIO()
+            np.save(member, a)
+            zf.writestr(k + ".npy", member.getvalue())
+    out = bytearray(buf.getvalue())
+    for j in range(50, 120):
+        out[j] ^= 0x5A
+    return bytes(out)
+
+
+def _header_of_x_train(header: bytes) -> bytes:
+    """An .npz whose x_train member carries the raw .npy `header` text (version 1.0)."""
+    import io
+    import struct
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, a in write_npz_arrays().items():
+            member = io.BytesIO()
+            np.save(member, a)
+            data = member.getvalue()
+            if k == "x_train":
+                data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(64)
+            zf.writestr(k + ".npy", data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (  # the zip's "encrypted" bit: zipfile raises RuntimeError
+            lambda: _zip_flags_patched(_npz_bytes(**write_npz_arrays()), flag=0x1),
+            "array x_train is unreadable: File <ZipInfo",
+        ),
+        (  # a compression method zipfile does not know: NotImplementedError
+            lambda: _zip_flags_patched(_npz_bytes(**write_npz_arrays()), method=99),
+            "array x_train is unreadable: That compression method is not supported",
+        ),
+        (lambda: _compressed_then_garbled(14), "array x_train is unreadable"),  # LZMAError
+        (lambda: _compressed_then_garbled(8), "array x_train is unreadable"),  # deflate
+        (lambda: _compressed_then_garbled(12), "array x_train is unreadable"),  # bzip2
+        (  # a header numpy's tokenizer cannot close: tokenize.TokenError
+            lambda: _header_of_x_train(b"{'descr': '|u1', 'shape': (12, 8, 8\n"),
+            "array x_train is unreadable",
+        ),
+        (
+            lambda: _npz_bytes(
+                **{**write_npz_arrays(), "x_train": np.zeros((12, 8, 8), "timedelta64[s]")}
+            ),
+            "images have dtype timedelta64[s]; expected real numbers",
+        ),
+        (
+            lambda: _npz_bytes(**{**write_npz_arrays(), "x_test": np.ones((4, 8, 8), "c8")}),
+            "images have dtype complex64; expected real numbers",
+        ),
+        (
+            lambda: _npz_bytes(**{**write_npz_arrays(), "y_train": np.ones(12, "m8[D]")}),
+            "labels have dtype timedelta64[D]; expected integers",
+        ),
+    ],
+    ids=[
+        "encrypted",
+        "method-99",
+        "lzma",
+        "deflate",
+        "bzip2",
+        "header-unclosed",
+        "timedelta-x",
+        "complex-x",
+        "timedelta-y",
+    ],
+)
+def test_npz_that_zipfile_or_numpy_cannot_read_is_one_line(tmp_path, make, fragment):
+    path = tmp_path / "bad.npz"
+    path.write_bytes(make())
+    raises_data_error(fragment, load_dataset, str(path))
+
+
+def test_csv_cell_over_the_csv_modules_limit_names_the_row(tmp_path):
+    path = tmp_path / "big.csv"
+    rows, _, _ = csv_rows(n=6, features=2)
+    rows[3] = [1, '"' + "a" * 200_000 + '"', 3]  # a quoted cell of 200,000 letters
+    write_csv(path, rows)
+    raises_data_error(f"CSV file {path}, row 4: field larger than field limit", load_dataset, path)
+
+
+def test_idx_headers_with_many_dimensions_or_a_corrupt_gzip_stream(tmp_path):
+    import gzip
+    import struct
+
+    directory = tmp_path / "idx"
+    write_idx_dir(directory)
+    images_file = directory / "train-images-idx3-ubyte"
+    images_file.write_bytes(struct.pack(">HBB", 0, 0x08, 65) + struct.pack(">65I", *[1] * 65))
+    raises_data_error("declares 65 dimensions", load_dataset, str(directory))
+    packed = bytearray(gzip.compress(idx_bytes(np.zeros((12, 8, 8), np.uint8))))
+    packed[12:40] = bytes(b ^ 0x5A for b in packed[12:40])  # the deflate stream, not the header
+    images_file.unlink()
+    (directory / "train-images-idx3-ubyte.gz").write_bytes(bytes(packed))
+    raises_data_error("cannot be read", load_dataset, str(directory))
