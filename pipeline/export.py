@@ -388,10 +388,10 @@ def run_export(
     is renamed into place, so a failing mode leaves the previous files as they were.
     """
     from .data import as_model_input, model_input_shape, recorded_dataset
-    from .model import load_model
+    from .model import classifier, load_model
 
     t0 = time.perf_counter()
-    folded = load_model(model_path)
+    folded = classifier(load_model(model_path), model_path)
     kept = check_keras_model(folded)
     ds, preprocessing = recorded_dataset(model_path.parent, data, folded)
     fingerprint, summary = ds.fingerprint(), ds.summary()

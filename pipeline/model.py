@@ -231,6 +231,20 @@ def load_reference(path: str | Path):
     return load_model(path)
 
 
+def classifier(model, path: str | Path):
+    """`model` if it is a classifier the stages after fold can take: one input, and one output of
+    one score per class, (batch, classes). ModelError naming what it has otherwise. (Fold itself
+    takes any graph: its check compares every output.)"""
+    shapes = [tuple(t.shape) for t in model.outputs]
+    if len(model.inputs) != 1 or len(shapes) != 1 or len(shapes[0]) != 2:
+        raise ModelError(
+            f"{path} has {len(model.inputs)} input(s) and output(s) of shape "
+            f"{', '.join(map(str, shapes)) or 'none'}; bnpipe takes a classifier with one input "
+            "and one output of shape (batch, classes)"
+        )
+    return model
+
+
 def _check_config(path: Path) -> None:
     from .keras3 import CONFIG_MAX_BYTES, check_config, read_config_member
 

@@ -232,12 +232,13 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     Keras 3 translation that does not hold, data that does not fit its input)."""
 
     from .data import check_fits, model_input_shape, shaped
-    from .model import load_model, load_reference, saved_with
+    from .model import classifier, load_model, load_reference, saved_with
 
     t0 = time.perf_counter()
     src = Path(config.model)
     kind = saved_with(src)
-    load_model(src)  # the tf_keras form fold and export will use: translated and checked now
+    # The tf_keras form fold and export will use: translated and checked now.
+    classifier(load_model(src), src)
     reference = load_reference(src)
     ds = load_dataset(
         config.data,

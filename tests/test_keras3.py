@@ -586,3 +586,47 @@ def test_tfmot_quantizes_the_translation(mlp3, digits):
     assert wrapped == ["dense_1", "relu_1", "dense_2", "relu_2", "classes"]
     out = np.asarray(qat(digits[0][:32], training=False))
     assert out.shape == (32, 10) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def _two_outputs(k3):
+    L = k3.layers
+    x = k3.Input((64,), name="pixels")
+    h = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(L.Dense(16, name="dense")(x)))
+    heads = [L.Dense(10, activation="softmax", name="a")(h), L.Dense(3, name="b")(h)]
+    return k3.Model(x, heads, name="two_heads")
+
+
+def _spatial_output(keras):
+    L = keras.layers
+    return keras.Sequential(
+        [keras.Input((8, 8, 1)), L.Conv2D(10, 3, name="conv"), L.BatchNormalization(name="bn")]
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "fragment"),
+    [
+        (lambda k3, keras: _two_outputs(k3), "output(s) of shape (None, 10), (None, 3);"),
+        (lambda k3, keras: _spatial_output(keras), "output(s) of shape (None, 6, 6, 10);"),
+    ],
+    ids=["keras3-two-outputs", "tf_keras-spatial-output"],
+)
+def test_models_that_are_not_one_classifier_are_refused_in_one_line(
+    build, fragment, k3, keras, tmp_path
+):
+    """`run --model` refuses before it writes anything, and `export --model` the same way (fold
+    takes any graph: tests/test_fold.py::test_run_fold_on_functional_layouts)."""
+    from click.testing import CliRunner
+    from helpers import assert_one_line_error
+
+    from pipeline.cli import cli
+
+    path = tmp_path / "model.keras"
+    build(k3, keras).save(path)
+    for command in ("run", "export"):
+        out = tmp_path / command
+        args = [command, "--model", str(path), "--artifacts", str(out), "-q"]
+        result = CliRunner().invoke(cli, args)
+        message = assert_one_line_error(result, fragment=fragment)
+        assert "bnpipe takes a classifier with one input and one output" in message
+        assert not [p for p in out.rglob("*") if p.suffix in (".keras", ".json", ".tflite")]
