@@ -16,7 +16,9 @@ imported when a conversion runs.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -103,13 +105,49 @@ def _run(build, mode: str) -> bytes:
         # CNN's QAT model): TensorFlow's converter catches Exception around one of its paths
         # and retries another, so an interrupt landing there could be swallowed, and the retry
         # gives other (valid but different) bytes.
-        with muted_stderr(), warnings.catch_warnings(), interrupts_deferred():
+        with muted_stderr(), warnings.catch_warnings(), interrupts_deferred(), static_reshapes():
             # The converter prints its settings and TF graph notices on stderr: noise here.
             warnings.simplefilter("ignore")
             return bytes(build())
     except Exception as exc:
         msg = " ".join(str(exc).split())[:300]
         raise ModelError(f"the TFLite converter failed for mode {mode}: {msg}") from None
+
+
+@contextlib.contextmanager
+def static_reshapes() -> Iterator[None]:
+    """While the converter traces the model, tf_keras's Reshape reshapes to (-1, *target) with
+    the target's own -1 worked out: one RESHAPE with a constant shape. Its own call asks for the
+    batch size at run time (SHAPE → STRIDED_SLICE → PACK → RESHAPE), which TFLite Micro cannot
+    prepare ("num_input_elements != num_output_elements"). The same values either way."""
+    from .tfenv import keras, tf
+
+    cls = keras().layers.Reshape
+    own = cls.call
+
+    def call(self, inputs, *args, **kwargs):
+        target = _known_target(tuple(inputs.shape[1:]), tuple(self.target_shape))
+        if target is None:
+            return own(self, inputs, *args, **kwargs)
+        return tf().reshape(inputs, (-1, *target))
+
+    cls.call = call
+    try:
+        yield
+    finally:
+        cls.call = own
+
+
+def _known_target(source: tuple, target: tuple) -> tuple[int, ...] | None:
+    """`target` with its -1 (if any) resolved from the `source` shape; None when a dimension is
+    unknown or the sizes do not divide (the layer's own call then reports it)."""
+    if any(d is None for d in source):
+        return None
+    total = int(np.prod(source, dtype=np.int64))
+    known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+    if list(target).count(-1) > 1 or known == 0 or total % known:
+        return None
+    return tuple(total // known if d == -1 else int(d) for d in target)
 
 
 def _quantized(folded, tfmot):

@@ -20,7 +20,7 @@ LAYER_OPS = {
     "Dropout": set(),  # the identity at inference: removed
     "Dense": {"FULLY_CONNECTED"},
     "Flatten": {"RESHAPE"},
-    "Reshape": {"RESHAPE"},
+    "Reshape": {"RESHAPE"},  # with a constant shape (convert.static_reshapes)
     "ReLU": {"RELU", "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1", "LEAKY_RELU"},
     "LeakyReLU": {"LEAKY_RELU"},
     "Softmax": {"SOFTMAX"},
@@ -43,14 +43,39 @@ LAYER_OPS = {
     "Add": {"ADD"},
     "Concatenate": {"CONCATENATION"},
 }
+# What the converter makes of each activation of a Dense or convolution (or an Activation layer),
+# as converted here from tf_keras (float32 and post-training int8 give the same operators; a
+# constant scale and shift may fold into the layer before, so some listed ops can be absent).
 ACTIVATION_OPS = {
     "linear": set(),
     "relu": {"RELU"},
+    "relu6": {"RELU6"},
     "softmax": {"SOFTMAX"},
     "sigmoid": {"LOGISTIC"},
     "tanh": {"TANH"},
     "elu": {"ELU"},
-    "relu6": {"RELU6"},
+    "gelu": {"GELU"},
+    "exponential": {"EXP"},
+    "swish": {"LOGISTIC", "MUL"},  # x·σ(x); Keras 3's "silu" is translated to it
+    "softplus": {"EXP", "ADD", "LOG"},
+    "softsign": {"ABS", "ADD", "DIV"},
+    "mish": {"EXP", "ADD", "LOG", "TANH", "MUL"},
+    "selu": {"GREATER", "MUL", "EXP", "SUB", "SELECT_V2"},
+    "hard_sigmoid": {"MUL", "ADD", "MINIMUM", "RELU"},
+}
+# A dilated convolution runs as SPACE_TO_BATCH_ND → the convolution → BATCH_TO_SPACE_ND, its bias
+# (which the fold of a BN creates) then added on its own.
+DILATED_OPS = {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND", "ADD"}
+# A Dense on more than (batch, features) is a tensordot: its shapes are computed at run time and
+# the values reshaped to (rows, features) around FULLY_CONNECTED.
+DENSE_ND_OPS = {
+    "SHAPE",
+    "GATHER",
+    "REDUCE_PROD",
+    "PACK",
+    "STRIDED_SLICE",
+    "CONCATENATION",
+    "RESHAPE",
 }
 # Layers the converter exports (everything model loading accepts): a model holding anything
 # else is refused before any conversion.
@@ -84,7 +109,23 @@ def implied_ops(model) -> set[str]:
         name = getattr(activation, "__name__", None)
         if name:
             ops |= ACTIVATION_OPS.get(name, {name.upper()})
+        if any(d > 1 for d in getattr(layer, "dilation_rate", None) or ()):
+            ops |= DILATED_OPS
+        if cls == "Dense" and _input_rank(layer) > 2:
+            ops |= DENSE_ND_OPS
     return ops
+
+
+def _input_rank(layer) -> int:
+    """The largest rank of the tensor a one-input `layer` is called on (a shared layer is called
+    more than once); 2 when unknown."""
+    ranks = []
+    for node in getattr(layer, "inbound_nodes", []):
+        try:
+            ranks.append(len(node.input_shapes))
+        except (TypeError, ValueError):  # no shape, or one of unknown rank
+            continue
+    return max(ranks, default=2)
 
 
 def graph_check(
@@ -111,10 +152,14 @@ def graph_check(
 
 def _integer_problems(info: TfliteInfo, mode: str, float_io: bool, allowed: set[str]) -> list:
     act = "int8" if mode in ("int8", "ptq-int8") else "int16"
+    # int32: biases and shapes; bool: a comparison's result (selu's GREATER → SELECT_V2).
     allowed_types = {act, "int32", "int8", "int64"} if act == "int16" else {"int8", "int32"}
+    allowed_types.add("bool")
     inp, out = set(info.inputs), set(info.outputs)
     problems = []
     for op in info.operators:
+        if op.op == "QUANTIZE" and _dtypes(info, op) <= allowed_types - {"bool"}:
+            continue  # integer to integer: a requantization to another scale, not a float edge
         if op.op in allowed:
             for t in op.inputs + op.outputs:
                 dt = info.tensors[t].dtype if t >= 0 else None
@@ -137,6 +182,10 @@ def _integer_problems(info: TfliteInfo, mode: str, float_io: bool, allowed: set[
                 f"expected {io_dtype}"
             )
     return problems
+
+
+def _dtypes(info: TfliteInfo, op) -> set[str]:
+    return {info.tensors[t].dtype for t in op.inputs + op.outputs if t >= 0}
 
 
 def operators_of(info: TfliteInfo, layer_name: str) -> list[str]:

@@ -151,6 +151,51 @@ def test_graph_check_rejects_a_standalone_batch_norm(keras, bn_first):
     assert all(p.endswith("does not belong in an integer-only model") for p in problems[1:])
 
 
+def _layouts(keras):
+    """Layers whose operators go beyond one per layer: swish (LOGISTIC, MUL), selu (a bool
+    SELECT_V2), a dilated convolution (SPACE_TO_BATCH_ND …), Reshape (SHAPE, STRIDED_SLICE, PACK)."""
+    L = keras.layers
+    return {
+        "swish": [L.Conv2D(4, 3, activation="swish"), L.Flatten(), L.Dense(6, activation="selu")],
+        "dilated": [L.Conv2D(4, 3, dilation_rate=2, padding="same", use_bias=False), L.Flatten()],
+        "reshape": [L.Reshape((16, 4)), L.Dense(3, activation="swish"), L.Reshape((-1,))],
+    }
+
+
+@pytest.mark.parametrize("layout", ["swish", "dilated", "reshape"])
+@pytest.mark.parametrize("mode", ["float32", "ptq-int8"])
+def test_graph_check_knows_what_activations_dilation_and_reshape_become(keras, layout, mode):
+    from pipeline.opset import implied_ops
+
+    L = keras.layers
+    keras.utils.set_random_seed(2)
+    body = _layouts(keras)[layout]
+    model = keras.Sequential([keras.Input((8, 8, 1)), *body, L.Dense(3, activation="softmax")])
+    x = np.random.default_rng(1).random((64, 8, 8, 1), dtype=np.float32)
+    info = parse_tflite(convert(model, mode, x, ExportConfig(calibration_samples=64)))
+    ops = set(info.op_counts())
+    assert ops - {"FULLY_CONNECTED", "SOFTMAX", "CONV_2D", "RESHAPE"}  # more than one op a layer
+    assert graph_check(info, mode, float_io=False, allowed=implied_ops(model)) == []
+    # Without those layers' operators, the same file fails: the check still looks.
+    bare = {"FULLY_CONNECTED", "SOFTMAX", "CONV_2D", "RESHAPE"}
+    assert graph_check(info, mode, float_io=False, allowed=bare)
+
+
+def test_graph_check_refuses_an_activation_int8_cannot_hold(keras):
+    """ELU has no integer kernel in the converter: post-training int8 runs it in float between a
+    DEQUANTIZE and a QUANTIZE, which an integer-only model must not hold."""
+    from pipeline.opset import implied_ops
+
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(6, activation="elu"), keras.layers.Dense(3)]
+    )
+    x = np.random.default_rng(1).random((64, 8), dtype=np.float32)
+    info = parse_tflite(convert(model, "ptq-int8", x, ExportConfig(calibration_samples=64)))
+    problems = graph_check(info, "ptq-int8", float_io=False, allowed=implied_ops(model))
+    assert any(p.startswith("operator DEQUANTIZE") for p in problems), problems
+    assert any("ELU" in p and "float32 tensor" in p for p in problems), problems
+
+
 @pytest.mark.parametrize("bn_first", [True, False], ids=["bn-on-input", "bn-after-relu"])
 def test_check_keras_model_refuses_a_bn_fold_would_remove(keras, bn_first):
     with pytest.raises(

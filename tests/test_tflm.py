@@ -256,3 +256,39 @@ def test_a_prepare_failure_from_a_small_arena_keeps_doubling(exported):
     ]
     if prepare:  # the case this test is for: the limit was tried once, and worked
         assert [(a["arena_bytes"], a["ok"]) for a in attempts].count((tflm.ARENA_LIMIT, True)) == 1
+
+
+@pytest.mark.parametrize("mode", ["float32", "ptq-int8"])
+def test_a_model_with_reshape_layers_runs_under_tflm(tmp_path, keras, mode):
+    """tf_keras's Reshape asks for the batch size at run time; TFLM cannot prepare such a
+    RESHAPE. bnpipe's conversion gives it a constant shape, and TFLM then computes what the
+    reference kernels compute."""
+    from pipeline.config import ExportConfig
+    from pipeline.convert import convert
+    from pipeline.quantize import to_input
+    from pipeline.tflite_file import parse_tflite, quant_params
+
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            L.Reshape((8, 8, 1)),
+            L.Conv2D(4, 3, activation="relu"),
+            L.Reshape((-1,)),
+            L.Dense(N_CLASSES, activation="softmax"),
+        ]
+    )
+    x = np.random.default_rng(4).random((40, 64), dtype=np.float32)
+    blob = convert(model, mode, x, ExportConfig(calibration_samples=40))
+    info = parse_tflite(blob)
+    assert info.op_counts()["RESHAPE"] == 2 and "SHAPE" not in info.op_counts()
+    path = tmp_path / "reshape.tflite"
+    path.write_bytes(blob)
+    inputs = to_input(x, quant_params(info.input_tensor()))
+    micro = TflmRuntime().run(str(path), inputs)
+    ref = HostRuntime(reference=True).run(str(path), inputs)
+    if mode == "float32":
+        np.testing.assert_allclose(micro.outputs, ref.outputs, rtol=0, atol=FLOAT_ATOL)
+    else:
+        assert np.array_equal(micro.outputs, ref.outputs)
