@@ -105,7 +105,12 @@ def _run(build, mode: str) -> bytes:
         # CNN's QAT model): TensorFlow's converter catches Exception around one of its paths
         # and retries another, so an interrupt landing there could be swallowed, and the retry
         # gives other (valid but different) bytes.
-        with muted_stderr(), warnings.catch_warnings(), interrupts_deferred(), static_reshapes():
+        with (
+            muted_stderr(),
+            warnings.catch_warnings(),
+            interrupts_deferred(),
+            tflite_friendly_layers(),
+        ):
             # The converter prints its settings and TF graph notices on stderr: noise here.
             warnings.simplefilter("ignore")
             return bytes(build())
@@ -115,15 +120,42 @@ def _run(build, mode: str) -> bytes:
 
 
 @contextlib.contextmanager
-def static_reshapes() -> Iterator[None]:
-    """While the converter traces the model, tf_keras's Reshape reshapes to (-1, *target) with
-    the target's own -1 worked out: one RESHAPE with a constant shape. Its own call asks for the
-    batch size at run time (SHAPE → STRIDED_SLICE → PACK → RESHAPE), which TFLite Micro cannot
-    prepare ("num_input_elements != num_output_elements"). The same values either way."""
-    from .tfenv import keras, tf
+def tflite_friendly_layers() -> Iterator[None]:
+    """While the converter traces the model, two tf_keras layers compute the same values by the
+    TensorFlow ops TFLite (and TFLite Micro) run best:
 
-    cls = keras().layers.Reshape
-    own = cls.call
+    - Reshape reshapes to (-1, *target), the target's own -1 worked out: one RESHAPE with a
+      constant shape. Its own call asks for the batch size at run time (SHAPE → STRIDED_SLICE →
+      PACK → RESHAPE), which TFLite Micro cannot prepare ("num_input_elements !=
+      num_output_elements").
+    - A dilated Conv2D or DepthwiseConv2D is one op with a dilation factor. tf.nn's form,
+      SPACE_TO_BATCH_ND → convolution → BATCH_TO_SPACE_ND with a batch size known only at run
+      time, gave TFLite Micro wrong outputs (1.09 off at float32, NaN with "valid" padding,
+      against the reference kernels' 4e-7 from Keras).
+    """
+    from .tfenv import keras
+
+    layers = keras().layers
+    patches = [
+        (layers.Reshape, "call", _reshape_call),
+        (layers.Conv2D, "convolution_op", _dilated_conv2d),
+        (layers.DepthwiseConv2D, "call", _dilated_depthwise_call),
+    ]
+    owns = [(cls, name, cls.__dict__.get(name)) for cls, name, _ in patches]
+    try:
+        for cls, name, make in patches:
+            setattr(cls, name, make(getattr(cls, name)))
+        yield
+    finally:
+        for cls, name, own in owns:
+            if own is None:  # inherited (Conv2D's convolution_op is its base class's)
+                delattr(cls, name)
+            else:
+                setattr(cls, name, own)
+
+
+def _reshape_call(own):
+    from .tfenv import tf
 
     def call(self, inputs, *args, **kwargs):
         target = _known_target(tuple(inputs.shape[1:]), tuple(self.target_shape))
@@ -131,11 +163,57 @@ def static_reshapes() -> Iterator[None]:
             return own(self, inputs, *args, **kwargs)
         return tf().reshape(inputs, (-1, *target))
 
-    cls.call = call
-    try:
-        yield
-    finally:
-        cls.call = own
+    return call
+
+
+def _native_dilation(layer) -> bool:
+    return (
+        max(layer.dilation_rate) > 1
+        and len(layer.dilation_rate) == 2
+        and layer.data_format == "channels_last"
+        and layer.padding in ("same", "valid")
+        and getattr(layer, "groups", 1) == 1
+    )
+
+
+def _dilated_conv2d(own):
+    from .tfenv import tf
+
+    def convolution_op(self, inputs, kernel):
+        if not _native_dilation(self):
+            return own(self, inputs, kernel)
+        return tf().raw_ops.Conv2D(
+            input=inputs,
+            filter=kernel,
+            strides=[1, *self.strides, 1],
+            padding=self.padding.upper(),
+            dilations=[1, *self.dilation_rate, 1],
+            data_format="NHWC",
+        )
+
+    return convolution_op
+
+
+def _dilated_depthwise_call(own):
+    from .tfenv import tf
+
+    def call(self, inputs):
+        if not _native_dilation(self):
+            return own(self, inputs)
+        t = tf()
+        outputs = t.raw_ops.DepthwiseConv2dNative(
+            input=inputs,
+            filter=self.depthwise_kernel,
+            strides=[1, *self.strides, 1],
+            padding=self.padding.upper(),
+            dilations=[1, *self.dilation_rate, 1],
+            data_format="NHWC",
+        )
+        if self.use_bias:
+            outputs = t.nn.bias_add(outputs, self.bias)
+        return outputs if self.activation is None else self.activation(outputs)
+
+    return call
 
 
 def _known_target(source: tuple, target: tuple) -> tuple[int, ...] | None:

@@ -20,7 +20,7 @@ LAYER_OPS = {
     "Dropout": set(),  # the identity at inference: removed
     "Dense": {"FULLY_CONNECTED"},
     "Flatten": {"RESHAPE"},
-    "Reshape": {"RESHAPE"},  # with a constant shape (convert.static_reshapes)
+    "Reshape": {"RESHAPE"},  # with a constant shape (convert.tflite_friendly_layers)
     "ReLU": {"RELU", "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1", "LEAKY_RELU"},
     "LeakyReLU": {"LEAKY_RELU"},
     "Softmax": {"SOFTMAX"},
@@ -63,8 +63,9 @@ ACTIVATION_OPS = {
     "selu": {"GREATER", "MUL", "EXP", "SUB", "SELECT_V2"},
     "hard_sigmoid": {"MUL", "ADD", "MINIMUM", "RELU"},
 }
-# A dilated convolution runs as SPACE_TO_BATCH_ND → the convolution → BATCH_TO_SPACE_ND, its bias
-# (which the fold of a BN creates) then added on its own.
+# A dilated convolution that convert.tflite_friendly_layers cannot make one op (a 1-D one, a grouped
+# one) runs as SPACE_TO_BATCH_ND → the convolution → BATCH_TO_SPACE_ND, its bias (which the fold
+# of a BN creates) then added on its own.
 DILATED_OPS = {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND", "ADD"}
 # A Dense on more than (batch, features) is a tensordot: its shapes are computed at run time and
 # the values reshaped to (rows, features) around FULLY_CONNECTED.

@@ -153,11 +153,16 @@ def test_graph_check_rejects_a_standalone_batch_norm(keras, bn_first):
 
 def _layouts(keras):
     """Layers whose operators go beyond one per layer: swish (LOGISTIC, MUL), selu (a bool
-    SELECT_V2), a dilated convolution (SPACE_TO_BATCH_ND …), Reshape (SHAPE, STRIDED_SLICE, PACK)."""
+    SELECT_V2), a dilated 1-D convolution (SPACE_TO_BATCH_ND …), a Dense on three axes (SHAPE,
+    GATHER, REDUCE_PROD …)."""
     L = keras.layers
     return {
         "swish": [L.Conv2D(4, 3, activation="swish"), L.Flatten(), L.Dense(6, activation="selu")],
-        "dilated": [L.Conv2D(4, 3, dilation_rate=2, padding="same", use_bias=False), L.Flatten()],
+        "dilated": [  # 1-D: bnpipe's conversion makes a dilated Conv2D one op, not a Conv1D
+            L.Reshape((64, 1)),
+            L.Conv1D(4, 3, dilation_rate=2, padding="same", use_bias=False),
+            L.Flatten(),
+        ],
         "reshape": [L.Reshape((16, 4)), L.Dense(3, activation="swish"), L.Reshape((-1,))],
     }
 

@@ -258,31 +258,42 @@ def test_a_prepare_failure_from_a_small_arena_keeps_doubling(exported):
         assert [(a["arena_bytes"], a["ok"]) for a in attempts].count((tflm.ARENA_LIMIT, True)) == 1
 
 
+def _reshaped_and_dilated(keras, padding: str):
+    L = keras.layers
+    return [
+        L.Reshape((8, 8, 1)),
+        L.Conv2D(4, 3, dilation_rate=2, padding=padding, activation="relu"),
+        L.DepthwiseConv2D(3, dilation_rate=2, depth_multiplier=2, padding="same"),  # 4×4 left
+        L.Reshape((-1,)),
+    ]
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
 @pytest.mark.parametrize("mode", ["float32", "ptq-int8"])
-def test_a_model_with_reshape_layers_runs_under_tflm(tmp_path, keras, mode):
-    """tf_keras's Reshape asks for the batch size at run time; TFLM cannot prepare such a
-    RESHAPE. bnpipe's conversion gives it a constant shape, and TFLM then computes what the
+def test_reshape_and_dilated_convolutions_run_under_tflm(tmp_path, keras, mode, padding):
+    """tf_keras's Reshape asks for the batch size at run time, and a dilated convolution is
+    SPACE_TO_BATCH_ND around it: TFLM cannot prepare the first and got the second wrong (NaN
+    with "valid"). bnpipe's conversion makes each one operator, and TFLM then computes what the
     reference kernels compute."""
     from pipeline.config import ExportConfig
     from pipeline.convert import convert
     from pipeline.quantize import to_input
     from pipeline.tflite_file import parse_tflite, quant_params
 
-    L = keras.layers
     keras.utils.set_random_seed(3)
     model = keras.Sequential(
         [
             keras.Input((64,)),
-            L.Reshape((8, 8, 1)),
-            L.Conv2D(4, 3, activation="relu"),
-            L.Reshape((-1,)),
-            L.Dense(N_CLASSES, activation="softmax"),
+            *_reshaped_and_dilated(keras, padding),
+            keras.layers.Dense(N_CLASSES, activation="softmax"),
         ]
     )
     x = np.random.default_rng(4).random((40, 64), dtype=np.float32)
     blob = convert(model, mode, x, ExportConfig(calibration_samples=40))
     info = parse_tflite(blob)
-    assert info.op_counts()["RESHAPE"] == 2 and "SHAPE" not in info.op_counts()
+    assert info.op_counts()["RESHAPE"] == 2
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D"} <= set(info.op_counts())
+    assert not {"SHAPE", "SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"} & set(info.op_counts())
     path = tmp_path / "reshape.tflite"
     path.write_bytes(blob)
     inputs = to_input(x, quant_params(info.input_tensor()))
