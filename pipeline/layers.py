@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import artifacts, files
 from .config import LayersConfig
 from .errors import DataError
@@ -64,7 +66,7 @@ def run_layers(
     # LiteRT's child starts now and loads while the data does; pyplot loads while LiteRT runs.
     with TensorRunner() as runner:
         ds = _test_data(out, Path(int8_path), data, info, say)
-        x, y, codes = ds.x_test, ds.y_test, ds.x_test_codes
+        x, y, codes = _as_file_input(ds, info)
         if config.max_samples:
             x, y = x[: config.max_samples], y[: config.max_samples]
             codes = None if codes is None else codes[: config.max_samples]
@@ -94,6 +96,18 @@ def _test_data(out: Path, int8_path: Path, data: str | None, info: TfliteInfo, s
         )
     say(f"data: {len(ds.y_test):,} test samples of {ds.name}")
     return ds
+
+
+def _as_file_input(ds, info: TfliteInfo):
+    """(x, y, pixel codes) of the test split laid out as the file takes them, (n, 8, 8, 1) for a
+    CNN of digits; left flat when the sizes differ (the analysis then names both shapes)."""
+    from .data import as_model_input
+
+    shape = tuple(max(int(d), 1) for d in info.input_tensor().shape[1:])
+    if int(np.prod(shape, dtype=np.int64)) == ds.preprocessing.n_features:
+        shaped = as_model_input(ds, shape)
+        return shaped.x_test, shaped.y_test, shaped.x_test_codes
+    return ds.x_test, ds.y_test, ds.x_test_codes
 
 
 def layer_entry(layer: LayerReport) -> dict:

@@ -87,3 +87,34 @@ def test_a_reference_that_is_not_the_twin_is_exit_2_before_the_data_loads(art, m
     result = invoke(monkeypatch, "--artifacts", art, "--tflite", ptq, "--reference", ptq)
     assert_one_line_error(result, fragment=f"the reference {ptq} takes int8 input")
     assert not any((art / name).exists() for name in OUTPUTS)
+
+
+def test_a_convolutional_pair_gets_the_data_in_its_own_layout(keras, tmp_path, monkeypatch):
+    """The data set is flat (digits: 64 values a sample); a CNN's files take (8, 8, 1). The
+    report lays the samples out as the files take them, as every other stage does."""
+    import numpy as np
+
+    from pipeline.config import ExportConfig
+    from pipeline.convert import convert
+
+    L = keras.layers
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            L.Conv2D(4, 3, activation="relu"),
+            L.GlobalAveragePooling2D(),
+            L.Dense(10, activation="softmax"),
+        ]
+    )
+    x = np.random.default_rng(6).random((64, 8, 8, 1), dtype=np.float32)
+    config = ExportConfig(calibration_samples=64)
+    for mode in ("ptq-int8", "float32"):
+        (tmp_path / f"{mode}.tflite").write_bytes(convert(model, mode, x, config))
+    files = ["--tflite", tmp_path / "ptq-int8.tflite", "--reference", tmp_path / "float32.tflite"]
+    result = invoke(monkeypatch, "--artifacts", tmp_path / "art", "--data", "digits", *files,
+                    "--max-samples", 60, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert [e["op"] for e in record["layers"]] == ["CONV_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX"]
+    assert record["layers"][0]["shape"] == [-1, 6, 6, 4] and record["n"] == 60
