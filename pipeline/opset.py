@@ -25,9 +25,10 @@ LAYER_OPS = {
     "LeakyReLU": {"LEAKY_RELU"},
     "Softmax": {"SOFTMAX"},
     "Activation": set(),  # by its activation, below
-    # A BN fold could not remove: x·s + t with constants.
-    "BatchNormalization": {"MUL", "ADD"},
-    "CustomBatchNorm": {"MUL", "ADD"},
+    # A BN fold could not remove: x·s + t with constants (between two TRANSPOSEs when it
+    # normalizes an axis other than the last).
+    "BatchNormalization": {"MUL", "ADD", "TRANSPOSE"},
+    "CustomBatchNorm": {"MUL", "ADD", "TRANSPOSE"},
     "Conv1D": {"CONV_2D"} | _SPATIAL_1D,
     "Conv2D": {"CONV_2D"},
     "DepthwiseConv2D": {"DEPTHWISE_CONV_2D"},

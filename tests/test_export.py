@@ -154,7 +154,7 @@ def test_graph_check_rejects_a_standalone_batch_norm(keras, bn_first):
 def _layouts(keras):
     """Layers whose operators go beyond one per layer: swish (LOGISTIC, MUL), selu (a bool
     SELECT_V2), a dilated 1-D convolution (SPACE_TO_BATCH_ND …), a Dense on three axes (SHAPE,
-    GATHER, REDUCE_PROD …)."""
+    GATHER, REDUCE_PROD …), a BN that normalizes another axis than the last (TRANSPOSE)."""
     L = keras.layers
     return {
         "swish": [L.Conv2D(4, 3, activation="swish"), L.Flatten(), L.Dense(6, activation="selu")],
@@ -164,10 +164,12 @@ def _layouts(keras):
             L.Flatten(),
         ],
         "reshape": [L.Reshape((16, 4)), L.Dense(3, activation="swish"), L.Reshape((-1,))],
+        # A BN over the rows, which fold keeps: TRANSPOSE, MUL, ADD, TRANSPOSE.
+        "bn-axis-1": [L.Conv2D(4, 3), L.BatchNormalization(axis=1), L.Flatten()],
     }
 
 
-@pytest.mark.parametrize("layout", ["swish", "dilated", "reshape"])
+@pytest.mark.parametrize("layout", ["swish", "dilated", "reshape", "bn-axis-1"])
 @pytest.mark.parametrize("mode", ["float32", "ptq-int8"])
 def test_graph_check_knows_what_activations_dilation_and_reshape_become(keras, layout, mode):
     from pipeline.opset import implied_ops

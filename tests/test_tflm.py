@@ -303,3 +303,29 @@ def test_reshape_and_dilated_convolutions_run_under_tflm(tmp_path, keras, mode, 
         np.testing.assert_allclose(micro.outputs, ref.outputs, rtol=0, atol=FLOAT_ATOL)
     else:
         assert np.array_equal(micro.outputs, ref.outputs)
+
+
+def test_an_operator_tflm_lacks_is_named_at_once(tmp_path, keras):
+    """GELU runs under LiteRT but TFLM has no kernel for it: the error names it, after one
+    child (no arena size would help), not as an arena the model does not fit."""
+    from pipeline.config import ExportConfig
+    from pipeline.convert import convert
+
+    model = keras.Sequential(
+        [keras.Input((N_FEATURES,)), keras.layers.Dense(N_CLASSES, activation="gelu")]
+    )
+    x = features(8)
+    path = tmp_path / "gelu.tflite"
+    path.write_bytes(convert(model, "float32", x, ExportConfig(calibration_samples=8)))
+    assert HostRuntime(reference=True).run(str(path), x).outputs.shape == (8, N_CLASSES)
+    attempts = []
+
+    def attempt(model_path, size):
+        attempts.append(size)
+        return tflm.try_arena(model_path, size)
+
+    with pytest.raises(
+        ModelError, match=r"^tflm: TFLite Micro has no kernel for the operator GELU"
+    ):
+        find_arena(path, attempt=attempt)
+    assert attempts == [ARENA_START]

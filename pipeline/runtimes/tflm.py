@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,9 @@ def try_arena(model_path: str | os.PathLike, arena_size: int) -> tuple[bool, str
     return False, last_error_line(proc.stderr)
 
 
+_MISSING_KERNEL = re.compile(r"Didn't find op for builtin opcode '(\w+)'")
+
+
 def find_arena(
     model_path: str | os.PathLike,
     start: int = ARENA_START,
@@ -118,6 +122,12 @@ def find_arena(
         ok, why = tried(size)
         if ok:
             return size, attempts
+        missing = _MISSING_KERNEL.search(why)
+        if missing:  # no arena helps: TFLM has no kernel for one of the operators
+            raise ModelError(
+                f"tflm: TFLite Micro has no kernel for the operator {missing.group(1)} of "
+                f"{model_path} (it runs on the other targets; TFLM builds only its own set)"
+            )
         if ("failed to prepare" in why or why.startswith(CRASHED)) and not tried_limit:
             # A kernel refused the model in Prepare: a type TFLM does not support, or a scratch
             # buffer the arena could not hold (int8 at 2 KiB fails so, and runs at 4 KiB). Or
