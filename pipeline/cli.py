@@ -8,8 +8,10 @@ here (see errors.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -42,6 +44,10 @@ class BnpipeGroup(click.Group):
             raise  # Click's own: usage errors, --help, --version
         except BrokenPipeError:
             raise  # output piped into `head`: Click ends quietly
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # anywhere a path the user gave is looked at
+                raise _Fail(_name_too_long(exc.filename), 2) from None
+            raise _internal_error(exc, ctx.params.get("debug", False)) from None
         except Exception as exc:
             raise _internal_error(exc, ctx.params.get("debug", False)) from None
         except KeyboardInterrupt as exc:
@@ -54,6 +60,15 @@ class BnpipeGroup(click.Group):
                 err=True,
             )
             raise click.exceptions.Exit(getattr(exc, "exit_code", 130)) from None
+
+
+def _name_too_long(path) -> str:
+    shown = str(path)
+    shown = shown if len(shown) <= 80 else f"{shown[:40]}…{shown[-30:]}"
+    return (
+        f"the path {shown!r} ({len(str(path)):,} characters) is too long for the file system "
+        "(at most 255 a name)"
+    )
 
 
 def _one_line(exc: Exception) -> str:
@@ -692,6 +707,9 @@ def main():
     TensorFlow down: a late signal or finalizer there could turn exit 130 into death by SIGINT
     (seen once in CI) or hang a user who pressed Ctrl-C."""
     install()
+    # NumPy's "invalid value encountered" and the like, raised in bnpipe's own arithmetic on a
+    # hostile model's values (weights near float32's limit): the one-line error says what failed.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"pipeline\.")
     try:
         cli(prog_name="bnpipe")
     except SystemExit as exc:

@@ -473,6 +473,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise BnpipeError(f"config file {path} is not valid TOML: {exc}") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
+        reason = " ".join(str(exc).split())[:200]
+        raise BnpipeError(f"config file {path} cannot be read: {reason}") from None
     except RecursionError:  # tomllib parses nested arrays and tables recursively
         raise BnpipeError(f"config file {path} nests arrays or tables too deeply") from None
 

@@ -222,8 +222,12 @@ def _feature_count(train: RawPart, test: RawPart | None) -> int:
 
 
 def _check_arguments(seed, val_fraction, test_fraction, num_classes) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"seed must be an integer >= 0, got {seed!r}")
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, (int, np.integer))
+        or not 0 <= seed < 2**32  # what numpy's RandomState takes
+    ):
+        raise DataError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
     if num_classes is not None and (
@@ -549,7 +553,13 @@ def recorded_dataset(where: Path | list[Path], data: str | None = None, model=No
     if data is None:
         for d in dirs:
             if (d / files.TRAIN_RECORD).is_file():
-                cfg = read_json(d / files.TRAIN_RECORD).get("config", {})
+                record = read_json(d / files.TRAIN_RECORD)
+                cfg = record.get("config", {}) if isinstance(record, dict) else None
+                if not isinstance(cfg, dict):
+                    raise DataError(
+                        f"{d / files.TRAIN_RECORD} holds no table of options under 'config' "
+                        "(edited?); pass --data, or run `bnpipe train` again"
+                    )
                 break
         if cfg is None:
             raise DataError(

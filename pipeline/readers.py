@@ -447,7 +447,7 @@ def read_csv(path: Path, split: str) -> RawPart:
     """A CSV whose first column is the label; a first row that is not all numeric is a header."""
     data = read_bytes(path, "CSV file", DataError)
     try:
-        lines = data.decode("utf-8").splitlines()
+        lines = data.decode("utf-8-sig").splitlines()  # -sig: a leading byte-order mark is dropped
     except UnicodeDecodeError as exc:
         raise DataError(
             f"CSV file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}"

@@ -14,7 +14,6 @@ import json
 import os
 import stat
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,8 @@ def zip_json(
         return loads_json(data)
     except BnpipeError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError, zlib.error) as exc:
-        # RuntimeError: an encrypted member; EOFError, zlib.error: a truncated or corrupt stream.
+    except Exception as exc:  # the member's bytes can fail to decompress in many ways
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method;
+        # EOFError, zlib.error, lzma.LZMAError, OSError (bz2): a truncated or corrupt stream.
         what = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise error(f"{path}: cannot read {member} ({what})") from None

@@ -314,7 +314,10 @@ def test_argument_checks():
         "digits",
         num_classes=1,
     )
-    raises_data_error("seed must be an integer >= 0, got -1", load_dataset, "digits", seed=-1)
+    raises_data_error(
+        "seed must be an integer from 0 to 2**32 - 1, got -1", load_dataset, "digits", seed=-1
+    )
+    raises_data_error("got 1099511627776", load_dataset, "digits", seed=2**40)
 
 
 # --- Preprocessing -------------------------------------------------------------------------------

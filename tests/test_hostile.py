@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import assert_one_line_error, bnpipe_process, images, limited, tree, write_npz
+from helpers import (
+    assert_one_line_error,
+    bnpipe_process,
+    csv_rows,
+    images,
+    limited,
+    tree,
+    write_csv,
+    write_npz,
+)
 
 from pipeline.cli import cli
 
@@ -462,3 +471,100 @@ def test_verify_refuses_a_folded_model_that_does_not_fit(
     )
     assert_one_line_error(result, message.format(p=folded))
     assert tree(out) == before
+
+
+# --- a second hostile pass: what still became an internal error (exit 70) ---------------------
+
+
+def _keras_zip(path: Path, config: str, compression: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        zf.writestr("metadata.json", '{"keras_version": "3.10.0"}')
+        zf.writestr("config.json", config)
+    return path
+
+
+def _garbled_lzma_config(tmp_path: Path) -> Path:
+    config = '{"class_name": "Sequential", "module": "keras", "config": {"layers": []}}' * 20
+    path = _keras_zip(tmp_path / "lzma.keras", config, zipfile.ZIP_LZMA)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"config.json") + len("config.json") + 20
+    data[start : start + 40] = bytes(b ^ 0x55 for b in data[start : start + 40])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _input_alone(tmp_path: Path) -> Path:
+    layer = {"class_name": "InputLayer", "module": "keras.layers", "config": {"name": "x"}}
+    config = {"class_name": "Sequential", "module": "keras", "config": {"layers": [layer]}}
+    return _keras_zip(tmp_path / "input_alone.keras", json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (_garbled_lzma_config, "cannot read config.json (Corrupt input data)"),
+        (_input_alone, "holds a model without layers (an input alone); nothing to fold"),
+    ],
+    ids=["lzma-config", "input-alone"],
+)
+def test_keras_files_that_were_internal_errors(tmp_path, make, fragment):
+    out = tmp_path / "a"
+    result = invoke("fold", "--model", make(tmp_path), "--artifacts", out)
+    assert_one_line_error(result, fragment=fragment)
+    assert not out.exists() or tree(out) == {}
+
+
+@pytest.mark.parametrize("option", ["--data", "--test-data", "--model"])
+def test_a_name_longer_than_the_file_system_takes_is_one_line(tmp_path, option):
+    long = tmp_path / ("a" * 300 + (".keras" if option == "--model" else ".csv"))
+    command = ["fold"] if option == "--model" else ["train", *TINY_TRAIN]
+    if option == "--test-data":
+        rows, _, _ = csv_rows(n=12, features=4)
+        write_csv(tmp_path / "d.csv", rows)
+        command += ["--data", tmp_path / "d.csv"]
+    result = invoke(*command, option, long, "--artifacts", tmp_path / "a")
+    assert_one_line_error(result, fragment="characters) is too long for the file system")
+
+
+def test_a_toml_integer_python_will_not_convert_is_one_line(tmp_path):
+    config = tmp_path / "bnpipe.toml"
+    config.write_text("[train]\nseed = 1" + "0" * 5000 + "\n")
+    result = invoke("run", "--config", config, "--artifacts", tmp_path / "a")
+    assert_one_line_error(result, fragment="cannot be read: Exceeds the limit (4300 digits)")
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda record: {**record, "config": []}, "holds no table of options under 'config'"),
+        (
+            lambda record: {**record, "config": {**record["config"], "seed": 2**40}},
+            "seed must be an integer from 0 to 2**32 - 1, got 1099511627776",
+        ),
+    ],
+    ids=["config-a-list", "seed-2**40"],
+)
+def test_a_hand_edited_train_record_is_one_line(recorded, tmp_path, edit, fragment):
+    out = _copy(recorded, tmp_path)
+    (out / "manifest.json").unlink()  # edited by hand, beyond the manifest's reach
+    record = json.loads((out / "train.json").read_text())
+    (out / "train.json").write_text(json.dumps(edit(record)))
+    result = invoke("export", "--artifacts", out, "--mode", "float32")
+    assert_one_line_error(result, fragment=fragment)
+
+
+def test_weights_near_float32s_limit_are_one_line_without_numpys_warnings(tmp_path, k3):
+    """Exactly one line on stderr from the real CLI process: numpy's RuntimeWarning about inf −
+    inf (two more lines) is not shown."""
+    L = k3.layers
+    model = k3.Sequential(
+        [k3.Input((64,)), L.Dense(16), L.BatchNormalization(), L.Dense(10, activation="softmax")]
+    )
+    kernel, bias = model.layers[0].get_weights()
+    model.layers[0].set_weights([np.full_like(kernel, 1e38), bias])
+    model.save(tmp_path / "huge.keras")
+    result = bnpipe_process(
+        "fold", "--model", tmp_path / "huge.keras", "--artifacts", tmp_path / "a", timeout=300
+    )
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr

@@ -546,3 +546,14 @@ def test_idx_headers_with_many_dimensions_or_a_corrupt_gzip_stream(tmp_path):
     images_file.unlink()
     (directory / "train-images-idx3-ubyte.gz").write_bytes(bytes(packed))
     raises_data_error("cannot be read", load_dataset, str(directory))
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    """Excel writes UTF-8 CSV files with a byte-order mark; the first row is data, not a
+    header, and must not be dropped."""
+    rows, _, _ = csv_rows(n=12, features=3)
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(",".join(map(str, r)) for r in rows).encode())
+    part = readers.read_csv(path, "train")
+    assert len(part.y) == 12 and part.y[0] == rows[0][0]
+    assert np.array_equal(part.x[0], rows[0][1:])
