@@ -18,6 +18,7 @@ from .config import RunConfig
 from .errors import BnpipeError, GateFailed
 from .lock import writer_lock
 from .manifest import Manifest
+from .runtimes.registry import check_name
 from .stages import STAGES, Request, execute
 
 
@@ -59,6 +60,8 @@ def _run_locked(
 ) -> RunResult:
     if not force:
         Manifest(out).check_outputs()  # a file a stage wrote and someone changed since: refuse
+    for target in (*(config.verify.targets or ()), *config.bench.targets):
+        check_name(target)  # a typo in [verify] or [bench] is refused before train runs
     # resume="auto": a run interrupted in training continues from its last epoch (same weights).
     request = Request(out=out, resume="auto", quiet=quiet, say=say)
     outcomes: list[StageOutcome] = []

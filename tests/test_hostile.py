@@ -568,3 +568,21 @@ def test_weights_near_float32s_limit_are_one_line_without_numpys_warnings(tmp_pa
     )
     assert result.exit_code == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[verify]\ntargets = ["host", "nowhere"]\n', "unknown target 'nowhere'"),
+        ('[bench]\ntargets = ["ssh:board"]\n', "board"),
+    ],
+    ids=["verify-typo", "bench-bad-address"],
+)
+def test_run_refuses_a_bad_target_before_train_writes_anything(tmp_path, text, fragment):
+    config = tmp_path / "bnpipe.toml"
+    config.write_text(text)
+    out = tmp_path / "a"
+    result = bnpipe_process("run", "--config", config, "--artifacts", out, timeout=DEADLINE)
+    assert result.exit_code == 2 and fragment in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not out.exists() or not [p for p in out.rglob("*") if p.suffix in (".keras", ".json")]

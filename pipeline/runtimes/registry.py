@@ -51,6 +51,20 @@ def get_runtime(name: str):
     raise _unknown(name)
 
 
+def check_name(name: str) -> None:
+    """BnpipeError for a name get_runtime would refuse (unknown, or a bad ssh address), without
+    making its runtime: `bnpipe run` checks verify's and bench's targets before train starts."""
+    name = (name or "").strip()
+    if name in TARGETS:
+        return
+    if name.startswith(SSH_PREFIX):
+        from pipeline.runtimes.ssh import parse_spec
+
+        parse_spec(name[len(SSH_PREFIX) :])
+        return
+    raise _unknown(name)
+
+
 def start_all(runtimes: Iterable) -> None:
     """Start the child processes of the runtimes that keep one (host, host-ref, tflm) without
     waiting for them, so that their start-up overlaps the caller's work before the first run.
