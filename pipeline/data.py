@@ -34,6 +34,10 @@ PIXEL_DIVISOR = 255.0  # 8-bit pixels
 # Classes a model may have: labels are class numbers 0 … MAX_CLASSES − 1. Far beyond the 10 of
 # MNIST (and ImageNet's 1,000); a label of 2**40 is a damaged file, not a class.
 MAX_CLASSES = 10_000
+# Values a sample may have: 2**20 is 224×224×3 (ImageNet's input) four times over. Beyond it the
+# float32 copies and the first layer's weights (with Adam's two slots) outgrow a machine's memory
+# from a file of kilobytes (a compressed .npz of zeros), so it is refused before either exists.
+MAX_FEATURES = 1 << 20
 PIXEL_CODES = 256  # integer pixels as uint8 codes 0..255 (digits use 0..16 of them)
 
 
@@ -338,6 +342,12 @@ def _check_part(p: RawPart, num_classes: int | None) -> None:
         raise DataError(f"{p.origin}: the {p.split} set is empty; expected at least one sample")
     if x.shape[1:] and int(np.prod(x.shape[1:])) == 0:
         raise DataError(f"{p.origin}: the {p.split} images have shape {x.shape}, no features")
+    if int(np.prod(x.shape[1:], dtype=np.int64)) > MAX_FEATURES:
+        raise DataError(
+            f"{p.origin}: the {p.split} images have shape {x.shape}, "
+            f"{int(np.prod(x.shape[1:], dtype=np.int64)):,} values a sample; bnpipe's small "
+            f"classifiers take at most {MAX_FEATURES:,}"
+        )
     p.y = y
     _check_labels(p, num_classes)
     if np.issubdtype(x.dtype, np.floating):

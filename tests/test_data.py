@@ -403,3 +403,19 @@ def test_no_codes_for_data_that_are_not_pixels(tmp_path):
         np.zeros((0, 3), np.float32),
     ):
         assert data.pixel_codes(x, pre) is None, x
+
+
+def test_samples_of_more_values_than_a_small_classifier_takes_are_refused(tmp_path):
+    """A 70 KB compressed .npz of zeros can declare 2,000,000 values a sample: trained, it took
+    7.5 GB. Refused from its shape, before any float copy."""
+    from pipeline.data import MAX_FEATURES
+
+    x = np.zeros((4, MAX_FEATURES + 1), np.uint8)
+    path = tmp_path / "wide.npz"
+    np.savez_compressed(path, x_train=x, y_train=np.arange(4) % 2, x_test=x[:2], y_test=[0, 1])
+    assert path.stat().st_size < 100_000
+    raises_data_error(
+        "1,048,577 values a sample; bnpipe's small classifiers take at most 1,048,576",
+        load_dataset,
+        str(path),
+    )
