@@ -109,6 +109,12 @@ PROBE_SAMPLES = 256
 # config.json of a model bnpipe can translate is a few kilobytes per layer; 32 MiB is thousands
 # of layers. A larger (or lying) entry is refused before it is read into memory.
 CONFIG_MAX_BYTES = 32 << 20
+# Declared sizes bnpipe's small classifiers stay far below; a config beyond them would make Keras
+# allocate gigabytes for a file of kilobytes before its weights are even read (4,000,000 Dense
+# units took 3.8 GB). Checked in config.json before anything is built.
+MAX_WIDTH = 1 << 16  # units, filters
+MAX_DIM = 1 << 20  # any dimension of a declared shape (as data.MAX_FEATURES)
+MAX_LAYER_WEIGHTS = 1 << 26  # a Dense's inputs × units: 256 MiB of float32
 METADATA_MAX_BYTES = 1 << 20
 
 # The zip format's earliest date, which both Keras already give metadata.json and config.json.
@@ -264,6 +270,10 @@ def check_config(config, path: Path | None = None, allowed: tuple[str, ...] = ()
             custom += [f"layer {label} ({cls}) holds {obj}" for obj in _custom_objects(cfg)]
     if unsupported:
         raise _unsupported(path, unsupported)
+    oversized = [why for entry in _layer_entries(config) for why in _oversized(entry)]
+    if oversized:
+        where = f"{path}: " if path is not None else ""
+        raise ModelError(f"{where}{oversized[0]}; bnpipe takes small classifiers")
     if not [e for e in _layer_entries(config) if e.get("class_name") != "InputLayer"]:
         where = f"{path} holds" if path is not None else "this is"
         raise ModelError(f"{where} a model without layers (an input alone); nothing to fold")
@@ -272,6 +282,34 @@ def check_config(config, path: Path | None = None, allowed: tuple[str, ...] = ()
         raise ModelError(
             f"{where}{'; '.join(custom)}; bnpipe loads only Keras's own objects (no custom code)"
         )
+
+
+def _oversized(entry: dict) -> list[str]:
+    """Why one layer entry declares more than MAX_WIDTH / MAX_DIM / MAX_LAYER_WEIGHTS allow."""
+    cfg = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+    build = entry.get("build_config") if isinstance(entry.get("build_config"), dict) else {}
+    label = f"layer {str(cfg.get('name', entry.get('name')))[:80]!r}"
+    found = []
+    for key in ("units", "filters"):
+        value = cfg.get(key)
+        if isinstance(value, int) and value > MAX_WIDTH:
+            found.append(f"{label} declares {key} = {value:,} (at most {MAX_WIDTH:,})")
+    shapes = [cfg.get(k) for k in ("batch_shape", "batch_input_shape", "target_shape")]
+    shapes.append(build.get("input_shape"))
+    dims = [d for s in shapes if isinstance(s, list) for d in s if isinstance(d, int)]
+    if any(d > MAX_DIM for d in dims):
+        found.append(
+            f"{label} declares a shape with {max(dims):,} in one axis (at most {MAX_DIM:,})"
+        )
+    units, source = cfg.get("units"), build.get("input_shape")
+    if isinstance(units, int) and isinstance(source, list) and source:
+        inputs = source[-1]
+        if isinstance(inputs, int) and inputs * units > MAX_LAYER_WEIGHTS:
+            found.append(
+                f"{label} declares {inputs:,} inputs × {units:,} units "
+                f"(at most {MAX_LAYER_WEIGHTS:,} weights a layer)"
+            )
+    return found
 
 
 def _refuse_lambda(config, path: Path | None) -> None:

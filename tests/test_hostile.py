@@ -586,3 +586,50 @@ def test_run_refuses_a_bad_target_before_train_writes_anything(tmp_path, text, f
     assert result.exit_code == 2 and fragment in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1
     assert not out.exists() or not [p for p in out.rglob("*") if p.suffix in (".keras", ".json")]
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (
+            lambda layers: layers[1]["config"].update(units=4_000_000),
+            "declares units = 4,000,000 (at most 65,536)",
+        ),
+        (
+            lambda layers: layers[1]["build_config"].update(input_shape=[None, 2_000_000]),
+            "a shape with 2,000,000 in one axis",
+        ),
+        (
+            lambda layers: (
+                layers[1]["config"].update(units=60_000),
+                layers[1]["build_config"].update(input_shape=[None, 60_000]),
+            ),
+            "declares 60,000 inputs × 60,000 units",
+        ),
+    ],
+    ids=["units", "input-axis", "inputs-times-units"],
+)
+def test_a_keras_file_declaring_huge_layers_is_refused_before_keras_builds_them(
+    tmp_path, k3, edit, fragment
+):
+    """Keras would allocate the declared variables (gigabytes) before it read a weight: the
+    declared sizes are checked in config.json first, so the refusal costs no memory."""
+    L = k3.layers
+    model = k3.Sequential([k3.Input((64,)), L.Dense(16), L.BatchNormalization(), L.Dense(10)])
+    model.save(tmp_path / "small.keras")
+    with zipfile.ZipFile(tmp_path / "small.keras") as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    config = json.loads(members["config.json"])
+    layers = config["config"]["layers"]
+    assert layers[1]["class_name"] == "Dense"
+    edit(layers)
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "huge.keras", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    result = bnpipe_process(
+        "fold", "--model", tmp_path / "huge.keras", "--artifacts", tmp_path / "a",
+        timeout=DEADLINE, preexec_fn=limited(address_space=SMALL_MEMORY),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert fragment in result.stderr and result.stderr.count("\n") == 1, result.stderr
