@@ -109,6 +109,8 @@ PROBE_SAMPLES = 256
 # config.json of a model bnpipe can translate is a few kilobytes per layer; 32 MiB is thousands
 # of layers. A larger (or lying) entry is refused before it is read into memory.
 CONFIG_MAX_BYTES = 32 << 20
+NESTED_MODELS = ("Sequential", "Functional")  # a model used as a layer of another
+MAX_NESTING = 8  # models within models; deeper is refused as an unsupported layer
 # Declared sizes bnpipe's small classifiers stay far below; a config beyond them would make Keras
 # allocate gigabytes for a file of kilobytes before its weights are even read (4,000,000 Dense
 # units took 3.8 GB). Checked in config.json before anything is built.
@@ -254,7 +256,7 @@ def check_config(config, path: Path | None = None, allowed: tuple[str, ...] = ()
             "Keras Sequential and Functional models only"
         )
     unsupported, custom = [], []
-    for entry in _layer_entries(config):
+    for entry in _nested_entries(config):
         cfg = entry.get("config")
         name = cfg.get("name", entry.get("name")) if isinstance(cfg, dict) else entry.get("name")
         label = f"{str(name)[:80]!r}"
@@ -270,11 +272,11 @@ def check_config(config, path: Path | None = None, allowed: tuple[str, ...] = ()
             custom += [f"layer {label} ({cls}) holds {obj}" for obj in _custom_objects(cfg)]
     if unsupported:
         raise _unsupported(path, unsupported)
-    oversized = [why for entry in _layer_entries(config) for why in _oversized(entry)]
+    oversized = [why for entry in _nested_entries(config) for why in _oversized(entry)]
     if oversized:
         where = f"{path}: " if path is not None else ""
         raise ModelError(f"{where}{oversized[0]}; bnpipe takes small classifiers")
-    if not [e for e in _layer_entries(config) if e.get("class_name") != "InputLayer"]:
+    if not [e for e in _nested_entries(config) if e.get("class_name") != "InputLayer"]:
         where = f"{path} holds" if path is not None else "this is"
         raise ModelError(f"{where} a model without layers (an input alone); nothing to fold")
     if custom:
@@ -282,6 +284,19 @@ def check_config(config, path: Path | None = None, allowed: tuple[str, ...] = ()
         raise ModelError(
             f"{where}{'; '.join(custom)}; bnpipe loads only Keras's own objects (no custom code)"
         )
+
+
+def _nested_entries(config, depth: int = 0) -> list:
+    """The layer entries of a model config, those of a Keras Sequential or Functional model used
+    as a layer (a pretrained base inside a classifier) in its place, at any depth."""
+    entries = []
+    for entry in _layer_entries(config):
+        nested = entry.get("class_name") in NESTED_MODELS and _is_keras_module(entry.get("module"))
+        if nested and depth < MAX_NESTING:
+            entries += _nested_entries(entry, depth + 1)
+        else:
+            entries.append(entry)
+    return entries
 
 
 def _oversized(entry: dict) -> list[str]:
@@ -766,6 +781,63 @@ def _copy_weights(src, dst, layer: _Layer, to_keras3: bool) -> None:
     dst.set_weights([values[name] for name in wanted])
 
 
+def flatten_nested(model3):
+    """`model3` itself when no layer of it is a model; else a new Functional Keras 3 model with
+    every layer of the models inside it in their place (a pretrained base called as one layer
+    becomes its own layers), each a copy with the same name, config and weights, called as the
+    original calls it. ModelError if two of those layers share a name."""
+    k = keras3()
+    if not any(isinstance(layer, k.Model) for layer in model3.layers):
+        return model3
+    copies: dict[int, Any] = {}
+    inputs = [_input_like(k, t, model3.name, i) for i, t in enumerate(model3.inputs)]
+    outputs = _call_flat(k, model3, inputs[0] if len(inputs) == 1 else inputs, copies)
+    try:
+        return k.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=model3.name)
+    except ValueError as exc:  # "The name … is used 2 times in the model"
+        raise ModelError(f"model {model3.name!r} cannot be flattened: {_one_line(exc)}") from None
+
+
+def _input_like(k, tensor, model_name: str, i: int):
+    name = tensor.name if not tensor.name.startswith("keras_tensor") else f"{model_name}_input_{i}"
+    return k.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=name)
+
+
+def _call_flat(k, model, inputs, copies: dict):
+    """`model` called on `inputs` layer by layer (models inside it likewise), each layer a copy
+    made once (a layer called twice stays one layer with two calls)."""
+
+    def operation(op):
+        if isinstance(op, k.Model):
+            return lambda x, **_: _call_flat(k, op, x, copies)
+        return _copy_of(op, copies)
+
+    if isinstance(model, k.Sequential):
+        x = inputs
+        for layer in model.layers:
+            x = operation(layer)(x)
+        return x
+    # Keras 3's own walk through a Functional graph (what its call() does), each operation
+    # replaced by `operation(op)`.
+    return model._run_through_graph(inputs, operation_fn=operation)
+
+
+def _copy_of(layer, copies: dict):
+    """A layer of the same class, config and (once built by its first call) weights."""
+    if id(layer) not in copies:
+        fresh = type(layer).from_config(layer.get_config())
+        weights = layer.get_weights()
+
+        def call(*args, **kwargs):
+            out = fresh(*args, **kwargs)  # builds it: its weights exist from here
+            if weights:
+                fresh.set_weights(weights)
+            return out
+
+        copies[id(layer)] = (fresh, call)
+    return copies[id(layer)][1]
+
+
 def to_tf_keras(model3):
     """A new tf_keras model computing what the Keras 3 `model3` computes: the same architecture
     (Sequential stays Sequential, Functional stays Functional, layer names kept) with copies of
@@ -774,6 +846,7 @@ def to_tf_keras(model3):
     from .tfenv import keras
 
     src, dst = keras3(), keras()
+    model3 = flatten_nested(model3)
     sequential = _model_kind(model3, src)
     graph = _graph(model3.get_config(), KERAS3)
     if graph.sequential != sequential:
@@ -884,12 +957,15 @@ def translation_check(original, translation, x, rtol: float = TRANSLATION_RTOL):
         if not rel <= rtol:
             where = "model output" if len(outputs) == 1 else f"model output {i}"
             failures.append(f"{where}: relative difference {rel:.3g} > {rtol:g}")
-    names = [n for n in _single_call_layers(original) if n in set(_single_call_layers(translation))]
+    # A model inside the original is one layer there: its own layers are probed in the
+    # flattened copy (the same layers, called alike), checked above by the outputs themselves.
+    probed = flatten_nested(original) if _is_keras3(original) else original
+    names = [n for n in _single_call_layers(probed) if n in set(_single_call_layers(translation))]
     layers = {}
     if names:
         for name, p, q in zip(
             names,
-            _run(_probe(original, names), x),
+            _run(_probe(probed, names), x),
             _run(_probe(translation, names), x),
             strict=True,
         ):

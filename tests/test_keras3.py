@@ -630,3 +630,69 @@ def test_models_that_are_not_one_classifier_are_refused_in_one_line(
         message = assert_one_line_error(result, fragment=fragment)
         assert "bnpipe takes a classifier with one input and one output" in message
         assert not [p for p in out.rglob("*") if p.suffix in (".keras", ".json", ".tflite")]
+
+
+# --- a model used as a layer: a pretrained base inside a classifier ------------------------------
+
+
+def _transfer_model(k3, functional_outer: bool, inner_name: str = "c1"):
+    """A "pretrained base" (a Sequential of Conv → BN → ReLU) and a Functional block (1×1 Conv →
+    BN) called as layers of the classifier, the transfer-learning layout."""
+    L = k3.layers
+    k3.utils.set_random_seed(7)
+    base = k3.Sequential(
+        [k3.Input((8, 8, 1)), L.Conv2D(4, 3, name=inner_name), L.BatchNormalization(name="bn1"),
+         L.ReLU(name="r1")], name="base")  # fmt: skip
+    block_in = k3.Input((6, 6, 4))
+    block_out = L.BatchNormalization(name="bn2")(L.Conv2D(4, 1, name="c2")(block_in))
+    block = k3.Model(block_in, block_out, name="block")
+    head = [L.GlobalAveragePooling2D(name="gap"), L.Dense(10, activation="softmax", name="out")]
+    if functional_outer:
+        x = k3.Input((8, 8, 1), name="img")
+        model = k3.Model(x, head[1](head[0](block(base(x)))), name="transfer")
+    else:
+        model = k3.Sequential([k3.Input((8, 8, 1)), base, block, *head], name="transfer")
+    for inner in (base, block):
+        _nontrivial_bn(inner, seed=3)
+    return model
+
+
+@pytest.mark.parametrize("functional_outer", [True, False], ids=["functional", "sequential"])
+def test_models_inside_a_model_translate_flat_and_exactly(k3, functional_outer):
+    model3 = _transfer_model(k3, functional_outer)
+    model2 = to_tf_keras(model3)
+    names = [layer.name for layer in model2.layers]
+    assert names[1:] == ["c1", "bn1", "r1", "c2", "bn2", "gap", "out"]  # no "base" or "block"
+    check = translation_check(model3, model2, probe_inputs(model3))
+    assert check.max_rel_diff <= TRANSLATION_RTOL
+    assert {"c1", "bn1", "c2", "bn2", "out"} <= set(check.layer_rel_diffs)  # probed one by one
+    assert [layer.name for layer in model3.layers][-2:] == ["gap", "out"]  # the original kept
+
+
+def test_a_model_inside_a_model_folds_through_the_cli(k3, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    path = tmp_path / "transfer.keras"
+    _transfer_model(k3, functional_outer=True).save(path)
+    out = tmp_path / "a"
+    result = CliRunner().invoke(cli, ["fold", "--model", str(path), "--artifacts", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "fold.json").read_text())["report"]
+    assert report["passed"] and report["output_max_rel_diff"] <= 1e-5
+    assert sorted(p["bn"] for p in report["pairs"]) == ["bn1", "bn2"]
+    folded = load_keras3(out / "folded.keras")  # the user's Keras, flat, without a BN
+    assert not [la for la in folded.layers if type(la).__name__ == "BatchNormalization"]
+
+
+def test_what_a_model_inside_holds_is_checked_like_the_rest(k3, tmp_path):
+    L = k3.layers
+    inner = k3.Sequential([k3.Input((64,)), L.Dense(8, name="d"), L.LayerNormalization(name="ln")])
+    path = tmp_path / "m.keras"
+    k3.Sequential([k3.Input((64,)), inner, L.Dense(10, name="out")]).save(path)
+    with pytest.raises(ModelError, match=r"layer 'ln' \(LayerNormalization\) cannot be exported"):
+        load_keras3(path)
+    clash = _transfer_model(k3, functional_outer=True, inner_name="out")  # "out" twice
+    with pytest.raises(ModelError, match=r"^model 'transfer' cannot be flattened"):
+        to_tf_keras(clash)
