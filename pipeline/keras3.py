@@ -240,12 +240,16 @@ def _unsupported(path: Path | None, items: list[str]) -> ModelError:
     )
 
 
-def check_config(config, path: Path | None = None, allowed: tuple[str, ...] = ()) -> None:
+def check_config(
+    config, path: Path | None = None, allowed: tuple[str, ...] = (), nested: bool = True
+) -> None:
     """Refuse (ModelError, one line) a config.json (either Keras) holding anything bnpipe cannot
     take: a Lambda (Python code), a model other than Sequential/Functional, a layer class not in
     SUPPORTED_LAYERS, a class from outside Keras (custom or registered; `allowed` lists the
     registered names that are bnpipe's own), or a custom object inside a layer's config
-    (initializer, activation function …). Reads the dict only; deserializes nothing."""
+    (initializer, activation function …). `nested`: a Keras model used as a layer is checked
+    layer by layer (False: it is itself an unsupported layer). Reads the dict only; deserializes
+    nothing."""
     _refuse_lambda(config, path)
     cls = config.get("class_name") if isinstance(config, dict) else None
     module = config.get("module") if isinstance(config, dict) else None
@@ -256,7 +260,7 @@ def check_config(config, path: Path | None = None, allowed: tuple[str, ...] = ()
             "Keras Sequential and Functional models only"
         )
     unsupported, custom = [], []
-    for entry in _nested_entries(config):
+    for entry in _nested_entries(config) if nested else _layer_entries(config):
         cfg = entry.get("config")
         name = cfg.get("name", entry.get("name")) if isinstance(cfg, dict) else entry.get("name")
         label = f"{str(name)[:80]!r}"

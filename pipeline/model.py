@@ -249,7 +249,9 @@ def _check_config(path: Path) -> None:
     from .keras3 import CONFIG_MAX_BYTES, check_config, read_config_member
 
     config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
-    check_config(config, path, allowed=(CUSTOM_BN_NAME,))
+    # Models inside a model are flattened on the way from Keras 3 (keras3.flatten_nested); a
+    # tf_keras file keeps them whole, and a model is not a layer export can convert.
+    check_config(config, path, allowed=(CUSTOM_BN_NAME,), nested=False)
 
 
 def input_shape(model) -> tuple[int, ...]:

@@ -696,3 +696,16 @@ def test_what_a_model_inside_holds_is_checked_like_the_rest(k3, tmp_path):
     clash = _transfer_model(k3, functional_outer=True, inner_name="out")  # "out" twice
     with pytest.raises(ModelError, match=r"^model 'transfer' cannot be flattened"):
         to_tf_keras(clash)
+
+
+def test_a_tf_keras_model_inside_a_model_is_refused_by_name(keras, tmp_path):
+    """tf_keras files are loaded as they are, and a model is not a layer export converts: the
+    refusal names it (Keras 3 files are flattened instead)."""
+    from pipeline.model import load_model
+
+    L = keras.layers
+    inner = keras.Sequential([keras.Input((64,)), L.Dense(8), L.BatchNormalization()], name="inner")
+    path = tmp_path / "nested.keras"
+    keras.Sequential([keras.Input((64,)), inner, L.Dense(10)]).save(path)
+    with pytest.raises(ModelError, match=r"layer 'inner' \(Sequential\) cannot be exported"):
+        load_model(path)
