@@ -20,7 +20,7 @@ import numpy as np
 
 from . import artifacts, files
 from .config import VerifyConfig
-from .errors import DataError, GateFailed, ModelError
+from .errors import ArtifactError, DataError, GateFailed, ModelError
 from .interrupts import raise_pending
 from .model import classify
 from .quantize import to_input
@@ -78,6 +78,10 @@ class VerifyResult:
 def _candidate_files(out: Path, tflite: list[Path] | None) -> list[Path]:
     """The .tflite files to verify, each a regular file (a FIFO would block the read)."""
     paths = [Path(p) for p in tflite] if tflite else [out / n for n in files.tflite_files(out)]
+    if not paths:  # a verdict on folded.keras alone would call nothing deployable fit to ship
+        raise ArtifactError(
+            f"no .tflite file to verify in {out}; run `bnpipe export` first or pass --tflite"
+        )
     return [regular_file(p, "model file", ModelError) for p in paths]
 
 

@@ -506,3 +506,17 @@ def test_arm64_target_not_set_up_exits_2_with_the_set_up_command(exported, tmp_p
         f"{tmp_path / 'empty-cache' / 'arm64'}: run `bash scripts/setup_arm64_emulator.sh` "
         "(no root needed; about a minute)"
     )
+
+
+def test_no_tflite_to_verify_is_exit_2_not_a_pass(exported, tmp_path):
+    """After an export that wrote nothing, folded.keras alone is no deployable model: verify
+    must not call it fit to ship."""
+    out = _copy(exported, tmp_path)
+    for path in out.glob("*.tflite"):
+        path.unlink()
+    result = CliRunner().invoke(cli, ["verify", "-q", "--artifacts", str(out)])
+    assert_one_line_error(
+        result, message=f"no .tflite file to verify in {out}; run `bnpipe export` first or pass "
+        "--tflite",
+    )  # fmt: skip
+    assert not (out / "verify.json").exists()
