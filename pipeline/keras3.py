@@ -116,7 +116,8 @@ MAX_NESTING = 8  # models within models; deeper is refused as an unsupported lay
 # units took 3.8 GB). Checked in config.json before anything is built.
 MAX_WIDTH = 1 << 16  # units, filters
 MAX_DIM = 1 << 20  # any dimension of a declared shape (as data.MAX_FEATURES)
-MAX_LAYER_WEIGHTS = 1 << 26  # a Dense's inputs × units: 256 MiB of float32
+MAX_LAYER_WEIGHTS = 1 << 26  # inputs × units (× kernel taps): 256 MiB of float32
+MAX_KERNEL_AREA = 1 << 12  # taps of one convolution kernel (64 × 64)
 METADATA_MAX_BYTES = 1 << 20
 
 # The zip format's earliest date, which both Keras already give metadata.json and config.json.
@@ -320,12 +321,18 @@ def _oversized(entry: dict) -> list[str]:
         found.append(
             f"{label} declares a shape with {max(dims):,} in one axis (at most {MAX_DIM:,})"
         )
-    units, source = cfg.get("units"), build.get("input_shape")
-    if isinstance(units, int) and isinstance(source, list) and source:
-        inputs = source[-1]
-        if isinstance(inputs, int) and inputs * units > MAX_LAYER_WEIGHTS:
+    kernel = cfg.get("kernel_size")
+    area = 1
+    for side in kernel if isinstance(kernel, list) else [kernel] if kernel is not None else []:
+        area *= side if isinstance(side, int) and side > 0 else 1
+    if area > MAX_KERNEL_AREA:
+        found.append(f"{label} declares a kernel of {area:,} taps (at most {MAX_KERNEL_AREA:,})")
+    width, source = cfg.get("units", cfg.get("filters")), build.get("input_shape")
+    if isinstance(width, int) and isinstance(source, list) and source:
+        inputs = source[-1]  # features, or input channels (channels last)
+        if isinstance(inputs, int) and inputs * width * area > MAX_LAYER_WEIGHTS:
             found.append(
-                f"{label} declares {inputs:,} inputs × {units:,} units "
+                f"{label} declares {inputs:,} inputs × {width:,} outputs × {area:,} taps "
                 f"(at most {MAX_LAYER_WEIGHTS:,} weights a layer)"
             )
     return found
@@ -788,17 +795,21 @@ def _copy_weights(src, dst, layer: _Layer, to_keras3: bool) -> None:
 def flatten_nested(model3):
     """`model3` itself when no layer of it is a model; else a new Functional Keras 3 model with
     every layer of the models inside it in their place (a pretrained base called as one layer
-    becomes its own layers), each a copy with the same name, config and weights, called as the
-    original calls it. ModelError if two of those layers share a name."""
+    becomes its own layers), each a copy with the same config and weights, called as the
+    original calls it. A copy keeps its layer's name unless another layer of the flat model has
+    it (a base saved in another session and a head built in this one can both hold a "dense"):
+    then the name of the model it came from goes in front ("base_dense")."""
     k = keras3()
     if not any(isinstance(layer, k.Model) for layer in model3.layers):
         return model3
-    copies: dict[int, Any] = {}
+    # name → id of the layer whose copy holds it; the outer model's own layers keep theirs.
+    names = {la.name: id(la) for la in model3.layers if not isinstance(la, k.Model)}
+    flat = _Flat(k, {}, names)
     inputs = [_input_like(k, t, model3.name, i) for i, t in enumerate(model3.inputs)]
-    outputs = _call_flat(k, model3, inputs[0] if len(inputs) == 1 else inputs, copies)
+    outputs = flat.call(model3, inputs[0] if len(inputs) == 1 else inputs, "")
     try:
         return k.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=model3.name)
-    except ValueError as exc:  # "The name … is used 2 times in the model"
+    except ValueError as exc:  # a name clash the renaming did not foresee
         raise ModelError(f"model {model3.name!r} cannot be flattened: {_one_line(exc)}") from None
 
 
@@ -807,39 +818,51 @@ def _input_like(k, tensor, model_name: str, i: int):
     return k.Input(batch_shape=tuple(tensor.shape), dtype=tensor.dtype, name=name)
 
 
-def _call_flat(k, model, inputs, copies: dict):
-    """`model` called on `inputs` layer by layer (models inside it likewise), each layer a copy
-    made once (a layer called twice stays one layer with two calls)."""
+@dataclass
+class _Flat:
+    """flatten_nested's state: one copy per layer (a layer called twice stays one layer with two
+    calls) and the names taken so far."""
 
-    def operation(op):
-        if isinstance(op, k.Model):
-            return lambda x, **_: _call_flat(k, op, x, copies)
-        return _copy_of(op, copies)
+    k: Any
+    copies: dict
+    names: dict
 
-    if isinstance(model, k.Sequential):
-        x = inputs
-        for layer in model.layers:
-            x = operation(layer)(x)
-        return x
-    # Keras 3's own walk through a Functional graph (what its call() does), each operation
-    # replaced by `operation(op)`.
-    return model._run_through_graph(inputs, operation_fn=operation)
+    def call(self, model, inputs, prefix: str):
+        """`model` called on `inputs` layer by layer, models inside it likewise."""
 
+        def operation(op):
+            if isinstance(op, self.k.Model):
+                return lambda x, **_: self.call(op, x, f"{prefix}{op.name}_")
+            return self.copy_of(op, prefix)
 
-def _copy_of(layer, copies: dict):
-    """A layer of the same class, config and (once built by its first call) weights."""
-    if id(layer) not in copies:
-        fresh = type(layer).from_config(layer.get_config())
-        weights = layer.get_weights()
+        if isinstance(model, self.k.Sequential):
+            x = inputs
+            for layer in model.layers:
+                x = operation(layer)(x)
+            return x
+        # Keras 3's own walk through a Functional graph (what its call() does), each operation
+        # replaced by `operation(op)`.
+        return model._run_through_graph(inputs, operation_fn=operation)
 
-        def call(*args, **kwargs):
-            out = fresh(*args, **kwargs)  # builds it: its weights exist from here
-            if weights:
-                fresh.set_weights(weights)
-            return out
+    def copy_of(self, layer, prefix: str):
+        """A layer of the same class, config and (once built by its first call) weights."""
+        if id(layer) not in self.copies:
+            name = layer.name
+            if self.names.setdefault(name, id(layer)) != id(layer):
+                name = f"{prefix}{layer.name}"
+                while self.names.setdefault(name, id(layer)) != id(layer):
+                    name += "_"
+            fresh = type(layer).from_config({**layer.get_config(), "name": name})
+            weights = layer.get_weights()
 
-        copies[id(layer)] = (fresh, call)
-    return copies[id(layer)][1]
+            def call(*args, **kwargs):
+                out = fresh(*args, **kwargs)  # builds it: its weights exist from here
+                if weights:
+                    fresh.set_weights(weights)
+                return out
+
+            self.copies[id(layer)] = call
+        return self.copies[id(layer)]
 
 
 def to_tf_keras(model3):

@@ -604,10 +604,14 @@ def test_run_refuses_a_bad_target_before_train_writes_anything(tmp_path, text, f
                 layers[1]["config"].update(units=60_000),
                 layers[1]["build_config"].update(input_shape=[None, 60_000]),
             ),
-            "declares 60,000 inputs × 60,000 units",
+            "declares 60,000 inputs × 60,000 outputs × 1 taps",
+        ),
+        (
+            lambda layers: layers[1]["config"].update(kernel_size=[100, 100]),
+            "declares a kernel of 10,000 taps (at most 4,096)",
         ),
     ],
-    ids=["units", "input-axis", "inputs-times-units"],
+    ids=["units", "input-axis", "inputs-times-units", "kernel-taps"],
 )
 def test_a_keras_file_declaring_huge_layers_is_refused_before_keras_builds_them(
     tmp_path, k3, edit, fragment

@@ -693,9 +693,17 @@ def test_what_a_model_inside_holds_is_checked_like_the_rest(k3, tmp_path):
     k3.Sequential([k3.Input((64,)), inner, L.Dense(10, name="out")]).save(path)
     with pytest.raises(ModelError, match=r"layer 'ln' \(LayerNormalization\) cannot be exported"):
         load_keras3(path)
+
+
+def test_a_name_inside_and_outside_gets_the_inner_models_name_in_front(k3):
+    """A base saved in one session and a head built in another can both hold a "dense"; Keras
+    allows it (a name is unique per model), the flat model needs one of them renamed."""
     clash = _transfer_model(k3, functional_outer=True, inner_name="out")  # "out" twice
-    with pytest.raises(ModelError, match=r"^model 'transfer' cannot be flattened"):
-        to_tf_keras(clash)
+    model2 = to_tf_keras(clash)
+    assert [layer.name for layer in model2.layers][1:4] == ["base_out", "bn1", "r1"]
+    assert model2.layers[-1].name == "out"  # the outer model's own keeps its name
+    check = translation_check(clash, model2, probe_inputs(clash))
+    assert check.max_rel_diff <= TRANSLATION_RTOL and "base_out" in check.layer_rel_diffs
 
 
 def test_a_tf_keras_model_inside_a_model_is_refused_by_name(keras, tmp_path):
