@@ -78,10 +78,6 @@ class VerifyResult:
 def _candidate_files(out: Path, tflite: list[Path] | None) -> list[Path]:
     """The .tflite files to verify, each a regular file (a FIFO would block the read)."""
     paths = [Path(p) for p in tflite] if tflite else [out / n for n in files.tflite_files(out)]
-    if not paths:  # a verdict on folded.keras alone would call nothing deployable fit to ship
-        raise ArtifactError(
-            f"no .tflite file to verify in {out}; run `bnpipe export` first or pass --tflite"
-        )
     return [regular_file(p, "model file", ModelError) for p in paths]
 
 
@@ -215,6 +211,11 @@ def run_verify(
     folded_path = out / files.FOLDED
     if folded_path.is_file() and not tflite:
         rows.append(_folded_row(_folded_model(folded_path, ref), ref, say))
+    if not candidates:  # a verdict on folded.keras alone would call nothing deployable fit to ship
+        close_all(runtimes)
+        raise ArtifactError(
+            f"no .tflite file to verify in {out}; run `bnpipe export` first or pass --tflite"
+        )
     try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed
         ran, failed = _run_everywhere(infos, runtimes, ref, config, say)
     finally:
