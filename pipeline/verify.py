@@ -211,11 +211,7 @@ def run_verify(
     folded_path = out / files.FOLDED
     if folded_path.is_file() and not tflite:
         rows.append(_folded_row(_folded_model(folded_path, ref), ref, say))
-    if not candidates:  # a verdict on folded.keras alone would call nothing deployable fit to ship
-        close_all(runtimes)
-        raise ArtifactError(
-            f"no .tflite file to verify in {out}; run `bnpipe export` first or pass --tflite"
-        )
+    _refuse_none(candidates, runtimes, out)
     try:  # each runtime serves every candidate; arm64 keeps its emulator running until closed
         ran, failed = _run_everywhere(infos, runtimes, ref, config, say)
     finally:
@@ -243,6 +239,18 @@ def run_verify(
     if failures:
         raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
     return result
+
+
+def _refuse_none(candidates: list[Path], runtimes, out: Path) -> None:
+    """No .tflite to verify: a verdict on folded.keras alone would call nothing deployable fit
+    to ship. The runtimes' children are stopped first."""
+    from .runtimes.registry import close_all
+
+    if not candidates:
+        close_all(runtimes)
+        raise ArtifactError(
+            f"no .tflite file to verify in {out}; run `bnpipe export` first or pass --tflite"
+        )
 
 
 def _prepare(candidates: list[Path], config: VerifyConfig):
