@@ -841,8 +841,15 @@ class _Flat:
                 x = operation(layer)(x)
             return x
         # Keras 3's own walk through a Functional graph (what its call() does), each operation
-        # replaced by `operation(op)`.
-        return model._run_through_graph(inputs, operation_fn=operation)
+        # replaced by `operation(op)`. It is internal to Keras: a version without it is named.
+        walk = getattr(model, "_run_through_graph", None)
+        if walk is None:
+            raise ModelError(
+                f"model {model.name!r} cannot be flattened with Keras "
+                f"{getattr(self.k, '__version__', '?')} (it has no Functional._run_through_graph); "
+                "save your model without models inside it"
+            )
+        return walk(inputs, operation_fn=operation)
 
     def copy_of(self, layer, prefix: str):
         """A layer of the same class, config and (once built by its first call) weights."""

@@ -717,3 +717,14 @@ def test_a_tf_keras_model_inside_a_model_is_refused_by_name(keras, tmp_path):
     keras.Sequential([keras.Input((64,)), inner, L.Dense(10)]).save(path)
     with pytest.raises(ModelError, match=r"layer 'inner' \(Sequential\) cannot be exported"):
         load_model(path)
+
+
+def test_a_keras_without_the_graph_walk_flattening_uses_is_named(k3, monkeypatch):
+    """flatten_nested walks a Functional model with Keras 3's internal _run_through_graph; a
+    Keras version without it gets a one-line refusal, not an AttributeError (exit 70)."""
+    import keras.src.ops.function as function
+
+    model3 = _transfer_model(k3, functional_outer=True)
+    monkeypatch.delattr(function.Function, "_run_through_graph")
+    with pytest.raises(ModelError, match=r"^model 'transfer' cannot be flattened with Keras 3"):
+        to_tf_keras(model3)
