@@ -342,11 +342,11 @@ def _check_part(p: RawPart, num_classes: int | None) -> None:
         raise DataError(f"{p.origin}: the {p.split} set is empty; expected at least one sample")
     if x.shape[1:] and int(np.prod(x.shape[1:])) == 0:
         raise DataError(f"{p.origin}: the {p.split} images have shape {x.shape}, no features")
-    if int(np.prod(x.shape[1:], dtype=np.int64)) > MAX_FEATURES:
+    values = int(np.prod(x.shape[1:], dtype=np.int64))
+    if values > MAX_FEATURES:
         raise DataError(
-            f"{p.origin}: the {p.split} images have shape {x.shape}, "
-            f"{int(np.prod(x.shape[1:], dtype=np.int64)):,} values a sample; bnpipe's small "
-            f"classifiers take at most {MAX_FEATURES:,}"
+            f"{p.origin}: the {p.split} images have shape {x.shape}, {values:,} values a "
+            f"sample; bnpipe's small classifiers take at most {MAX_FEATURES:,}"
         )
     p.y = y
     _check_labels(p, num_classes)

@@ -261,7 +261,8 @@ def check_config(
             "Keras Sequential and Functional models only"
         )
     unsupported, custom = [], []
-    for entry in _nested_entries(config) if nested else _layer_entries(config):
+    entries = _nested_entries(config) if nested else _layer_entries(config)
+    for entry in entries:
         cfg = entry.get("config")
         name = cfg.get("name", entry.get("name")) if isinstance(cfg, dict) else entry.get("name")
         label = f"{str(name)[:80]!r}"
@@ -277,11 +278,11 @@ def check_config(
             custom += [f"layer {label} ({cls}) holds {obj}" for obj in _custom_objects(cfg)]
     if unsupported:
         raise _unsupported(path, unsupported)
-    oversized = [why for entry in _nested_entries(config) for why in _oversized(entry)]
+    oversized = [why for entry in entries for why in _oversized(entry)]
     if oversized:
         where = f"{path}: " if path is not None else ""
         raise ModelError(f"{where}{oversized[0]}; bnpipe takes small classifiers")
-    if not [e for e in _nested_entries(config) if e.get("class_name") != "InputLayer"]:
+    if not [e for e in entries if e.get("class_name") != "InputLayer"]:
         where = f"{path} holds" if path is not None else "this is"
         raise ModelError(f"{where} a model without layers (an input alone); nothing to fold")
     if custom:
