@@ -88,7 +88,7 @@ def mutant(seeds: list[tuple[str, bytes, list[int]]], seed: int, index: int) -> 
 
 
 def load_seeds(files: list[Path]) -> list[tuple[str, bytes, list[int]]]:
-    from pipeline.tflite_file import buffer_spans
+    from pipeline.tflite.file import buffer_spans
 
     seeds = []
     for path in files:
@@ -102,10 +102,10 @@ def load_seeds(files: list[Path]) -> list[tuple[str, bytes, list[int]]]:
 
 def make_artifacts(directory: Path) -> Path:
     """A tiny model trained on digits, folded and exported (int8, float32, post-training int8)."""
-    from pipeline.config import ExportConfig, TrainConfig
-    from pipeline.export import run_export
-    from pipeline.fold import run_fold
-    from pipeline.train import train
+    from pipeline.core.config import ExportConfig, TrainConfig
+    from pipeline.stages.export import run_export
+    from pipeline.stages.fold import run_fold
+    from pipeline.stages.train import train
 
     print(f"training and exporting a tiny model into {directory} …", file=sys.stderr)
     config = TrainConfig(hidden=(16, 16), epochs=2, batch_size=16, learning_rate=1e-2, seed=0)

@@ -71,7 +71,7 @@ def most_active_channels(model, x: np.ndarray, count: int) -> list[int]:
 
 def with_outliers(model, channels: list[int], factor: float):
     """A new model: `channels` of the first Dense scaled by `factor`, undone by the next Dense."""
-    from pipeline.tfenv import keras
+    from pipeline.core.tfenv import keras
 
     if not factor > 0:
         raise ValueError(
@@ -102,11 +102,11 @@ def make_outlier_artifacts(
 ) -> dict:  # fmt: skip
     """Write the outlier artifacts dir `dest` from the folded model in `src` (see the module
     docstring); returns what was done. ValueError if the float function changed."""
-    from pipeline import files
-    from pipeline.config import ExportConfig
-    from pipeline.data import recorded_dataset
-    from pipeline.export import run_export
-    from pipeline.model import load_model, save_model
+    from pipeline.core.config import ExportConfig
+    from pipeline.data.dataset import recorded_dataset
+    from pipeline.models.model import load_model, save_model
+    from pipeline.stages.export import run_export
+    from pipeline.store import files
 
     folded = load_model(src / files.FOLDED)
     ds, _ = recorded_dataset(src, None, folded)

@@ -130,8 +130,8 @@ def train(kind: str, data: Path, dest: Path, epochs: int) -> None:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.keras3 import keras3
-    from pipeline.tfenv import keras
+    from pipeline.core.tfenv import keras
+    from pipeline.models.keras3 import keras3
 
     k3 = keras() if kind.startswith("keras2") else keras3()
     d = np.load(data)

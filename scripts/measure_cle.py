@@ -34,11 +34,11 @@ def _score(out: Path, tflite: Path) -> tuple[float, float]:
     """(accuracy, agreement with model.keras) of a .tflite on the recorded test split."""
     import numpy as np
 
-    from pipeline.data import recorded_dataset
-    from pipeline.model import load_reference
-    from pipeline.quantize import to_input
+    from pipeline.core.quantize import to_input
+    from pipeline.data.dataset import recorded_dataset
+    from pipeline.models.model import load_reference
     from pipeline.runtimes import device_runner
-    from pipeline.tflite_file import quant_params, read_tflite
+    from pipeline.tflite.file import quant_params, read_tflite
 
     reference = load_reference(out / "model.keras")
     ds, _ = recorded_dataset([out], None, reference)
@@ -51,10 +51,10 @@ def _score(out: Path, tflite: Path) -> tuple[float, float]:
 
 
 def measure(data: str, seed: int, work: Path, equalize_from: float | None = None) -> list[dict]:
-    from pipeline.config import ExportConfig, FoldConfig, TrainConfig
-    from pipeline.export import run_export
-    from pipeline.fold import run_fold
-    from pipeline.train import train
+    from pipeline.core.config import ExportConfig, FoldConfig, TrainConfig
+    from pipeline.stages.export import run_export
+    from pipeline.stages.fold import run_fold
+    from pipeline.stages.train import train
 
     base = work / f"{Path(data).stem}-seed{seed}"
     train(TrainConfig(data=data, seed=seed), base, quiet=True)

@@ -18,8 +18,8 @@ The TFLite files are converted from the trained model with the converter's own B
 same graph foldmath's folds give; tests/test_model.py checks that path): float32, and
 post-training int8 with int8 input and output, calibrated on 500 training images. Latency:
 LiteRT (default XNNPACK), one thread, batch 1, the two models taking turns in rounds after a
-warm-up; medians. MACs per inference from pipeline/macs.py. The int8 model's MCU view: flash =
-its bytes, RAM = the tensor arena TFLM used for one sample.
+warm-up; medians. MACs per inference from pipeline/tflite/macs.py. The int8 model's MCU view:
+flash = its bytes, RAM = the tensor arena TFLM used for one sample.
 
 Measured (seed 0, 2 shared cores; 398,778 parameters, 8.35 M MACs on 28×28, 2.28 M on 8×8):
 28×28: 98.9 % float test accuracy (99.4 % on the unshifted 360), int8 0.29× the bytes and 0.42×
@@ -73,7 +73,7 @@ def digits28(train_images: int, seed: int):
 
 
 def digits8():
-    from pipeline.data import load_dataset
+    from pipeline.data.dataset import load_dataset
 
     ds = load_dataset("digits", seed=0, val_fraction=0.1, test_fraction=0.2)
     shape = (-1, 8, 8, 1)
@@ -85,10 +85,10 @@ def train_cnn(x, y, recipe: dict, seed: int):
     (epochs, batch_size, learning_rate, shift). On a shared machine the CPU time is the
     steadier. Each epoch takes the images in its own order, shifted as bnpipe train shifts
     them (train.shift_draws, train.shifted) when they are large enough (train.shiftable)."""
-    from pipeline.data import epoch_order
-    from pipeline.model import build_cnn, compile_model
-    from pipeline.tfenv import set_determinism
-    from pipeline.train import shift_draws, shiftable, shifted
+    from pipeline.core.tfenv import set_determinism
+    from pipeline.data.dataset import epoch_order
+    from pipeline.models.model import build_cnn, compile_model
+    from pipeline.stages.train import shift_draws, shiftable, shifted
 
     set_determinism(seed)
     model = compile_model(build_cnn(x.shape[1:], int(y.max()) + 1), recipe["learning_rate"])
@@ -108,7 +108,7 @@ def accuracy(model, x, y) -> float:
 
 
 def convert(model, x_train, int8: bool, seed: int) -> bytes:
-    from pipeline.tfenv import muted_stderr, tf
+    from pipeline.core.tfenv import muted_stderr, tf
 
     t = tf()
     conv = t.lite.TFLiteConverter.from_keras_model(model)
@@ -125,9 +125,9 @@ def convert(model, x_train, int8: bool, seed: int) -> bytes:
 
 def interpreter(path: Path, x1: np.ndarray):
     """A one-thread LiteRT interpreter (XNNPACK) fed one sample, warmed up."""
-    from pipeline.quantize import to_input
+    from pipeline.core.quantize import to_input
     from pipeline.runtimes import device_runner
-    from pipeline.tflite_file import quant_params, read_tflite
+    from pipeline.tflite.file import quant_params, read_tflite
 
     interp = device_runner.load_interpreter(str(path), threads=1)
     interp.allocate_tensors()
@@ -153,9 +153,9 @@ def latencies_us(interps: list) -> list[float]:
 
 
 def tflite_accuracy(path: Path, x, y) -> float:
-    from pipeline.quantize import to_input
+    from pipeline.core.quantize import to_input
     from pipeline.runtimes import device_runner
-    from pipeline.tflite_file import quant_params, read_tflite
+    from pipeline.tflite.file import quant_params, read_tflite
 
     interp = device_runner.load_interpreter(str(path), reference=True)
     q = to_input(x, quant_params(read_tflite(path).input_tensor()))
@@ -166,10 +166,10 @@ def tflite_accuracy(path: Path, x, y) -> float:
 def mcu_view(path: Path, x1: np.ndarray) -> dict:
     """Flash = the model's bytes; RAM = the tensor arena TFLM used for one sample (and the
     int8 output TFLM gave agrees with LiteRT's reference kernels' within one step)."""
-    from pipeline.quantize import to_input
+    from pipeline.core.quantize import to_input
     from pipeline.runtimes import device_runner
     from pipeline.runtimes.tflm import TflmRuntime
-    from pipeline.tflite_file import quant_params, read_tflite
+    from pipeline.tflite.file import quant_params, read_tflite
 
     q = to_input(x1, quant_params(read_tflite(path).input_tensor()))
     result = TflmRuntime().run(str(path), q)
@@ -185,8 +185,8 @@ def mcu_view(path: Path, x1: np.ndarray) -> dict:
 def tflite_figures(model, x_train, x_test, y_test, seed: int, tmp: Path) -> dict:
     """float32 vs int8: bytes, operators, MACs, batch-1 latency and test accuracy; the int8
     model's MCU view."""
-    from pipeline.macs import count_macs
-    from pipeline.tflite_file import read_tflite
+    from pipeline.tflite.file import read_tflite
+    from pipeline.tflite.macs import count_macs
 
     paths = {}
     for mode in ("float32", "int8"):
@@ -236,7 +236,7 @@ def measure(name, data, recipe, seed, tmp: Path) -> dict:
 
 
 def main() -> None:
-    from pipeline.model import CNN_RECIPE
+    from pipeline.models.model import CNN_RECIPE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-images", type=int, default=8000)

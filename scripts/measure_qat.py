@@ -23,8 +23,8 @@ def main() -> None:
     ap.add_argument("--lr", default="1e-4,1e-5")
     ap.add_argument("--targets", default="distill,labels")
     args = ap.parse_args()
-    from pipeline.config import ExportConfig
-    from pipeline.export import run_export
+    from pipeline.core.config import ExportConfig
+    from pipeline.stages.export import run_export
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

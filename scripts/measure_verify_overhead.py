@@ -76,11 +76,11 @@ def main() -> None:
         help="run_verify rounds for the start-up's overlap (0: skip)",
     )
     args = ap.parse_args()
-    from pipeline.config import VerifyConfig
-    from pipeline.data import recorded_dataset
+    from pipeline.core.config import VerifyConfig
+    from pipeline.data.dataset import recorded_dataset
     from pipeline.runtimes.host import HostRuntime, checked_tflite, forget_checked
-    from pipeline.tflite_file import quant_params
-    from pipeline.verify import ModelInputs, Reference, run_candidate
+    from pipeline.stages.verify import ModelInputs, Reference, run_candidate
+    from pipeline.tflite.file import quant_params
 
     path = args.artifacts / args.model
     ds, _ = recorded_dataset([args.artifacts])
@@ -178,10 +178,10 @@ def _start_alone(path: Path, xin: np.ndarray, repeats: int) -> float:
 def _start_in_verify(artifacts: Path, rounds: int) -> None:
     """run_verify on a copy of the artifacts dir (its reports land in the copy), its wall time
     and how long each runtime's first request waited for the child's ready line."""
-    from pipeline.config import VerifyConfig
+    from pipeline.core.config import VerifyConfig
+    from pipeline.core.tfenv import muted_stderr
     from pipeline.runtimes.served import ServedRunner
-    from pipeline.tfenv import muted_stderr
-    from pipeline.verify import REFERENCE_TARGET, run_verify
+    from pipeline.stages.verify import REFERENCE_TARGET, run_verify
 
     waits: list[float] = []
     real_close = ServedRunner.close

@@ -24,14 +24,14 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def keras():
-    from pipeline.tfenv import keras as get_keras
+    from pipeline.core.tfenv import keras as get_keras
 
     return get_keras()
 
 
 @pytest.fixture(scope="session")
 def tf(keras):
-    from pipeline.tfenv import tf as get_tf
+    from pipeline.core.tfenv import tf as get_tf
 
     return get_tf()
 
@@ -39,7 +39,7 @@ def tf(keras):
 @pytest.fixture(scope="session")
 def k3(keras):
     """Keras 3 (`import keras`), imported after TensorFlow as bnpipe does it."""
-    from pipeline.keras3 import keras3
+    from pipeline.models.keras3 import keras3
 
     return keras3()
 
@@ -47,14 +47,14 @@ def k3(keras):
 @pytest.fixture(scope="session")
 def digits():
     """The digits split every stage uses with the default fractions and seed 0."""
-    from pipeline.data import load_dataset
+    from pipeline.data.dataset import load_dataset
 
     return load_dataset("digits", seed=0, val_fraction=0.1, test_fraction=0.2)
 
 
 def _train(tmp_path_factory, name: str, **overrides):
-    from pipeline.config import TrainConfig
-    from pipeline.train import train
+    from pipeline.core.config import TrainConfig
+    from pipeline.stages.train import train
 
     config = TrainConfig(**{**TINY, **overrides})
     return config, train(config, tmp_path_factory.mktemp(name), quiet=True)
@@ -90,10 +90,10 @@ EXPORTED_QAT_EPOCHS = 1  # one distillation epoch: enough to calibrate the fake-
 def exported(keras, tmp_path_factory):
     """The artifacts dir holding model.keras, train.json, folded.keras, fold.json, export.json and
     model_<mode>.tflite for every export mode. Read-only: copy it (shutil.copytree) to modify it."""
-    from pipeline.config import ExportConfig, TrainConfig
-    from pipeline.export import run_export
-    from pipeline.fold import run_fold
-    from pipeline.train import train
+    from pipeline.core.config import ExportConfig, TrainConfig
+    from pipeline.stages.export import run_export
+    from pipeline.stages.fold import run_fold
+    from pipeline.stages.train import train
 
     out = tmp_path_factory.mktemp("exported")
     train(TrainConfig(**EXPORTED_TRAIN), out, quiet=True)
@@ -118,9 +118,9 @@ def outlier_case(trained, tmp_path_factory):
     import shutil
     from pathlib import Path
 
-    from pipeline.config import ExportConfig
-    from pipeline.export import run_export
-    from pipeline.fold import run_fold
+    from pipeline.core.config import ExportConfig
+    from pipeline.stages.export import run_export
+    from pipeline.stages.fold import run_fold
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "make_outlier_model.py"
     spec = importlib.util.spec_from_file_location("make_outlier_model", script)

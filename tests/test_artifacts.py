@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from pipeline import artifacts
-from pipeline.artifacts import TMP_PREFIX, atomic_path
-from pipeline.errors import ArtifactError
+from pipeline.core.errors import ArtifactError
+from pipeline.store import artifacts
+from pipeline.store.artifacts import TMP_PREFIX, atomic_path
 
 
 def _leftovers(directory):
@@ -233,8 +233,8 @@ def test_export_interrupted_between_its_files_leaves_every_file_as_it_was(
     """Ctrl-C after the .tflite files were written and before export.json: none of them moves."""
     import shutil
 
-    from pipeline.config import ExportConfig
-    from pipeline.export import run_export
+    from pipeline.core.config import ExportConfig
+    from pipeline.stages.export import run_export
 
     out = tmp_path / "a"
     shutil.copytree(exported, out)

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.bench import BASELINE, run_bench
 from pipeline.cli import cli
-from pipeline.config import EXPORT_MODES, BenchConfig
-from pipeline.files import tflite_name
+from pipeline.core.config import EXPORT_MODES, BenchConfig
+from pipeline.stages.bench import BASELINE, run_bench
+from pipeline.store.files import tflite_name
 
 TINY_BENCH = BenchConfig(
     runs=10, rounds=2, warmup=2, batch_sizes=(1, 8), threads=(1,), keras_runs=2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import CC, WARNINGS, build_and_run, run_checked
 
-from pipeline.carray import KEYWORDS, c_array, c_identifier, write_c_array
+from pipeline.tflite.carray import KEYWORDS, c_array, c_identifier, write_c_array
 
 
 @pytest.fixture(scope="module")

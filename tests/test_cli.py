@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import assert_one_line_error
 
-from pipeline.artifacts import ARTIFACTS_ENV
 from pipeline.cli import cli
+from pipeline.store.artifacts import ARTIFACTS_ENV
 
 
 @pytest.fixture
@@ -224,7 +224,7 @@ def test_fold_respects_env_and_flag_beats_env(run, trained, tmp_path):
 
 
 def test_fold_strict_refuses_with_one_line_and_warns_otherwise(run, keras, tmp_path):
-    from pipeline.model import save_model
+    from pipeline.models.model import save_model
 
     model = keras.Sequential(
         [
@@ -249,12 +249,12 @@ def test_fold_strict_refuses_with_one_line_and_warns_otherwise(run, keras, tmp_p
 
 def test_interrupt_exits_130_and_says_artifacts_are_unchanged(run, monkeypatch, tmp_path):
     # Fault injection into bnpipe's own stage function (not TensorFlow): Ctrl-C mid-stage.
-    import pipeline.fold
+    import pipeline.stages.fold
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.fold, "run_fold", interrupted)
+    monkeypatch.setattr(pipeline.stages.fold, "run_fold", interrupted)
     model = tmp_path / "model.keras"
     model.write_bytes(b"x")
     result = run("fold", "--model", model, "--artifacts", tmp_path / "art")
@@ -277,9 +277,9 @@ def _buggy_fold(*args, **kwargs):
 @pytest.fixture
 def buggy_fold(monkeypatch, tmp_path):
     """`bnpipe fold --model M` arguments whose stage raises ZeroDivisionError."""
-    import pipeline.fold
+    import pipeline.stages.fold
 
-    monkeypatch.setattr(pipeline.fold, "run_fold", _buggy_fold)
+    monkeypatch.setattr(pipeline.stages.fold, "run_fold", _buggy_fold)
     monkeypatch.delenv("BNPIPE_DEBUG", raising=False)
     model = tmp_path / "model.keras"
     model.write_bytes(b"x")
@@ -322,8 +322,8 @@ def test_debug_shows_the_traceback_of_a_bug(run, buggy_fold, how):
 def test_gates_and_signals_keep_their_codes_beside_the_bug_code(
     run, monkeypatch, tmp_path, exc, code, line
 ):
-    import pipeline.fold
-    from pipeline.errors import GateFailed, Terminated
+    import pipeline.stages.fold
+    from pipeline.core.errors import GateFailed, Terminated
 
     def raising(*args, **kwargs):
         raise {
@@ -332,7 +332,7 @@ def test_gates_and_signals_keep_their_codes_beside_the_bug_code(
             "terminate": Terminated(),
         }[exc]
 
-    monkeypatch.setattr(pipeline.fold, "run_fold", raising)
+    monkeypatch.setattr(pipeline.stages.fold, "run_fold", raising)
     model = tmp_path / "model.keras"
     model.write_bytes(b"x")
     result = run("fold", "--model", model, "--artifacts", tmp_path / "art")

@@ -8,8 +8,8 @@ import threading
 import pytest
 from helpers import assert_one_line_error, free_ports, tf_config_json
 
-from pipeline.cluster import parse_tf_config, wait_for_workers
-from pipeline.errors import BnpipeError
+from pipeline.core.errors import BnpipeError
+from pipeline.training.cluster import parse_tf_config, wait_for_workers
 
 # --- TF_CONFIG --------------------------------------------------------------------------------
 

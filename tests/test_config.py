@@ -3,7 +3,7 @@ refused with their table and key, before any stage runs."""
 
 import pytest
 
-from pipeline.config import (
+from pipeline.core.config import (
     MAX_SEED,
     BenchConfig,
     ConfigError,
@@ -13,7 +13,7 @@ from pipeline.config import (
     VerifyConfig,
     load_run_config,
 )
-from pipeline.errors import BnpipeError
+from pipeline.core.errors import BnpipeError
 
 
 def test_train_config_checks_the_strategy():

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from pipeline.config import ExportConfig
-from pipeline.convert import EMA_RANGES, settle_ranges
+from pipeline.core.config import ExportConfig
+from pipeline.tflite.convert import EMA_RANGES, settle_ranges
 
 
 def _ranges(qat, layer: str):
@@ -55,7 +55,7 @@ def test_qat_wraps_a_separable_conv_model_whose_names_keras_would_give_again(ker
     it, the halves named apart from every layer of the model."""
     from types import SimpleNamespace
 
-    from pipeline.convert import qat_fine_tune
+    from pipeline.tflite.convert import qat_fine_tune
 
     k = keras
     L = k.layers

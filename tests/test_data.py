@@ -1,4 +1,5 @@
-"""pipeline.data: the checks, scaling and splits every source goes through, and fingerprints."""
+"""pipeline.data.dataset: the checks, scaling and splits every source goes through, and
+fingerprints."""
 
 import json
 import math
@@ -11,8 +12,8 @@ from helpers import csv_rows, raises_data_error, write_csv, write_npz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import data
-from pipeline.data import Dataset, Preprocessing, load_dataset
+from pipeline.data import dataset as data
+from pipeline.data.dataset import Dataset, Preprocessing, load_dataset
 
 RNG = np.random.default_rng(1234)
 
@@ -148,7 +149,7 @@ def test_loading_a_npz_does_not_import_scikit_learn(tmp_path):
         y_test=np.arange(20) % 10,
     )
     code = (
-        "import sys; from pipeline.data import load_dataset; "
+        "import sys; from pipeline.data.dataset import load_dataset; "
         f"ds = load_dataset({str(path)!r}); "
         "assert ds.split['val_stratified']; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
@@ -179,7 +180,7 @@ def test_fingerprint_sees_dtype_and_shape():
 
 def test_loading_digits_imports_neither_tensorflow_nor_scikit_learn():
     code = (
-        "import sys, pipeline.data as d; d.load_dataset('digits'); "
+        "import sys, pipeline.data.dataset as d; d.load_dataset('digits'); "
         "assert not {'tensorflow', 'tf_keras', 'sklearn'} & set(sys.modules), "
         "sorted({'tensorflow', 'tf_keras', 'sklearn'} & set(sys.modules))"
     )
@@ -189,7 +190,7 @@ def test_loading_digits_imports_neither_tensorflow_nor_scikit_learn():
 def test_digits_are_scikit_learns_load_digits_exactly():
     from sklearn.datasets import load_digits
 
-    from pipeline.readers import read_source
+    from pipeline.data.readers import read_source
 
     bunch = load_digits()
     part, test, _, kind = read_source("digits")
@@ -408,7 +409,7 @@ def test_no_codes_for_data_that_are_not_pixels(tmp_path):
 def test_samples_of_more_values_than_a_small_classifier_takes_are_refused(tmp_path):
     """A 70 KB compressed .npz of zeros can declare 2,000,000 values a sample: trained, it took
     7.5 GB. Refused from its shape, before any float copy."""
-    from pipeline.data import MAX_FEATURES
+    from pipeline.data.dataset import MAX_FEATURES
 
     x = np.zeros((4, MAX_FEATURES + 1), np.uint8)
     path = tmp_path / "wide.npz"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import digits_idx, free_ports, keras_weights, tf_config_json
 
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 
 # Two workers against one process, same recipe and seed. Both compute the same steps; only the
 # order of float additions differs (each worker sums its half of a batch, the all-reduce adds the
@@ -42,7 +42,7 @@ def test_mirrored_on_one_device_gives_the_single_process_weights(request, fixtur
     Keras averages it in float32, distribute.fit in float64)."""
     import dataclasses
 
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     config, single = request.getfixturevalue(fixture)
     mirrored = train(dataclasses.replace(config, strategy="mirrored"), tmp_path, quiet=True)
@@ -135,7 +135,7 @@ def _two_workers(tmp_path, extra: list[str]):
 
 def _assert_close(reference_model, two_worker_model, x_test):
     """Check WEIGHT_RTOL, PROB_ATOL and MIN_TOP1_AGREEMENT; return the two models' probabilities."""
-    from pipeline.model import load_model
+    from pipeline.models.model import load_model
 
     a, b = dict(keras_weights(reference_model)), dict(keras_weights(two_worker_model))
     assert list(a) == list(b)
@@ -152,7 +152,7 @@ def _assert_close(reference_model, two_worker_model, x_test):
 
 @pytest.mark.slow
 def test_two_workers_match_the_single_process_run(keras, digits, tmp_path):
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     addresses, ((out0, _), (out1, _)) = _two_workers(tmp_path, _cli_args(TWO_WORKERS))
     chief, other = tmp_path / "worker0", tmp_path / "worker1"
@@ -185,8 +185,8 @@ def test_two_workers_match_the_single_process_run(keras, digits, tmp_path):
 def test_two_workers_streaming_idx_match_one_streaming_process(keras, tmp_path):
     """The streamed source under two workers: both must draw the same shuffled stream, or their
     halves of a batch would come from different batches."""
-    from pipeline.data import load_dataset
-    from pipeline.train import train
+    from pipeline.data.dataset import load_dataset
+    from pipeline.stages.train import train
 
     spec = str(digits_idx(tmp_path / "idx", gzipped=True))
     _two_workers(tmp_path, ["--data", spec, *_cli_args(TWO_WORKERS)])

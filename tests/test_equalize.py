@@ -4,8 +4,8 @@ and leaves the function unchanged."""
 import numpy as np
 import pytest
 
-from pipeline.config import FOLD_RTOL
-from pipeline.equalize import equalize, find_pairs
+from pipeline.core.config import FOLD_RTOL
+from pipeline.folding.equalize import equalize, find_pairs
 
 
 def _chain(k, act="relu", between=None):
@@ -80,8 +80,8 @@ def test_one_pair_meets_at_the_geometric_mean_and_computes_the_same():
 def test_run_fold_equalizes_and_records_the_ranges(keras, trained, tmp_path):
     import json
 
-    from pipeline.config import FoldConfig
-    from pipeline.fold import run_fold
+    from pipeline.core.config import FoldConfig
+    from pipeline.stages.fold import run_fold
 
     _, result = trained
     every = run_fold(result.model_path, tmp_path / "on", config=FoldConfig(equalize_from=1.0))
@@ -111,8 +111,8 @@ def test_default_fold_leaves_balanced_pairs_and_equalizes_an_outlier_pair(keras,
     the same model with one channel ×60 has that pair equalized (its ratio to about √60)."""
     import json
 
-    from pipeline.fold import run_fold
-    from pipeline.model import save_model
+    from pipeline.models.model import save_model
+    from pipeline.stages.fold import run_fold
 
     k = keras
     rng = np.random.default_rng(0)
@@ -228,7 +228,7 @@ def test_conv_pairs_equalize_exactly_depthwise_multiplier_included(keras):
     global pooling → Dense): after equalization the model computes the same (the weights
     written back as float32: within FOLD_RTOL), each pair's ranges meet channel by channel, and
     the widest spread of output ranges in the chain narrows."""
-    from pipeline.equalize import output_channels
+    from pipeline.folding.equalize import output_channels
 
     k = keras
     model = _conv_net(k)

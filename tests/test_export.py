@@ -11,18 +11,18 @@ from click.testing import CliRunner
 from helpers import assert_one_line_error
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline import artifacts
 from pipeline.cli import cli
-from pipeline.config import EXPORT_MODES, ExportConfig
-from pipeline.convert import convert
-from pipeline.errors import ModelError
-from pipeline.export import check_keras_model, run_export
-from pipeline.files import tflite_name
-from pipeline.model import load_model
-from pipeline.opset import graph_check
-from pipeline.quantize import from_output, to_input
+from pipeline.core.config import EXPORT_MODES, ExportConfig
+from pipeline.core.errors import ModelError
+from pipeline.core.quantize import from_output, to_input
+from pipeline.models.model import load_model
 from pipeline.runtimes.host import HostRuntime
-from pipeline.tflite_file import parse_tflite, quant_params, read_tflite
+from pipeline.stages.export import check_keras_model, run_export
+from pipeline.store import artifacts
+from pipeline.store.files import tflite_name
+from pipeline.tflite.convert import convert
+from pipeline.tflite.file import parse_tflite, quant_params, read_tflite
+from pipeline.tflite.opset import graph_check
 
 # The int8 (QAT) model must give the float model's top-1 class on at least 98 % of the 360 digits
 # test samples (≤ 7 disagreements). Measured on this fixture: 99.4 % (2 samples); DESIGN.md
@@ -172,7 +172,7 @@ def _layouts(keras):
 @pytest.mark.parametrize("layout", ["swish", "dilated", "reshape", "bn-axis-1"])
 @pytest.mark.parametrize("mode", ["float32", "ptq-int8"])
 def test_graph_check_knows_what_activations_dilation_and_reshape_become(keras, layout, mode):
-    from pipeline.opset import implied_ops
+    from pipeline.tflite.opset import implied_ops
 
     L = keras.layers
     keras.utils.set_random_seed(2)
@@ -191,7 +191,7 @@ def test_graph_check_knows_what_activations_dilation_and_reshape_become(keras, l
 def test_graph_check_refuses_an_activation_int8_cannot_hold(keras):
     """ELU has no integer kernel in the converter: post-training int8 runs it in float between a
     DEQUANTIZE and a QUANTIZE, which an integer-only model must not hold."""
-    from pipeline.opset import implied_ops
+    from pipeline.tflite.opset import implied_ops
 
     model = keras.Sequential(
         [keras.Input((8,)), keras.layers.Dense(6, activation="elu"), keras.layers.Dense(3)]
@@ -309,7 +309,7 @@ def test_export_record(exported, record):
 
 
 def _layer_norm_model(keras, path):
-    from pipeline.model import save_model
+    from pipeline.models.model import save_model
 
     inp = keras.Input((64,))
     h = keras.layers.LayerNormalization(name="norm")(keras.layers.Dense(16, name="dense")(inp))
@@ -384,8 +384,8 @@ def test_auto_tries_modes_in_order_and_mixed_only_after_every_integer_mode(outli
     """Gates only an exact file can meet (no accuracy drop, 100 % agreement): whatever passes,
     the trials follow AUTO_ORDER, each failure names its gate, mixed-int8 comes only once the
     three full-integer modes failed, and the last trial is the one kept."""
-    from pipeline.config import AUTO_ORDER
-    from pipeline.export import run_export
+    from pipeline.core.config import AUTO_ORDER
+    from pipeline.stages.export import run_export
 
     _, outlier = outlier_case
     config = ExportConfig(modes=("auto",), auto_max_drop=0.0, auto_min_agreement=1.0)
@@ -410,9 +410,9 @@ def test_mixed_int8_keeps_the_culprit_in_float(outlier_case, digits):
     """The outlier case's plain PTQ int8 file names the first Dense as the culprit; converting
     with that operator denylisted leaves it a float FULLY_CONNECTED between DEQUANTIZE and
     QUANTIZE, everything else int8, and agrees with the float twin at least as well."""
-    from pipeline.convert import convert_mixed
-    from pipeline.layerwise import rank_layers
-    from pipeline.model import load_model
+    from pipeline.analysis.layerwise import rank_layers
+    from pipeline.models.model import load_model
+    from pipeline.tflite.convert import convert_mixed
 
     _, outlier = outlier_case
     int8, twin = outlier / "model_ptq-int8.tflite", outlier / "model_float32.tflite"
@@ -444,8 +444,8 @@ def test_c_array_beside_each_integer_model_compiles_to_its_bytes_and_arena(expor
     pair, and one without --c-array removes the pair (it would hold the old model)."""
     from helpers import build_and_run
 
-    from pipeline.carray import c_array
     from pipeline.runtimes.tflm import TflmRuntime
+    from pipeline.tflite.carray import c_array
 
     out = tmp_path / "art"
     shutil.copytree(exported, out)

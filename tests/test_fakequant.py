@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import ModelError
-from pipeline.fakequant import FakeQuant, dequantized, match_operators
-from pipeline.quantize import quantize
+from pipeline.analysis.fakequant import FakeQuant, dequantized, match_operators
+from pipeline.core.errors import ModelError
+from pipeline.core.quantize import quantize
 from pipeline.runtimes.tensors import TensorJob, run_jobs
-from pipeline.tflite_file import read_tflite
+from pipeline.tflite.file import read_tflite
 
 # With every operator and the input fake-quantized, the last operator's output codes may differ
 # from the integer file's by one step: the integer kernel requantizes with a fixed-point

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.artifacts import sha256_file
-from pipeline.config import FOLD_RTOL, FoldConfig
-from pipeline.errors import ModelError
-from pipeline.fold import FoldedPair, SkippedBN
-from pipeline.foldmath import fold_params
+from pipeline.core.config import FOLD_RTOL, FoldConfig
+from pipeline.core.errors import ModelError
+from pipeline.folding.maths import fold_params
+from pipeline.stages.fold import FoldedPair, SkippedBN
+from pipeline.store.artifacts import sha256_file
 
 # --- fold_params against a direct float64 evaluation of BN(x·W + b) ----------------------------
 
@@ -123,14 +123,14 @@ def test_fold_params_zero_variance_without_epsilon_is_refused():
 def _bn(keras, kind, **kwargs):
     if kind == "keras":
         return keras.layers.BatchNormalization(**kwargs)
-    from pipeline.model import custom_bn_class
+    from pipeline.models.model import custom_bn_class
 
     return custom_bn_class()(**kwargs)
 
 
 def _randomize(model, seed=0):
     """Non-trivial BN statistics and Dense biases: γ with a zero and a negative entry, a tiny σ²."""
-    from pipeline.model import is_batch_norm
+    from pipeline.models.model import is_batch_norm
 
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -172,7 +172,7 @@ def _assert_unchanged(model, snapshot):
 
 
 def _assert_no_bn(model):
-    from pipeline.model import is_batch_norm
+    from pipeline.models.model import is_batch_norm
 
     assert [layer.name for layer in model.layers if is_batch_norm(layer)] == []
 
@@ -206,7 +206,7 @@ def test_fold_model_sequential(keras, kind, bn_kwargs, use_bias):
     before = _snapshot(model)
     x = np.random.default_rng(2).normal(size=(64, 7)).astype(np.float32)
 
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     folded, pairs, skipped = fold_model(model)
     assert skipped == []
@@ -264,7 +264,7 @@ def test_fold_model_functional_branches_and_bn_as_output(keras, kind):
     before = _snapshot(model)
     xs = np.random.default_rng(4).normal(size=(64, 7)).astype(np.float32)
 
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     folded, pairs, skipped = fold_model(model)
     assert skipped == []
@@ -283,7 +283,7 @@ def test_fold_model_dense_on_rank3_input_bn_last_axis_is_folded(keras):
     d = k.layers.Dense(5, name="d")(x)  # (batch, 3, 5): the kernel acts on the last axis
     y = k.layers.BatchNormalization(axis=-1, name="bn")(d)
     model = _randomize(k.Model(x, y))
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     folded, pairs, skipped = fold_model(model)
     assert [(p.layer, p.bn) for p in pairs] == [("d", "bn")] and skipped == []
@@ -302,7 +302,7 @@ def test_fold_model_bn_axis_1_on_rank2_is_the_units_axis_and_folds(keras):
             ]
         )
     )
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     _, pairs, skipped = fold_model(model)
     assert [(p.layer, p.bn) for p in pairs] == [("d", "bn")] and skipped == []
@@ -495,7 +495,7 @@ FORWARD = [  # (build, [(layer, bn, direction, via)])
 @pytest.mark.parametrize("kind", ["keras", "custom"])
 @pytest.mark.parametrize("build,expected", FORWARD, ids=[b.__name__[1:] for b, _ in FORWARD])
 def test_fold_model_folds_a_bn_forward_into_the_dense_it_feeds(keras, kind, build, expected):
-    from pipeline.fold import check_fold, fold_model
+    from pipeline.stages.fold import check_fold, fold_model
 
     model = _randomize(build(keras, kind), seed=7)
     before = _snapshot(model)
@@ -513,7 +513,7 @@ def test_fold_model_folds_a_bn_forward_into_the_dense_it_feeds(keras, kind, buil
 def test_forward_fold_is_diag_s_times_w_and_b_plus_t_w(keras):
     """The folded Dense holds diag(s)·W and b + t·W in float64 rounded once, s and t tiled over
     the flattened image (channels last)."""
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     model = _randomize(_image_bn_flatten(keras, "keras"), seed=8)
     folded, _, _ = fold_model(model)
@@ -534,7 +534,7 @@ def test_forward_fold_is_diag_s_times_w_and_b_plus_t_w(keras):
 def test_a_wrong_forward_fold_fails_the_check(keras):
     """Negative control: scaling the Dense's output columns instead of its input rows (the
     "after" formula used the wrong way round) is caught by the layer-by-layer check."""
-    from pipeline.fold import check_fold, fold_model
+    from pipeline.stages.fold import check_fold, fold_model
 
     model = _randomize(_bn_after_relu(keras, "keras"), seed=9)
     folded, pairs, _ = fold_model(model)
@@ -565,8 +565,8 @@ def _inputs_for(model, n=16):
 
 @pytest.mark.parametrize("build,kind,reason", list(_refused_cases()))
 def test_fold_model_keeps_bn_it_cannot_fold_exactly(keras, build, kind, reason):
-    from pipeline.fold import fold_model
-    from pipeline.model import is_batch_norm
+    from pipeline.models.model import is_batch_norm
+    from pipeline.stages.fold import fold_model
 
     model = _randomize(build(keras, kind))
     before = _snapshot(model)
@@ -602,7 +602,7 @@ def test_fold_model_folds_what_it_can_and_names_what_it_keeps(keras):
             ]
         )
     )
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     folded, pairs, skipped = fold_model(model)
     assert [(p.layer, p.bn, p.direction) for p in pairs] == [
@@ -621,7 +621,7 @@ def test_fold_model_folds_what_it_can_and_names_what_it_keeps(keras):
 @pytest.mark.parametrize("outer", ["sequential", "functional"])
 def test_fold_model_names_bn_inside_a_nested_model(keras, outer):
     # Regression: a BN inside a nested model was neither folded nor reported, even under strict.
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     k = keras
     block = k.Sequential(
@@ -648,7 +648,7 @@ def test_fold_model_names_bn_inside_a_nested_model(keras, outer):
 
 def test_fold_model_names_a_batch_normalization_subclass(keras):
     # A subclass may change what BN computes, so it is reported, not folded on trust.
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     @keras.saving.register_keras_serializable(package="test_fold")  # as a loadable model's would be
     class ShiftedBN(keras.layers.BatchNormalization):
@@ -667,7 +667,7 @@ def test_fold_model_names_a_batch_normalization_subclass(keras):
 def test_fold_model_leaves_a_foreign_layer_named_custombatchnorm_alone(keras, tf):
     # Regression: the plan went by class name only, so the article's own "CustomBatchNorm" (no
     # moving statistics) was taken for bnpipe's and fold_model crashed reading its moving_mean.
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     @keras.saving.register_keras_serializable(package="article")
     class CustomBatchNorm(keras.layers.Layer):
@@ -692,8 +692,8 @@ def test_fold_model_leaves_a_foreign_layer_named_custombatchnorm_alone(keras, tf
 def test_run_fold_on_trained_model_writes_folded_model_and_record(
     request, fixture, bn_class, digits, tmp_path
 ):
-    from pipeline.fold import run_fold
-    from pipeline.model import load_model
+    from pipeline.models.model import load_model
+    from pipeline.stages.fold import run_fold
 
     _, result = request.getfixturevalue(fixture)
     model_sha = sha256_file(result.model_path)
@@ -738,8 +738,8 @@ def test_run_fold_on_trained_model_writes_folded_model_and_record(
 
 
 def test_run_fold_warns_and_strict_refuses_and_writes_nothing(keras, tmp_path):
-    from pipeline.fold import run_fold
-    from pipeline.model import save_model
+    from pipeline.models.model import save_model
+    from pipeline.stages.fold import run_fold
 
     src = save_model(
         _randomize(_dense_feeds_bn_and_add(keras, "keras")), tmp_path / "src" / "m.keras"
@@ -764,7 +764,7 @@ def test_run_fold_warns_and_strict_refuses_and_writes_nothing(keras, tmp_path):
 
 
 def test_run_fold_fails_beyond_tolerance_and_writes_nothing(trained, tmp_path):
-    from pipeline.fold import run_fold
+    from pipeline.stages.fold import run_fold
 
     _, result = trained
     # Float32 round-off between the two models is ≈ 1e-7 relative, so 1e-12 must fail.
@@ -781,8 +781,8 @@ def test_run_fold_fails_beyond_tolerance_and_writes_nothing(trained, tmp_path):
 def test_run_fold_on_functional_layouts(keras, tmp_path, layout):
     # Regressions: the output check once assumed one output, and random check inputs once
     # assumed a flat (batch, features) input.
-    from pipeline.fold import run_fold
-    from pipeline.model import save_model
+    from pipeline.models.model import save_model
+    from pipeline.stages.fold import run_fold
 
     k = keras
     x = k.Input((3, 4) if layout == "rank3_input" else (4,), name="x")
@@ -888,7 +888,7 @@ def _randomize_convs(model, seed):
     "build,expected,kept", CONV_CASES, ids=[c[0].__name__[1:] for c in CONV_CASES]
 )
 def test_fold_model_folds_convolutions(keras, kind, build, expected, kept):
-    from pipeline.fold import check_fold, fold_model
+    from pipeline.stages.fold import check_fold, fold_model
 
     model = _randomize_convs(_randomize(build(keras, kind), seed=11), seed=12)
     folded, pairs, skipped = fold_model(model)
@@ -906,7 +906,7 @@ def test_fold_model_folds_convolutions(keras, kind, build, expected, kept):
 def test_a_depthwise_fold_in_the_wrong_channel_order_fails_the_check(keras):
     """Negative control: with multiplier 2, output channel c·2 + m; folding the BN's scales in
     the other order (m·C + c) moves the outputs far beyond the tolerance."""
-    from pipeline.fold import check_fold, fold_model
+    from pipeline.stages.fold import check_fold, fold_model
 
     model = _randomize(_mobilenet_block(keras, "keras"), seed=13)
     folded, pairs, _ = fold_model(model)

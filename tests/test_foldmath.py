@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.config import FOLD_RTOL
-from pipeline.errors import ModelError
-from pipeline.foldmath import (
+from pipeline.core.config import FOLD_RTOL
+from pipeline.core.errors import ModelError
+from pipeline.folding.maths import (
     after_fold_blocker,
     before_fold_blocker,
     bn_affine,

@@ -19,7 +19,7 @@ import pytest
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.runtimes.host import HostRuntime
-from pipeline.tflite_file import buffer_spans, read_tflite
+from pipeline.tflite.file import buffer_spans, read_tflite
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBSET = dict(seed=1, count=40)  # ≈ 1–2 minutes on 2 shared cores
@@ -170,7 +170,7 @@ def test_the_original_reproducer_is_exit_2_not_a_segfault(fuzz, exported, tmp_pa
     which the probe left to the real run); then TFLM, trusting the shape, segfaulted:
     `bnpipe verify --targets tflm` died with SIGSEGV (exit 139, no output). Now: exit 2, one line
     naming the file."""
-    from pipeline.errors import ModelCrashed, ModelError
+    from pipeline.core.errors import ModelCrashed, ModelError
     from pipeline.runtimes.tflm import try_arena
 
     original = (exported / "model_int8.tflite").read_bytes()

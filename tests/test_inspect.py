@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from helpers import assert_one_line_error
 
 from pipeline.cli import cli
-from pipeline.config import EXPORT_MODES
-from pipeline.files import tflite_name
+from pipeline.core.config import EXPORT_MODES
+from pipeline.store.files import tflite_name
 
 
 @pytest.fixture(scope="module")

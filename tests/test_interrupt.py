@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import CliChild
 
-from pipeline.artifacts import TMP_PREFIX, sha256_file
 from pipeline.cli import cli
+from pipeline.store.artifacts import TMP_PREFIX, sha256_file
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-from pipeline import artifacts, interrupts
-from pipeline.errors import Terminated
+from pipeline.core import interrupts
+from pipeline.core.errors import Terminated
+from pipeline.store import artifacts
 
 
 def _let_handlers_run() -> None:

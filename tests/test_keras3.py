@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import ModelError
-from pipeline.keras3 import (
+from pipeline.core.errors import ModelError
+from pipeline.models.keras3 import (
     SUPPORTED_LAYERS,
     TRANSLATION_RTOL,
     load_keras3,
@@ -179,7 +179,7 @@ BUILDERS = {"functional": _functional, "cnn": _cnn, "conv1d": _conv1d}
 @pytest.fixture(scope="session")
 def saved(k3, mlp3, tmp_path_factory):
     """Every test model saved by Keras 3, and the MLP saved by tf_keras: {name: path}."""
-    from pipeline.tfenv import keras
+    from pipeline.core.tfenv import keras
 
     out = tmp_path_factory.mktemp("keras3_models")
     paths = {"mlp": out / "mlp.keras"}
@@ -209,7 +209,7 @@ def test_saved_by_and_import_need_no_tensorflow(saved):
     """In a fresh interpreter: importing the module and reading both files import no Keras or
     TensorFlow (bnpipe --help must stay fast)."""
     code = (
-        "import sys, pipeline.keras3 as k\n"
+        "import sys, pipeline.models.keras3 as k\n"
         f"print(k.saved_by({str(saved['mlp'])!r}), k.saved_by({str(saved['tf_keras'])!r}))\n"
         "heavy = {'tensorflow', 'keras', 'tf_keras'}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
@@ -556,8 +556,8 @@ def _shared_ids(node) -> list[int]:
 def test_folded_model_is_written_back_as_keras3(mlp3, digits, k3, tmp_path):
     """The fold stage's path for a Keras 3 input: translate, fold (tf_keras), write back with
     to_keras3; a Keras 3 user loads the folded file and gets the original's outputs."""
-    from pipeline.config import FOLD_RTOL
-    from pipeline.fold import fold_model
+    from pipeline.core.config import FOLD_RTOL
+    from pipeline.stages.fold import fold_model
 
     folded2, pairs, skipped = fold_model(to_tf_keras(mlp3), strict=True)
     assert [(p.layer, p.bn) for p in pairs] == [("dense_1", "bn_1"), ("dense_2", "bn_2")]
@@ -578,7 +578,7 @@ def test_tfmot_quantizes_the_translation(mlp3, digits):
     gives it) is wrapped layer by layer and runs."""
     import tensorflow_model_optimization as tfmot
 
-    from pipeline.fold import fold_model
+    from pipeline.stages.fold import fold_model
 
     folded2, _, _ = fold_model(to_tf_keras(mlp3), strict=True)
     qat = tfmot.quantization.keras.quantize_model(folded2)
@@ -709,7 +709,7 @@ def test_a_name_inside_and_outside_gets_the_inner_models_name_in_front(k3):
 def test_a_tf_keras_model_inside_a_model_is_refused_by_name(keras, tmp_path):
     """tf_keras files are loaded as they are, and a model is not a layer export converts: the
     refusal names it (Keras 3 files are flattened instead)."""
-    from pipeline.model import load_model
+    from pipeline.models.model import load_model
 
     L = keras.layers
     inner = keras.Sequential([keras.Input((64,)), L.Dense(8), L.BatchNormalization()], name="inner")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.layer_report import layers_markdown, layers_plot, short_name
+from pipeline.report.layers import layers_markdown, layers_plot, short_name
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import assert_one_line_error
 
-from pipeline.artifacts import ARTIFACTS_ENV
 from pipeline.cli import cli
+from pipeline.store.artifacts import ARTIFACTS_ENV
 
 ENTRY_KEYS = {"op_index", "op", "tensor", "sqnr_db", "error_steps_rms", "error_steps_max",
               "range_used", "range_used_worst_channel", "scale", "zero_point", "alone"}  # fmt: skip
@@ -94,8 +94,8 @@ def test_a_convolutional_pair_gets_the_data_in_its_own_layout(keras, tmp_path, m
     report lays the samples out as the files take them, as every other stage does."""
     import numpy as np
 
-    from pipeline.config import ExportConfig
-    from pipeline.convert import convert
+    from pipeline.core.config import ExportConfig
+    from pipeline.tflite.convert import convert
 
     L = keras.layers
     keras.utils.set_random_seed(5)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.layerstats import sqnr_db, tensor_stats
-from pipeline.quantize import quantize
+from pipeline.analysis.layerstats import sqnr_db, tensor_stats
+from pipeline.core.quantize import quantize
 
 RNG_SEED = 7
 # Rounding to a uniform grid leaves an error uniform on [−½, ½] step: rms 1/√12. On 200,000

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import DataError, ModelError
-from pipeline.layerwise import LayerCost, analyse_layers, rank, rank_layers
+from pipeline.analysis.layerwise import LayerCost, analyse_layers, rank, rank_layers
+from pipeline.core.errors import DataError, ModelError
 
 # Measured on the tiny outlier model (digits, 360 test samples): the first Dense alone flips
 # 8.9 % of the top-1 classes, the second 3.3 %; without the outliers, each layer flips at most one

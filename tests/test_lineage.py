@@ -11,9 +11,9 @@ import textwrap
 import pytest
 from helpers import limited, tree
 
-from pipeline import artifacts
-from pipeline.errors import ArtifactError
-from pipeline.lineage import recorded_stage
+from pipeline.core.errors import ArtifactError
+from pipeline.store import artifacts
+from pipeline.store.lineage import recorded_stage
 
 # A stage that writes one small file, run in a child whose file-size limit the manifest (a
 # kilobyte and more: versions, machine, digests) exceeds and the stage's file does not.
@@ -22,7 +22,7 @@ STAGE = textwrap.dedent(
     import sys
     from pathlib import Path
     from pipeline import artifacts
-    from pipeline.lineage import recorded_stage
+    from pipeline.store.lineage import recorded_stage
 
     out = Path(sys.argv[1])
     with recorded_stage(out, "fold", {"strict": False}, lambda: ["fold.json"], reads=[]):
@@ -43,7 +43,7 @@ def test_a_manifest_that_cannot_be_written_keeps_the_stages_files_out(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (
-        f"pipeline.errors.ArtifactError: cannot write {out / 'manifest.json'}: File too large"
+        f"pipeline.core.errors.ArtifactError: cannot write {out / 'manifest.json'}: File too large"
     )
     assert tree(out) == {}  # no fold.json without its record, no temporary file
 

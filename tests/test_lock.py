@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from helpers import CliChild as Child
 from helpers import assert_one_line_error, bnpipe_process
 
-from pipeline.artifacts import TMP_PREFIX, sha256_file
 from pipeline.cli import cli
-from pipeline.lock import writer_lock
+from pipeline.store.artifacts import TMP_PREFIX, sha256_file
+from pipeline.store.lock import writer_lock
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""pipeline.quantize against the QUANTIZE operator of a real float-input, int8-output model.
+"""pipeline.core.quantize against the QUANTIZE operator of a real float-input, int8-output model.
 
 The model's first operator is QUANTIZE (float32 input → int8); LiteRT is asked to keep every
 intermediate tensor (experimental_preserve_all_tensors) so its output can be read after invoke.
@@ -9,8 +9,8 @@ import pytest
 from test_runtimes_host import N_FEATURES, tiny_models
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.quantize import dequantize, quantize
-from pipeline.tflite_file import read_tflite
+from pipeline.core.quantize import dequantize, quantize
+from pipeline.tflite.file import read_tflite
 
 # "Next to a tie": x / scale within a few float32 ulps of k + 0.5 (|x / scale| ≤ ~260 here, where
 # one float32 ulp is ≤ 3e-5), the most a division and a multiply by the reciprocal can disagree.
@@ -184,7 +184,7 @@ def half_away_reference(x, scale, zero_point, dtype):
 def test_quantize_is_the_same_in_every_slice():
     """More values than one slice (CHUNK), with exact ties, huge values whose quotient overflows
     to ±inf (v − rint(v) is NaN there) and a 2-D shape, placed in the first three slices."""
-    from pipeline.quantize import CHUNK
+    from pipeline.core.quantize import CHUNK
 
     scale = 0.125  # x / scale = k + 0.5 exactly for x = (2k + 1) / 16
     rng = np.random.default_rng(3)
@@ -228,8 +228,8 @@ TABLE_CASES = [
 
 @pytest.mark.parametrize("divisor,scale,zero_point,dtype", TABLE_CASES)
 def test_quantize_codes_equals_quantize_of_the_floats(divisor, scale, zero_point, dtype):
-    from pipeline.data import Preprocessing
-    from pipeline.quantize import quantize_codes
+    from pipeline.core.quantize import quantize_codes
+    from pipeline.data.dataset import Preprocessing
 
     pre = Preprocessing(divisor=divisor, n_features=28)
     rng = np.random.default_rng(5)
@@ -244,15 +244,15 @@ def test_quantize_codes_equals_quantize_of_the_floats(divisor, scale, zero_point
 def test_the_qat_input_table_is_a_shift():
     """The premise of the wrapping-add path: pixels ÷ 255 at scale 1/255, zero point −128 map
     pixel k to k − 128, for all 256 of them."""
-    from pipeline.data import Preprocessing
+    from pipeline.data.dataset import Preprocessing
 
     table = quantize(Preprocessing(divisor=255.0, n_features=1).code_values(), 1 / 255, -128)
     np.testing.assert_array_equal(table, np.arange(256) - 128)
 
 
 def test_to_input_with_and_without_codes_agree():
-    from pipeline.data import Preprocessing
-    from pipeline.quantize import to_input
+    from pipeline.core.quantize import to_input
+    from pipeline.data.dataset import Preprocessing
 
     pre = Preprocessing(divisor=16.0, n_features=8)
     codes = np.random.default_rng(6).integers(0, 17, (300, 8)).astype(np.uint8)
@@ -275,7 +275,7 @@ def test_to_input_with_and_without_codes_agree():
 
 
 def test_quantize_codes_checks_its_arguments():
-    from pipeline.quantize import quantize_codes
+    from pipeline.core.quantize import quantize_codes
 
     values = np.arange(256, dtype=np.float32) / 255
     with pytest.raises(ValueError, match="codes must be uint8 pixel codes, got dtype int16"):

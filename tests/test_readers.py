@@ -1,4 +1,4 @@
-"""pipeline.readers: every reader on real files written here, and what each refuses."""
+"""pipeline.data.readers: every reader on real files written here, and what each refuses."""
 
 import numpy as np
 import pytest
@@ -12,9 +12,9 @@ from helpers import (
     write_npz,
 )
 
-from pipeline import readers
-from pipeline.data import Preprocessing, load_dataset
-from pipeline.readers import read_idx
+from pipeline.data import readers
+from pipeline.data.dataset import Preprocessing, load_dataset
+from pipeline.data.readers import read_idx
 
 RNG = np.random.default_rng(1234)
 

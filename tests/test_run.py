@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import assert_one_line_error
 
-from pipeline.artifacts import sha256_file
 from pipeline.cli import cli
+from pipeline.store.artifacts import sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -267,10 +267,10 @@ def test_run_model_takes_a_keras3_model_to_verified_int8(k3, digits, tmp_path, b
 
     import helpers
 
-    from pipeline.files import tflite_name
-    from pipeline.keras3 import saved_by
-    from pipeline.opset import graph_check
-    from pipeline.tflite_file import read_tflite
+    from pipeline.models.keras3 import saved_by
+    from pipeline.store.files import tflite_name
+    from pipeline.tflite.file import read_tflite
+    from pipeline.tflite.opset import graph_check
 
     src = helpers.train_and_save(
         k3, getattr(helpers, build)(k3), digits.x_train, digits.y_train, tmp_path / "mine.keras"
@@ -310,8 +310,8 @@ def test_run_model_takes_a_keras3_model_to_verified_int8(k3, digits, tmp_path, b
 def test_run_model_takes_a_tf_keras_image_model_and_keeps_its_keras(keras, digits, tmp_path):
     """A tf_keras model taking 8×8×1 images: digits are fed as images on every target, and
     folded.keras stays a tf_keras file."""
-    from pipeline.keras3 import saved_by
-    from pipeline.model import save_model
+    from pipeline.models.keras3 import saved_by
+    from pipeline.models.model import save_model
 
     k = keras
     k.utils.set_random_seed(0)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.errors import BnpipeError, ModelCrashed, ModelError, TargetUnavailable
-from pipeline.quantize import quantize
+from pipeline.core.errors import BnpipeError, ModelCrashed, ModelError, TargetUnavailable
+from pipeline.core.quantize import quantize
 from pipeline.runtimes import device_runner
 from pipeline.runtimes.host import HostRuntime
 from pipeline.runtimes.registry import DEFAULT_TARGETS, get_runtime, parse_targets, resolve
-from pipeline.tflite_file import quant_params, read_tflite
+from pipeline.tflite.file import quant_params, read_tflite
 
 N_FEATURES, N_HIDDEN, N_CLASSES = 16, 8, 4
 SEED = 0
@@ -41,7 +41,7 @@ def build_tiny_models(directory):
     operator is QUANTIZE) and an int8 output. Calibration: 200 uniform [0, 1) rows, like bnpipe's
     scaled pixels.
     """
-    from pipeline.tfenv import keras, tf
+    from pipeline.core.tfenv import keras, tf
 
     tf, keras = tf(), keras()
     keras.utils.set_random_seed(SEED)

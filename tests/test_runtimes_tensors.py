@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import ModelError
-from pipeline.quantize import quantize
+from pipeline.core.errors import ModelError
+from pipeline.core.quantize import quantize
 from pipeline.runtimes import device_runner
 from pipeline.runtimes.tensor_runner import BATCH
 from pipeline.runtimes.tensors import TensorJob, TensorRunner, run_jobs
-from pipeline.tflite_file import read_tflite
+from pipeline.tflite.file import read_tflite
 
 # The float twin's first FULLY_CONNECTED against numpy's relu(x·W + b) in float64: float32
 # round-off of 64 products and a sum (≈ 1e-6 relative); 1e-5 of the largest value leaves 10×.
@@ -31,7 +31,7 @@ def x(digits):
 
 
 def test_intermediate_tensors_of_the_float_twin_are_the_layers_outputs(files, x, outlier_case):
-    from pipeline.model import load_model
+    from pipeline.models.model import load_model
 
     float_path, _ = files
     info = read_tflite(float_path)

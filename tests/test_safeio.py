@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from pipeline.errors import ModelError
-from pipeline.safeio import MAX_JSON_DEPTH, json_depth, loads_json, zip_json
+from pipeline.core.errors import ModelError
+from pipeline.core.safeio import MAX_JSON_DEPTH, json_depth, loads_json, zip_json
 
 
 def _nested(depth: int) -> str:

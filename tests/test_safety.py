@@ -71,9 +71,9 @@ def files(tmp_path_factory):
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from pipeline.config import ExportConfig
-    from pipeline.convert import convert
-    from pipeline.tfenv import keras, set_determinism
+    from pipeline.core.config import ExportConfig
+    from pipeline.core.tfenv import keras, set_determinism
+    from pipeline.tflite.convert import convert
 
     k = keras()
     d = tmp_path_factory.mktemp("safety")
@@ -168,7 +168,7 @@ def _artifacts(tmp_path, files, members):
 
 
 def test_lambda_payload_is_live(files, marker):
-    from pipeline.tfenv import keras
+    from pipeline.core.tfenv import keras
 
     d, _ = files
     keras().models.load_model(d / "lambda.keras", safe_mode=False, compile=False)
@@ -177,7 +177,7 @@ def test_lambda_payload_is_live(files, marker):
 
 
 def test_hdf5_and_polyglot_payloads_are_live(files, marker):
-    from pipeline.tfenv import keras
+    from pipeline.core.tfenv import keras
 
     d, _ = files
     for name in ("lambda.h5", "polyglot.model"):
@@ -442,7 +442,7 @@ def test_corrupted_tflite_files_are_refused(files, tmp_path, command):
 
 def test_beta0_softmax_passes_the_structural_check(files):
     """The file the next test feeds to verify is well-formed: only an interpreter can object."""
-    from pipeline.tflite_file import read_tflite
+    from pipeline.tflite.file import read_tflite
 
     info = read_tflite(files[0] / "beta0.tflite")
     assert [o.op for o in info.operators] == ["FULLY_CONNECTED", "FULLY_CONNECTED", "SOFTMAX"]
@@ -485,7 +485,7 @@ def test_a_model_that_aborts_the_reference_kernels_is_exit_2(files, tmp_path):
 def test_the_abort_is_a_model_crashed_in_process(files):
     """In this very process: the reference kernels would abort pytest, the runtime's child dies
     instead; the XNNPACK kernels accept the file and run it."""
-    from pipeline.errors import ModelCrashed
+    from pipeline.core.errors import ModelCrashed
     from pipeline.runtimes import host
 
     path = files[0] / "beta0.tflite"
@@ -518,9 +518,9 @@ def test_a_model_that_crashes_tflm_is_exit_2_not_a_failed_gate(files, tmp_path):
 def test_a_model_that_ran_on_no_target_fails_the_gate(files, tmp_path):
     """TFLM refuses float16 weights (their DEQUANTIZE) in Prepare, cleanly; with no other target
     the file ran nowhere, which is no evidence of anything: exit 1 naming it, never a PASS."""
-    from pipeline.config import ExportConfig
-    from pipeline.export import convert
-    from pipeline.model import load_model
+    from pipeline.core.config import ExportConfig
+    from pipeline.models.model import load_model
+    from pipeline.stages.export import convert
 
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})
     path = tmp_path / "float16.tflite"

@@ -18,7 +18,7 @@ from test_device_runner import (
 )
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
+from pipeline.core.errors import ModelCrashed, ModelError, TargetUnavailable
 from pipeline.runtimes import device_runner as dr
 from pipeline.runtimes.served import ServedRunner, how_it_ended
 

@@ -18,7 +18,7 @@ import pytest
 from test_device_runner import N_CLASSES, N_FEATURES, build_tiny_models, quantized_inputs
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.errors import BnpipeError, ModelError, TargetUnavailable
+from pipeline.core.errors import BnpipeError, ModelError, TargetUnavailable
 from pipeline.runtimes import device_runner as dr
 from pipeline.runtimes.ssh import SshRuntime, parse_spec
 

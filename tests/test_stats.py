@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from pipeline.stats import Z95, compare, mcnemar_exact, wilson_interval
+from pipeline.analysis.stats import Z95, compare, mcnemar_exact, wilson_interval
 
 # Newcombe (1998), "Two-sided confidence intervals for the single proportion: comparison of seven
 # methods", Statistics in Medicine 17:857–872, Table I, method 3 (Wilson score, no continuity

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import digits_idx
 
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 
 
 def _collect(dataset):
@@ -22,8 +22,8 @@ def _rows(x, y):
 
 @pytest.mark.parametrize("gzipped", [False, True])
 def test_idx_directory_streams_the_split_and_scaling_of_load_dataset(tf, tmp_path, gzipped):
-    from pipeline.data import load_dataset
-    from pipeline.stream import IdxStream, open_source
+    from pipeline.data.dataset import load_dataset
+    from pipeline.training.stream import IdxStream, open_source
 
     spec = str(digits_idx(tmp_path / "idx", gzipped))
     source = open_source(TrainConfig(data=spec, seed=3))
@@ -52,7 +52,7 @@ def test_idx_directory_streams_the_split_and_scaling_of_load_dataset(tf, tmp_pat
 
 
 def test_streamed_fingerprint_is_the_data_not_the_compression(tf, tmp_path):
-    from pipeline.stream import open_source
+    from pipeline.training.stream import open_source
 
     plain = open_source(TrainConfig(data=str(digits_idx(tmp_path / "a"))))
     packed = open_source(TrainConfig(data=str(digits_idx(tmp_path / "b", gzipped=True))))
@@ -61,9 +61,9 @@ def test_streamed_fingerprint_is_the_data_not_the_compression(tf, tmp_path):
 
 
 def test_idx_files_of_other_types_or_damaged_are_read_whole_by_data_py(tf, tmp_path):
-    from pipeline.data import load_dataset
-    from pipeline.errors import DataError
-    from pipeline.stream import MemorySource, open_source
+    from pipeline.core.errors import DataError
+    from pipeline.data.dataset import load_dataset
+    from pipeline.training.stream import MemorySource, open_source
 
     wide = str(digits_idx(tmp_path / "int16", dtype=np.int16))
     source = open_source(TrainConfig(data=wide))

@@ -7,9 +7,9 @@ import pytest
 
 @pytest.mark.parametrize("bn", ["keras", "custom"])
 def test_sync_model_starts_from_build_mlps_initial_weights(keras, bn):
-    from pipeline.model import build_mlp
-    from pipeline.syncbn import build_from_specs, sync_bn_classes, sync_layer_specs
-    from pipeline.tfenv import set_determinism
+    from pipeline.core.tfenv import set_determinism
+    from pipeline.models.model import build_mlp
+    from pipeline.training.syncbn import build_from_specs, sync_bn_classes, sync_layer_specs
 
     set_determinism(5)
     plain = build_mlp(64, 10, (16, 16), bn)
@@ -23,7 +23,7 @@ def test_sync_model_starts_from_build_mlps_initial_weights(keras, bn):
 
 
 def test_replica_moments_outside_a_strategy_is_tf_nn_moments(tf):
-    from pipeline.syncbn import replica_moments
+    from pipeline.training.syncbn import replica_moments
 
     x = tf.constant(np.random.default_rng(0).normal(3.0, 2.0, (37, 5)).astype(np.float32))
     for got, want in zip(replica_moments(x), tf.nn.moments(x, axes=[0]), strict=True):

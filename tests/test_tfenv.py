@@ -2,7 +2,7 @@
 
 import os
 
-from pipeline.tfenv import NATIVE_NOISE, native_noise_filtered
+from pipeline.core.tfenv import NATIVE_NOISE, native_noise_filtered
 
 
 def test_native_noise_is_dropped_and_real_messages_pass(capfd):

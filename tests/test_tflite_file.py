@@ -10,12 +10,12 @@ from ai_edge_litert import schema_py_generated as fb
 from ai_edge_litert.tools import flatbuffer_utils
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.config import EXPORT_MODES
-from pipeline.errors import ModelError
-from pipeline.files import tflite_name
-from pipeline.quantize import to_input
+from pipeline.core.config import EXPORT_MODES
+from pipeline.core.errors import ModelError
+from pipeline.core.quantize import to_input
 from pipeline.runtimes.host import HostRuntime
-from pipeline.tflite_file import (
+from pipeline.store.files import tflite_name
+from pipeline.tflite.file import (
     METADATA_NAME,
     parse_tflite,
     quant_params,
@@ -254,7 +254,7 @@ def test_read_tflite_refuses_what_is_not_a_regular_file_before_opening_it(tmp_pa
 
 
 def test_read_tflite_reads_no_more_than_its_limit(tmp_path, monkeypatch):
-    from pipeline import tflite_file
+    from pipeline.tflite import file as tflite_file
 
     path = tmp_path / "big.tflite"
     path.write_bytes(b"\0" * 100)
@@ -269,7 +269,7 @@ def test_read_tflite_reads_no_more_than_its_limit(tmp_path, monkeypatch):
 def test_buffer_spans_are_the_weights_bytes(int8_bytes):
     """Every span holds exactly one buffer's data, as the object API reads it, and the spans do not
     overlap: what lies outside them is the model's structure."""
-    from pipeline.tflite_file import buffer_spans
+    from pipeline.tflite.file import buffer_spans
 
     spans = buffer_spans(int8_bytes)
     model = fb.ModelT.InitFromPackedBuf(bytearray(int8_bytes), 0)
@@ -285,7 +285,7 @@ def test_buffer_spans_are_the_weights_bytes(int8_bytes):
 
 
 def _slot_classes():
-    from pipeline import tflite_file as tf_file
+    from pipeline.tflite import file as tf_file
 
     return [
         (tf_file._Model, fb.Model),
@@ -319,7 +319,7 @@ def test_field_slots_match_the_generated_schema(ours, generated):
 def _from_object_api(data: bytes, name: str):
     """What parse_tflite must return, computed independently: the whole model unpacked by the
     flatbuffers object API (ModelT), then read field by field. Raises whatever the API raises."""
-    from pipeline.tflite_file import OperatorInfo, TensorInfo, TfliteInfo
+    from pipeline.tflite.file import OperatorInfo, TensorInfo, TfliteInfo
 
     def text(v):
         return v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "")

@@ -6,7 +6,7 @@ import pytest
 from test_runtimes_host import N_CLASSES, N_FEATURES, features, model_inputs, tiny_models
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
-from pipeline.errors import ModelError
+from pipeline.core.errors import ModelError
 from pipeline.runtimes import tflm
 from pipeline.runtimes.host import HostRuntime
 from pipeline.runtimes.tflm import ARENA_START, TflmRuntime, find_arena, try_arena
@@ -172,7 +172,7 @@ def test_a_model_that_crashes_tflm_is_that_models_error_and_the_next_gets_a_fres
     """TFLM builds the model with a 8,256-wide hidden tensor in 16 KiB and then writes past its
     buffers at the first invoke: the child dies by SIGSEGV, which is a ModelCrashed for that model
     (exit 2, never one target's failure); the next model runs in a fresh child."""
-    from pipeline.errors import ModelCrashed
+    from pipeline.core.errors import ModelCrashed
 
     path = _with_hidden_shape(models, tmp_path, 8 + 256 * 32)
     x = model_inputs(models["int8"], features(3))
@@ -193,7 +193,7 @@ def test_a_model_that_crashes_tflm_while_it_is_built_is_tried_once_more_at_the_l
     is a ModelCrashed after two tries, not a walk through every size."""
     from test_device_runner import build_crashing_model
 
-    from pipeline.errors import ModelCrashed
+    from pipeline.core.errors import ModelCrashed
 
     path = build_crashing_model(tmp_path)
     with TflmRuntime() as runtime, pytest.raises(ModelCrashed) as info:
@@ -275,10 +275,10 @@ def test_reshape_and_dilated_convolutions_run_under_tflm(tmp_path, keras, mode, 
     SPACE_TO_BATCH_ND around it: TFLM cannot prepare the first and got the second wrong (NaN
     with "valid"). bnpipe's conversion makes each one operator, and TFLM then computes what the
     reference kernels compute."""
-    from pipeline.config import ExportConfig
-    from pipeline.convert import convert
-    from pipeline.quantize import to_input
-    from pipeline.tflite_file import parse_tflite, quant_params
+    from pipeline.core.config import ExportConfig
+    from pipeline.core.quantize import to_input
+    from pipeline.tflite.convert import convert
+    from pipeline.tflite.file import parse_tflite, quant_params
 
     keras.utils.set_random_seed(3)
     model = keras.Sequential(
@@ -308,8 +308,8 @@ def test_reshape_and_dilated_convolutions_run_under_tflm(tmp_path, keras, mode, 
 def test_an_operator_tflm_lacks_is_named_at_once(tmp_path, keras):
     """GELU runs under LiteRT but TFLM has no kernel for it: the error names it, after one
     child (no arena size would help), not as an arena the model does not fit."""
-    from pipeline.config import ExportConfig
-    from pipeline.convert import convert
+    from pipeline.core.config import ExportConfig
+    from pipeline.tflite.convert import convert
 
     model = keras.Sequential(
         [keras.Input((N_FEATURES,)), keras.layers.Dense(N_CLASSES, activation="gelu")]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from helpers import keras_weights
 
-from pipeline.artifacts import TMP_PREFIX, sha256_file
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
+from pipeline.store.artifacts import TMP_PREFIX, sha256_file
 
 
 @pytest.mark.parametrize("fixture", ["trained", "trained_custom"])
 def test_same_seed_gives_identicalkeras_weights(request, fixture, tmp_path):
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     config, first = request.getfixturevalue(fixture)
     second = train(config, tmp_path, quiet=True)
@@ -28,7 +28,7 @@ def test_same_seed_gives_identicalkeras_weights(request, fixture, tmp_path):
 def test_different_seed_gives_differentkeras_weights(trained, tmp_path):
     import dataclasses
 
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     config, first = trained
     other = train(dataclasses.replace(config, seed=1), tmp_path, quiet=True)
@@ -40,7 +40,7 @@ def test_different_seed_gives_differentkeras_weights(trained, tmp_path):
 
 
 def test_train_json_records_config_history_accuracy_versions_and_hash(trained, digits):
-    from pipeline.model import load_model
+    from pipeline.models.model import load_model
 
     config, result = trained
     out = result.model_path.parent
@@ -81,7 +81,7 @@ def test_train_json_records_config_history_accuracy_versions_and_hash(trained, d
 
 
 def test_train_with_custom_bn(trained_custom):
-    from pipeline.model import custom_bn_class, load_model
+    from pipeline.models.model import custom_bn_class, load_model
 
     config, result = trained_custom
     rec = json.loads(result.record_path.read_text())
@@ -97,8 +97,8 @@ def test_train_with_custom_bn(trained_custom):
 
 
 def test_train_bad_data_writes_nothing(tmp_path):
-    from pipeline.errors import DataError
-    from pipeline.train import train
+    from pipeline.core.errors import DataError
+    from pipeline.stages.train import train
 
     with pytest.raises(DataError):
         train(
@@ -123,7 +123,7 @@ def test_train_bad_data_writes_nothing(tmp_path):
     ],
 )
 def test_train_config_validates_on_construction(kwargs, message):
-    from pipeline.errors import BnpipeError
+    from pipeline.core.errors import BnpipeError
 
     with pytest.raises(BnpipeError) as info:
         TrainConfig(**kwargs)
@@ -150,7 +150,7 @@ def _reference_shift(x: np.ndarray, moves: np.ndarray) -> np.ndarray:
 
 
 def test_shifted_matches_a_numpy_reference(tf):
-    from pipeline.train import shift_draws, shifted
+    from pipeline.stages.train import shift_draws, shifted
 
     x = np.random.default_rng(0).random((40, 20, 17, 2), dtype=np.float32)
     moves = shift_draws(0, 3, len(x), 2)
@@ -162,15 +162,15 @@ def test_shifted_matches_a_numpy_reference(tf):
 
 
 def _batches(x, y, **options):
-    from pipeline.train import _epoch_batches
+    from pipeline.stages.train import _epoch_batches
 
     config = TrainConfig(**{"epochs": 2, "batch_size": 16, "seed": 0, **options})
     return [(np.asarray(a), np.asarray(b)) for a, b in _epoch_batches(x, y, config, 0)]
 
 
 def test_epoch_batches_shift_images_per_seed_and_epoch_and_leave_the_rest(tf):
-    from pipeline.data import epoch_order
-    from pipeline.train import shift_draws
+    from pipeline.data.dataset import epoch_order
+    from pipeline.stages.train import shift_draws
 
     rng = np.random.default_rng(1)
     x = rng.random((40, 16, 16, 1), dtype=np.float32)
@@ -251,8 +251,8 @@ def test_interrupted_training_resumes_to_the_uninterruptedkeras_weights(tmp_path
     from click.testing import CliRunner
 
     from pipeline.cli import cli
-    from pipeline.files import RESUME_DIR
-    from pipeline.train import train
+    from pipeline.stages.train import train
+    from pipeline.store.files import RESUME_DIR
 
     out = tmp_path / "interrupted"
     ckpts = out / RESUME_DIR
@@ -309,9 +309,9 @@ def test_ctrl_c_just_after_a_checkpoint_rename_leaves_one_checkpoint(tmp_path, m
     import os
     import signal
 
-    from pipeline.checkpoints import latest
-    from pipeline.checkpoints import save as save_checkpoint
-    from pipeline.model import build_mlp, compile_model
+    from pipeline.models.model import build_mlp, compile_model
+    from pipeline.training.checkpoints import latest
+    from pipeline.training.checkpoints import save as save_checkpoint
 
     config = TrainConfig(**{**RESUME, "epochs": 2})
     model = compile_model(build_mlp(64, 10, config.hidden, "keras"), config.learning_rate)
@@ -339,12 +339,12 @@ def test_ctrl_c_just_after_a_checkpoint_rename_leaves_one_checkpoint(tmp_path, m
 def test_resume_refuses_a_checkpoint_of_other_options(tmp_path):
     import dataclasses
 
-    from pipeline.checkpoints import save as save_checkpoint
-    from pipeline.data import load_dataset
-    from pipeline.errors import ArtifactError
-    from pipeline.files import RESUME_DIR
-    from pipeline.model import build_mlp, compile_model
-    from pipeline.train import train
+    from pipeline.core.errors import ArtifactError
+    from pipeline.data.dataset import load_dataset
+    from pipeline.models.model import build_mlp, compile_model
+    from pipeline.stages.train import train
+    from pipeline.store.files import RESUME_DIR
+    from pipeline.training.checkpoints import save as save_checkpoint
 
     config = TrainConfig(**{**RESUME, "epochs": 2})
     ds = load_dataset("digits", seed=config.seed)
@@ -361,7 +361,7 @@ def test_resume_refuses_a_checkpoint_of_other_options(tmp_path):
 
 
 def test_resume_without_a_checkpoint_trains_from_the_start(tmp_path):
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     notes = []
     res = train(
@@ -389,9 +389,9 @@ def article3(k3, digits, tmp_path_factory):
 def test_import_copies_the_model_and_scores_it_in_its_own_keras(article3, k3, digits, tmp_path):
     import json
 
-    from pipeline.artifacts import sha256_file
-    from pipeline.keras3 import load_keras3
-    from pipeline.train import train
+    from pipeline.models.keras3 import load_keras3
+    from pipeline.stages.train import train
+    from pipeline.store.artifacts import sha256_file
 
     config = TrainConfig(model=str(article3))
     result = train(config, tmp_path, quiet=True)
@@ -413,8 +413,8 @@ def test_import_copies_the_model_and_scores_it_in_its_own_keras(article3, k3, di
     [("lstm", "'lstm' (LSTM)"), ("embedding", "'embedding' (Embedding)")],
 )
 def test_import_refuses_a_layer_it_cannot_export_before_writing(k3, tmp_path, layer, shown):
-    from pipeline.errors import ModelError
-    from pipeline.train import train
+    from pipeline.core.errors import ModelError
+    from pipeline.stages.train import train
 
     L = k3.layers
     if layer == "lstm":
@@ -436,8 +436,8 @@ def test_import_refuses_a_layer_it_cannot_export_before_writing(k3, tmp_path, la
 
 
 def test_import_reshapes_data_to_the_model_and_names_both_shapes_when_it_cannot(k3, tmp_path):
-    from pipeline.errors import DataError
-    from pipeline.train import train
+    from pipeline.core.errors import DataError
+    from pipeline.stages.train import train
 
     L = k3.layers
     image = tmp_path / "image.keras"

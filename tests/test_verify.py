@@ -12,17 +12,17 @@ from helpers import assert_one_line_error
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is first imported)
 from pipeline.cli import cli
-from pipeline.config import EXPORT_MODES, ExportConfig, TrainConfig, VerifyConfig
-from pipeline.errors import GateFailed
-from pipeline.export import run_export
-from pipeline.files import tflite_name
-from pipeline.fold import run_fold
-from pipeline.quantize import to_input
+from pipeline.core.config import EXPORT_MODES, ExportConfig, TrainConfig, VerifyConfig
+from pipeline.core.errors import GateFailed
+from pipeline.core.quantize import to_input
 from pipeline.runtimes.host import HostRuntime
 from pipeline.runtimes.tflm import TflmRuntime
-from pipeline.tflite_file import quant_params, read_tflite
-from pipeline.train import train
-from pipeline.verify import ModelInputs, run_verify, softmax_gain
+from pipeline.stages.export import run_export
+from pipeline.stages.fold import run_fold
+from pipeline.stages.train import train
+from pipeline.stages.verify import ModelInputs, run_verify, softmax_gain
+from pipeline.store.files import tflite_name
+from pipeline.tflite.file import quant_params, read_tflite
 
 TARGETS = "host,host-ref,tflm"
 INTEGER_MODES = ("int8", "ptq-int8", "ptq-int16x8")
@@ -117,8 +117,8 @@ def test_lsb_columns_filled_for_integer_models_only(record):
 def test_lsb_gate_passes_optimized_kernels_by_and_reports_them(record):
     """An XNNPACK row whose distance exceeds the allowance still passes (its accuracy and
     agreement are gated); the report says the figure is not gated."""
-    from pipeline.report import verify_markdown
-    from pipeline.verify import bit_exact
+    from pipeline.report.markdown import verify_markdown
+    from pipeline.stages.verify import bit_exact
 
     assert bit_exact({"kernels": "builtin_ref", "reference": True})
     assert bit_exact({"kernels": "tflm"})

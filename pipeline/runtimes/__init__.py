@@ -50,7 +50,7 @@ def check_outputs(target: str, path, info, outputs: np.ndarray, n: int) -> None:
     """ModelError unless `outputs` are n rows of the output features the file declares (info: its
     TfliteInfo; where it declares them): a model whose kernels make another shape is damaged, and
     the callers index its outputs by the declared shape."""
-    from pipeline.errors import ModelError
+    from pipeline.core.errors import ModelError
 
     declared = info.output_tensor().shape[1:]
     shape = tuple(outputs.shape)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelError, TargetUnavailable
+from pipeline.core.errors import ModelError, TargetUnavailable
 from pipeline.runtimes import RunResult
 from pipeline.runtimes.served import RUNNER_EXIT_BAD_INPUT, ServedRunner, last_error_line
 

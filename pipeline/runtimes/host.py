@@ -12,7 +12,7 @@ this python, started on the first request (or by start()) and kept for every mod
 The host runs exactly the code a board runs. A model that crashes the child is that model's
 ModelCrashed (exit 2) and the next request gets a fresh child; the child's data memory is capped
 (MEMORY_LIMIT) and every request bounded in time (TIMEOUT_S). Inputs and outputs cross as .npy
-files in a temporary directory. Every model file is parsed by `pipeline.tflite_file` first: a
+files in a temporary directory. Every model file is parsed by `pipeline.tflite.file` first: a
 malformed flatbuffer is a ModelError in Python and never starts LiteRT.
 
 bench's figures come from the child too: bench() (device_runner.bench, one configuration at a
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
+from pipeline.core.errors import ModelCrashed, ModelError, TargetUnavailable
 from pipeline.runtimes import RunResult, check_outputs
 from pipeline.runtimes.served import ServedRunner, how_it_ended, last_error_line
-from pipeline.tflite_file import TfliteInfo, parse_tflite, read_model_bytes
+from pipeline.tflite.file import TfliteInfo, parse_tflite, read_model_bytes
 
 INSTALL_HINT = "pip install ai-edge-litert"
 RUNNER = Path(__file__).with_name("device_runner.py")

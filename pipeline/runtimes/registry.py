@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pipeline.errors import BnpipeError, TargetUnavailable
+from pipeline.core.errors import BnpipeError, TargetUnavailable
 
 TARGETS = ("host", "host-ref", "tflm", "arm64")
 DEFAULT_TARGETS = ("host", "host-ref", "tflm", "arm64")  # every target that needs no address

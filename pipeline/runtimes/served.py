@@ -29,7 +29,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
+from pipeline.core.errors import ModelCrashed, ModelError, TargetUnavailable
 
 # device_runner.py's exit codes (kept in step with EXIT_INTERNAL / EXIT_BAD_INPUT / EXIT_NO_LITERT).
 RUNNER_EXIT_INTERNAL = 1

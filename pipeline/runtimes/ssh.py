@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import BnpipeError, TargetUnavailable
+from pipeline.core.errors import BnpipeError, TargetUnavailable
 from pipeline.runtimes import RunResult
 from pipeline.runtimes.arm64 import RUNNER, bench_options, last_error_line, model_file, runner_json
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelError, TargetUnavailable
+from pipeline.core.errors import ModelError, TargetUnavailable
 
 RUNNER = Path(__file__).resolve().parent / "tensor_runner.py"
 # A run of bnpipe's models takes seconds; a child still busy after this long is stuck.

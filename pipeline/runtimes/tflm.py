@@ -51,10 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ModelCrashed, ModelError, TargetUnavailable
+from pipeline.core.errors import ModelCrashed, ModelError, TargetUnavailable
 from pipeline.runtimes import RunResult, check_outputs
 from pipeline.runtimes.served import ServedRunner, last_error_line
-from pipeline.tflite_file import read_tflite
+from pipeline.tflite.file import read_tflite
 
 ARENA_START = 16 * 1024  # small MLPs fit in one try (the tests' 16→8→4 MLP needs < 2 KiB)
 ARENA_LIMIT = 4 * 1024 * 1024  # more SRAM than any microcontroller TFLM targets; beyond it, give up

@@ -1,0 +1,180 @@
+"""The `bnpipe` command group: exit codes, the options every command shares, progress output.
+
+Nothing here imports TensorFlow at module level (see pipeline/cli/__init__.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.core.errors import BUG_EXIT_CODE, DEBUG_ENV, BnpipeError, GateFailed, Terminated
+from pipeline.core.interrupts import raise_pending
+
+ARTIFACTS_HELP = "Artifacts directory [default: $BNPIPE_ARTIFACTS or ./artifacts]."
+WAIT_HELP = "If another bnpipe is writing the artifacts dir, wait for it [or $BNPIPE_WAIT=1]."
+
+
+class Fail(click.ClickException):
+    """Prints `Error: <message>` on stderr and exits with the code given."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.exit_code = code
+
+
+class BnpipeGroup(click.Group):
+    """Maps bnpipe's exceptions to the contract's exit codes: 2 bad input, 1 gate, 130 Ctrl-C,
+    BUG_EXIT_CODE for any other exception (a bug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (BnpipeError, GateFailed) as exc:
+            raise Fail(one_line(exc), exc.exit_code) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # Click's own: usage errors, --help, --version
+        except BrokenPipeError:
+            raise  # output piped into `head`: Click ends quietly
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # anywhere a path the user gave is looked at
+                raise Fail(name_too_long(exc.filename), 2) from None
+            raise internal_error(exc, ctx.params.get("debug", False)) from None
+        except Exception as exc:
+            raise internal_error(exc, ctx.params.get("debug", False)) from None
+        except KeyboardInterrupt as exc:
+            saved = str(exc)
+            what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+            click.echo(
+                f"{what}: {saved}."
+                if saved
+                else f"{what}: artifacts are as they were before this stage.",
+                err=True,
+            )
+            raise click.exceptions.Exit(getattr(exc, "exit_code", 130)) from None
+
+
+def name_too_long(path) -> str:
+    shown = str(path)
+    shown = shown if len(shown) <= 80 else f"{shown[:40]}…{shown[-30:]}"
+    return (
+        f"the path {shown!r} ({len(str(path)):,} characters) is too long for the file system "
+        "(at most 255 a name)"
+    )
+
+
+def one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def internal_error(exc: Exception, debug: bool) -> click.exceptions.Exit:
+    """An unexpected exception: one line on stderr (the traceback too when debugging)."""
+    what = type(exc).__name__ + (f": {one_line(exc)[:300]}" if str(exc).strip() else "")
+    if debug:
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        hint = "the traceback is above"
+    else:
+        hint = f"rerun as `bnpipe --debug …` or with {DEBUG_ENV}=1 for the traceback"
+    click.echo(f"Internal error: {what} (a bug in bnpipe: {hint})", err=True)
+    return click.exceptions.Exit(BUG_EXIT_CODE)
+
+
+def _remember_wait(ctx, param, value):
+    ctx.meta["bnpipe.wait"] = value
+
+
+def artifacts_option(f):
+    """--artifacts DIR (a str: an empty one is refused, not taken as the current directory), and
+    --wait, which every command that writes the artifacts dir takes (kept in ctx.meta)."""
+    f = click.option(
+        "--wait",
+        is_flag=True,
+        envvar="BNPIPE_WAIT",
+        expose_value=False,
+        callback=_remember_wait,
+        help=WAIT_HELP,
+    )(f)
+    return click.option(
+        "--artifacts",
+        "artifacts",
+        type=click.Path(file_okay=False),
+        default=None,
+        help=ARTIFACTS_HELP,
+    )(f)
+
+
+def c_array_option(f):
+    return click.option(
+        "--c-array",
+        type=click.Choice(["c++", "c"]),
+        is_flag=False,
+        flag_value="c++",
+        default=None,
+        help="Also write each integer model as a C++ (or, with `--c-array c`, C) source and "
+        "header for a microcontroller's build, with the TFLM tensor arena it needs.",
+    )(f)
+
+
+def quiet_option(f):
+    return click.option("--quiet", "-q", is_flag=True, help="No progress output.")(f)
+
+
+def progress(message: str) -> None:
+    raise_pending()  # a Ctrl-C a finalizer swallowed stops the stage here, not at its commit
+    click.echo(f"… {message}", err=True)
+
+
+def note(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def make_request(artifacts: Path | None, quiet: bool = False, say=None, **fields):
+    """A stages.Request for the artifacts dir (resolved as DESIGN.md says) and these fields.
+
+    `say` defaults to progress lines on stderr, none when quiet."""
+    from pipeline.run.table import Request
+    from pipeline.store.artifacts import artifacts_dir
+
+    say = say or ((lambda m: None) if quiet else progress)
+    wait = click.get_current_context().meta.get("bnpipe.wait", False)
+    return Request(out=artifacts_dir(artifacts), quiet=quiet, wait=wait, say=say, **fields)
+
+
+def execute(name: str, config, request):
+    from pipeline.run import table
+
+    return table.execute(name, config, request)
+
+
+def ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BnpipeError(f"{option} takes comma-separated integers; got {text!r}") from None
+
+
+def names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(t for t in text.split(",") if t) if text else None
+
+
+@click.group(cls=BnpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bnpipe", prog_name="bnpipe")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar=DEBUG_ENV,
+    help=f"Show the traceback of an internal error (a bug) [or ${DEBUG_ENV}=1].",
+)
+def cli(debug):
+    """bnpipe: train a Keras classifier with batch normalization, fold the BN into its Dense
+    layers, quantize it to int8 TFLite, and verify it on the runtimes it will ship to.
+
+    Stages: train → fold → export → verify → bench (`bnpipe run` does all of them).
+
+    Example: bnpipe train --data digits && bnpipe fold
+    """

@@ -1,0 +1,148 @@
+"""`bnpipe run`: train → fold → export → verify → bench, skipping what is already up to date.
+
+Each stage's inputs (sha256 of the files it reads, or the data source's fingerprint),
+parameters and outputs are recorded in manifest.json; a stage reruns only when one of them
+changed (or with `force`). The stages run through the same table and transaction as the single
+stage commands (stages.execute). The exit code is verify's: 0 every gate holds, 1 a gate failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.core.config import RunConfig
+from pipeline.core.errors import BnpipeError, GateFailed
+from pipeline.run.table import STAGES, Request, execute
+from pipeline.runtimes.registry import check_name
+from pipeline.store import artifacts, files
+from pipeline.store.lock import writer_lock
+from pipeline.store.manifest import Manifest
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    ran: bool
+    seconds: float
+    note: str = ""
+
+
+@dataclass
+class RunResult:
+    stages: list[StageOutcome]
+    exit_code: int
+    summary: str
+    failures: list[str] = field(default_factory=list)
+
+
+def run_all(
+    out: Path,
+    config: RunConfig = RunConfig(),
+    *,
+    force: bool = False,
+    say: Callable[[str], None] = print,
+    quiet: bool = True,
+    wait: bool = False,
+) -> RunResult:
+    """Every stage in turn, each skipped when up to date, each committed as a whole: Ctrl-C
+    keeps the stages that finished and drops the one that was running. The artifacts dir is
+    locked for the whole run (`wait`: see lock.writer_lock), so no other writer slips in
+    between two stages."""
+    with writer_lock(out, wait=wait, say=say):
+        return _run_locked(out, config, force, say, quiet)
+
+
+def _run_locked(
+    out: Path, config: RunConfig, force: bool, say: Callable[[str], None], quiet: bool
+) -> RunResult:
+    if not force:
+        Manifest(out).check_outputs()  # a file a stage wrote and someone changed since: refuse
+    for target in (*(config.verify.targets or ()), *config.bench.targets):
+        check_name(target)  # a typo in [verify] or [bench] is refused before train runs
+    # resume="auto": a run interrupted in training continues from its last epoch (same weights).
+    request = Request(out=out, resume="auto", quiet=quiet, say=say)
+    outcomes: list[StageOutcome] = []
+    failures: list[str] = []
+    for name, stage in STAGES.items():
+        stage_config = getattr(config, name)
+        inputs = stage.inputs(stage_config, out)
+        if not force and Manifest(out).up_to_date(name, inputs, stage_config):
+            outcomes.append(StageOutcome(name, False, 0.0, "up to date"))
+            say(f"{name}: up to date, skipped")
+            continue
+        _refuse_multi_worker(name, stage_config)
+        say(f"{name}: running")
+        t0 = time.time()
+        try:
+            execute(name, stage_config, request)
+            note = "passed" if name == "verify" else ""
+        except GateFailed as exc:  # the reports landed; bench still runs
+            failures.extend(exc.failures)
+            note = "gate failed"
+        outcomes.append(StageOutcome(name, True, time.time() - t0, note))
+    record = artifacts.read_json(out / files.VERIFY_RECORD)
+    failures = failures or record.get("failures", [])
+    code = 0 if record.get("passed") else 1
+    return RunResult(outcomes, code, summarize(out, outcomes), failures)
+
+
+def _refuse_multi_worker(name: str, config) -> None:
+    """One `run` cannot start the other workers; it takes the training they did together."""
+    if name == "train" and config.strategy == "multi-worker":
+        raise BnpipeError(
+            "[train] strategy is multi-worker but this artifacts dir holds no training with "
+            "these options; run `bnpipe train --strategy multi-worker` (same options) on every "
+            "worker first, then `bnpipe run` on the chief's artifacts dir"
+        )
+
+
+def summarize(out: Path, outcomes: list[StageOutcome]) -> str:
+    """One table: accuracy per model and target, size, latency and throughput ratios, verdict."""
+    from pipeline.report.markdown import md_table
+
+    v = artifacts.read_json(out / files.VERIFY_RECORD)
+    bench_path = out / files.BENCH_RECORD
+    b = artifacts.read_json(bench_path) if bench_path.is_file() else {"rows": [], "models": {}}
+    models = b.get("models", {})
+    lat = {r["model"]: r for r in b["rows"] if r.get("threads") == 1 and r["batch"] == 1}
+    bmax = max((r["batch"] for r in b["rows"]), default=1)
+    tmax = max(b.get("threads_used", [1]))
+    thr = {r["model"]: r for r in b["rows"] if r["batch"] == bmax and r.get("threads") == tmax}
+    by_model: dict[str, list[str]] = {}
+    for r in v["rows"]:
+        mark = "" if not r["failures"] else "✗"
+        by_model.setdefault(r["candidate"], []).append(
+            f"{r['target']} {100 * r['accuracy']:.2f}{mark}"
+        )
+    rows = [
+        [
+            name,
+            models.get(name, {}).get("bytes", "—"),
+            _ratio(lat.get(name), "latency_ratio"),
+            _ratio(thr.get(name), "throughput_ratio"),
+            ", ".join(accs),
+        ]
+        for name, accs in by_model.items()
+    ]
+    verdict = "PASS: fit to ship" if v.get("passed") else "FAIL: not fit to ship"
+    stages = ", ".join(
+        f"{o.stage} {f'{o.seconds:.1f} s' if o.ran else 'skipped'}" for o in outcomes
+    )
+    headers = [
+        "model",
+        "bytes",
+        "batch-1 latency ÷ float32",
+        f"throughput ÷ float32 (batch {bmax})",
+        "accuracy % per target",
+    ]
+    return (
+        f"original {files.MODEL}: {100 * v['reference']['accuracy']:.2f} % on {v['n']} test "
+        "samples\n" + md_table(headers, rows, "lrrrl") + f"\nverdict: {verdict}\nstages: {stages}\n"
+    )
+
+
+def _ratio(row: dict | None, key: str) -> str:
+    return f"{row[key]:.2f}×" if row and key in row else "—"
