@@ -39,7 +39,7 @@ def tf(keras):
 @pytest.fixture(scope="session")
 def k3(keras):
     """Keras 3 (`import keras`), imported after TensorFlow as bnpipe does it."""
-    from pipeline.models.keras3 import keras3
+    from pipeline.models.keras3_file import keras3
 
     return keras3()
 

@@ -92,7 +92,7 @@ def assert_one_line_error(result, message=None, code=2, fragment=None):
 
 def keras_weights(path: Path) -> list[tuple[str, np.ndarray]]:
     """(name, array) of every weight of the .keras model at `path`, in order."""
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     return [(w.name, w.numpy()) for w in load_model(path).weights]
 
@@ -275,7 +275,7 @@ def fold_sequential(keras, model):
     """A new Sequential with every BN that directly follows a Dense or convolution folded into it
     by foldmath's arithmetic; a minimal stand-in for fold.py's planner, for the CNN tests."""
     from pipeline.folding.maths import after_fold_blocker, bn_affine, fold_after_layer
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     config = model.get_config()
     entries, layers = config["layers"], model.layers  # entries[0] is the InputLayer

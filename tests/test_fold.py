@@ -123,14 +123,14 @@ def test_fold_params_zero_variance_without_epsilon_is_refused():
 def _bn(keras, kind, **kwargs):
     if kind == "keras":
         return keras.layers.BatchNormalization(**kwargs)
-    from pipeline.models.model import custom_bn_class
+    from pipeline.models.article import custom_bn_class
 
     return custom_bn_class()(**kwargs)
 
 
 def _randomize(model, seed=0):
     """Non-trivial BN statistics and Dense biases: γ with a zero and a negative entry, a tiny σ²."""
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -172,7 +172,7 @@ def _assert_unchanged(model, snapshot):
 
 
 def _assert_no_bn(model):
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     assert [layer.name for layer in model.layers if is_batch_norm(layer)] == []
 
@@ -565,7 +565,7 @@ def _inputs_for(model, n=16):
 
 @pytest.mark.parametrize("build,kind,reason", list(_refused_cases()))
 def test_fold_model_keeps_bn_it_cannot_fold_exactly(keras, build, kind, reason):
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
     from pipeline.stages.fold import fold_model
 
     model = _randomize(build(keras, kind))
@@ -692,7 +692,7 @@ def test_fold_model_leaves_a_foreign_layer_named_custombatchnorm_alone(keras, tf
 def test_run_fold_on_trained_model_writes_folded_model_and_record(
     request, fixture, bn_class, digits, tmp_path
 ):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
     from pipeline.stages.fold import run_fold
 
     _, result = request.getfixturevalue(fixture)
@@ -738,7 +738,7 @@ def test_run_fold_on_trained_model_writes_folded_model_and_record(
 
 
 def test_run_fold_warns_and_strict_refuses_and_writes_nothing(keras, tmp_path):
-    from pipeline.models.model import save_model
+    from pipeline.models.door import save_model
     from pipeline.stages.fold import run_fold
 
     src = save_model(
@@ -781,7 +781,7 @@ def test_run_fold_fails_beyond_tolerance_and_writes_nothing(trained, tmp_path):
 def test_run_fold_on_functional_layouts(keras, tmp_path, layout):
     # Regressions: the output check once assumed one output, and random check inputs once
     # assumed a flat (batch, features) input.
-    from pipeline.models.model import save_model
+    from pipeline.models.door import save_model
     from pipeline.stages.fold import run_fold
 
     k = keras

@@ -17,15 +17,13 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import ModelError
-from pipeline.models.keras3 import (
-    SUPPORTED_LAYERS,
+from pipeline.models.configcheck import SUPPORTED_LAYERS, saved_by
+from pipeline.models.keras3 import to_keras3, to_tf_keras
+from pipeline.models.keras3_file import load_keras3
+from pipeline.models.translation import (
     TRANSLATION_RTOL,
-    load_keras3,
     probe_inputs,
     save_keras3,
-    saved_by,
-    to_keras3,
-    to_tf_keras,
     translate_file,
     translation_check,
 )
@@ -209,7 +207,7 @@ def test_saved_by_and_import_need_no_tensorflow(saved):
     """In a fresh interpreter: importing the module and reading both files import no Keras or
     TensorFlow (bnpipe --help must stay fast)."""
     code = (
-        "import sys, pipeline.models.keras3 as k\n"
+        "import sys, pipeline.models.configcheck as k\n"
         f"print(k.saved_by({str(saved['mlp'])!r}), k.saved_by({str(saved['tf_keras'])!r}))\n"
         "heavy = {'tensorflow', 'keras', 'tf_keras'}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
@@ -709,7 +707,7 @@ def test_a_name_inside_and_outside_gets_the_inner_models_name_in_front(k3):
 def test_a_tf_keras_model_inside_a_model_is_refused_by_name(keras, tmp_path):
     """tf_keras files are loaded as they are, and a model is not a layer export converts: the
     refusal names it (Keras 3 files are flattened instead)."""
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     L = keras.layers
     inner = keras.Sequential([keras.Input((64,)), L.Dense(8), L.BatchNormalization()], name="inner")

@@ -56,7 +56,7 @@ def plan_fold(model) -> tuple[list[Plan], list[SkippedBN]]:
     Every BN-like layer of the model, nested models included, ends up in one of the two lists:
     none is kept silently (nor would `strict` let one through).
     """
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     graph = LayerGraph(model)
     objects = {layer.name: layer for layer in model.layers}
@@ -152,7 +152,7 @@ def _plan_before(graph: LayerGraph, bn, taken, objects) -> tuple[Plan | None, st
 def _other_bns(model, nested_in: str | None) -> list[SkippedBN]:
     """A SkippedBN for each BN the plan does not see: inside a nested model, or of a class (a
     BatchNormalization subclass) whose behaviour bnpipe cannot vouch for."""
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     found = []
     for layer in model.layers:

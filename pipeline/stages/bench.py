@@ -224,7 +224,7 @@ class _KerasBaseline:
 
     def __init__(self, path: Path, x: np.ndarray, config: BenchConfig):
         from pipeline.data.dataset import model_input_shape, shaped
-        from pipeline.models.model import load_reference
+        from pipeline.models.door import load_reference
 
         self.model = load_reference(path)  # in the Keras that saved it
         self.config = config

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.core.config import AUTO, AUTO_ORDER, INTEGER_MODES, MIXED, ExportConfig
 from pipeline.core.errors import ModelError
 from pipeline.core.tfenv import native_noise_filtered
-from pipeline.models.model import classify
+from pipeline.models.door import classify
 from pipeline.store import artifacts, files
 from pipeline.store.files import tflite_name
 from pipeline.tflite.convert import convert, qat_fine_tune
@@ -246,7 +246,7 @@ def _validation(job: _Job, model_path: Path):
     beside the folded model, in its own Keras (else the folded model, equal to it within the
     fold's tolerance)."""
     from pipeline.data.dataset import model_input_shape, shaped
-    from pipeline.models.model import load_reference
+    from pipeline.models.door import load_reference
 
     x, y = job.ds.x_val, job.ds.y_val
     original = model_path.parent / files.MODEL
@@ -388,7 +388,7 @@ def run_export(
     is renamed into place, so a failing mode leaves the previous files as they were.
     """
     from pipeline.data.dataset import as_model_input, model_input_shape, recorded_dataset
-    from pipeline.models.model import classifier, load_model
+    from pipeline.models.door import classifier, load_model
 
     t0 = time.perf_counter()
     folded = classifier(load_model(model_path), model_path)

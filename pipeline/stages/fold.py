@@ -165,7 +165,7 @@ def _without_bns(model, plans: list[Plan]):
     """A new, unweighted model from `model`'s config without the planned BNs: each BN's readers
     read the BN's input instead, and every absorbing layer gets a bias."""
     from pipeline.core.tfenv import keras
-    from pipeline.models.model import custom_bn_class
+    from pipeline.models.article import custom_bn_class
 
     k = keras()
     config = copy.deepcopy(model.get_config())
@@ -266,7 +266,7 @@ def check_inputs(model, data: str | None, model_path: Path, config: FoldConfig):
     """(x, description): test data from `data`, else the data recorded at training, else random
     inputs; x is (n, *input_shape) of `model` (data is reshaped to it, DataError if it cannot)."""
     from pipeline.data.dataset import recorded_dataset, shaped
-    from pipeline.models.model import input_shape
+    from pipeline.models.door import input_shape
 
     shape = input_shape(model)
     if data is None and not (model_path.parent / files.TRAIN_RECORD).is_file():
@@ -291,8 +291,8 @@ def run_fold(
 
     folded.keras is written in the Keras that saved the input, so its user loads it with the
     code they already have."""
-    from pipeline.models.keras3 import KERAS3
-    from pipeline.models.model import load_model, saved_with
+    from pipeline.models.configcheck import KERAS3
+    from pipeline.models.door import load_model, saved_with
 
     t0 = time.perf_counter()
     kind = saved_with(model_path)
@@ -390,7 +390,9 @@ def _listed(outputs):
 def _back_to_keras3(model_path: Path, folded, x, config: FoldConfig):
     """(the folded model in Keras 3, the translation checks, (abs, rel, failures) of the Keras 3
     folded model against the original Keras 3 model): the fold proved in the user's own Keras."""
-    from pipeline.models.keras3 import load_keras3, to_keras3, to_tf_keras, translation_check
+    from pipeline.models.keras3 import to_keras3, to_tf_keras
+    from pipeline.models.keras3_file import load_keras3
+    from pipeline.models.translation import translation_check
 
     original = load_keras3(model_path)
     folded3 = to_keras3(folded)
@@ -406,8 +408,9 @@ def _back_to_keras3(model_path: Path, folded, x, config: FoldConfig):
 
 
 def _write(out, model_path, to_save, kind, config, report, t0) -> FoldResult:
-    from pipeline.models.keras3 import KERAS3, save_keras3
-    from pipeline.models.model import save_model
+    from pipeline.models.configcheck import KERAS3
+    from pipeline.models.door import save_model
+    from pipeline.models.translation import save_keras3
 
     out = artifacts.ensure_dir(out)
     save = save_keras3 if kind == KERAS3 else save_model

@@ -21,8 +21,9 @@ import numpy as np
 
 from pipeline.core.config import TrainConfig
 from pipeline.core.errors import BnpipeError
-from pipeline.data.dataset import epoch_order, load_dataset
-from pipeline.models.model import classify
+from pipeline.data.dataset import load_dataset
+from pipeline.data.splits import epoch_order
+from pipeline.models.door import classify
 from pipeline.store import artifacts, files
 from pipeline.training import checkpoints
 
@@ -108,7 +109,7 @@ def _new_model(config: TrainConfig, ds):
     """(the compiled model of config.arch, the data laid out as it takes them): the MLP takes
     flat features, the CNN images (H, W, C) (data.image_shape)."""
     from pipeline.data.dataset import as_model_input, image_shape
-    from pipeline.models.model import build_cnn, build_mlp, compile_model
+    from pipeline.models.article import build_cnn, build_mlp, compile_model
 
     if config.arch == "cnn":
         shape = image_shape(ds)
@@ -233,7 +234,7 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     Keras 3 translation that does not hold, data that does not fit its input)."""
 
     from pipeline.data.dataset import check_fits, model_input_shape, shaped
-    from pipeline.models.model import classifier, load_model, load_reference, saved_with
+    from pipeline.models.door import classifier, load_model, load_reference, saved_with
 
     t0 = time.perf_counter()
     src = Path(config.model)
@@ -309,7 +310,7 @@ def _write_outputs(
     out, model, config, dataset, hist, test_acc, t0, *, resumed_from, timings, distribution=None
 ) -> TrainResult:
     """Save model.keras and train.json (inside the stage's transaction) and say what was done."""
-    from pipeline.models.model import save_model
+    from pipeline.models.door import save_model
 
     out = artifacts.ensure_dir(out)
     model_path = save_model(model, out / files.MODEL)

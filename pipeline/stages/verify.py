@@ -24,7 +24,7 @@ from pipeline.core.errors import ArtifactError, DataError, GateFailed, ModelErro
 from pipeline.core.interrupts import raise_pending
 from pipeline.core.quantize import to_input
 from pipeline.core.safeio import regular_file
-from pipeline.models.model import classify
+from pipeline.models.door import classify
 from pipeline.store import artifacts, files
 from pipeline.tflite.file import check_io, quant_params
 
@@ -274,7 +274,7 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
     """The test split (the one training held out, or `data`'s) and the original's predictions."""
     from pipeline.core.tfenv import muted_stderr
     from pipeline.data.dataset import model_input_shape, recorded_dataset, shaped
-    from pipeline.models.model import load_reference
+    from pipeline.models.door import load_reference
 
     model = load_reference(ref_path)  # in the Keras that saved it
     ds, preprocessing = recorded_dataset([out], data, model)
@@ -332,7 +332,7 @@ def _folded_model(folded_path: Path, ref: Reference):
     and gives the reference's classes: ModelError / DataError naming it otherwise (it is not
     the fold of this model)."""
     from pipeline.data.dataset import model_input_shape
-    from pipeline.models.model import load_reference
+    from pipeline.models.door import load_reference
 
     model = load_reference(folded_path)
     if len(model.inputs) != 1 or len(model.outputs) != 1:

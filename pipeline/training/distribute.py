@@ -236,7 +236,7 @@ class _Training:
 
     def __init__(self, config, strategy, source):
         from pipeline.core.tfenv import keras, set_determinism, tf
-        from pipeline.models.model import build_mlp, compile_model
+        from pipeline.models.article import build_mlp, compile_model
 
         t, k = tf(), keras()
         self.config, self.strategy, self.source = config, strategy, source
