@@ -29,6 +29,12 @@ from pipeline.models.graph import LayerGraph
 
 SWEEPS = 20  # sweeps over a chain's pairs; equalization converges in a handful (Nagel et al.)
 SETTLED = 1e-6  # stop when no scale moved by more than this (relative)
+# A channel whose largest weight is below float32's unit round-off (2⁻²⁴ ≈ 6e-8) times the
+# layer's largest is numerically dead: added to a live channel's term in float32 it vanishes, and
+# it is what weight decay leaves of an unused channel (~1e-32 beside live weights near 1; live
+# channels of trained models span at most ~1e3). Equalizing it would divide its bias by
+# √(r1/r2) ≈ 1e-15 and set every int8 activation scale of the layer (issue 19); it is left as is.
+NEGLIGIBLE = 2.0**-24
 EQUALIZABLE = ("Dense", "Conv1D", "Conv2D", "DepthwiseConv2D")
 # Act on each channel alone and commute with a positive per-channel scale.
 CHANNELWISE = (
@@ -57,6 +63,8 @@ class EqualizedPair:
     r2_before: list[float] = field(default_factory=list)
     r1_after: list[float] = field(default_factory=list)
     r2_after: list[float] = field(default_factory=list)
+    negligible: list[int] = field(default_factory=list)  # channels left out (NEGLIGIBLE)
+    rescaled: bool = True  # False: the range ratio did not improve, the pair was put back
 
 
 def _equalizable(node) -> bool:
@@ -110,28 +118,49 @@ def equalize(
 ) -> list[EqualizedPair]:
     """Equalize each pair in `weights` ({layer: [kernel, bias (output channels,)]}, float64,
     mutated in place; `classes` {layer: class name}, Dense where not given); returns a record
-    per pair with the ranges before and after."""
+    per pair with the ranges before and after. Negligible channels are left out, and a pair
+    whose first layer's range ratio did not improve is put back (its record says so)."""
     classes = classes or {}
     before = {(a, b): _ranges(weights, a, b, classes) for a, b, _ in pairs}
+    total = {(a, b): np.ones_like(before[(a, b)][0]) for a, b, _ in pairs}
     for _ in range(SWEEPS):
         moved = 0.0
         for a, b, _ in pairs:
             r1, r2 = _ranges(weights, a, b, classes)
             s = np.ones_like(r1)
-            ok = (r1 > 0) & (r2 > 0)  # a dead channel stays as it is
+            ok = _live(r1) & _live(r2)  # a dead or negligible channel stays as it is
             s[ok] = np.sqrt(r1[ok] * r2[ok]) / r2[ok]
-            weights[a][0] = _scale_outputs(weights[a][0], classes.get(a, "Dense"), 1 / s)
-            weights[a][1] = weights[a][1] / s
-            weights[b][0] = _scale_inputs(weights[b][0], s)
+            _rescale(weights, a, b, classes, s)
+            total[(a, b)] *= s
             moved = max(moved, float(np.max(np.abs(s - 1.0))))
         if moved < SETTLED:
             break
+    # A pair whose channel ranges did not come closer is put back as it was.
+    worse = [(a, b) for a, b, _ in pairs if _ratio(_ranges(weights, a, b, classes)[0])
+             >= _ratio(before[(a, b)][0])]  # fmt: skip
+    for a, b in worse:
+        _rescale(weights, a, b, classes, 1 / total[(a, b)])
     records = []
     for a, b, via in pairs:
         (r1, r2), (q1, q2) = before[(a, b)], _ranges(weights, a, b, classes)
+        dead = np.flatnonzero(~(_live(r1) & _live(r2))).tolist()
         records.append(EqualizedPair(a, b, list(via), _ratio(r1), _ratio(q1), r1.tolist(),
-                                     r2.tolist(), q1.tolist(), q2.tolist()))  # fmt: skip
+                                     r2.tolist(), q1.tolist(), q2.tolist(), dead,
+                                     (a, b) not in worse))  # fmt: skip
     return records
+
+
+def _rescale(weights, a: str, b: str, classes: dict[str, str], s: np.ndarray) -> None:
+    """Divide output channel i of `a` (kernel and bias) by s_i and multiply input channel i of
+    `b` by s_i: the same function through a ReLU (weights mutated)."""
+    weights[a][0] = _scale_outputs(weights[a][0], classes.get(a, "Dense"), 1 / s)
+    weights[a][1] = weights[a][1] / s
+    weights[b][0] = _scale_inputs(weights[b][0], s)
+
+
+def _live(r: np.ndarray) -> np.ndarray:
+    """Which channels of the per-channel ranges r carry weight (not NEGLIGIBLE)."""
+    return r > NEGLIGIBLE * (float(r.max()) if r.size else 0.0)
 
 
 def output_channels(kernel: np.ndarray, cls: str) -> int:
@@ -171,11 +200,11 @@ def _ranges(weights, a: str, b: str, classes: dict[str, str]) -> tuple[np.ndarra
 
 
 def range_ratio(weights, a: str, b: str, classes: dict[str, str]) -> float:
-    """max/min over the live output channels of `a` of its largest |weight|: how far apart the
-    channel ranges a per-tensor int8 grid must share are."""
+    """max/min over the live (not NEGLIGIBLE) output channels of `a` of its largest |weight|:
+    how far apart the channel ranges a per-tensor int8 grid must share are."""
     return _ratio(_ranges(weights, a, b, classes)[0])
 
 
 def _ratio(r: np.ndarray) -> float:
-    live = r[r > 0]
+    live = r[(r > 0) & _live(r)]
     return float(live.max() / live.min()) if live.size else 1.0

@@ -70,6 +70,7 @@ class FoldReport:
     saved_by: str = "keras2"  # the Keras of the input (and of folded.keras)
     translation: dict = field(default_factory=dict)  # Keras 3: the translation checks
     equalized: list = field(default_factory=list)  # EqualizedPair: cross-layer equalization
+    equalization: dict = field(default_factory=dict)  # kept or not, and the SQNRs that decided
 
 
 @dataclass
@@ -316,9 +317,9 @@ def run_fold(
         warn(f"Warning: BatchNormalization {s.bn!r} stays in the model: it {s.reason}")
     x, source = check_inputs(model, data, model_path, config)
     d, rel, failures = check_fold(model, folded, pairs, x, config.rtol)
-    equalized = []
+    equalized, verdict = [], {}
     if config.equalize and not failures:
-        folded, equalized, (d, rel, more) = _equalized(model, folded, x, config)
+        folded, equalized, verdict, (d, rel, more) = _equalized(model, folded, x, config, warn)
         failures += more
     translation, to_save = {}, folded
     if kind == KERAS3 and not failures:
@@ -337,6 +338,7 @@ def run_fold(
         kind,
         translation,
         equalized,
+        verdict,
     )
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
@@ -362,17 +364,33 @@ def _pairs_to_equalize(folded, config: FoldConfig):
     return pairs, {n: weights[n] for n in kept}, {n: classes[n] for n in kept}
 
 
-def _equalized(original, folded, x, config: FoldConfig):
-    """(the folded model with its ReLU-joined layer pairs equalized, the EqualizedPair records,
-    (abs, rel, failures) of the result against the original). The last layer of each chain of
-    pairs must compute what it computed before equalization, and the model what the original
-    does."""
-    from pipeline.core.tfenv import keras
-    from pipeline.folding.equalize import equalize
+def _equalized(original, folded, x, config: FoldConfig, warn):
+    """(the folded model with its ReLU-joined layer pairs equalized when that does not worsen its
+    simulated int8 output (int8sim.py; else the folded model), the EqualizedPair records, that
+    verdict, (abs, rel, failures) of the result against the original). The last layer of each
+    chain of pairs must compute what it computed before equalization, and the model what the
+    original does."""
+    from pipeline.folding.int8sim import equalization_verdict
 
     pairs, weights, classes = _pairs_to_equalize(folded, config)
     if not pairs:
-        return folded, [], check_fold(original, folded, [], x, config.rtol)
+        return folded, [], {}, check_fold(original, folded, [], x, config.rtol)
+    result, records, checked = _equalize_pairs(original, folded, x, config, pairs, weights, classes)
+    if checked[2]:
+        return result, records, {}, checked
+    keep, verdict, lines = equalization_verdict(original, folded, result, records, x)
+    for line in lines:
+        warn(line)
+    if keep:
+        return result, records, verdict, checked
+    return folded, records, verdict, check_fold(original, folded, [], x, config.rtol)
+
+
+def _equalize_pairs(original, folded, x, config: FoldConfig, pairs, weights, classes):
+    """(a copy of `folded` with `pairs` equalized, the records, (abs, rel, failures))."""
+    from pipeline.core.tfenv import keras
+    from pipeline.folding.equalize import equalize
+
     records = equalize(weights, pairs, classes)
     k = keras()
     result = k.models.clone_model(folded)
