@@ -135,4 +135,3 @@ def pretrain_like(k3, model, x: np.ndarray, seed: int = 0, dead: int = 0) -> Non
             mean[channels], var[channels] = 0.0, DEAD_VARIANCE
             beta[channels] = np.abs(beta[channels]) + 0.05  # β is not decayed: a constant output
         layer.set_weights([a.astype(np.float32) for a in (gamma, beta, mean, var)])
-

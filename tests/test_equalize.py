@@ -226,8 +226,8 @@ def test_a_grouped_convolution_is_not_paired(keras):
 def test_conv_pairs_equalize_exactly_depthwise_multiplier_included(keras):
     """Outlier channels in every layer of a conv chain (stem → depthwise ×2 → pointwise →
     global pooling → Dense): after equalization the model computes the same (the weights
-    written back as float32: within FOLD_RTOL), each pair's ranges meet channel by channel, and
-    the widest spread of output ranges in the chain narrows."""
+    written back as float32: within FOLD_RTOL), a pair that would not narrow is put back, the
+    others' ranges meet channel by channel, and the widest spread of output ranges narrows."""
     from pipeline.folding.equalize import output_channels
 
     k = keras
@@ -253,7 +253,38 @@ def test_conv_pairs_equalize_exactly_depthwise_multiplier_included(keras):
     after = np.asarray(model(x), np.float64)
     assert np.max(np.abs(after - before)) / np.max(np.abs(before)) <= FOLD_RTOL
     assert [len(r.r1_after) for r in records] == [4, 8, 5]  # dw: 4 channels × multiplier 2
-    for r in records:
-        np.testing.assert_allclose(r.r1_after, r.r2_after, rtol=1e-4)
+    # The stem's outputs were balanced already (ratio ≈ 1.01): equalizing them would not narrow
+    # them, so that pair is put back, and dw's input rows with it; the pairs after it meet.
+    assert [r.rescaled for r in records] == [False, True, True]
+    assert records[0].range_ratio_after == pytest.approx(records[0].range_ratio_before, rel=1e-12)
+    np.testing.assert_allclose(records[2].r1_after, records[2].r2_after, rtol=1e-4)
     worst_before = max(r.range_ratio_before for r in records)
     assert max(r.range_ratio_after for r in records) < worst_before / 3, records
+
+
+def test_a_negligible_channel_is_left_out_and_the_bias_stays_bounded():
+    """A channel weight decay left at ~1e-32 (with a live bias, as a folded BN leaves it) keeps
+    its scale: equalizing it would divide its bias by ~1e-15 (issue 19)."""
+    rng = np.random.default_rng(0)
+    weights = _outlier_weights(rng)
+    weights["a"][0][:, 5] = 1e-32 * rng.normal(size=6)
+    weights["a"][1][5] = 0.3
+    (record,) = equalize(weights, [("a", "b", [])])
+    assert record.negligible == [5] and record.rescaled
+    assert weights["a"][1][5] == 0.3 and record.r1_after[5] == record.r1_before[5]
+    assert record.range_ratio_after < 10  # the live channels were still equalized
+    assert np.max(np.abs(weights["a"][1])) < 1e3
+
+
+def test_a_pair_whose_ratio_would_not_improve_is_put_back():
+    """r1 already uniform, r2 spread 1e4: meeting at √(r1·r2) would spread r1 by 100."""
+    rng = np.random.default_rng(1)
+    w1 = np.sign(rng.normal(size=(6, 4)))  # every column's range is 1
+    w2 = rng.normal(size=(4, 3))
+    w2 /= np.max(np.abs(w2), axis=1, keepdims=True)
+    w2[0] *= 1e4
+    weights = {"a": [w1.copy(), np.zeros(4)], "b": [w2.copy(), np.zeros(3)]}
+    (record,) = equalize(weights, [("a", "b", [])])
+    assert not record.rescaled and record.range_ratio_after == record.range_ratio_before == 1.0
+    np.testing.assert_allclose(weights["a"][0], w1, rtol=1e-12)
+    np.testing.assert_allclose(weights["b"][0], w2, rtol=1e-12)
