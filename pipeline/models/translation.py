@@ -122,7 +122,8 @@ def translation_check(original, translation, x, rtol: float = TRANSLATION_RTOL):
     # A model inside the original is one layer there: its own layers are probed in the
     # flattened copy (the same layers, called alike), checked above by the outputs themselves.
     probed = flatten_nested(original) if _is_keras3(original) else original
-    names = [n for n in _single_call_layers(probed) if n in set(_single_call_layers(translation))]
+    theirs = set(_single_call_layers(translation))  # once: parsing a config is not free
+    names = [n for n in _single_call_layers(probed) if n in theirs]
     layers = {}
     if names:
         for name, p, q in zip(
