@@ -9,7 +9,8 @@ saves each as a .keras file, and for each: loads it through bnpipe's door (the K
 translation and its proof), folds it, equalizes it as `bnpipe fold` does (the SQNR guard
 included) or not, converts both to post-training int8 TFLite (bnpipe's converter settings,
 calibrated on the training inputs) and runs them with LiteRT on the test inputs. SQNR is the
-int8 file's dequantized output against the original float Keras 3 model, 10·log10(Σy²/Σ(y−ŷ)²).
+int8 file's dequantized output against the original float Keras 3 model, 10·log10(Σy²/Σ(y−ŷ)²);
+"unguarded" is equalization as it was before: every channel rescaled, no SQNR guard.
 Prints one table and writes published.json in the work dir.
 """
 
@@ -62,6 +63,22 @@ def _int8_output(folded, x_train, x_test) -> np.ndarray:
     return dequantize(it.get_tensor(out["index"]), *out["quantization"])
 
 
+def _unguarded(model, folded, x):
+    """`folded` equalized as before issue 19: dead channels rescaled too, no SQNR guard."""
+    from pipeline.core.config import FoldConfig
+    from pipeline.folding import equalize
+    from pipeline.stages.fold import _equalize_pairs, _pairs_to_equalize
+
+    negligible, equalize.NEGLIGIBLE = equalize.NEGLIGIBLE, 0.0
+    try:
+        pairs, weights, classes = _pairs_to_equalize(folded, FoldConfig())
+        if not pairs:
+            return folded
+        return _equalize_pairs(model, folded, x, FoldConfig(), pairs, weights, classes)[0]
+    finally:
+        equalize.NEGLIGIBLE = negligible
+
+
 def measure(path: Path, x_train, x_test) -> dict:
     from pipeline.core.config import FoldConfig
     from pipeline.folding.int8sim import sqnr_db
@@ -79,9 +96,11 @@ def measure(path: Path, x_train, x_test) -> dict:
     assert not failures, failures
     off = _int8_output(folded, x_train, x_test)
     on = _int8_output(equalized, x_train, x_test)
+    unguarded = _unguarded(model, folded, x_test)
     return {
         "sqnr_db_off": sqnr_db([reference], [off]),
         "sqnr_db_on": sqnr_db([reference], [on]),
+        "sqnr_db_unguarded": sqnr_db([reference], [_int8_output(unguarded, x_train, x_test)]),
         "int8_output_std_on": float(np.std(on)),
         "pairs": len(records),
         "negligible_channels": sum(len(r.negligible) for r in records),
@@ -108,9 +127,12 @@ def main() -> None:
         model.save(path)
         results[name] = measure(path, x_train, x_test)
         r = results[name]
-        print(f"{name:36s} int8 SQNR off {r['sqnr_db_off']:6.2f} dB, on {r['sqnr_db_on']:6.2f}"
-              f" dB; {r['pairs']} pairs, {r['negligible_channels']} negligible channels; "
-              + "; ".join(r["printed"][-1:]), flush=True)  # fmt: skip
+        print(
+            f"{name:36s} int8 SQNR off {r['sqnr_db_off']:6.2f} dB, on {r['sqnr_db_on']:6.2f} dB "
+            f"(unguarded {r['sqnr_db_unguarded']:6.2f} dB); {r['pairs']} pairs, "
+            f"{r['negligible_channels']} negligible channels; " + "; ".join(r["printed"][-1:]),
+            flush=True,
+        )
     (work / "published.json").write_text(json.dumps(results, indent=2, default=float))
 
 

@@ -1,7 +1,7 @@
 """A published-looking deep Keras 3 model (tests/lookalikes.py: MobileNetV1-0.25, 27 BNs, dead
-pointwise channels): it imports and folds (its float32 round-off exceeds the fixed tolerance),
+pointwise channels): it imports and folds (its float32 round-off may exceed the fixed tolerance),
 a translation with one wrong weight is still refused, and equalization does not break its int8
-file."""
+file. One test: building and folding the model is the slow part."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from tests import lookalikes as la
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def deep(k3, tmp_path_factory):
     """(.keras path, .npz path, float test inputs) of the dead-channel look-alike."""
     work = tmp_path_factory.mktemp("published")
@@ -48,9 +48,12 @@ def _int8_output(folded, x_train, x):
 
 @pytest.mark.slow
 def test_deep_model_folds_and_equalization_never_harms_its_int8_file(deep, tmp_path):
+    from pipeline.core.errors import ModelError
     from pipeline.folding.int8sim import sqnr_db
     from pipeline.models.door import load_model
+    from pipeline.models.keras3 import to_tf_keras
     from pipeline.models.keras3_file import load_keras3
+    from pipeline.models.translation import translation_check
     from pipeline.stages.fold import fold_model, run_fold
 
     path, data, x = deep
@@ -62,7 +65,7 @@ def test_deep_model_folds_and_equalization_never_harms_its_int8_file(deep, tmp_p
     assert dead and all(len(e["negligible"]) == 3 for e in dead)
     assert any("negligible channel(s) left out" in line for line in printed)
     verdict = report["equalization"]
-    assert verdict["int8_sqnr_db_on"] <= verdict["int8_sqnr_db_off"] or verdict["kept"]
+    assert verdict["kept"] == (verdict["int8_sqnr_db_on"] >= verdict["int8_sqnr_db_off"])
     assert any(line.startswith("equalization ") and "SQNR" in line for line in printed)
     # The int8 files: not a constant, and at least as close to the float model with it as without.
     reference = np.asarray(load_keras3(path)(x, training=False))
@@ -72,18 +75,9 @@ def test_deep_model_folds_and_equalization_never_harms_its_int8_file(deep, tmp_p
     assert np.ptp(y_on[:, 0]) > 0
     assert sqnr_db([reference], [y_on]) >= sqnr_db([reference], [y_off])
 
-
-@pytest.mark.slow
-def test_one_wrong_weight_in_a_deep_translation_is_still_refused(deep):
-    from pipeline.core.errors import ModelError
-    from pipeline.models.keras3 import to_tf_keras
-    from pipeline.models.keras3_file import load_keras3
-    from pipeline.models.translation import translation_check
-
-    path, _, x = deep
+    # A translation with one wrong weight deep in the net is still refused, by name.
     model3 = load_keras3(path)
     model2 = to_tf_keras(model3)
-    assert translation_check(model3, model2, x).max_rel_diff >= 0  # the faithful one passes
     layer = model2.get_layer("pw12")
     kernel = layer.get_weights()
     kernel[0][0, 0, 5, 7] *= 1.01  # one weight of 32,768, 1 % off

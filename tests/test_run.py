@@ -278,6 +278,7 @@ def test_run_model_takes_a_keras3_model_to_verified_int8(k3, digits, tmp_path, b
     result = _run_model(tmp_path, src)
     assert result.exit_code == 0, result.output
     assert "verdict: PASS" in result.output
+    assert "import: running" in result.output and "train: running" not in result.output
     out = tmp_path / "a"
     assert (out / "model.keras").read_bytes() == src.read_bytes()
     # folded.keras: a Keras 3 file with no BN left, proved against the original in Keras 3.

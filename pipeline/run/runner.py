@@ -74,7 +74,8 @@ def _run_locked(
             say(f"{name}: up to date, skipped")
             continue
         _refuse_multi_worker(name, stage_config)
-        say(f"{name}: running")
+        imported = name == "train" and getattr(stage_config, "model", None)
+        say(f"{'import' if imported else name}: running")  # --model: nothing is trained
         t0 = time.time()
         try:
             execute(name, stage_config, request)
