@@ -208,6 +208,9 @@ FOLD_RTOL = 1e-5
 class FoldConfig:
     strict: bool = False  # refuse (exit 2) instead of warn when a BN cannot be folded exactly
     rtol: float = FOLD_RTOL
+    # Where rtol fails, hold the item to 4× the float32 round-off the original itself carries
+    # there (models/roundoff.py): a deep net's round-off exceeds 1e-5 and is no fold error.
+    roundoff: bool = True
     check_samples: int = 10_000  # outputs compared on at most this many test samples
     random_samples: int = 512  # when no data is known: uniform [0, 1) inputs of the model's shape
     # Cross-layer equalization of ReLU-joined Dense pairs after folding (equalize.py): exact in
@@ -227,7 +230,7 @@ class FoldConfig:
             f"must be a ratio of at least 1, got {self.equalize_from!r}",
             flag=False,
         )
-        for name in ("strict", "equalize"):
+        for name in ("strict", "equalize", "roundoff"):
             value = getattr(self, name)
             _check(isinstance(value, bool), name, f"must be true or false, got {value!r}")
         _check(

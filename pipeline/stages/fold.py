@@ -225,7 +225,9 @@ def compare_outputs(a, b) -> tuple[float, float, list[tuple[int, float]]]:
     return d, rel, each
 
 
-def check_fold(original, folded, pairs: list[FoldedPair], x: np.ndarray, rtol: float):
+def check_fold(
+    original, folded, pairs: list[FoldedPair], x: np.ndarray, rtol: float, roundoff: bool = True
+):
     """Compare layer by layer and at the model output. Fills each pair's max_abs_diff and
     max_rel_diff; returns (abs, rel, failures) at the output, every failing item listed.
 
@@ -251,7 +253,7 @@ def check_fold(original, folded, pairs: list[FoldedPair], x: np.ndarray, rtol: f
             rels.append(p.max_rel_diff)
     d, rel, each = compare_outputs(predict(original, x), predict(folded, x))
     rels += [r for _, r in each]
-    bounds = roundoff_tolerances(original, names_o, rels, x, rtol)
+    bounds = roundoff_tolerances(original, names_o, rels, x, rtol, roundoff)
     failures = [f"{p.layer}+{p.bn}: relative difference {r:.3g} > {b:.3g}"
                 for p, r, b in zip(pairs, rels, bounds, strict=False) if r > b]  # fmt: skip
     for (i, reli), b in zip(each, bounds[len(pairs) :], strict=True):
@@ -261,13 +263,15 @@ def check_fold(original, folded, pairs: list[FoldedPair], x: np.ndarray, rtol: f
     return d, rel, failures
 
 
-def roundoff_tolerances(model, layers: list[str], rels: list[float], x, rtol: float):
+def roundoff_tolerances(
+    model, layers: list[str], rels: list[float], x, rtol: float, roundoff: bool = True
+):
     """The bound for each of `layers`' outputs then each model output of `model`, whose relative
-    differences are `rels`: rtol, or where that fails, the float32 round-off `model` itself
-    carries there (models/roundoff.py): depth alone never fails a fold."""
+    differences are `rels`: rtol, or where that fails and `roundoff`, the float32 round-off
+    `model` itself carries there (models/roundoff.py): depth alone never fails a fold."""
     from pipeline.models.roundoff import roundoff_bounds
 
-    if all(r <= rtol for r in rels):
+    if not roundoff or all(r <= rtol for r in rels):
         return [rtol] * len(rels)
     tensors = [lambda m, n=n: m.get_layer(n).output for n in layers]
     tensors += [lambda m, i=i: m.outputs[i] for i in range(len(rels) - len(layers))]
@@ -316,7 +320,7 @@ def run_fold(
     for s in skipped:
         warn(f"Warning: BatchNormalization {s.bn!r} stays in the model: it {s.reason}")
     x, source = check_inputs(model, data, model_path, config)
-    d, rel, failures = check_fold(model, folded, pairs, x, config.rtol)
+    d, rel, failures = check_fold(model, folded, pairs, x, config.rtol, config.roundoff)
     equalized, verdict = [], {}
     if config.equalize and not failures:
         folded, equalized, verdict, (d, rel, more) = _equalized(model, folded, x, config, warn)
@@ -374,7 +378,7 @@ def _equalized(original, folded, x, config: FoldConfig, warn):
 
     pairs, weights, classes = _pairs_to_equalize(folded, config)
     if not pairs:
-        return folded, [], {}, check_fold(original, folded, [], x, config.rtol)
+        return folded, [], {}, check_fold(original, folded, [], x, config.rtol, config.roundoff)
     result, records, checked = _equalize_pairs(original, folded, x, config, pairs, weights, classes)
     if checked[2]:
         return result, records, {}, checked
@@ -383,7 +387,12 @@ def _equalized(original, folded, x, config: FoldConfig, warn):
         warn(line)
     if keep:
         return result, records, verdict, checked
-    return folded, records, verdict, check_fold(original, folded, [], x, config.rtol)
+    return (
+        folded,
+        records,
+        verdict,
+        check_fold(original, folded, [], x, config.rtol, config.roundoff),
+    )
 
 
 def _equalize_pairs(original, folded, x, config: FoldConfig, pairs, weights, classes):
@@ -406,13 +415,15 @@ def _equalize_pairs(original, folded, x, config: FoldConfig, pairs, weights, cla
     probe_a = k.Model(folded.inputs, [folded.get_layer(n).output for n in seconds])
     probe_b = k.Model(result.inputs, [result.get_layer(n).output for n in seconds])
     _, _, each = compare_outputs(_listed(predict(probe_a, x)), _listed(predict(probe_b, x)))
-    bounds = roundoff_tolerances(folded, seconds, [r for _, r in each], x, config.rtol)
+    bounds = roundoff_tolerances(
+        folded, seconds, [r for _, r in each], x, config.rtol, config.roundoff
+    )
     failures = [
         f"{seconds[i]} after equalization: relative difference {r:.3g} > {b:.3g}"
         for (i, r), b in zip(each, bounds, strict=True)
         if r > b
     ]
-    d, rel, more = check_fold(original, result, [], x, config.rtol)
+    d, rel, more = check_fold(original, result, [], x, config.rtol, config.roundoff)
     return result, records, (d, rel, failures + more)
 
 
@@ -432,7 +443,9 @@ def _back_to_keras3(model_path: Path, folded, x, config: FoldConfig):
     back = translation_check(folded, folded3, x)
     there = translation_check(original, to_tf_keras(original), x)
     d, rel, each = compare_outputs(predict(original, x), predict(folded3, x))
-    bounds = roundoff_tolerances(original, [], [r for _, r in each], x, config.rtol)
+    bounds = roundoff_tolerances(
+        original, [], [r for _, r in each], x, config.rtol, config.roundoff
+    )
     failures = [
         f"model output {i} (Keras 3): relative difference {r:.3g} > {b:.3g}"
         for (i, r), b in zip(each, bounds, strict=True)
