@@ -242,7 +242,7 @@ keras_runs = 2
 """
 
 
-def _run_model(tmp_path, model, *extra):
+def _run_model(tmp_path, model, *extra, quiet=True):
     cfg = tmp_path / "model_run.toml"
     cfg.write_text(MODEL_RUN)
     return CliRunner().invoke(
@@ -255,7 +255,7 @@ def _run_model(tmp_path, model, *extra):
             str(cfg),
             "--artifacts",
             str(tmp_path / "a"),
-            "-q",
+            *(["-q"] if quiet else []),
             *extra,
         ],
     )
@@ -275,7 +275,7 @@ def test_run_model_takes_a_keras3_model_to_verified_int8(k3, digits, tmp_path, b
     src = helpers.train_and_save(
         k3, getattr(helpers, build)(k3), digits.x_train, digits.y_train, tmp_path / "mine.keras"
     )
-    result = _run_model(tmp_path, src)
+    result = _run_model(tmp_path, src, quiet=False)  # progress lines on stderr: in output
     assert result.exit_code == 0, result.output
     assert "verdict: PASS" in result.output
     assert "import: running" in result.output and "train: running" not in result.output

@@ -520,3 +520,16 @@ def test_no_tflite_to_verify_is_exit_2_not_a_pass(exported, tmp_path):
         "--tflite",
     )  # fmt: skip
     assert not (out / "verify.json").exists()
+
+
+def test_a_failure_is_listed_once_in_verify_md(record):
+    """A runtime that refuses an integer file is a failed gate; verify.md does not list it under
+    "Not run" as well. A runtime that was simply not there still is."""
+    from pipeline.report.markdown import verify_markdown
+
+    refused = {"candidate": "model_int8.tflite", "target": "host", "reason": "failed: refused"}
+    absent = {"candidate": "*", "target": "arm64", "reason": "qemu-aarch64 not found"}
+    failure = "model_int8.tflite on host: failed: refused"
+    md = verify_markdown({**record, "skipped": [refused, absent], "failures": [failure]}, [])
+    assert md.count("failed: refused") == 1 and f"- {failure}" in md
+    assert "Not run:" in md and "- arm64 (*): qemu-aarch64 not found" in md

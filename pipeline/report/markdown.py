@@ -82,6 +82,15 @@ def tflite_text(info) -> str:
 # --- verify -----------------------------------------------------------------------------------
 
 
+def _a_failed_gate(skipped: dict, failures: list[str]) -> bool:
+    """Whether a run that did not happen is already listed under "Failed gates" (verify names a
+    runtime's failure on an integer file there, and a file that ran nowhere): once is enough."""
+    if not skipped["reason"].startswith("failed:"):
+        return False
+    mine = (f"{skipped['candidate']} on {skipped['target']}:", f"{skipped['candidate']} ran on no")
+    return any(f.startswith(mine) for f in failures)
+
+
 def verify_markdown(record: dict, plots: list[Path]) -> str:
     """verify.md: the verdict, failed gates, reference and gates, the table, what did not run."""
     rec = jsonable(record)
@@ -101,10 +110,11 @@ def verify_markdown(record: dict, plots: list[Path]) -> str:
         "",
     ]
     lines.append(_verify_table(rec["rows"]))
-    if rec["skipped"]:
+    not_run = [s for s in rec["skipped"] if not _a_failed_gate(s, rec["failures"])]
+    if not_run:
         lines += (
             ["Not run:", ""]
-            + [f"- {s['target']} ({s['candidate']}): {s['reason']}" for s in rec["skipped"]]
+            + [f"- {s['target']} ({s['candidate']}): {s['reason']}" for s in not_run]
             + [""]
         )
     for p in plots:
