@@ -143,7 +143,7 @@ def _is_keras_module(module) -> bool:
     )
 
 
-def unsupported(path: Path | None, items: list[str]) -> ModelError:
+def unsupported_layers(path: Path | None, items: list[str]) -> ModelError:
     """One line naming every unsupported layer, e.g. "layer 'lstm_1' (LSTM) cannot be exported"."""
     where = f"{path}: " if path is not None else ""
     noun = "layer" if len(items) == 1 else "layers"
@@ -189,7 +189,7 @@ def check_config(
         else:
             custom += [f"layer {label} ({cls}) holds {obj}" for obj in _custom_objects(cfg)]
     if unsupported:
-        raise unsupported(path, unsupported)
+        raise unsupported_layers(path, unsupported)
     oversized = [why for entry in entries for why in _oversized(entry)]
     if oversized:
         where = f"{path}: " if path is not None else ""
