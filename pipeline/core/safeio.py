@@ -10,6 +10,7 @@ also nest deeper than any recursive reader survives: `loads_json` bounds the dep
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -114,13 +115,18 @@ def loads_json(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 
 def zip_json(
-    path: str | os.PathLike, member: str, max_bytes: int, error: type[BnpipeError] = BnpipeError
+    path: str | os.PathLike,
+    member: str,
+    max_bytes: int,
+    error: type[BnpipeError] = BnpipeError,
+    data: bytes | None = None,
 ) -> Any:
     """The JSON value of member `member` of the zip file at `path` (loads_json), None if the zip
     has no such member. The member is read in at most `max_bytes` whatever its header claims
-    (a header may lie); `error` (one line naming the file and the member) for anything else."""
+    (a header may lie); `error` (one line naming the file and the member) for anything else.
+    `data`: the file's bytes, already read (the file is then not opened; `path` names it)."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(data) if data is not None else path) as zf:
             try:
                 info = zf.getinfo(member)
             except KeyError:
