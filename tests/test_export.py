@@ -25,7 +25,7 @@ from pipeline.tflite.file import parse_tflite, quant_params, read_tflite
 from pipeline.tflite.opset import graph_check
 
 # The int8 (QAT) model must give the float model's top-1 class on at least 98 % of the 360 digits
-# test samples (≤ 7 disagreements). Measured on this fixture: 99.4 % (2 samples); DESIGN.md
+# test samples (≤ 7 disagreements). Measured on this fixture: 99.4 % (2 samples); the brief
 # reports ≈ 99.9 % for PTQ on MNIST. A wrong scale, zero point or requantization collapses
 # agreement far below this (a broken int8 model predicts one class: ≈ 10 %).
 INT8_MIN_AGREEMENT = 0.98

@@ -1,5 +1,5 @@
 """Hostile inputs end to end through the CLI: exit 2, one `Error: …` line, bounded time and memory,
-and nothing written (DESIGN.md: "a file given by the user is untrusted").
+and nothing written (pipeline/DESIGN.md, "Untrusted input").
 
 One test (or parametrized family) per class of the reliability issue: special files given as data,
 model or config; malformed .npz containers; absurd option values; bnpipe.toml values of the wrong
