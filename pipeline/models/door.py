@@ -220,7 +220,9 @@ class ModelFile:
             model3 = self.reference()
             model2 = to_tf_keras(model3)
             check = translation_check(model3, model2, probe_inputs(model3) if x is None else x)
-            self._made["translation"] = Translation(model3, model2, check, time.perf_counter() - t0)
+            self._made["translation"] = Translation(
+                model3=model3, model2=model2, check=check, seconds=time.perf_counter() - t0
+            )
         return self._made["translation"]
 
 

@@ -22,7 +22,7 @@ from pipeline.store.lock import writer_lock
 from pipeline.store.manifest import Manifest
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StageOutcome:
     stage: str
     ran: bool
@@ -30,7 +30,7 @@ class StageOutcome:
     note: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunResult:
     stages: list[StageOutcome]
     exit_code: int
@@ -70,7 +70,7 @@ def _run_locked(
         stage_config = getattr(config, name)
         inputs = stage.inputs(stage_config, out)
         if not force and Manifest(out).up_to_date(name, inputs, stage_config):
-            outcomes.append(StageOutcome(name, False, 0.0, "up to date"))
+            outcomes.append(StageOutcome(stage=name, ran=False, seconds=0.0, note="up to date"))
             say(f"{name}: up to date, skipped")
             continue
         _refuse_multi_worker(name, stage_config)
@@ -82,11 +82,13 @@ def _run_locked(
         except GateFailed as exc:  # the reports landed; bench still runs
             failures.extend(exc.failures)
             note = "gate failed"
-        outcomes.append(StageOutcome(name, True, time.time() - t0, note))
+        outcomes.append(StageOutcome(stage=name, ran=True, seconds=time.time() - t0, note=note))
     record = artifacts.read_json(out / files.VERIFY_RECORD)
     failures = failures or record.get("failures", [])
     code = 0 if record.get("passed") else 1
-    return RunResult(outcomes, code, summarize(out, outcomes), failures)
+    return RunResult(
+        stages=outcomes, exit_code=code, summary=summarize(out, outcomes), failures=failures
+    )
 
 
 def _refuse_multi_worker(name: str, config) -> None:

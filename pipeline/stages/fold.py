@@ -39,7 +39,7 @@ from pipeline.models.graph import LayerGraph, node_refs
 from pipeline.store import artifacts, files
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldedPair:
     layer: str  # the layer the BN went into
     bn: str
@@ -56,7 +56,7 @@ class FoldedPair:
     max_rel_diff: float | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldReport:
     pairs: list[FoldedPair]
     skipped: list[SkippedBN]
@@ -72,7 +72,7 @@ class FoldReport:
     equalized: list = field(default_factory=list)  # EqualizedPair: cross-layer equalization
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldResult:
     folded_path: Path
     record_path: Path
@@ -134,17 +134,17 @@ def _fold_one(model, plan: Plan, weights: list[np.ndarray]):
         else:
             new = fold_before_layer(cls, weights, *_tiled(plan, s, t, weights[0], cls))
     pair = FoldedPair(
-        plan.layer,
-        plan.bn,
-        type(bn).__name__,
-        float(bn.epsilon),
-        bool(bn.center),
-        bool(bn.scale),
-        bool(layer.use_bias),
-        channels,
-        plan.direction,
-        cls,
-        list(plan.via),
+        layer=plan.layer,
+        bn=plan.bn,
+        bn_class=type(bn).__name__,
+        epsilon=float(bn.epsilon),
+        center=bool(bn.center),
+        scale=bool(bn.scale),
+        layer_had_bias=bool(layer.use_bias),
+        units=channels,
+        direction=plan.direction,
+        layer_class=cls,
+        via=list(plan.via),
     )
     return new, pair
 
@@ -312,18 +312,18 @@ def run_fold(
         to_save, translation, (d, rel, more) = _back_to_keras3(mf, folded, x, config)
         failures += more
     report = FoldReport(
-        pairs,
-        skipped,
-        len(x),
-        source,
-        d,
-        rel,
-        config.rtol,
-        not failures,
-        failures,
-        kind,
-        translation,
-        equalized,
+        pairs=pairs,
+        skipped=skipped,
+        samples=len(x),
+        sample_source=source,
+        output_max_abs_diff=d,
+        output_max_rel_diff=rel,
+        rtol=config.rtol,
+        passed=not failures,
+        failures=failures,
+        saved_by=kind,
+        translation=translation,
+        equalized=equalized,
     )
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
@@ -429,4 +429,9 @@ def _write(out, mf, to_save, config, report, t0) -> FoldResult:
         record,
         inputs={"model": mf.sha256},  # the bytes loaded, not a fresh read
     )
-    return FoldResult(folded_path, record_path, report, time.perf_counter() - t0)
+    return FoldResult(
+        folded_path=folded_path,
+        record_path=record_path,
+        report=report,
+        seconds=time.perf_counter() - t0,
+    )

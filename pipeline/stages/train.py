@@ -28,7 +28,7 @@ from pipeline.store import artifacts, files
 from pipeline.training import checkpoints
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     model_path: Path
     record_path: Path
@@ -364,12 +364,12 @@ def _write_record(
         out / files.TRAIN_RECORD, record, inputs={"data": dataset["fingerprint"]}
     )
     return TrainResult(
-        model_path,
-        record_path,
-        test_acc,
-        record["val_accuracy"],
-        config.epochs,
-        time.perf_counter() - t0,
-        dataset,
-        resumed_from,
+        model_path=model_path,
+        record_path=record_path,
+        test_accuracy=test_acc,
+        val_accuracy=record["val_accuracy"],
+        epochs=config.epochs,
+        seconds=time.perf_counter() - t0,
+        dataset=dataset,
+        resumed_from=resumed_from,
     )
