@@ -69,12 +69,13 @@ def _run_locked(
     for name, stage in STAGES.items():
         stage_config = getattr(config, name)
         inputs = stage.inputs(stage_config, out)
-        if not force and Manifest(out).up_to_date(name, inputs, stage_config):
+        why = "--force" if force else Manifest(out).why_stale(name, inputs, stage_config)
+        if why is None:
             outcomes.append(StageOutcome(stage=name, ran=False, seconds=0.0, note="up to date"))
             say(f"{name}: up to date, skipped")
             continue
         _refuse_multi_worker(name, stage_config)
-        say(f"{name}: running")
+        say(f"{name}: running ({why})")
         t0 = time.time()
         try:
             execute(name, stage_config, request)
