@@ -1,4 +1,4 @@
-"""store/manifest.py: when a stage is up to date, and the reason `bnpipe run` gives when it is not."""
+"""store/manifest.py: when a stage is up to date, and why `bnpipe run` reruns it when it is not."""
 
 import time
 
