@@ -24,6 +24,8 @@ from pipeline.core.errors import BnpipeError
 # small edge classifier's .keras file, and below this machine's memory.
 MAX_INPUT_BYTES = 8 << 30
 
+READ_CHUNK_BYTES = 16 << 20  # what read_bytes asks of read() at a time
+
 # The deepest JSON bnpipe reads. Its own records nest up to 6 levels and a Keras config.json
 # 8 to 15 (a model nested in a model adds about 6); 64 is far above both and far below Python's
 # recursion limit (1,000 frames), which recursive readers downstream would otherwise reach: Keras's
@@ -75,14 +77,21 @@ def read_bytes(
     """The bytes of the regular file `path` (see regular_file), read with a bound even if the
     file grows while it is read."""
     path = regular_file(path, what, error, max_bytes)
+    chunks, total = [], 0
     try:
         with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+            # In chunks: one read() of the whole bound would ask for max_bytes of memory at once,
+            # which an address-space limit (a container, `ulimit -v`) refuses for any file.
+            while chunk := f.read(min(READ_CHUNK_BYTES, max_bytes + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > max_bytes:
+                    break
     except OSError as exc:
         raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
+    if total > max_bytes:
         raise error(f"{what} {path} is more than {max_bytes:,} bytes, more than bnpipe reads")
-    return data
+    return b"".join(chunks)
 
 
 def json_depth(value: Any) -> int:

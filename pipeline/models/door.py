@@ -134,6 +134,10 @@ def _check_config(config: dict, path: Path, kind: str) -> None:
 
 # --- the one door: a model file opened, checked and fingerprinted once ---------------------------
 
+# The largest model file bnpipe reads: 1 GiB is hundreds of times the small edge models it takes
+# (the MNIST CNN is 1.6 MB as .keras) and the same bound the runtimes put on a .tflite file.
+MODEL_MAX_BYTES = 1 << 30
+
 
 @dataclass(eq=False)
 class ModelFile:
@@ -163,7 +167,7 @@ class ModelFile:
         for anything bnpipe may not load, before any Keras sees it."""
         import hashlib
 
-        from pipeline.core.safeio import MAX_INPUT_BYTES, read_bytes
+        from pipeline.core.safeio import read_bytes
         from pipeline.models.configcheck import (
             CONFIG_MAX_BYTES,
             METADATA_MAX_BYTES,
@@ -172,7 +176,7 @@ class ModelFile:
         )
 
         path = _checked_name(Path(path))
-        data = read_bytes(path, "model file", ModelError, MAX_INPUT_BYTES)
+        data = read_bytes(path, "model file", ModelError, MODEL_MAX_BYTES)
         _refuse_hdf5(path, data)
         meta = read_config_member(path, "metadata.json", METADATA_MAX_BYTES, False, data)
         config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, True, data)
