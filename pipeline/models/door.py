@@ -177,7 +177,8 @@ class ModelFile:
 
         path = _checked_name(Path(path))
         data = read_bytes(path, "model file", ModelError, MODEL_MAX_BYTES)
-        _refuse_hdf5(path, data)
+        _refuse_hdf5(path, data)  # before the name: HDF5 under any name is named as such
+        _keras_name(path)
         meta = read_config_member(path, "metadata.json", METADATA_MAX_BYTES, False, data)
         config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, True, data)
         kind = kind_of(path, meta, config)
@@ -231,7 +232,7 @@ class ModelFile:
 
 
 def _checked_name(path: Path) -> Path:
-    """`path` unless its kind or name already says bnpipe may not load it (a stat, no read):
+    """`path` unless its kind or suffix already says bnpipe may not load it (a stat, no read):
     a directory (SavedModel), a device, FIFO or oversized file (safeio), legacy HDF5 by name."""
     from pipeline.core.safeio import regular_file
 
@@ -246,6 +247,10 @@ def _checked_name(path: Path) -> Path:
             f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
             "model as .keras (model.save('model.keras'))"
         )
+    return path
+
+
+def _keras_name(path: Path) -> None:
     if not path.name.endswith(".keras"):
         # Both Keras choose their loader by this very test (case-sensitive): any other name goes
         # to the legacy loader, which reads HDF5 found anywhere in the file without safe mode.
@@ -253,7 +258,6 @@ def _checked_name(path: Path) -> Path:
             f"{path} does not end in .keras; bnpipe loads only .keras files (Keras's "
             "safe format), so rename it if it is one"
         )
-    return path
 
 
 def _refuse_hdf5(path: Path, data: bytes) -> None:
