@@ -221,8 +221,15 @@ def run_verify(
 
     failures = _apply_gates(rows, config) + _run_failures(infos, rows, skipped)
     record = _record(config, ref, rows, skipped, failures, candidates, t0)
+    return _conclude(out, record, ref, ref_path, rows, skipped, failures, t0)
+
+
+def _conclude(out, record, ref, ref_path, rows, skipped, failures, t0) -> VerifyResult:
+    """Write the reports (their inputs: the reference, the data, every candidate and the folded
+    model), then the result; GateFailed after the reports landed when a gate failed."""
     inputs = {files.MODEL: artifacts.sha256_file(ref_path), "data": ref.fingerprint}
     inputs.update(record["models"])
+    folded_path = out / files.FOLDED
     if folded_path.is_file():
         inputs[files.FOLDED] = artifacts.sha256_file(folded_path)
     record_path, report_path, plots = _write_reports(out, record, inputs)
