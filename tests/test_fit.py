@@ -236,3 +236,14 @@ def _resolver_main(header: str, name: str, ops: list[str]) -> str:
         f'int main() {{\n  std::printf("%d\\n", {name.upper()}_OP_COUNT);\n'
         f"  Resolver r;\n  {name}_add_ops(r);\n  return 0;\n}}\n"
     )
+
+
+def test_the_readme_board_table_is_boards_toml():
+    import dataclasses
+
+    from pipeline.fit.report import boards_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("<!-- boards:start -->\n")[1].split("<!-- boards:end -->")[0]
+    boards = {n: dataclasses.asdict(b) for n, b in shipped_boards().items()}
+    assert table == boards_table(boards), "README.md's board table differs from boards.toml"

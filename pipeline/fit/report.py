@@ -62,18 +62,29 @@ def fit_markdown(record: dict, plot_name: str) -> str:
     for failure in record["failures"]:
         lines.append(f"- {failure}")
     lines += ["", "## Boards", ""]
-    lines.append(
-        md_table(
-            ["board", "part", "CPU / NPU", "RAM KiB", "flash KiB", "source"],
-            [
-                [n, b["title"], b["cpu"], b["ram_kib"], b["flash_kib"], b["source"]]
-                for n, b in record["boards"].items()
-            ],
-            "lllrrl",
-        )
-    )
+    lines.append(boards_table(record["boards"]))
     lines += [f"![budget used per board]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def boards_table(boards: dict[str, dict]) -> str:
+    """The boards (name → Board as a dict) as a table: figures, Vela's options, sources."""
+    rows = [
+        [
+            f"`{name}`",
+            b["title"],
+            b["cpu"],
+            f"{b['ram_kib']:,}",
+            f"{b['flash_kib']:,}",
+            f"Vela: {b['accelerator']}, `{b['system_config']}`, `{b['memory_mode']}`"
+            if b["kind"] == "ethos-u"
+            else "TFLM on the CPU",
+            b["source"],
+        ]
+        for name, b in boards.items()
+    ]
+    headers = ["board", "part", "CPU / NPU", "RAM KiB", "flash KiB", "runs on", "source"]
+    return md_table(headers, rows, "lllrrll")
 
 
 def fit_plot(record: dict, dest: Path) -> Path:
