@@ -3,8 +3,8 @@ reports, a board too small fails with its shortfall (exit 1), an unknown board i
 firmware kit of a C array registers exactly the model's operators and carries golden vectors that
 TFLM reproduces bit for bit from the header's own bytes.
 
-One tiny int8 CNN (seeded weights, no training) converted by bnpipe's own converter; it holds a
-REVERSE_V2, which Vela leaves to the CPU with a reason on an Ethos-U55.
+Two tiny int8 models (seeded weights, no training) converted by bnpipe's own converter: a CNN
+that holds a REVERSE_V2, which Vela leaves to the CPU with a reason on an Ethos-U55, and an MLP.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ def model_file(keras, tf, tmp_path_factory) -> Path:
     sample = np.random.default_rng(0).random((64, 16, 16, 1), dtype=np.float32)
     out = tmp_path_factory.mktemp("fit")
     (out / "model_int8.tflite").write_bytes(convert(model, "ptq-int8", sample, ExportConfig()))
+    mlp = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu")])
+    mlp.add(keras.layers.Dense(10))
+    flat = sample.reshape(64, -1)[:, :64]
+    (out / "model_ptq-int8.tflite").write_bytes(convert(mlp, "ptq-int8", flat, ExportConfig()))
     return out / "model_int8.tflite"
 
 
@@ -66,20 +70,26 @@ def fitted(model_file, tmp_path_factory):
     return result, json.loads((out / "fit.json").read_text())
 
 
-def _entry(record: dict, board: str) -> dict:
-    (entry,) = [r for r in record["results"] if r["board"] == board]
+def _entry(record: dict, board: str, model: str = "model_int8.tflite") -> dict:
+    (entry,) = [r for r in record["results"] if r["board"] == board and r["model"] == model]
     return entry
 
 
+@pytest.mark.slow  # the fixture converts two models and runs fit: ≈ 25 s
 def test_a_board_too_small_fails_with_its_shortfall(fitted, model_file):
     result, record = fitted
     assert result.exit_code == 1, result.output
-    assert [r["board"] for r in record["results"]] == ["nrf52840", "corstone-300", "tiny"]
-    assert [r["fits"] for r in record["results"]] == [True, True, False]
-    tiny = _entry(record, "tiny")
-    short = (tiny["ram_bytes"] - SMALL_RAM_KIB * 1024) / 1024
-    assert f"model_int8.tflite does not fit tiny: RAM {short:,.1f} KiB short" in result.output
-    assert record["failures"] == [tiny["shortfall"]] and not record["passed"]
+    boards = ["nrf52840", "corstone-300", "tiny"]
+    assert [(r["model"], r["board"]) for r in record["results"]] == [
+        (m, b) for m in ("model_int8.tflite", "model_ptq-int8.tflite") for b in boards
+    ]
+    assert [r["fits"] for r in record["results"]] == [True, True, False] * 2
+    tiny = [_entry(record, "tiny", m) for m in ("model_int8.tflite", "model_ptq-int8.tflite")]
+    for entry in tiny:
+        short = (entry["ram_bytes"] - SMALL_RAM_KIB * 1024) / 1024
+        said = f"{entry['model']} does not fit tiny: RAM {short:,.1f} KiB short"
+        assert said in result.output and entry["shortfall"].startswith(said)
+    assert record["failures"] == [e["shortfall"] for e in tiny] and not record["passed"]
     nrf = _entry(record, "nrf52840")
     size = model_file.stat().st_size
     assert nrf["flash_bytes"] == size + 8 * 1024 == nrf["model_bytes"] + nrf["firmware_flash_bytes"]
@@ -91,6 +101,7 @@ def test_a_board_too_small_fails_with_its_shortfall(fitted, model_file):
     assert "| model_int8.tflite | tiny | **NO** |" in (model_file.parent / "fit.md").read_text()
 
 
+@pytest.mark.slow  # the fixture converts two models and runs fit: ≈ 25 s
 def test_vela_figures_equal_the_vela_commands(fitted, model_file, tmp_path):
     """The `vela` command on the same file and configuration: its summary CSV's figures, its
     per-layer table and its CPU operators are fit.json's."""
@@ -129,13 +140,16 @@ def test_vela_figures_equal_the_vela_commands(fitted, model_file, tmp_path):
     assert npu["cpu_ops"][0]["op"] == "REVERSE_V2"
 
 
-def test_tflm_builds_the_model_in_the_arena_fit_reports(fitted, model_file):
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["model_int8.tflite", "model_ptq-int8.tflite"])
+def test_tflm_builds_the_model_in_the_arena_fit_reports(fitted, model_file, model):
     from pipeline.runtimes.tflm import try_arena
 
-    nrf = _entry(fitted[1], "nrf52840")
+    nrf = _entry(fitted[1], "nrf52840", model)
     assert nrf["arena_bytes"] >= nrf["arena_bytes_used"] > 0
-    assert try_arena(model_file, nrf["arena_bytes"]) == (True, "")
-    assert try_arena(model_file, nrf["arena_bytes"] // 4)[0] is False  # the check can fail
+    path = model_file.parent / model
+    assert try_arena(path, nrf["arena_bytes"]) == (True, "")
+    assert try_arena(path, nrf["arena_bytes"] // 4)[0] is False  # the check can fail
 
 
 def test_unknown_board_is_exit_2_naming_the_known_ones(model_file):

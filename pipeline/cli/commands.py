@@ -589,4 +589,4 @@ def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifact
     )
     click.echo(result.summary)
     if result.exit_code:
-        raise GateFailed("verification failed: " + "; ".join(result.failures), result.failures)
+        raise GateFailed("a gate failed: " + "; ".join(result.failures), result.failures)

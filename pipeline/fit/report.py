@@ -24,7 +24,7 @@ def _speed(r: dict) -> str:
 
 def _cpu(r: dict) -> str:
     if "cpu_ops" not in r:
-        return f"{len(r['ops'])} ops on the CPU (TFLM)"
+        return "TFLM: " + ", ".join(r["ops"])
     if not r["cpu_ops"]:
         return "all on the NPU"
     return "CPU: " + ", ".join(f"{c['op']} ({c['reason']})" for c in r["cpu_ops"])
