@@ -152,20 +152,20 @@ def test_tflm_builds_the_model_in_the_arena_fit_reports(fitted, model_file, mode
     assert try_arena(path, nrf["arena_bytes"] // 4)[0] is False  # the check can fail
 
 
-def test_unknown_board_is_exit_2_naming_the_known_ones(model_file):
+def test_unknown_board_is_exit_2_naming_the_known_ones(tmp_path):
     result = CliRunner().invoke(
-        cli, ["fit", "--board", "nrf5284O", "-q", "--artifacts", str(model_file.parent)]
+        cli, ["fit", "--board", "nrf5284O", "-q", "--artifacts", str(tmp_path)]
     )
     assert result.exit_code == 2
     assert result.output.startswith("Error: unknown board(s) nrf5284O; known: nrf52840, ")
     assert "corstone-300" in result.output and len(result.output.splitlines()) == 1
 
 
-def test_a_profile_with_a_wrong_key_is_exit_2(model_file, tmp_path):
+def test_a_profile_with_a_wrong_key_is_exit_2(tmp_path):
     config = tmp_path / "bnpipe.toml"
     config.write_text('[fit.profiles.mine]\nkind = "mcu"\nram_kib = 64\nflash = 1024\n')
     args = ["fit", "--config", str(config), "--board", "mine", "-q"]
-    result = CliRunner().invoke(cli, [*args, "--artifacts", str(model_file.parent)])
+    result = CliRunner().invoke(cli, [*args, "--artifacts", str(tmp_path)])
     assert result.exit_code == 2
     assert "board mine has unknown key(s) flash" in result.output
 
@@ -261,3 +261,34 @@ def test_the_readme_board_table_is_boards_toml():
     table = readme.split("<!-- boards:start -->\n")[1].split("<!-- boards:end -->")[0]
     boards = {n: dataclasses.asdict(b) for n, b in shipped_boards().items()}
     assert table == boards_table(boards), "README.md's board table differs from boards.toml"
+
+
+def test_fit_config_reads_boards_allowances_and_profiles(tmp_path):
+    from pipeline.core.config import load_run_config
+
+    config = tmp_path / "bnpipe.toml"
+    config.write_text(
+        '[fit]\nboards = ["mine"]\nfirmware_ram_kib = 16\n'
+        '[fit.profiles.mine]\nkind = "mcu"\nram_kib = 64\nflash_kib = 512\n'
+    )
+    fit = load_run_config(config).fit
+    assert fit.boards == ("mine",) and fit.firmware_ram_kib == 16 and fit.firmware_flash_kib == 0
+    assert fit.profiles == {"mine": {"kind": "mcu", "ram_kib": 64, "flash_kib": 512}}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[fit]\nfirmware_flash_kib = -1\n", "[fit] firmware_flash_kib must be an integer from 0"),
+        ('[fit]\nboards = ["nrf52840", "nope"]\n', "unknown board(s) nope; known: nrf52840,"),
+        ('[fit]\nboards = ["x"]\n[fit.profiles.x]\nkind = "npu"\n', "board x kind must be one"),
+    ],
+)
+def test_run_refuses_a_bad_fit_table_before_training(tmp_path, text, message):
+    config = tmp_path / "bnpipe.toml"
+    config.write_text(text)
+    out = tmp_path / "a"
+    result = CliRunner().invoke(cli, ["run", "--config", str(config), "--artifacts", str(out)])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.splitlines()) == 1
+    assert not (out / "model.keras").exists()
