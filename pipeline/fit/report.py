@@ -55,9 +55,13 @@ def fit_markdown(record: dict, plot_name: str) -> str:
     lines.append(
         f"Firmware allowance added: {config['firmware_flash_kib']} KiB flash, "
         f"{config['firmware_ram_kib']} KiB RAM ([fit] firmware_flash_kib, firmware_ram_kib). "
-        "RAM is the TFLM tensor arena on a microcontroller and Vela's SRAM on an NPU; NPU "
-        f"figures are Vela {record.get('vela_version') or ''}'s estimates at its system "
-        "config's clock."
+        "RAM is the TFLM tensor arena on a microcontroller"
+        + (
+            f" and Vela's SRAM on an NPU; NPU figures are Vela {record['vela_version']}'s "
+            "estimates at its system config's clock."
+            if record.get("vela_version")
+            else "."
+        )
     )
     for failure in record["failures"]:
         lines.append(f"- {failure}")

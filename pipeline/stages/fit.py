@@ -47,8 +47,8 @@ def run_fit(
 ) -> FitResult:
     """Check every integer model against every board of `config`; write fit.json, fit.md and
     fit.png. BnpipeError (exit 2) for no board, an unknown one or no integer model; GateFailed
-    (exit 1), after the files are written, when a model does not fit a board (not a
-    transaction of its own, like verify: the stage table's commits the reports with the gate)."""
+    (exit 1), after the files are written, when a model does not fit a board. Not a transaction
+    of its own, like verify: the stage table's commits the reports, then raises the gate."""
     from pipeline.fit.mcu import is_integer
 
     t0 = time.perf_counter()
