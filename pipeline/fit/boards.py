@@ -11,7 +11,7 @@ from pipeline.core.errors import BnpipeError
 
 SHIPPED = Path(__file__).with_name("boards.toml")
 KINDS = ("mcu", "ethos-u")
-# Vela's --accelerator-config choices (ethos-u-vela 4 and 5).
+# Vela's --accelerator-config choices (ethos-u-vela 5).
 ACCELERATORS = (
     "ethos-u55-32",
     "ethos-u55-64",
