@@ -470,6 +470,9 @@ def test_c_array_beside_each_integer_model_compiles_to_its_bytes_and_arena(expor
         "bytes": len(data),
         "arena_bytes": arena,
     }
+    from pipeline.tflite.fixed_batch import fixed_batch
+
+    data = fixed_batch(data)  # the array holds the file with its batch axis fixed at 1
     arr = c_array(data, "model_int8.tflite", arena_bytes=arena)
     # Then the firmware kit (tests/test_fit.py): golden vectors of 3 test samples, the ops.
     assert (out / "model_int8.cc").read_text().startswith(arr.source)

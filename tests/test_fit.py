@@ -202,7 +202,7 @@ def test_c_array_kit_registers_exactly_the_operators_and_golden_vectors_reproduc
     from pipeline.tflite.carray import c_array
     from pipeline.tflite.firmware import firmware_kit
 
-    data = model_file.read_bytes()
+    data = fixed_batch(model_file.read_bytes())  # what export puts in the array
     x = np.random.default_rng(1).integers(-128, 128, (3, 16, 16, 1), dtype=np.int8)
     with TflmRuntime() as rt:
         y = rt.run(str(model_file), x).outputs
@@ -219,7 +219,7 @@ def test_c_array_kit_registers_exactly_the_operators_and_golden_vectors_reproduc
     body = source[source.index("{", source.index(f"{arr.name}[]")) : source.index("};")]
     model = tmp_path / "from_header.tflite"
     model.write_bytes(bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", body)))
-    assert model.read_bytes() == data
+    assert model.read_bytes() == data  # and the file's outputs (y) from the fixed-batch copy:
     golden = {
         role: np.array(
             re.search(rf"{arr.name}_golden_{role}\[\] = \{{(.*?)\}};", source, re.S)

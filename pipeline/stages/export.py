@@ -326,9 +326,11 @@ def _tflm_arena(path: Path, x: np.ndarray, tensor: dict) -> tuple[int | None, st
 
 def _write_c_arrays(out: Path, results: list[ModeResult], blobs: dict, job: _Job, say) -> list:
     """Beside each integer model, its C/C++ source and header (carray.py) with the TFLM arena
-    measured on one test sample; the names written. Each result's c_array says what it got."""
+    and golden vectors of its first test samples (firmware.py), its batch axis fixed at 1
+    (fixed_batch.py); the names written. Each result's c_array says what it got."""
     from pipeline.tflite.carray import c_array
     from pipeline.tflite.firmware import firmware_kit
+    from pipeline.tflite.fixed_batch import fixed_batch
 
     written = []
     for r in results:
@@ -336,10 +338,9 @@ def _write_c_arrays(out: Path, results: list[ModeResult], blobs: dict, job: _Job
             continue
         say(f"C array of {r.file}")
         arena, why, golden = _tflm_arena(artifacts.current(out / r.file), job.ds.x_test, r.input)
-        kit = firmware_kit(blobs[r.mode], *golden)
-        arr = c_array(
-            blobs[r.mode], r.file, arena_bytes=arena, language=job.config.c_array, kit=kit
-        )
+        data = fixed_batch(blobs[r.mode])  # firmware runs one sample: no dynamic batch axis
+        kit = firmware_kit(data, *golden)
+        arr = c_array(data, r.file, arena_bytes=arena, language=job.config.c_array, kit=kit)
         artifacts.write_text(out / arr.header_name, arr.header)
         artifacts.write_text(out / arr.source_name, arr.source)
         r.c_array = {
