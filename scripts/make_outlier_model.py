@@ -104,7 +104,7 @@ def make_outlier_artifacts(
     docstring); returns what was done. ValueError if the float function changed."""
     from pipeline.core.config import ExportConfig
     from pipeline.data.dataset import recorded_dataset
-    from pipeline.models.model import load_model, save_model
+    from pipeline.models.door import load_model, save_model
     from pipeline.stages.export import run_export
     from pipeline.store import files
 

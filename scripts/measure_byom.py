@@ -131,7 +131,7 @@ def train(kind: str, data: Path, dest: Path, epochs: int) -> None:
 
     sys.path.insert(0, str(ROOT))
     from pipeline.core.tfenv import keras
-    from pipeline.models.keras3 import keras3
+    from pipeline.models.keras3_file import keras3
 
     k3 = keras() if kind.startswith("keras2") else keras3()
     d = np.load(data)

@@ -36,7 +36,7 @@ def _score(out: Path, tflite: Path) -> tuple[float, float]:
 
     from pipeline.core.quantize import to_input
     from pipeline.data.dataset import recorded_dataset
-    from pipeline.models.model import load_reference
+    from pipeline.models.door import load_reference
     from pipeline.runtimes import device_runner
     from pipeline.tflite.file import quant_params, read_tflite
 

@@ -86,8 +86,8 @@ def train_cnn(x, y, recipe: dict, seed: int):
     steadier. Each epoch takes the images in its own order, shifted as bnpipe train shifts
     them (train.shift_draws, train.shifted) when they are large enough (train.shiftable)."""
     from pipeline.core.tfenv import set_determinism
-    from pipeline.data.dataset import epoch_order
-    from pipeline.models.model import build_cnn, compile_model
+    from pipeline.data.splits import epoch_order
+    from pipeline.models.article import build_cnn, compile_model
     from pipeline.stages.train import shift_draws, shiftable, shifted
 
     set_determinism(seed)
@@ -236,7 +236,7 @@ def measure(name, data, recipe, seed, tmp: Path) -> dict:
 
 
 def main() -> None:
-    from pipeline.models.model import CNN_RECIPE
+    from pipeline.models.article import CNN_RECIPE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-images", type=int, default=8000)

@@ -8,12 +8,7 @@ flawed layer) trains the same tiny configuration.
 from __future__ import annotations
 
 import pytest
-
-# The tiny recipe: Dense(16) → BN → ReLU → Dense(16) → BN → ReLU → Dense(10), 2 epochs of batch 16
-# at learning rate 1e-2. On digits (seed 0) it reaches ≈ 0.94 test accuracy with either BN kind,
-# and the ≈ 160 training steps move the BN's moving statistics (momentum 0.99) most of the way to
-# the data's, so inference-mode outputs are meaningful.
-TINY = dict(hidden=(16, 16), epochs=2, batch_size=16, learning_rate=1e-2, seed=0)
+from helpers import TINY
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +34,7 @@ def tf(keras):
 @pytest.fixture(scope="session")
 def k3(keras):
     """Keras 3 (`import keras`), imported after TensorFlow as bnpipe does it."""
-    from pipeline.models.keras3 import keras3
+    from pipeline.models.keras3_file import keras3
 
     return keras3()
 
@@ -82,7 +77,7 @@ def trained_custom(keras, tmp_path_factory):
 # with 3 epochs. The default learning rate 1e-3 / batch 32 leaves this net at ≈ 0.52 test accuracy
 # after 3 epochs, where so many samples sit near a decision boundary that int8 and float disagree
 # on ≈ 4 % of them: the export and verify tests would then measure underfitting, not bnpipe.
-EXPORTED_TRAIN = dict(hidden=(16, 16), epochs=3, batch_size=16, learning_rate=1e-2, seed=0)
+EXPORTED_TRAIN = {**TINY, "epochs": 3}
 EXPORTED_QAT_EPOCHS = 1  # one distillation epoch: enough to calibrate the fake-quant ranges
 
 

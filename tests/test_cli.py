@@ -224,7 +224,7 @@ def test_fold_respects_env_and_flag_beats_env(run, trained, tmp_path):
 
 
 def test_fold_strict_refuses_with_one_line_and_warns_otherwise(run, keras, tmp_path):
-    from pipeline.models.model import save_model
+    from pipeline.models.door import save_model
 
     model = keras.Sequential(
         [

@@ -135,7 +135,7 @@ def _two_workers(tmp_path, extra: list[str]):
 
 def _assert_close(reference_model, two_worker_model, x_test):
     """Check WEIGHT_RTOL, PROB_ATOL and MIN_TOP1_AGREEMENT; return the two models' probabilities."""
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     a, b = dict(keras_weights(reference_model)), dict(keras_weights(two_worker_model))
     assert list(a) == list(b)

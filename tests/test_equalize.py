@@ -111,7 +111,7 @@ def test_default_fold_leaves_balanced_pairs_and_equalizes_an_outlier_pair(keras,
     the same model with one channel ×60 has that pair equalized (its ratio to about √60)."""
     import json
 
-    from pipeline.models.model import save_model
+    from pipeline.models.door import save_model
     from pipeline.stages.fold import run_fold
 
     k = keras

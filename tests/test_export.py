@@ -15,7 +15,7 @@ from pipeline.cli import cli
 from pipeline.core.config import EXPORT_MODES, ExportConfig
 from pipeline.core.errors import ModelError
 from pipeline.core.quantize import from_output, to_input
-from pipeline.models.model import load_model
+from pipeline.models.door import load_model
 from pipeline.runtimes.host import HostRuntime
 from pipeline.stages.export import check_keras_model, run_export
 from pipeline.store import artifacts
@@ -25,7 +25,7 @@ from pipeline.tflite.file import parse_tflite, quant_params, read_tflite
 from pipeline.tflite.opset import graph_check
 
 # The int8 (QAT) model must give the float model's top-1 class on at least 98 % of the 360 digits
-# test samples (≤ 7 disagreements). Measured on this fixture: 99.4 % (2 samples); DESIGN.md
+# test samples (≤ 7 disagreements). Measured on this fixture: 99.4 % (2 samples); the brief
 # reports ≈ 99.9 % for PTQ on MNIST. A wrong scale, zero point or requantization collapses
 # agreement far below this (a broken int8 model predicts one class: ≈ 10 %).
 INT8_MIN_AGREEMENT = 0.98
@@ -309,7 +309,7 @@ def test_export_record(exported, record):
 
 
 def _layer_norm_model(keras, path):
-    from pipeline.models.model import save_model
+    from pipeline.models.door import save_model
 
     inp = keras.Input((64,))
     h = keras.layers.LayerNormalization(name="norm")(keras.layers.Dense(16, name="dense")(inp))
@@ -411,7 +411,7 @@ def test_mixed_int8_keeps_the_culprit_in_float(outlier_case, digits):
     with that operator denylisted leaves it a float FULLY_CONNECTED between DEQUANTIZE and
     QUANTIZE, everything else int8, and agrees with the float twin at least as well."""
     from pipeline.analysis.layerwise import rank_layers
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
     from pipeline.tflite.convert import convert_mixed
 
     _, outlier = outlier_case

@@ -123,14 +123,14 @@ def test_fold_params_zero_variance_without_epsilon_is_refused():
 def _bn(keras, kind, **kwargs):
     if kind == "keras":
         return keras.layers.BatchNormalization(**kwargs)
-    from pipeline.models.model import custom_bn_class
+    from pipeline.models.article import custom_bn_class
 
     return custom_bn_class()(**kwargs)
 
 
 def _randomize(model, seed=0):
     """Non-trivial BN statistics and Dense biases: γ with a zero and a negative entry, a tiny σ²."""
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -172,7 +172,7 @@ def _assert_unchanged(model, snapshot):
 
 
 def _assert_no_bn(model):
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     assert [layer.name for layer in model.layers if is_batch_norm(layer)] == []
 
@@ -217,16 +217,25 @@ def test_fold_model_sequential(keras, kind, bn_kwargs, use_bias):
     eps = bn_kwargs.get("epsilon", 1e-3)
     assert pairs == [
         FoldedPair(
-            "d1",
-            "bn1",
-            bn_class,
-            eps,
-            bn_kwargs.get("center", True),
-            bn_kwargs.get("scale", True),
-            use_bias,
-            6,
+            layer="d1",
+            bn="bn1",
+            bn_class=bn_class,
+            epsilon=eps,
+            center=bn_kwargs.get("center", True),
+            scale=bn_kwargs.get("scale", True),
+            layer_had_bias=use_bias,
+            units=6,
         ),
-        FoldedPair("d2", "bn2", bn_class, 1e-3, True, True, True, 5),
+        FoldedPair(
+            layer="d2",
+            bn="bn2",
+            bn_class=bn_class,
+            epsilon=1e-3,
+            center=True,
+            scale=True,
+            layer_had_bias=True,
+            units=5,
+        ),
     ]
     # The folded Dense holds exactly fold_params(...) rounded once to float32.
     for dense, bn in (("d1", "bn1"), ("d2", "bn2")):
@@ -565,14 +574,14 @@ def _inputs_for(model, n=16):
 
 @pytest.mark.parametrize("build,kind,reason", list(_refused_cases()))
 def test_fold_model_keeps_bn_it_cannot_fold_exactly(keras, build, kind, reason):
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
     from pipeline.stages.fold import fold_model
 
     model = _randomize(build(keras, kind))
     before = _snapshot(model)
     folded, pairs, skipped = fold_model(model)
     assert pairs == []
-    assert skipped == [SkippedBN("bn", reason)]
+    assert skipped == [SkippedBN(bn="bn", reason=reason)]
     assert [layer.name for layer in folded.layers if is_batch_norm(layer)] == ["bn"]
     # Nothing was folded, so the copy computes exactly what the original does.
     xs = _inputs_for(model)
@@ -610,7 +619,7 @@ def test_fold_model_folds_what_it_can_and_names_what_it_keeps(keras):
         ("d2", "bn_after_relu", "before"),
     ]
     reason = "follows Dense 'd2' which has its own activation 'relu', and feeds the model output"
-    assert skipped == [SkippedBN("bn_after_act", reason)]
+    assert skipped == [SkippedBN(bn="bn_after_act", reason=reason)]
     xs = _inputs_for(model)
     assert _rel_diff(model(xs, training=False), folded(xs, training=False)) <= FOLD_RTOL
     with pytest.raises(ModelError) as info:
@@ -636,7 +645,7 @@ def test_fold_model_names_bn_inside_a_nested_model(keras, outer):
     _randomize(block)
     folded, pairs, skipped = fold_model(model)
     reason = "is inside the nested model 'block'; bnpipe folds only the outer model's own layers"
-    assert pairs == [] and skipped == [SkippedBN("bn", reason)]
+    assert pairs == [] and skipped == [SkippedBN(bn="bn", reason=reason)]
     xs = _inputs_for(model)
     np.testing.assert_array_equal(
         np.asarray(model(xs, training=False)), np.asarray(folded(xs, training=False))
@@ -660,7 +669,7 @@ def test_fold_model_names_a_batch_normalization_subclass(keras):
     )
     _, pairs, skipped = fold_model(model)
     assert pairs == [] and skipped == [
-        SkippedBN("bn", "is a ShiftedBN, which bnpipe does not fold")
+        SkippedBN(bn="bn", reason="is a ShiftedBN, which bnpipe does not fold")
     ]
 
 
@@ -692,7 +701,7 @@ def test_fold_model_leaves_a_foreign_layer_named_custombatchnorm_alone(keras, tf
 def test_run_fold_on_trained_model_writes_folded_model_and_record(
     request, fixture, bn_class, digits, tmp_path
 ):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
     from pipeline.stages.fold import run_fold
 
     _, result = request.getfixturevalue(fixture)
@@ -738,7 +747,7 @@ def test_run_fold_on_trained_model_writes_folded_model_and_record(
 
 
 def test_run_fold_warns_and_strict_refuses_and_writes_nothing(keras, tmp_path):
-    from pipeline.models.model import save_model
+    from pipeline.models.door import save_model
     from pipeline.stages.fold import run_fold
 
     src = save_model(
@@ -781,7 +790,7 @@ def test_run_fold_fails_beyond_tolerance_and_writes_nothing(trained, tmp_path):
 def test_run_fold_on_functional_layouts(keras, tmp_path, layout):
     # Regressions: the output check once assumed one output, and random check inputs once
     # assumed a flat (batch, features) input.
-    from pipeline.models.model import save_model
+    from pipeline.models.door import save_model
     from pipeline.stages.fold import run_fold
 
     k = keras

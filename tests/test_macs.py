@@ -78,7 +78,7 @@ def keras_macs(model) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def mlp_info(keras, tf) -> TfliteInfo:
-    from pipeline.models.model import build_mlp
+    from pipeline.models.article import build_mlp
 
     return _convert(tf, build_mlp(784, 10))
 
@@ -93,7 +93,7 @@ def test_mlp_matches_the_hand_count(mlp_info):
 
 @pytest.mark.parametrize("shape,hand", [((28, 28, 1), CNN28_MACS), ((8, 8, 1), CNN8_MACS)])
 def test_cnn_matches_the_hand_count_and_the_keras_shapes(keras, tf, shape, hand):
-    from pipeline.models.model import build_cnn
+    from pipeline.models.article import build_cnn
 
     model = build_cnn(shape)
     assert keras_macs(model) == hand
@@ -114,7 +114,7 @@ def test_totals_quoted_in_the_report():
 def test_int8_file_counts_the_same_as_float(keras, tf):
     import numpy as np
 
-    from pipeline.models.model import build_cnn
+    from pipeline.models.article import build_cnn
 
     model = build_cnn((8, 8, 1))
     sample = np.random.default_rng(0).random((8, 8, 8, 1), dtype=np.float32)

@@ -51,7 +51,7 @@ def _article_bn_class(keras, tf):
 
 def _fit_tiny(model, ds, tiny):
     """Compile and fit as `train` does with the TINY recipe (conftest.py)."""
-    from pipeline.models.model import compile_model
+    from pipeline.models.article import compile_model
 
     compile_model(model, tiny["learning_rate"])
     model.fit(
@@ -99,7 +99,8 @@ def test_article_custom_bn_collapses_at_batch_size_1(keras, tf, digits, tiny):
 
 
 def test_our_custom_bn_is_independent_of_batch_size(trained_custom, digits):
-    from pipeline.models.model import custom_bn_class, load_model
+    from pipeline.models.article import custom_bn_class
+    from pipeline.models.door import load_model
 
     config, result = trained_custom
     assert config.bn == "custom"
@@ -123,7 +124,7 @@ def _numpy_bn(x, gamma, beta, mean, variance, epsilon):
 
 
 def test_custom_bn_training_step_uses_batch_moments_and_moves_statistics(keras):
-    from pipeline.models.model import custom_bn_class
+    from pipeline.models.article import custom_bn_class
 
     rng = np.random.default_rng(0)
     x = rng.normal(2.0, 3.0, size=(32, 5)).astype(np.float32)
@@ -150,7 +151,7 @@ def test_custom_bn_training_step_uses_batch_moments_and_moves_statistics(keras):
 
 
 def test_custom_bn_matches_keras_batch_normalization(keras):
-    from pipeline.models.model import custom_bn_class
+    from pipeline.models.article import custom_bn_class
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(16, 4)).astype(np.float32)
@@ -181,7 +182,7 @@ def test_custom_bn_matches_keras_batch_normalization(keras):
 
 def test_custom_bn_moving_statistics_move_during_fit(keras, digits):
     from pipeline.core.tfenv import set_determinism
-    from pipeline.models.model import build_mlp, compile_model, custom_bn_class
+    from pipeline.models.article import build_mlp, compile_model, custom_bn_class
 
     set_determinism(0)
     model = compile_model(
@@ -206,7 +207,7 @@ def test_a_frozen_bn_keeps_its_statistics_in_fit_like_keras(keras, digits, bn_ki
     """trainable=False puts either BN kind in inference mode: fit moves neither γ, β nor the
     moving statistics, and the layer's output is the moving-statistics one."""
     from pipeline.core.tfenv import set_determinism
-    from pipeline.models.model import build_mlp, compile_model
+    from pipeline.models.article import build_mlp, compile_model
 
     set_determinism(0)
     model = build_mlp(digits.preprocessing.n_features, digits.num_classes, (4,), bn_kind)
@@ -222,7 +223,7 @@ def test_a_frozen_bn_keeps_its_statistics_in_fit_like_keras(keras, digits, bn_ki
 
 
 def test_custom_bn_rejects_bad_arguments(keras):
-    from pipeline.models.model import custom_bn_class
+    from pipeline.models.article import custom_bn_class
 
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
         custom_bn_class()(momentum=1.0)
@@ -235,7 +236,7 @@ def test_custom_bn_rejects_bad_arguments(keras):
 
 @pytest.mark.parametrize("bn", ["keras", "custom"])
 def test_build_mlp_is_the_articles_network(keras, bn):
-    from pipeline.models.model import build_mlp, is_batch_norm
+    from pipeline.models.article import build_mlp, is_batch_norm
 
     model = build_mlp(64, 10, (64, 64), bn)
     assert [layer.name for layer in model.layers] == [
@@ -256,7 +257,7 @@ def test_build_mlp_is_the_articles_network(keras, bn):
 
 
 def test_build_mlp_rejects_bad_arguments():
-    from pipeline.models.model import build_mlp
+    from pipeline.models.article import build_mlp
 
     with pytest.raises(ValueError, match="bn must be one of"):
         build_mlp(64, bn="torch")
@@ -302,7 +303,7 @@ def _cnn_names(stem: int, blocks: int) -> list[str]:
 def test_build_cnn_is_mobilenet_style_and_fits_both_image_sizes(keras, shape, grids):
     """The grid after each stem convolution and each block: the stem's stride 2 on 28×28 only,
     then the two stride-2 blocks (2 and 4), "same" padding throughout (7 → 4)."""
-    from pipeline.models.model import CNN_BLOCKS, CNN_STEM, build_cnn, is_batch_norm
+    from pipeline.models.article import CNN_BLOCKS, CNN_STEM, build_cnn, is_batch_norm
 
     model = build_cnn(shape)
     assert [layer.name for layer in model.layers] == _cnn_names(len(CNN_STEM), len(CNN_BLOCKS))
@@ -332,7 +333,7 @@ def test_build_cnn_is_mobilenet_style_and_fits_both_image_sizes(keras, shape, gr
 
 
 def test_build_cnn_options(keras):
-    from pipeline.models.model import build_cnn, is_batch_norm
+    from pipeline.models.article import build_cnn, is_batch_norm
 
     model = build_cnn((20, 18, 3), 4, stem=((8, 2),), blocks=((16, 2),), bn="custom")
     assert [layer.name for layer in model.layers] == _cnn_names(1, 1)
@@ -349,7 +350,7 @@ def test_build_cnn_options(keras):
 
 
 def test_build_cnn_rejects_bad_arguments():
-    from pipeline.models.model import build_cnn
+    from pipeline.models.article import build_cnn
 
     with pytest.raises(
         ValueError, match=r"input_shape must be \(height, width, channels\), got 784"
@@ -372,7 +373,7 @@ def test_build_cnn_rejects_bad_arguments():
 
 def _randomize_bns(model, seed=0):
     """Moving statistics and γ, β far from their initial (0, 1, 1, 0), as after training."""
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -398,7 +399,7 @@ def test_build_cnn_folds_quantizes_and_converts_to_integer_conv_ops(keras, tf):
     from helpers import fold_sequential
 
     from pipeline.core.config import FOLD_RTOL
-    from pipeline.models.model import build_cnn, is_batch_norm
+    from pipeline.models.article import build_cnn, is_batch_norm
     from pipeline.tflite.file import parse_tflite
 
     model = build_cnn((8, 8, 1))
@@ -439,7 +440,7 @@ def test_build_cnn_learns_digits_and_the_trained_model_folds(keras, digits):
 
     from pipeline.core.config import FOLD_RTOL
     from pipeline.core.tfenv import set_determinism
-    from pipeline.models.model import CNN_RECIPE, build_cnn, compile_model
+    from pipeline.models.article import CNN_RECIPE, build_cnn, compile_model
 
     set_determinism(0)
     x_train, x_test = (a.reshape(-1, 8, 8, 1) for a in (digits.x_train, digits.x_test))
@@ -451,7 +452,8 @@ def test_build_cnn_learns_digits_and_the_trained_model_folds(keras, digits):
 
 
 def test_custom_bn_save_load_round_trip(keras, tmp_path):
-    from pipeline.models.model import custom_bn_class, load_model, save_model
+    from pipeline.models.article import custom_bn_class
+    from pipeline.models.door import load_model, save_model
 
     CBN = custom_bn_class()
     model = keras.Sequential(
@@ -488,7 +490,7 @@ def test_custom_bn_save_load_round_trip(keras, tmp_path):
 
 
 def test_load_model_refuses_missing_file(tmp_path):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     with pytest.raises(ModelError) as info:
         load_model(tmp_path / "nope.keras")
@@ -496,7 +498,7 @@ def test_load_model_refuses_missing_file(tmp_path):
 
 
 def test_load_model_refuses_directory(tmp_path):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     with pytest.raises(ModelError) as info:
         load_model(tmp_path)
@@ -508,7 +510,7 @@ def test_load_model_refuses_directory(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 def test_load_model_refuses_h5(keras, tmp_path):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     path = tmp_path / "legacy.h5"
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
@@ -521,7 +523,7 @@ def test_load_model_refuses_h5(keras, tmp_path):
 
 
 def test_load_model_refuses_lambda_layers(keras, tmp_path):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     path = tmp_path / "lambda.keras"
     keras.Sequential(
@@ -540,7 +542,7 @@ def test_load_model_refuses_lambda_layers(keras, tmp_path):
 
 
 def test_load_model_refuses_non_zip_file(tmp_path):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     path = tmp_path / "model.keras"
     path.write_text("this is not a model\n")
@@ -553,7 +555,7 @@ def test_load_model_refuses_non_zip_file(tmp_path):
 
 
 def test_load_model_refuses_truncated_file(trained, tmp_path):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     _, result = trained
     data = result.model_path.read_bytes()
@@ -571,7 +573,7 @@ def _zip(path, **members):
 
 
 def test_load_model_refuses_zip_without_config_or_with_unknown_layer(keras, tmp_path):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     empty = _zip(tmp_path / "empty.keras", metadata_json="{}")
     with pytest.raises(ModelError) as info:
@@ -618,7 +620,7 @@ def test_load_model_refuses_zip_without_config_or_with_unknown_layer(keras, tmp_
 
 
 def test_predict_in_batches_matches_keras_predict_and_takes_no_rows(keras, trained, digits):
-    from pipeline.models.model import classify, load_model, predict
+    from pipeline.models.door import classify, load_model, predict
 
     model = load_model(trained[1].model_path)
     x = digits.x_test[:300]

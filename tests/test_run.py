@@ -267,7 +267,7 @@ def test_run_model_takes_a_keras3_model_to_verified_int8(k3, digits, tmp_path, b
 
     import helpers
 
-    from pipeline.models.keras3 import saved_by
+    from pipeline.models.configcheck import saved_by
     from pipeline.store.files import tflite_name
     from pipeline.tflite.file import read_tflite
     from pipeline.tflite.opset import graph_check
@@ -310,8 +310,8 @@ def test_run_model_takes_a_keras3_model_to_verified_int8(k3, digits, tmp_path, b
 def test_run_model_takes_a_tf_keras_image_model_and_keeps_its_keras(keras, digits, tmp_path):
     """A tf_keras model taking 8×8×1 images: digits are fed as images on every target, and
     folded.keras stays a tf_keras file."""
-    from pipeline.models.keras3 import saved_by
-    from pipeline.models.model import save_model
+    from pipeline.models.configcheck import saved_by
+    from pipeline.models.door import save_model
 
     k = keras
     k.utils.set_random_seed(0)

@@ -31,7 +31,7 @@ def x(digits):
 
 
 def test_intermediate_tensors_of_the_float_twin_are_the_layers_outputs(files, x, outlier_case):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     float_path, _ = files
     info = read_tflite(float_path)

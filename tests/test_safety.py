@@ -519,7 +519,7 @@ def test_a_model_that_ran_on_no_target_fails_the_gate(files, tmp_path):
     """TFLM refuses float16 weights (their DEQUANTIZE) in Prepare, cleanly; with no other target
     the file ran nowhere, which is no evidence of anything: exit 1 naming it, never a PASS."""
     from pipeline.core.config import ExportConfig
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
     from pipeline.stages.export import convert
 
     out = _artifacts(tmp_path, files, {"model.keras": "good.keras"})

@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.parametrize("bn", ["keras", "custom"])
 def test_sync_model_starts_from_build_mlps_initial_weights(keras, bn):
     from pipeline.core.tfenv import set_determinism
-    from pipeline.models.model import build_mlp
+    from pipeline.models.article import build_mlp
     from pipeline.training.syncbn import build_from_specs, sync_bn_classes, sync_layer_specs
 
     set_determinism(5)

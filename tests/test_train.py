@@ -40,7 +40,7 @@ def test_different_seed_gives_differentkeras_weights(trained, tmp_path):
 
 
 def test_train_json_records_config_history_accuracy_versions_and_hash(trained, digits):
-    from pipeline.models.model import load_model
+    from pipeline.models.door import load_model
 
     config, result = trained
     out = result.model_path.parent
@@ -81,7 +81,8 @@ def test_train_json_records_config_history_accuracy_versions_and_hash(trained, d
 
 
 def test_train_with_custom_bn(trained_custom):
-    from pipeline.models.model import custom_bn_class, load_model
+    from pipeline.models.article import custom_bn_class
+    from pipeline.models.door import load_model
 
     config, result = trained_custom
     rec = json.loads(result.record_path.read_text())
@@ -169,7 +170,7 @@ def _batches(x, y, **options):
 
 
 def test_epoch_batches_shift_images_per_seed_and_epoch_and_leave_the_rest(tf):
-    from pipeline.data.dataset import epoch_order
+    from pipeline.data.splits import epoch_order
     from pipeline.stages.train import shift_draws
 
     rng = np.random.default_rng(1)
@@ -309,7 +310,7 @@ def test_ctrl_c_just_after_a_checkpoint_rename_leaves_one_checkpoint(tmp_path, m
     import os
     import signal
 
-    from pipeline.models.model import build_mlp, compile_model
+    from pipeline.models.article import build_mlp, compile_model
     from pipeline.training.checkpoints import latest
     from pipeline.training.checkpoints import save as save_checkpoint
 
@@ -341,7 +342,7 @@ def test_resume_refuses_a_checkpoint_of_other_options(tmp_path):
 
     from pipeline.core.errors import ArtifactError
     from pipeline.data.dataset import load_dataset
-    from pipeline.models.model import build_mlp, compile_model
+    from pipeline.models.article import build_mlp, compile_model
     from pipeline.stages.train import train
     from pipeline.store.files import RESUME_DIR
     from pipeline.training.checkpoints import save as save_checkpoint
@@ -389,7 +390,7 @@ def article3(k3, digits, tmp_path_factory):
 def test_import_copies_the_model_and_scores_it_in_its_own_keras(article3, k3, digits, tmp_path):
     import json
 
-    from pipeline.models.keras3 import load_keras3
+    from pipeline.models.keras3_file import load_keras3
     from pipeline.stages.train import train
     from pipeline.store.artifacts import sha256_file
 

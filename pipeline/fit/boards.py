@@ -30,7 +30,7 @@ TEXT_KEYS = ("title", "cpu", "source")
 MAX_KIB = 1 << 30  # a terabyte: far beyond any board, so a typo is refused, not believed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Board:
     name: str
     kind: str  # "mcu" or "ethos-u"

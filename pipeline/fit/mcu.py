@@ -24,7 +24,7 @@ MAX_TRIES = 12  # 1.0625¹² ≈ 2.07: beyond twice the bytes used, take the siz
 _DTYPES = {"int8": np.int8, "int16": np.int16, "uint8": np.uint8, "float32": np.float32}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Arena:
     bytes: int  # the smallest size tried in which TFLM built the model
     used: int  # what TFLM reports stays allocated after set-up
@@ -59,9 +59,9 @@ def measure_arena(path: Path, info: TfliteInfo) -> Arena:
         if size >= given:
             break
         if try_arena(path, size)[0]:
-            return Arena(size, used, tries)
+            return Arena(bytes=size, used=used, tries=tries)
         size = _aligned(size * (1 + ARENA_STEP))
-    return Arena(given, used, MAX_TRIES)
+    return Arena(bytes=given, used=used, tries=MAX_TRIES)
 
 
 def _aligned(n: float) -> int:

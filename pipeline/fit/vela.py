@@ -42,7 +42,7 @@ _CPU_WARNING = re.compile(
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VelaResult:
     """Vela's figures for one model on one accelerator configuration."""
 
@@ -99,9 +99,13 @@ def compile_for(
         seconds = time.perf_counter() - t0
         summary = _read_csv(out / f"{stem}_summary_{system_config}.csv", proc, stem)
         layers = _read_csv(out / f"{stem}_per-layer.csv", proc, stem, many=True)
-    result = VelaResult(summary[0], layers, cpu_operators(proc.stdout), seconds)
-    result.figures = figures(result.summary)
-    return result
+    return VelaResult(
+        summary=summary[0],
+        layers=layers,
+        cpu_ops=cpu_operators(proc.stdout),
+        seconds=seconds,
+        figures=figures(summary[0]),
+    )
 
 
 def _run(command: list[str], cwd: str, stem: str) -> subprocess.CompletedProcess:

@@ -36,7 +36,7 @@ PASS_THROUGH = (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SkippedBN:
     bn: str
     reason: str
@@ -56,7 +56,7 @@ def plan_fold(model) -> tuple[list[Plan], list[SkippedBN]]:
     Every BN-like layer of the model, nested models included, ends up in one of the two lists:
     none is kept silently (nor would `strict` let one through).
     """
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     graph = LayerGraph(model)
     objects = {layer.name: layer for layer in model.layers}
@@ -76,7 +76,7 @@ def plan_fold(model) -> tuple[list[Plan], list[SkippedBN]]:
                 plan, why_before = _plan_before(graph, node, taken, objects)
                 reason = None if plan else f"{why_after}, and {why_before}"
         if plan is None:
-            skipped.append(SkippedBN(node.name, reason or "no layer to fold into"))
+            skipped.append(SkippedBN(bn=node.name, reason=reason or "no layer to fold into"))
         else:
             plans.append(plan)
             taken.add((plan.layer, plan.direction))
@@ -152,7 +152,7 @@ def _plan_before(graph: LayerGraph, bn, taken, objects) -> tuple[Plan | None, st
 def _other_bns(model, nested_in: str | None) -> list[SkippedBN]:
     """A SkippedBN for each BN the plan does not see: inside a nested model, or of a class (a
     BatchNormalization subclass) whose behaviour bnpipe cannot vouch for."""
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     found = []
     for layer in model.layers:
@@ -161,13 +161,15 @@ def _other_bns(model, nested_in: str | None) -> list[SkippedBN]:
         elif nested_in is not None and is_batch_norm(layer):
             found.append(
                 SkippedBN(
-                    layer.name,
-                    f"is inside the nested model {nested_in!r}; bnpipe folds only the outer "
+                    bn=layer.name,
+                    reason=f"is inside the nested model {nested_in!r}; bnpipe folds only the outer "
                     "model's own layers",
                 )
             )
         elif is_batch_norm(layer) and type(layer).__name__ not in BN_CLASSES:
             found.append(
-                SkippedBN(layer.name, f"is a {type(layer).__name__}, which bnpipe does not fold")
+                SkippedBN(
+                    bn=layer.name, reason=f"is a {type(layer).__name__}, which bnpipe does not fold"
+                )
             )
     return found

@@ -24,7 +24,7 @@ from pipeline.store.lock import writer_lock
 from pipeline.store.manifest import Manifest
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StageOutcome:
     stage: str
     ran: bool
@@ -32,7 +32,7 @@ class StageOutcome:
     note: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunResult:
     stages: list[StageOutcome]
     exit_code: int
@@ -78,12 +78,13 @@ def _run_locked(
         if name == "fit" and not stage_config.boards:
             continue  # no board to fit: the run ends with bench
         inputs = stage.inputs(stage_config, out)
-        if not force and Manifest(out).up_to_date(name, inputs, stage_config):
-            outcomes.append(StageOutcome(name, False, 0.0, "up to date"))
+        why = "--force" if force else Manifest(out).why_stale(name, inputs, stage_config)
+        if why is None:
+            outcomes.append(StageOutcome(stage=name, ran=False, seconds=0.0, note="up to date"))
             say(f"{name}: up to date, skipped")
             continue
         _refuse_multi_worker(name, stage_config)
-        say(f"{name}: running")
+        say(f"{name}: running ({why})")
         t0 = time.time()
         try:
             execute(name, stage_config, request)
@@ -92,7 +93,7 @@ def _run_locked(
             failures.extend(exc.failures)
             fit_failed = fit_failed or name == "fit"
             note = "gate failed"
-        outcomes.append(StageOutcome(name, True, time.time() - t0, note))
+        outcomes.append(StageOutcome(stage=name, ran=True, seconds=time.time() - t0, note=note))
     record = artifacts.read_json(out / files.VERIFY_RECORD)
     failures = failures or record.get("failures", [])
     code = 0 if record.get("passed") and not fit_failed else 1
@@ -103,7 +104,7 @@ def _run_locked(
         summary += "\nwill it fit (fit.md):\n" + fit_table(
             artifacts.read_json(out / files.FIT_RECORD)
         )
-    return RunResult(outcomes, code, summary, failures)
+    return RunResult(stages=outcomes, exit_code=code, summary=summary, failures=failures)
 
 
 def _refuse_multi_worker(name: str, config) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.core.config import AUTO, AUTO_ORDER, INTEGER_MODES, MIXED, ExportConfig
 from pipeline.core.errors import ModelError
 from pipeline.core.tfenv import native_noise_filtered
-from pipeline.models.model import classify
+from pipeline.models.door import classify
 from pipeline.store import artifacts, files
 from pipeline.store.files import tflite_name
 from pipeline.tflite.convert import convert, qat_fine_tune
@@ -37,7 +37,7 @@ from pipeline.tflite.opset import (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModeResult:
     mode: str
     file: str
@@ -59,7 +59,7 @@ class ModeResult:
     c_array: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportResult:
     modes: list[ModeResult]
     record_path: Path
@@ -161,19 +161,19 @@ def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
     with native_noise_filtered():
         pred = _tflite_predict(blob, ds.x_test, info)
     result = ModeResult(
-        mode,
-        tflite_name(mode),
-        len(blob),
-        artifacts.sha256_bytes(blob),
-        info.op_counts(),
-        io["input"],
-        io["output"],
-        keras_acc,
-        float(np.mean(pred == ds.y_test)),
-        float(np.mean(pred == float_pred)),
-        time.perf_counter() - t1,
-        history,
-        {k.bn: operators_of(info, k.bn) for k in job.kept},
+        mode=mode,
+        file=tflite_name(mode),
+        size_bytes=len(blob),
+        sha256=artifacts.sha256_bytes(blob),
+        operators=info.op_counts(),
+        input=io["input"],
+        output=io["output"],
+        keras_accuracy=keras_acc,
+        tflite_accuracy=float(np.mean(pred == ds.y_test)),
+        agreement_with_float=float(np.mean(pred == float_pred)),
+        seconds=time.perf_counter() - t1,
+        qat_history=history,
+        kept_batch_norms={k.bn: operators_of(info, k.bn) for k in job.kept},
     )
     return result, blob
 
@@ -181,7 +181,7 @@ def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
 # --- --mode auto: the first mode that keeps the model's accuracy ------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trial:
     """One candidate of --mode auto, scored on the validation split with verify's gates."""
 
@@ -212,7 +212,16 @@ def choose(job: _Job, model_path: Path, say) -> tuple[list[tuple[ModeResult, byt
             else:
                 tried[mode], keep = _export_mode(mode, job), []
         except ModelError as exc:  # e.g. QAT cannot wrap a Conv1D: the next mode may do
-            trials.append(Trial(mode, False, 0.0, 0.0, 0.0, f"cannot be made: {exc}"))
+            trials.append(
+                Trial(
+                    mode=mode,
+                    passed=False,
+                    accuracy=0.0,
+                    drop_pp=0.0,
+                    agreement=0.0,
+                    reason=f"cannot be made: {exc}",
+                )
+            )
             say(f"auto: {mode}: {trials[-1].reason}")
             continue
         trials.append(_score(mode, tried[mode][1], val, job.config, keep))
@@ -246,7 +255,7 @@ def _validation(job: _Job, model_path: Path):
     beside the folded model, in its own Keras (else the folded model, equal to it within the
     fold's tolerance)."""
     from pipeline.data.dataset import model_input_shape, shaped
-    from pipeline.models.model import load_reference
+    from pipeline.models.door import load_reference
 
     x, y = job.ds.x_val, job.ds.y_val
     original = model_path.parent / files.MODEL
@@ -271,7 +280,15 @@ def _score(mode: str, blob: bytes, val, config: ExportConfig, keep: list[str]) -
         f"accuracy {accuracy:.2%} (the original's {ref_acc:.2%}), agreement {agreement:.2%} "
         f"on {len(y)} validation samples"
     )
-    return Trial(mode, not failed, accuracy, drop, agreement, reason, keep)
+    return Trial(
+        mode=mode,
+        passed=not failed,
+        accuracy=accuracy,
+        drop_pp=drop,
+        agreement=agreement,
+        reason=reason,
+        keep_float=keep,
+    )
 
 
 def _mixed(job: _Job, val, ptq_int8: bytes, tried: dict):
@@ -400,7 +417,7 @@ def run_export(
     is renamed into place, so a failing mode leaves the previous files as they were.
     """
     from pipeline.data.dataset import as_model_input, model_input_shape, recorded_dataset
-    from pipeline.models.model import classifier, load_model
+    from pipeline.models.door import classifier, load_model
 
     t0 = time.perf_counter()
     folded = classifier(load_model(model_path), model_path)
@@ -440,4 +457,4 @@ def run_export(
         record,
         inputs={"model": artifacts.sha256_file(model_path), "data": fingerprint},
     )
-    return ExportResult(results, record_path, time.perf_counter() - t0)
+    return ExportResult(modes=results, record_path=record_path, seconds=time.perf_counter() - t0)

@@ -28,7 +28,7 @@ from pipeline.store import artifacts, files
 from pipeline.tflite.file import read_tflite
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FitResult:
     record: dict[str, Any]
     record_path: Path
@@ -186,5 +186,11 @@ def _write(out: Path, record: dict, models: list[Path], t0: float) -> FitResult:
     inputs = {p.name: artifacts.sha256_file(p) for p in models}
     record_path = artifacts.write_json(out / files.FIT_RECORD, record, inputs=inputs)
     report_path = artifacts.write_text(out / files.FIT_REPORT, fit_markdown(record, plot.name))
-    failures = record["failures"]
-    return FitResult(record, record_path, report_path, plot, failures, time.perf_counter() - t0)
+    return FitResult(
+        record=record,
+        record_path=record_path,
+        report_path=report_path,
+        plot_path=plot,
+        failures=record["failures"],
+        seconds=time.perf_counter() - t0,
+    )

@@ -30,7 +30,7 @@ from pipeline.store import artifacts, files
 from pipeline.tflite.file import TfliteInfo, read_tflite
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayersResult:
     analysis: LayerAnalysis
     record_path: Path

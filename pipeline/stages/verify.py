@@ -24,14 +24,14 @@ from pipeline.core.errors import ArtifactError, DataError, GateFailed, ModelErro
 from pipeline.core.interrupts import raise_pending
 from pipeline.core.quantize import to_input
 from pipeline.core.safeio import regular_file
-from pipeline.models.model import classify
+from pipeline.models.door import classify
 from pipeline.store import artifacts, files
 from pipeline.tflite.file import check_io, quant_params
 
 REFERENCE_TARGET = "host-ref"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Row:
     candidate: str
     target: str
@@ -54,14 +54,14 @@ class Row:
     failures: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Skipped:
     candidate: str
     target: str
     reason: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VerifyResult:
     rows: list[Row]
     skipped: list[Skipped]
@@ -111,7 +111,7 @@ class ModelInputs:
         return self._made[key]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Reference:
     """The test split and what the original model (TensorFlow, host) says on it."""
 
@@ -207,7 +207,7 @@ def run_verify(
     ref = _reference(ref_path, out, data, config, say)
     _check_fit(infos, ref)
     rows: list[Row] = []
-    skipped = [Skipped("*", name, reason) for name, reason in unavailable]
+    skipped = [Skipped(candidate="*", target=name, reason=reason) for name, reason in unavailable]
     folded_path = out / files.FOLDED
     if folded_path.is_file() and not tflite:
         rows.append(_folded_row(_folded_model(folded_path, ref), ref, say))
@@ -274,7 +274,7 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
     """The test split (the one training held out, or `data`'s) and the original's predictions."""
     from pipeline.core.tfenv import muted_stderr
     from pipeline.data.dataset import model_input_shape, recorded_dataset, shaped
-    from pipeline.models.model import load_reference
+    from pipeline.models.door import load_reference
 
     model = load_reference(ref_path)  # in the Keras that saved it
     ds, preprocessing = recorded_dataset([out], data, model)
@@ -287,14 +287,14 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
         pred = classify(model, shaped(x, model_input_shape(model)))
     values = None if codes is None else ds.preprocessing.code_values()
     return Reference(
-        x,
-        y,
-        pred,
-        int(model.outputs[0].shape[-1]),
-        ModelInputs(x, codes, values),
-        ds.summary(),
-        preprocessing,
-        ds.fingerprint(),
+        x=x,
+        y=y,
+        pred=pred,
+        n_classes=int(model.outputs[0].shape[-1]),
+        inputs=ModelInputs(x, codes, values),
+        dataset=ds.summary(),
+        preprocessing=preprocessing,
+        fingerprint=ds.fingerprint(),
     )
 
 
@@ -332,7 +332,7 @@ def _folded_model(folded_path: Path, ref: Reference):
     and gives the reference's classes: ModelError / DataError naming it otherwise (it is not
     the fold of this model)."""
     from pipeline.data.dataset import model_input_shape
-    from pipeline.models.model import load_reference
+    from pipeline.models.door import load_reference
 
     model = load_reference(folded_path)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -374,7 +374,9 @@ def _run_everywhere(infos: dict, runtimes, ref: Reference, config: VerifyConfig,
         for rt in lanes:
             res = done[rt.name][path]
             if isinstance(res, ModelError):
-                skipped.append(Skipped(path.name, rt.name, f"failed: {res}"))
+                skipped.append(
+                    Skipped(candidate=path.name, target=rt.name, reason=f"failed: {res}")
+                )
                 continue
             row, raw = score(rt.name, path, info, ref, res, raw_ref, config)
             if rt.name == REFERENCE_TARGET:
@@ -507,17 +509,17 @@ def _row(
     c = compare(pred, ref.pred, ref.y)
     dis = np.bincount(ref.pred[pred != ref.pred], minlength=ref.n_classes)
     return Row(
-        candidate,
-        target,
-        c.n,
-        c.accuracy,
-        c.accuracy_ci,
-        c.diff_pp,
-        c.diff_ci_pp,
-        c.mcnemar_p,
-        c.agreement,
-        c.only_candidate_right,
-        c.only_reference_right,
+        candidate=candidate,
+        target=target,
+        n=c.n,
+        accuracy=c.accuracy,
+        accuracy_ci=c.accuracy_ci,
+        diff_pp=c.diff_pp,
+        diff_ci_pp=c.diff_ci_pp,
+        mcnemar_p=c.mcnemar_p,
+        agreement=c.agreement,
+        only_candidate_right=c.only_candidate_right,
+        only_reference_right=c.only_reference_right,
         seconds=float(seconds),
         info=info,
         disagreement_by_class=[int(v) for v in dis],

@@ -12,8 +12,8 @@
     layers  (not a stage) reads model_int8.tflite and model_float32.tflite
                                            writes layers.json, layers.md, layers.png
 
-Every module that names an artifact takes the name from here (DESIGN.md fixes them: other tools
-read them). Only the standard library is imported.
+Every module that names an artifact takes the name from here (pipeline/DESIGN.md, "The CLI
+contract", fixes them: other tools read them). Only the standard library is imported.
 """
 
 from __future__ import annotations

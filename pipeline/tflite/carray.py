@@ -46,7 +46,7 @@ volatile wchar_t while xor xor_eq
 KEYWORDS = frozenset(_KEYWORDS.split())
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class CArray:
     name: str  # the array's identifier; also the prefix of _len and _arena_bytes
     source_name: str  # e.g. model_int8.cc
@@ -127,14 +127,14 @@ def c_array(
     if arena_bytes is not None:
         about.append(f"// TFLM tensor arena: {arena_bytes} bytes as TFLM reported on the host.")
     return CArray(
-        name,
-        source_name,
-        header_name,
-        _source(data, name, header_name, about, arena_bytes, language, kit),
-        _header(name, about, arena_bytes, kit),
-        len(data),
-        sha,
-        arena_bytes,
+        name=name,
+        source_name=source_name,
+        header_name=header_name,
+        source=_source(data, name, header_name, about, arena_bytes, language, kit),
+        header=_header(name, about, arena_bytes, kit),
+        length=len(data),
+        sha256=sha,
+        arena_bytes=arena_bytes,
     )
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.core.config import MIXED, ExportConfig
 from pipeline.core.errors import ModelError
 from pipeline.core.interrupts import interrupts_deferred, raise_pending
-from pipeline.models.model import predict
+from pipeline.models.door import predict
 
 
 def _representative(x: np.ndarray, n: int, seed: int):
@@ -237,7 +237,7 @@ def _quantized(folded, tfmot):
     )
 
     from pipeline.core.tfenv import keras
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     reserve_layer_names(folded)
     if not any(is_batch_norm(layer) for layer in folded.layers):
@@ -253,7 +253,7 @@ def _quantized(folded, tfmot):
 
     annotated = k.models.clone_model(folded, clone_function=annotate)
     annotated.set_weights(folded.get_weights())
-    from pipeline.models.model import custom_bn_class
+    from pipeline.models.article import custom_bn_class
 
     scope = {
         "Default8BitOutputQuantizeConfig": configs.Default8BitOutputQuantizeConfig,

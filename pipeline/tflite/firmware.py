@@ -26,7 +26,7 @@ from pipeline.tflite.resolver import add_method, model_operators
 C_TYPES = {"int8": "signed char", "uint8": "unsigned char", "int16": "short", "float32": "float"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FirmwareKit:
     operators: tuple[str, ...]
     input: dict  # quant_params of the input tensor: dtype, scale, zero_point
@@ -50,7 +50,13 @@ def firmware_kit(data: bytes, golden_inputs=None, golden_outputs=None) -> Firmwa
                 f"golden vectors: {len(golden_inputs)} inputs and {len(golden_outputs)} outputs"
             )
     ops = tuple(model_operators(info))
-    return FirmwareKit(ops, kit_in, kit_out, golden_inputs, golden_outputs)
+    return FirmwareKit(
+        operators=ops,
+        input=kit_in,
+        output=kit_out,
+        golden_inputs=golden_inputs,
+        golden_outputs=golden_outputs,
+    )
 
 
 def _float(x: float) -> str:

@@ -92,7 +92,7 @@ def unsupported_layers(model, allowed: set[str]) -> list[str]:
     """ "'name' (Class)" of every layer of `model` whose class is not in `allowed`, batch
     normalization of either kind excepted (fold keeps a BN it cannot remove; export names what
     it became)."""
-    from pipeline.models.model import is_batch_norm
+    from pipeline.models.article import is_batch_norm
 
     return [
         f"{layer.name!r} ({type(layer).__name__})"

@@ -26,14 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import DataError
-from pipeline.data.dataset import (
-    PIXEL_DIVISOR,
-    Preprocessing,
-    epoch_order,
-    load_dataset,
-    seeded_split,
-)
+from pipeline.data.dataset import PIXEL_DIVISOR, Preprocessing, load_dataset
 from pipeline.data.readers import IDX_FILES, IdxHeader, idx_candidates, idx_header, read_idx
+from pipeline.data.splits import epoch_order, seeded_split
 
 # Samples in the shuffle buffer of a streamed source: 10,000 raw MNIST images are 7.8 MB, and a
 # sample can then move by up to 10,000 places (a sixth of MNIST) from its place in the file.

@@ -50,7 +50,7 @@ def sync_bn_classes() -> dict[str, type]:
     if _sync_classes:
         return _sync_classes
     from pipeline.core.tfenv import keras, tf
-    from pipeline.models.model import custom_bn_class
+    from pipeline.models.article import custom_bn_class
 
     k, t = keras(), tf()
 
@@ -87,7 +87,7 @@ def sync_layer_specs(n_features: int, num_classes: int, hidden, bn: str) -> list
     Read off a model build_mlp makes (so the architecture has one definition); call it before
     seeding, since building that model draws initial values.
     """
-    from pipeline.models.model import build_mlp
+    from pipeline.models.article import build_mlp
 
     sync = sync_bn_classes()[bn]
     template = build_mlp(n_features, num_classes, hidden, bn)
