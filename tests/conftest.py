@@ -10,6 +10,23 @@ from __future__ import annotations
 import pytest
 from helpers import TINY
 
+# Fixtures that train, convert or start processes. A test that uses one, directly or through
+# another fixture, is part of the full suite only (marked slow here): the fast tier
+# (`bash scripts/test.sh --fast`, i.e. -m "not slow and not device") never waits for them.
+HEAVY_FIXTURES = {
+    "trained",
+    "trained_custom",
+    "exported",
+    "outlier_case",
+    "k3",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny():

@@ -7,6 +7,7 @@ model: its input shape and its predictions.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +142,11 @@ MODEL_MAX_BYTES = 1 << 30
 
 @dataclass(eq=False)
 class ModelFile:
-    """A user's (or bnpipe's own) `.keras` file, read once: its bytes are checked, fingerprinted
-    and copied into a private temporary file, and every model made from it later is loaded from
-    that copy. So the sha256 a record keeps is the one of the bytes loaded, and the user's file
-    is opened once however many stages' worth of questions are asked of it.
+    """A user's (or bnpipe's own) `.keras` file, read once: its bytes are checked and
+    fingerprinted, and every model made from it later is loaded from those bytes (through a
+    private temporary copy that lives only while Keras reads it). So the sha256 a record keeps is
+    the one of the bytes loaded, and the user's file is opened once however many stages' worth
+    of questions are asked of it.
 
     `kind` is which Keras saved it (configcheck.KERAS3 / KERAS2), `config` its config.json, checked
     (check_config) before anything is deserialized. The models are made lazily, each once:
@@ -158,7 +160,7 @@ class ModelFile:
     kind: str
     config: dict
     size: int
-    _copy: Path = field(repr=False)
+    _data: bytes = field(repr=False)
     _made: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -177,17 +179,18 @@ class ModelFile:
 
         path = _checked_name(Path(path))
         data = read_bytes(path, "model file", ModelError, MODEL_MAX_BYTES)
-        _refuse_hdf5(path, data)
+        _refuse_hdf5(path, data)  # before the name: HDF5 under any name is named as such
+        _keras_name(path)
         meta = read_config_member(path, "metadata.json", METADATA_MAX_BYTES, False, data)
         config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, True, data)
         kind = kind_of(path, meta, config)
         _check_config(config, path, kind)
-        copy = _private_copy(path.name, data)
-        return cls(path, hashlib.sha256(data).hexdigest(), kind, config, len(data), copy)
+        sha256 = hashlib.sha256(data).hexdigest()
+        return cls(path=path, sha256=sha256, kind=kind, config=config, size=len(data), _data=data)
 
     def bytes(self) -> bytes:
-        """The bytes that were read, checked and fingerprinted (from the private copy)."""
-        return self._copy.read_bytes()
+        """The bytes that were read, checked and fingerprinted."""
+        return self._data
 
     def reference(self):
         """The model in the Keras that saved the file, loaded in safe mode (made once)."""
@@ -195,10 +198,11 @@ class ModelFile:
             from pipeline.models.configcheck import KERAS3
             from pipeline.models.keras3_file import load_keras3
 
-            if self.kind == KERAS3:
-                model = load_keras3(self._copy, checked=True)
-            else:
-                model = _load_tf_keras(self._copy, self.path)
+            with _private_copy(self.path.name, self._data) as copy:
+                if self.kind == KERAS3:
+                    model = load_keras3(copy, checked=True)
+                else:
+                    model = _load_tf_keras(copy, self.path)
             self._made["reference"] = model
         return self._made["reference"]
 
@@ -231,7 +235,7 @@ class ModelFile:
 
 
 def _checked_name(path: Path) -> Path:
-    """`path` unless its kind or name already says bnpipe may not load it (a stat, no read):
+    """`path` unless its kind or suffix already says bnpipe may not load it (a stat, no read):
     a directory (SavedModel), a device, FIFO or oversized file (safeio), legacy HDF5 by name."""
     from pipeline.core.safeio import regular_file
 
@@ -246,6 +250,10 @@ def _checked_name(path: Path) -> Path:
             f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
             "model as .keras (model.save('model.keras'))"
         )
+    return path
+
+
+def _keras_name(path: Path) -> None:
     if not path.name.endswith(".keras"):
         # Both Keras choose their loader by this very test (case-sensitive): any other name goes
         # to the legacy loader, which reads HDF5 found anywhere in the file without safe mode.
@@ -253,7 +261,6 @@ def _checked_name(path: Path) -> Path:
             f"{path} does not end in .keras; bnpipe loads only .keras files (Keras's "
             "safe format), so rename it if it is one"
         )
-    return path
 
 
 def _refuse_hdf5(path: Path, data: bytes) -> None:
@@ -269,17 +276,16 @@ def _refuse_hdf5(path: Path, data: bytes) -> None:
         offset = 512 if offset == 0 else offset * 2
 
 
-def _private_copy(name: str, data: bytes) -> Path:
-    """The bytes in a new file only this process knows, removed when the process ends."""
-    import atexit
-    import shutil
+@contextlib.contextmanager
+def _private_copy(name: str, data: bytes):
+    """The bytes in a new file only this process knows (Keras loads from a path), removed when
+    the block ends."""
     import tempfile
 
-    folder = Path(tempfile.mkdtemp(prefix="bnpipe-model-"))
-    atexit.register(shutil.rmtree, folder, True)
-    copy = folder / (name if name.endswith(".keras") else "model.keras")
-    copy.write_bytes(data)
-    return copy
+    with tempfile.TemporaryDirectory(prefix="bnpipe-model-") as folder:
+        copy = Path(folder) / (name if name.endswith(".keras") else "model.keras")
+        copy.write_bytes(data)
+        yield copy
 
 
 def _load_tf_keras(copy: Path, shown: Path):

@@ -225,16 +225,18 @@ def run_verify(
     inputs.update(record["models"])
     if folded_path.is_file():
         inputs[files.FOLDED] = artifacts.sha256_file(folded_path)
-    paths = _write_reports(out, record, inputs)
+    record_path, report_path, plots = _write_reports(out, record, inputs)
     result = VerifyResult(
-        rows,
-        skipped,
-        ref.accuracy,
-        len(ref.y),
-        not failures,
-        failures,
-        *paths,
-        time.perf_counter() - t0,
+        rows=rows,
+        skipped=skipped,
+        reference_accuracy=ref.accuracy,
+        n=len(ref.y),
+        passed=not failures,
+        failures=failures,
+        record_path=record_path,
+        report_path=report_path,
+        plots=plots,
+        seconds=time.perf_counter() - t0,
     )
     if failures:
         raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
