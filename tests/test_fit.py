@@ -170,6 +170,7 @@ def test_a_profile_with_a_wrong_key_is_exit_2(tmp_path):
     assert "board mine has unknown key(s) flash" in result.output
 
 
+@pytest.mark.slow  # converts the models
 def test_fixed_batch_leaves_vela_nothing_to_warn_about(model_file, tmp_path):
     data = model_file.read_bytes()
     fixed = fixed_batch(data)
@@ -195,6 +196,7 @@ def test_fixed_batch_leaves_vela_nothing_to_warn_about(model_file, tmp_path):
     assert "dynamic signature" not in said["fixed.tflite"]
 
 
+@pytest.mark.slow  # converts the models
 def test_c_array_kit_registers_exactly_the_operators_and_golden_vectors_reproduce(
     model_file, tmp_path
 ):

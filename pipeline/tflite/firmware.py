@@ -74,7 +74,7 @@ def header_lines(kit: FirmwareKit, name: str) -> list[str]:
                 f"#define {macro}_{role}_SCALE {_float(q['scale'])}",
                 f"#define {macro}_{role}_ZERO_POINT {int(q['zero_point'])}",
             ]
-    if kit.golden_inputs is not None:
+    if kit.golden_inputs is not None and kit.golden_outputs is not None:
         lines += [
             "// Golden vectors: TFLM's outputs on the host for these inputs (test-set samples),",
             "// row after row; the model on the board must give the same, bit for bit.",
@@ -107,7 +107,7 @@ def cplusplus_lines(kit: FirmwareKit, name: str) -> list[str]:
 
 def source_lines(kit: FirmwareKit, name: str) -> list[str]:
     """Definitions of the golden vectors (none without them)."""
-    if kit.golden_inputs is None:
+    if kit.golden_inputs is None or kit.golden_outputs is None:
         return []
     lines = []
     for role, rows, dtype in (
