@@ -470,8 +470,16 @@ def test_c_array_beside_each_integer_model_compiles_to_its_bytes_and_arena(expor
         "bytes": len(data),
         "arena_bytes": arena,
     }
+    from pipeline.tflite.fixed_batch import fixed_batch
+
+    data = fixed_batch(data)  # the array holds the file with its batch axis fixed at 1
     arr = c_array(data, "model_int8.tflite", arena_bytes=arena)
-    assert (out / "model_int8.cc").read_text() == arr.source
+    # Then the firmware kit (tests/test_fit.py): golden vectors of 3 test samples, the ops.
+    assert (out / "model_int8.cc").read_text().startswith(arr.source)
+    assert "model_int8_tflite_golden_outputs[] = {" in (out / "model_int8.cc").read_text()
+    header = (out / "model_int8.h").read_text()
+    assert "#define MODEL_INT8_TFLITE_GOLDEN_COUNT 3\n" in header
+    assert "inline void model_int8_tflite_add_ops(OpResolver& op_resolver) {" in header
     build = tmp_path / "build"
     build.mkdir()
     proc = build_and_run(arr, build)

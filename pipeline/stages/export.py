@@ -318,34 +318,46 @@ def _keep_earlier_modes(out: Path, record: dict) -> None:
             record["outputs"][r["file"]] = r.get("sha256")
 
 
-def _tflm_arena(path: Path, x: np.ndarray, tensor: dict) -> tuple[int | None, str]:
-    """(the tensor arena TFLM needed to run one sample of the file, "") or (None, why not)."""
+GOLDEN_SAMPLES = 3  # test samples whose TFLM outputs a C array's header carries (firmware.py)
+
+
+def _tflm_arena(path: Path, x: np.ndarray, tensor: dict) -> tuple[int | None, str, tuple]:
+    """(the tensor arena TFLM needed to run the file's first test samples, "", (their quantized
+    inputs, TFLM's outputs)), or (None, why not, ())."""
     from pipeline.core.errors import BnpipeError
     from pipeline.core.quantize import to_input
 
     try:
         from pipeline.runtimes.tflm import TflmRuntime
 
+        inputs = to_input(x[:GOLDEN_SAMPLES], tensor)
         with TflmRuntime() as rt:  # its own child process, closed here
-            result = rt.run(str(path), to_input(x[:1], tensor))
+            result = rt.run(str(path), inputs)
     except (ImportError, BnpipeError) as exc:
-        return None, " ".join(str(exc).split())[:300]
+        return None, " ".join(str(exc).split())[:300], ()
     used = result.info.get("arena_bytes_used")
-    return (int(used), "") if used else (None, "TFLM did not report the arena it used")
+    if not used:
+        return None, "TFLM did not report the arena it used", ()
+    return int(used), "", (inputs, result.outputs)
 
 
 def _write_c_arrays(out: Path, results: list[ModeResult], blobs: dict, job: _Job, say) -> list:
     """Beside each integer model, its C/C++ source and header (carray.py) with the TFLM arena
-    measured on one test sample; the names written. Each result's c_array says what it got."""
+    and golden vectors of its first test samples (firmware.py), its batch axis fixed at 1
+    (fixed_batch.py); the names written. Each result's c_array says what it got."""
     from pipeline.tflite.carray import c_array
+    from pipeline.tflite.firmware import firmware_kit
+    from pipeline.tflite.fixed_batch import fixed_batch
 
     written = []
     for r in results:
         if r.mode not in INTEGER_MODES:
             continue
         say(f"C array of {r.file}")
-        arena, why = _tflm_arena(artifacts.current(out / r.file), job.ds.x_test, r.input)
-        arr = c_array(blobs[r.mode], r.file, arena_bytes=arena, language=job.config.c_array)
+        arena, why, golden = _tflm_arena(artifacts.current(out / r.file), job.ds.x_test, r.input)
+        data = fixed_batch(blobs[r.mode])  # firmware runs one sample: no dynamic batch axis
+        kit = firmware_kit(data, *golden)
+        arr = c_array(data, r.file, arena_bytes=arena, language=job.config.c_array, kit=kit)
         artifacts.write_text(out / arr.header_name, arr.header)
         artifacts.write_text(out / arr.source_name, arr.source)
         r.c_array = {
