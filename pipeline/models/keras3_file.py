@@ -32,7 +32,7 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def load_keras3(path: str | Path):
+def load_keras3(path: str | Path, checked: bool = False):
     """A new, uncompiled Keras 3 model from the `.keras` file at `path`, in safe mode.
 
     Refuses (ModelError) before deserializing anything: names not ending in `.keras` (Keras 3
@@ -42,8 +42,9 @@ def load_keras3(path: str | Path):
     path = Path(path)
     if not path.name.endswith(".keras"):
         raise ModelError(f"{path} does not end in .keras; bnpipe loads only .keras files")
-    config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
-    check_config(config, path)
+    if not checked:  # the door (door.ModelFile) has checked this file's config already
+        config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
+        check_config(config, path)
     keras = keras3()
     import warnings
 
