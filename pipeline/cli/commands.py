@@ -255,6 +255,10 @@ def export(
     )
     for r in result.modes:
         ops = ", ".join(f"{k}×{v}" for k, v in sorted(r.operators.items()))
+        if r.tflite_accuracy is None:  # another task than classification: SQNR vs float
+            sqnr = "∞" if r.sqnr_db is None else f"{r.sqnr_db:.1f} dB"
+            click.echo(f"{r.mode:<12} {r.size_bytes:>8} {r.task}: SQNR {sqnr}  {ops}")
+            continue
         click.echo(
             f"{r.mode:<12} {r.size_bytes:>8} {r.keras_accuracy:>9.4f} {r.tflite_accuracy:>10.4f} "
             f"{r.agreement_with_float:>7.2%}  {ops}"

@@ -105,6 +105,19 @@ def classifier(model, path: str | Path):
     return model
 
 
+def one_output(model, path: str | Path):
+    """`model` if the stages after fold can take it: one input and one output, of any shape (a
+    classifier's scores, a regressor's targets, an autoencoder's reconstruction: its task is
+    analysis/tasks.py's). ModelError naming what it has otherwise."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelError(
+            f"{path} has {len(model.inputs)} input(s) and {len(model.outputs)} output(s) "
+            f"({', '.join(str(tuple(t.shape)) for t in model.outputs) or 'none'}); the stages "
+            "after fold take one input and one output"
+        )
+    return model
+
+
 def _check_config(path: Path) -> None:
     from pipeline.models.configcheck import CONFIG_MAX_BYTES, check_config, read_config_member
 
