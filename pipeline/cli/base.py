@@ -124,6 +124,24 @@ def quiet_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="No progress output.")(f)
 
 
+def task_option(f):
+    return click.option(
+        "--task",
+        "tasks",
+        multiple=True,
+        metavar="OUTPUT=TASK",
+        help="An output's task where inference should not decide it (repeatable): "
+        "classification, regression, reconstruction or output [or [verify] tasks].",
+    )(f)
+
+
+def task_table(items) -> dict[str, str]:
+    """--task OUTPUT=TASK … → {output: task}; a malformed item or unknown task is exit 2."""
+    from pipeline.analysis.tasks import parse_overrides
+
+    return parse_overrides(items)
+
+
 def progress(message: str) -> None:
     raise_pending()  # a Ctrl-C a finalizer swallowed stops the stage here, not at its commit
     click.echo(f"… {message}", err=True)

@@ -20,6 +20,8 @@ from pipeline.cli.base import (
     note,
     progress,
     quiet_option,
+    task_option,
+    task_table,
 )
 from pipeline.core.errors import GateFailed
 
@@ -328,9 +330,12 @@ def inspect(tflite, as_json):
     help="Gate: largest difference of integer outputs from host-ref, in quantization steps.",
 )
 @click.option("--max-samples", default=None, type=int, help="Use at most this many test samples.")
+@task_option
 @quiet_option
 @artifacts_option
-def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples, quiet, artifacts):
+def verify(
+    targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples, tasks, quiet, artifacts
+):
     """Check that the folded and quantized models match the original, on every target runtime.
 
     Exit 0 when every gate passes, 1 when one fails (the model is not fit to ship), 2 on bad
@@ -347,6 +352,7 @@ def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples,
         min_agreement=min_agreement,
         max_lsb=max_lsb,
         max_samples=max_samples,
+        tasks=task_table(tasks),
     )
     request = make_request(artifacts, quiet, tflite=tuple(tflite), data=data)
     try:
@@ -511,9 +517,10 @@ class _progress_bar:
 )
 @c_array_option
 @click.option("--force", is_flag=True, help="Rerun every stage, even those that are up to date.")
+@task_option
 @quiet_option
 @artifacts_option
-def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifacts):
+def run_cmd(config_path, data, arch, model_path, c_array, force, tasks, quiet, artifacts):
     """Run train → fold → export → verify → bench; skip stages whose inputs and options are
     unchanged.
 
@@ -534,6 +541,8 @@ def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifact
     overrides = {"train": train} if train else {}
     if c_array is not None:
         overrides["export"] = {"c_array": c_array}
+    if tasks:
+        overrides["verify"] = {"tasks": task_table(tasks)}
     config = load_run_config(config_path, overrides or None)
     request = make_request(artifacts, quiet)
     result = run_all(

@@ -271,7 +271,8 @@ def _verify_outputs(out: Path, ref: Reference, ref_path, candidates, prepared, c
     record.update(tasks=[ref.task], reference={**record["reference"], **tv.described(task_ref)})
     inputs = {files.MODEL: artifacts.sha256_file(ref_path), "data": ref.fingerprint}
     paths = _write_reports(out, record, {**inputs, **record["models"]})
-    result = VerifyResult(rows, skipped, None, len(ref.y), not failures, failures, *paths, 0.0)
+    elapsed = time.perf_counter() - t0
+    result = VerifyResult(rows, skipped, None, len(ref.y), not failures, failures, *paths, elapsed)
     if failures:
         raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
     return result
