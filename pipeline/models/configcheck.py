@@ -24,6 +24,8 @@ SUPPORTED_LAYERS = (
     "Concatenate",
     "Conv1D",
     "Conv2D",
+    "Conv2DTranspose",
+    "Cropping2D",
     "Dense",
     "DepthwiseConv2D",
     "Dropout",
@@ -39,6 +41,7 @@ SUPPORTED_LAYERS = (
     "Reshape",
     "SeparableConv2D",
     "Softmax",
+    "UpSampling2D",
     "ZeroPadding2D",
 )
 
