@@ -292,3 +292,50 @@ def test_regressor_with_three_float_targets_keeps_rmse_within_two_percent(k3, di
     assert min(record["reference"]["r2"]) > 0.5
     for r in _int8_rows(record):
         assert len(r["rmse_increase"]) == 3 and max(r["rmse_increase"]) <= 0.02, r
+
+
+# --- decoder layers --------------------------------------------------------------------------
+
+
+def test_a_bn_folds_into_a_transposed_convolutions_output_channels_exactly(keras, digits):
+    """Conv2D → BN → ReLU → Conv2DTranspose → BN → ReLU → UpSampling2D → Cropping2D → Conv2D,
+    BN statistics seeded far from the identity: the BN after the transposed convolution scales
+    axis 2 of its kernel (its output channels), the folded model computes the original within
+    1e-5, and a BN before a transposed convolution is kept, with the reason."""
+    from pipeline.folding.maths import bn_affine
+    from pipeline.stages.fold import fold_model
+
+    k, L = keras, keras.layers
+    k.utils.set_random_seed(0)
+    x = k.Input((8, 8, 1))
+    h = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(6, 3, padding="same")(x)))
+    h = L.Conv2DTranspose(5, 3, strides=2, padding="same", name="up")(h)
+    h = L.ReLU()(L.BatchNormalization(name="bn2")(h))
+    h = L.Cropping2D(4)(L.UpSampling2D()(h))
+    kept = L.BatchNormalization(name="bn3")(h)
+    out = L.Conv2DTranspose(1, 3, padding="same", name="out")(kept)
+    model = k.Model(x, out)
+    rng = np.random.default_rng(0)
+    for bn in ("bn1", "bn2", "bn3"):
+        layer = model.get_layer(bn)
+        c = layer.gamma.shape[0]
+        layer.set_weights(
+            [
+                rng.uniform(0.5, 2.0, c),
+                rng.normal(size=c),
+                rng.normal(size=c),
+                rng.uniform(0.1, 3.0, c),
+            ]
+        )
+    folded, pairs, skipped = fold_model(model)
+    assert {p.bn for p in pairs} == {"bn1", "bn2"}
+    assert [s.bn for s in skipped] == ["bn3"] and "Conv2DTranspose" in skipped[0].reason
+    images = digits.x_test.reshape(-1, 8, 8, 1)
+    want, got = np.asarray(model(images)), np.asarray(folded(images))
+    assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
+    gamma, beta, mean, var = model.get_layer("bn2").get_weights()
+    s, _ = bn_affine(gamma, beta, mean, var, model.get_layer("bn2").epsilon, 5)
+    kernel = model.get_layer("up").get_weights()[0]  # (3, 3, out 5, in 6)
+    np.testing.assert_allclose(
+        folded.get_layer("up").get_weights()[0], kernel * s[None, None, :, None], rtol=1e-6
+    )

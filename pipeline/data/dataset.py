@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.core.errors import DataError
 from pipeline.data.readers import RawPart, read_csv, read_source
-from pipeline.data.splits import seeded_split as _seeded_split
+from pipeline.data.splits import seeded_split
 from pipeline.data.targets import check_targets, float_targets, split_targets
 from pipeline.store import files
 
@@ -194,7 +194,7 @@ def load_dataset(
         "source_has_test_split": kind in ("mnist", "npz", "idx"),
     }
     x_all, y_all = pre.apply(train.x), _labels(train.y, regression)
-    seeded_split = split_targets if regression else _seeded_split
+    divide = split_targets if regression else seeded_split  # targets: rows, not stratified
     if test is not None:
         x_test, y_test = pre.apply(test.x), _labels(test.y, regression)
         split.update(
@@ -205,11 +205,11 @@ def load_dataset(
         )
         x_pool, y_pool = x_all, y_all
     else:
-        x_pool, x_test, y_pool, y_test, stratified = seeded_split(
+        x_pool, x_test, y_pool, y_test, stratified = divide(
             x_all, y_all, test_fraction, seed, "the data", "test"
         )
         split.update(test_from="split", test_fraction=test_fraction, test_stratified=stratified)
-    x_train, x_val, y_train, y_val, split["val_stratified"] = seeded_split(
+    x_train, x_val, y_train, y_val, split["val_stratified"] = divide(
         x_pool, y_pool, val_fraction, seed, "the training part", "validation"
     )
     arrays = (x_train, y_train, x_val, y_val, x_test, y_test)
