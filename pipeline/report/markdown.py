@@ -87,7 +87,7 @@ def verify_markdown(record: dict, plots: list[Path]) -> str:
     if record.get("tasks"):  # an output that is not a classifier's (report/tasks.py)
         from pipeline.report.tasks import task_markdown
 
-        return task_markdown(record)
+        return task_markdown(record, md_table)
     rec = jsonable(record)
     verdict = "PASS — fit to ship" if rec["passed"] else "FAIL — not fit to ship"
     ref = rec["reference"]

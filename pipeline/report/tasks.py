@@ -10,7 +10,8 @@ import math
 from pipeline.store.artifacts import jsonable
 
 
-def task_markdown(record: dict) -> str:
+def task_markdown(record: dict, md_table) -> str:
+    """verify.md of a task record; `md_table` is markdown.md_table (markdown calls this)."""
     rec = jsonable(record)
     verdict = "PASS — fit to ship" if rec["passed"] else "FAIL — not fit to ship"
     ref, cfg = rec["reference"], rec["config"]
@@ -27,7 +28,7 @@ def task_markdown(record: dict) -> str:
         f"reconstruction AUC drop ≤ {cfg['max_auc_drop']:g}; reconstruction and output SQNR ≥ "
         f"{cfg['min_sqnr_db']:g} dB against the original.",
         "",
-        _table(rec["rows"]),
+        _table(rec["rows"], md_table),
     ]
     if rec.get("skipped"):
         lines += ["", "Not run:", ""]
@@ -35,9 +36,7 @@ def task_markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _table(rows: list[dict]) -> str:
-    from pipeline.report.markdown import md_table
-
+def _table(rows: list[dict], md_table) -> str:
     body = []
     for r in rows:
         extra = []
