@@ -11,8 +11,8 @@ from pipeline.core.config import (
     RunConfig,
     TrainConfig,
     VerifyConfig,
-    load_run_config,
 )
+from pipeline.core.configfile import load_run_config
 from pipeline.core.errors import BnpipeError
 
 

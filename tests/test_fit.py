@@ -266,7 +266,7 @@ def test_the_readme_board_table_is_boards_toml():
 
 
 def test_fit_config_reads_boards_allowances_and_profiles(tmp_path):
-    from pipeline.core.config import load_run_config
+    from pipeline.core.configfile import load_run_config
 
     config = tmp_path / "bnpipe.toml"
     config.write_text(

@@ -376,7 +376,17 @@ def _from_object_api(data: bytes, name: str):
         ints(sg.outputs),
         meta,
         [text(m.name) for m in model.metadata or []],
+        _signature_of(model, text),
     )
+
+
+def _signature_of(model, text) -> dict:
+    """The first signature's tensor maps, as the object API unpacks them."""
+    signature: dict = {"inputs": {}, "outputs": {}}
+    for sig in (model.signatureDefs or [])[:1]:
+        for role, maps in (("inputs", sig.inputs), ("outputs", sig.outputs)):
+            signature[role] = {text(m.name): int(m.tensorIndex) for m in maps or []}
+    return signature
 
 
 @pytest.mark.parametrize("mode", EXPORT_MODES)

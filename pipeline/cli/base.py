@@ -124,6 +124,24 @@ def quiet_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="No progress output.")(f)
 
 
+def task_option(f):
+    return click.option(
+        "--task",
+        "tasks",
+        multiple=True,
+        metavar="OUTPUT=TASK",
+        help="An output's task where inference should not decide it (repeatable): "
+        "classification, regression, reconstruction or output [or [verify] tasks].",
+    )(f)
+
+
+def task_table(items) -> dict[str, str]:
+    """--task OUTPUT=TASK … → {output: task}; a malformed item or unknown task is exit 2."""
+    from pipeline.analysis.tasks import parse_overrides
+
+    return parse_overrides(items)
+
+
 def progress(message: str) -> None:
     raise_pending()  # a Ctrl-C a finalizer swallowed stops the stage here, not at its commit
     click.echo(f"… {message}", err=True)
@@ -179,3 +197,30 @@ def cli(debug):
 
     Example: bnpipe train --data digits && bnpipe fold
     """
+
+
+class ProgressBar:
+    """A click progress bar on stderr, or nothing; `step(label, n)` advances it."""
+
+    def __init__(self, show: bool, label: str, total: int):
+        self.label = label
+        self.bar = (
+            click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
+            if show
+            else None
+        )
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+    def step(self, label: str, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.label = f"{self.label}: {label}"
+            self.bar.update(n)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli.base import (
+    ProgressBar,
     artifacts_option,
     c_array_option,
     cli,
@@ -20,6 +21,8 @@ from pipeline.cli.base import (
     note,
     progress,
     quiet_option,
+    task_option,
+    task_table,
 )
 from pipeline.core.errors import GateFailed
 
@@ -258,6 +261,10 @@ def export(
     )
     for r in result.modes:
         ops = ", ".join(f"{k}×{v}" for k, v in sorted(r.operators.items()))
+        if r.tflite_accuracy is None:  # another task than classification: SQNR vs float
+            sqnr = "∞" if r.sqnr_db is None else f"{r.sqnr_db:.1f} dB"
+            click.echo(f"{r.mode:<12} {r.size_bytes:>8} {r.task}: SQNR {sqnr}  {ops}")
+            continue
         click.echo(
             f"{r.mode:<12} {r.size_bytes:>8} {r.keras_accuracy:>9.4f} {r.tflite_accuracy:>10.4f} "
             f"{r.agreement_with_float:>7.2%}  {ops}"
@@ -327,9 +334,12 @@ def inspect(tflite, as_json):
     help="Gate: largest difference of integer outputs from host-ref, in quantization steps.",
 )
 @click.option("--max-samples", default=None, type=int, help="Use at most this many test samples.")
+@task_option
 @quiet_option
 @artifacts_option
-def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples, quiet, artifacts):
+def verify(
+    targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples, tasks, quiet, artifacts
+):
     """Check that the folded and quantized models match the original, on every target runtime.
 
     Exit 0 when every gate passes, 1 when one fails (the model is not fit to ship), 2 on bad
@@ -346,6 +356,7 @@ def verify(targets, tflite, data, max_drop, min_agreement, max_lsb, max_samples,
         min_agreement=min_agreement,
         max_lsb=max_lsb,
         max_samples=max_samples,
+        tasks=task_table(tasks),
     )
     request = make_request(artifacts, quiet, tflite=tuple(tflite), data=data)
     try:
@@ -407,7 +418,7 @@ def bench(tflite, batch_sizes, threads, warmup, runs, max_seconds, targets, quie
         targets=names(targets) or (),
     )
     show = not quiet and sys.stderr.isatty()
-    with _progress_bar(show, "bench", 64) as bar:
+    with ProgressBar(show, "bench", 64) as bar:
         request = make_request(artifacts, quiet, tflite=tuple(tflite), tick=bar.step)
         result = execute("bench", config, request)
     click.echo(result.report_path.read_text().split("## Every configuration")[0].rstrip())
@@ -496,7 +507,7 @@ def fit(boards, tflite, config_path, quiet, artifacts):
     """
     import dataclasses
 
-    from pipeline.core.config import load_run_config
+    from pipeline.core.configfile import load_run_config
     from pipeline.store.files import FIT_REPORT
 
     config = load_run_config(config_path).fit
@@ -511,33 +522,6 @@ def fit(boards, tflite, config_path, quiet, artifacts):
         raise
     click.echo(result.report_path.read_text())
     click.echo(f"PASS: every model fits ({result.seconds:.1f} s); wrote fit.json, fit.md, fit.png")
-
-
-class _progress_bar:
-    """A click progress bar on stderr, or nothing; `step(label, n)` advances it."""
-
-    def __init__(self, show: bool, label: str, total: int):
-        self.label = label
-        self.bar = (
-            click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
-            if show
-            else None
-        )
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
-
-    def step(self, label: str, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.label = f"{self.label}: {label}"
-            self.bar.update(n)
 
 
 @cli.command("run")
@@ -562,9 +546,10 @@ class _progress_bar:
 )
 @c_array_option
 @click.option("--force", is_flag=True, help="Rerun every stage, even those that are up to date.")
+@task_option
 @quiet_option
 @artifacts_option
-def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifacts):
+def run_cmd(config_path, data, arch, model_path, c_array, force, tasks, quiet, artifacts):
     """Run train → fold → export → verify → bench (→ fit, with [fit] boards); skip stages whose
     inputs and options are unchanged.
 
@@ -574,7 +559,7 @@ def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifact
 
     Example: bnpipe run --model my_model.keras --data mnist
     """
-    from pipeline.core.config import load_run_config
+    from pipeline.core.configfile import load_run_config
     from pipeline.run.runner import run_all
 
     train = {"data": data} if data else {}
@@ -585,6 +570,8 @@ def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifact
     overrides = {"train": train} if train else {}
     if c_array is not None:
         overrides["export"] = {"c_array": c_array}
+    if tasks:
+        overrides["verify"] = {"tasks": task_table(tasks)}
     config = load_run_config(config_path, overrides or None)
     request = make_request(artifacts, quiet)
     result = run_all(

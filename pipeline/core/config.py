@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.core.errors import BnpipeError
-from pipeline.core.safeio import read_bytes
 
 
 class ConfigError(BnpipeError):
@@ -246,6 +243,15 @@ class FoldConfig:
 # Verification gates. The defaults are what a model fit to ship must meet on the test split.
 MAX_DROP_PP = 0.5  # accuracy may fall at most 0.5 percentage points below the original
 MIN_AGREEMENT = 0.99  # at least 99 % of test samples get the original model's top-1 class
+# Regression: an int8 file's RMSE against the targets may exceed the original's by 2 % of it on
+# every target (the issue's goal; on the digits regressor of tests/test_tasks.py QAT int8 stays
+# well inside it). Reconstruction: the anomaly AUC may fall 0.005 (the issue's goal; a
+# post-training int8 of MLPerf Tiny's autoencoder loses < 0.001), and reconstruction and `output`
+# tasks need an output SQNR of 25 dB (error rms 5.6 % of the signal's; int8 autoencoders measure
+# 30–40 dB, the issue's convolutional goal is 25).
+MAX_RMSE_INCREASE = 0.02
+MAX_AUC_DROP = 0.005
+MIN_SQNR_DB = 25.0
 MAX_LSB = 1  # one integer model's raw outputs may differ across targets by one quantization step
 # (XNNPACK and the reference kernels round the requantization differently: ±1 step is expected,
 # 2 or more means a kernel computes something else).
@@ -339,10 +345,25 @@ class VerifyConfig:
     min_agreement: float = MIN_AGREEMENT
     max_lsb: int = MAX_LSB
     max_samples: int | None = None  # cap on test samples (None: the whole test split)
+    # Each output's task where inference should not decide it: {output name: task}
+    # (analysis/tasks.py); the gates of the tasks other than classification follow.
+    tasks: dict = field(default_factory=dict)
+    max_rmse_increase: float = MAX_RMSE_INCREASE
+    max_auc_drop: float = MAX_AUC_DROP
+    min_sqnr_db: float = MIN_SQNR_DB
 
     def __post_init__(self):
         if self.targets is not None:
             _names(self, "targets")
+        _check(
+            isinstance(self.tasks, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.tasks.items()),
+            "tasks",
+            f"must be a table of output name = task, got {self.tasks!r}",
+        )
+        for name, hi in (("max_rmse_increase", 10.0), ("max_auc_drop", 1.0), ("min_sqnr_db", 200)):
+            value = getattr(self, name)
+            _check(_number(value) and 0 <= value <= hi, name, f"must be 0 to {hi:g}, got {value!r}")
         _check(
             _number(self.max_drop) and 0 <= self.max_drop <= 100,
             "max_drop",
@@ -454,132 +475,3 @@ class RunConfig:
 # Each stage's config class by its table name (the annotations resolved: with postponed
 # evaluation a dataclass field's type is only its name).
 STAGE_CONFIGS: dict[str, type] = dict(typing.get_type_hints(RunConfig))
-# bnpipe.toml holds a few dozen options; a megabyte is thousands of times that.
-CONFIG_FILE_MAX_BYTES = 1 << 20
-
-
-def load_run_config(
-    path: Path | None, overrides: dict[str, dict[str, Any]] | None = None
-) -> RunConfig:
-    """RunConfig from a TOML file whose tables [train], [fold], … take the options' names as keys.
-
-    Every value is checked against its option's type before any stage runs: ConfigError naming
-    the file, the table and the key.
-    """
-    data = _read_toml(path) if path is not None else {}
-    where = f"config file {path}" if path is not None else "the options"
-    unknown = sorted(set(data) - set(STAGE_CONFIGS))
-    if unknown:
-        raise BnpipeError(
-            f"{where}: unknown table(s) {', '.join(unknown)}; expected {', '.join(STAGE_CONFIGS)}"
-        )
-    defaults = RunConfig()
-    parts = {}
-    for name in STAGE_CONFIGS:
-        section = data.get(name, {})
-        if not isinstance(section, dict):
-            raise BnpipeError(
-                f"{where}: [{name}] must be a table of options, got {type(section).__name__} "
-                f"{section!r}"
-            )
-        section = {**section, **(overrides or {}).get(name, {})}
-        parts[name] = _section(where, name, getattr(defaults, name), section)
-    return RunConfig(**parts)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
-    # A FIFO, a device or a directory is refused before reading; a real config is a few lines.
-    text = read_bytes(path, "config file", BnpipeError, max_bytes=CONFIG_FILE_MAX_BYTES)
-    try:
-        return tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BnpipeError(
-            f"config file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BnpipeError(f"config file {path} is not valid TOML: {exc}") from None
-    except ValueError as exc:  # an integer of more digits than Python converts (4,300)
-        reason = " ".join(str(exc).split())[:200]
-        raise BnpipeError(f"config file {path} cannot be read: {reason}") from None
-    except RecursionError:  # tomllib parses nested arrays and tables recursively
-        raise BnpipeError(f"config file {path} nests arrays or tables too deeply") from None
-
-
-def _section(where: str, table: str, default: Any, section: dict[str, Any]) -> Any:
-    cls = type(default)
-    hints = typing.get_type_hints(cls)
-    keys = [f.name for f in dataclasses.fields(cls)]
-    bad = sorted(set(section) - set(keys))
-    if bad:
-        raise BnpipeError(
-            f"{where}: [{table}] has unknown key(s) {', '.join(bad)}; "
-            f"expected some of {', '.join(sorted(keys))}"
-        )
-    values = {}
-    for key, value in section.items():
-        problem = _type_problem(hints[key], value)
-        if problem:
-            raise ConfigError(key, problem).in_file(where, table) from None
-        values[key] = tuple(value) if isinstance(value, list) else value
-    # The stage's own defaults (RunConfig's, where they differ from the class's), then the
-    # file's values, given to the class: options a file leaves out that depend on another
-    # (train's recipe on its arch) are then resolved from what the file says.
-    base = cls()
-    given = {
-        f.name: getattr(default, f.name)
-        for f in dataclasses.fields(cls)
-        if getattr(default, f.name) != getattr(base, f.name)
-    }
-    try:
-        return cls(**{**given, **values})
-    except ConfigError as exc:
-        raise exc.in_file(where, table) from None
-
-
-def _type_problem(hint: Any, value: Any) -> str:
-    """Why `value` (as TOML gives it) cannot be an option of type `hint` ("" if it can)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]  # TOML has no null: the inner type
-        return _type_problem(inner[0], value)
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list):
-            return f"must be a list, got {_toml_kind(value)} {value!r}"
-        for item in value:
-            if _type_problem(args[0], item):
-                return f"must be a list of {_kind_name(args[0], plural=True)}, got {value!r}"
-        return ""
-    if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, hint)
-    return "" if ok else f"must be {_kind_name(hint)}, got {_toml_kind(value)} {value!r}"
-
-
-def _kind_name(hint: Any, plural: bool = False) -> str:
-    if plural:
-        return {int: "integers", float: "numbers", str: "strings"}.get(hint, str(hint))
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, str(hint)
-    )
-
-
-def _toml_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    return {
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline.core.errors import DataError
 from pipeline.data.readers import RawPart, read_csv, read_source
 from pipeline.data.splits import seeded_split
+from pipeline.data.targets import check_targets, float_targets, split_targets
 from pipeline.store import files
 
 DIGITS_DIVISOR = 16.0  # load_digits pixels are counts 0..16 of a 4x4 block
@@ -179,11 +180,12 @@ def load_dataset(
     seed = _check_arguments(seed, val_fraction, test_fraction, num_classes)
     train, test, source, kind = _read_parts(spec, test_spec)
     parts = [p for p in (train, test) if p is not None]
+    regression = float_targets(parts)  # float (n, k) labels: a regressor's targets (targets.py)
     for p in parts:
-        _check_part(p, num_classes)
+        _check_part(p, num_classes, regression and train.y.shape[-1])
     n_features = _feature_count(train, test)
     if num_classes is None:
-        num_classes = _count_classes(spec, parts)
+        num_classes = 0 if regression else _count_classes(spec, parts)
     divisor = DIGITS_DIVISOR if kind == "digits" else _infer_divisor(parts)
     pre = Preprocessing(divisor=divisor, n_features=n_features)
     split = {
@@ -191,9 +193,10 @@ def load_dataset(
         "val_fraction": val_fraction,
         "source_has_test_split": kind in ("mnist", "npz", "idx"),
     }
-    x_all, y_all = pre.apply(train.x), train.y.reshape(-1).astype(np.int64)
+    x_all, y_all = pre.apply(train.x), _labels(train.y, regression)
+    divide = split_targets if regression else seeded_split  # targets: rows, not stratified
     if test is not None:
-        x_test, y_test = pre.apply(test.x), test.y.reshape(-1).astype(np.int64)
+        x_test, y_test = pre.apply(test.x), _labels(test.y, regression)
         split.update(
             test_from="source" if test_spec is None else "test_data",
             test_fraction=None,
@@ -202,11 +205,11 @@ def load_dataset(
         )
         x_pool, y_pool = x_all, y_all
     else:
-        x_pool, x_test, y_pool, y_test, stratified = seeded_split(
+        x_pool, x_test, y_pool, y_test, stratified = divide(
             x_all, y_all, test_fraction, seed, "the data", "test"
         )
         split.update(test_from="split", test_fraction=test_fraction, test_stratified=stratified)
-    x_train, x_val, y_train, y_val, split["val_stratified"] = seeded_split(
+    x_train, x_val, y_train, y_val, split["val_stratified"] = divide(
         x_pool, y_pool, val_fraction, seed, "the training part", "validation"
     )
     arrays = (x_train, y_train, x_val, y_val, x_test, y_test)
@@ -314,8 +317,13 @@ def _check_fraction(name: str, value: float) -> None:
 # Checks, scaling and splitting
 
 
-def _check_part(p: RawPart, num_classes: int | None) -> None:
-    """Counts, emptiness, label values and finite pixels of one raw split. Raises one DataError."""
+def _labels(y: np.ndarray, regression: bool) -> np.ndarray:
+    return y.astype(np.float32) if regression else y.reshape(-1).astype(np.int64)
+
+
+def _check_part(p: RawPart, num_classes: int | None, targets: int | bool = False) -> None:
+    """Counts, emptiness, label values and finite pixels of one raw split. Raises one DataError.
+    `targets`: the labels are float regression targets (k columns, data/targets.py)."""
     x, y = p.x, p.y
     # Booleans, integers and reals; not complex numbers, nor timedeltas (numpy counts both as
     # numbers, and a cast would drop the imaginary part or the unit without a word).
@@ -323,6 +331,8 @@ def _check_part(p: RawPart, num_classes: int | None) -> None:
         raise DataError(
             f"{p.origin}: the {p.split} images have dtype {x.dtype}; expected real numbers"
         )
+    if targets:
+        y = check_targets(p, None if targets is True else int(targets))
     if y.dtype.kind not in "biuf":
         raise DataError(f"{p.origin}: the {p.split} labels have dtype {y.dtype}; expected integers")
     if x.ndim < 2:
@@ -330,9 +340,9 @@ def _check_part(p: RawPart, num_classes: int | None) -> None:
             f"{p.origin}: the {p.split} images have shape {x.shape}; expected "
             "(n, features) or (n, rows, cols)"
         )
-    if y.ndim == 2 and y.shape[1] == 1:
+    if y.ndim == 2 and y.shape[1] == 1 and not targets:
         y = y.reshape(-1)
-    if y.ndim != 1:
+    if y.ndim != 1 and not targets:
         raise DataError(f"{p.origin}: the {p.split} labels have shape {y.shape}; expected (n,)")
     if len(x) != len(y):
         raise DataError(
@@ -350,7 +360,8 @@ def _check_part(p: RawPart, num_classes: int | None) -> None:
             f"sample; bnpipe's small classifiers take at most {MAX_FEATURES:,}"
         )
     p.y = y
-    _check_labels(p, num_classes)
+    if not targets:
+        _check_labels(p, num_classes)
     if np.issubdtype(x.dtype, np.floating):
         flat = x.reshape(len(x), -1)
         bad = ~np.isfinite(flat)
@@ -507,7 +518,7 @@ def recorded_dataset(where: Path | list[Path], data: str | None = None, model=No
     else:
         ds = load_dataset(data)
     if model is not None:
-        check_fits(ds, model_input_shape(model), int(model.outputs[0].shape[-1]))
+        check_fits(ds, model_input_shape(model), output_width(model))
     return ds, ds.preprocessing.to_dict()
 
 
@@ -520,6 +531,13 @@ def model_input_shape(model) -> tuple[int, ...]:
             + ", ".join(str(tuple(t.shape)) for t in model.inputs)
         )
     return tuple(int(d) for d in shape)
+
+
+def output_width(model) -> int:
+    """The classes a model's output can score: its width when it is (batch, k); an output of
+    more axes (an image) scores none, so check_fits does not count classes against it."""
+    shape = model.outputs[0].shape
+    return int(shape[-1]) if len(shape) == 2 else MAX_CLASSES
 
 
 def check_fits(ds: Dataset, input_shape: tuple[int, ...], outputs: int) -> None:

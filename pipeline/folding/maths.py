@@ -110,6 +110,15 @@ def fold_conv_after(kernel, bias, s, t):
     return kernel * s, _bias(bias, kernel.shape[-1]) * s + t
 
 
+def fold_transpose_after(kernel, bias, s, t):
+    """W', b' for Conv1DTranspose/Conv2DTranspose (kernel (k…, out, in): Keras keeps a transposed
+    kernel with its output channels on the second-to-last axis, axis 2 of a 2-D one) followed by
+    the BN (s, t): each output channel's slice kernel[…, o, :] times s[o]."""
+    kernel = np.asarray(kernel, dtype=np.float64)
+    _channel_check("the layer", kernel.shape[-2], s)
+    return kernel * np.asarray(s, np.float64)[:, None], _bias(bias, kernel.shape[-2]) * s + t
+
+
 def fold_depthwise_after(kernel, bias, s, t):
     """W', b' for a DepthwiseConv (kernel (k…, in, mult), bias (in·mult,)) followed by the BN
     (s, t) over its in·mult output channels, channel c·mult + m holding (c, m)."""
@@ -177,9 +186,16 @@ def fold_separable_before(depthwise, pointwise, bias, s, t):
 # The folded list always ends with a bias: the caller sets use_bias=True on the layer's config.
 
 CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D")
+TRANSPOSE_CLASSES = ("Conv1DTranspose", "Conv2DTranspose")  # folded after only (see blocker)
 DEPTHWISE_CLASSES = ("DepthwiseConv1D", "DepthwiseConv2D")
 SEPARABLE_CLASSES = ("SeparableConv1D", "SeparableConv2D")
-FOLDABLE_CLASSES = ("Dense", *CONV_CLASSES, *DEPTHWISE_CLASSES, *SEPARABLE_CLASSES)
+FOLDABLE_CLASSES = (
+    "Dense",
+    *CONV_CLASSES,
+    *TRANSPOSE_CLASSES,
+    *DEPTHWISE_CLASSES,
+    *SEPARABLE_CLASSES,
+)
 
 
 def _split_weights(class_name: str, weights) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -204,6 +220,8 @@ def fold_after_layer(class_name: str, weights, s, t) -> list[np.ndarray]:
     kernels, bias = _split_weights(class_name, weights)
     if class_name in DEPTHWISE_CLASSES:
         return list(fold_depthwise_after(kernels[0], bias, s, t))
+    if class_name in TRANSPOSE_CLASSES:
+        return list(fold_transpose_after(kernels[0], bias, s, t))
     if class_name in SEPARABLE_CLASSES:
         w, b = fold_separable_after(kernels[1], bias, s, t)
         return [np.array(kernels[0], np.float64), w, b]  # a copy, even of float64
@@ -281,6 +299,10 @@ def before_fold_blocker(class_name: str, config: dict, input_spatial=None) -> st
         return f"feeds a {class_name}, which bnpipe does not fold into"
     if class_name == "Dense":
         return None
+    if class_name in TRANSPOSE_CLASSES:
+        # Each output position sums the kernel taps that reach it, fewer at the borders, so the
+        # BN's shift t would become a bias that varies with position: not one per channel.
+        return f"feeds a {class_name}, whose border outputs sum fewer taps than the others"
     if int(config.get("groups", 1) or 1) != 1:
         return f"feeds a {class_name} with groups={config['groups']}"
     pads = zero_padding(config, input_spatial)

@@ -25,6 +25,8 @@ SUPPORTED_LAYERS = (
     "Concatenate",
     "Conv1D",
     "Conv2D",
+    "Conv2DTranspose",
+    "Cropping2D",
     "Dense",
     "DepthwiseConv2D",
     "Dropout",
@@ -40,6 +42,7 @@ SUPPORTED_LAYERS = (
     "Reshape",
     "SeparableConv2D",
     "Softmax",
+    "UpSampling2D",
     "ZeroPadding2D",
 )
 

@@ -16,16 +16,15 @@ from pipeline.core.tfenv import keras
 from pipeline.models.article import CUSTOM_BN_NAME, custom_bn_class
 
 
-def classifier(model, path: str | Path):
-    """`model` if it is a classifier the stages after fold can take: one input, and one output of
-    one score per class, (batch, classes). ModelError naming what it has otherwise. (Fold itself
-    takes any graph: its check compares every output.)"""
-    shapes = [tuple(t.shape) for t in model.outputs]
-    if len(model.inputs) != 1 or len(shapes) != 1 or len(shapes[0]) != 2:
+def one_output(model, path: str | Path):
+    """`model` if the stages after fold can take it: one input and one output, of any shape (a
+    classifier's scores, a regressor's targets, an autoencoder's reconstruction: its task is
+    analysis/tasks.py's). ModelError naming what it has otherwise."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelError(
-            f"{path} has {len(model.inputs)} input(s) and output(s) of shape "
-            f"{', '.join(map(str, shapes)) or 'none'}; bnpipe takes a classifier with one input "
-            "and one output of shape (batch, classes)"
+            f"{path} has {len(model.inputs)} input(s) and {len(model.outputs)} output(s) "
+            f"({', '.join(str(tuple(t.shape)) for t in model.outputs) or 'none'}); the stages "
+            "after fold take one input and one output"
         )
     return model
 

@@ -1,5 +1,5 @@
-"""What a person reads: Markdown tables and PNG plots (`markdown`), and `bnpipe layers`' record
-(`layers`).
+"""What a person reads: Markdown tables and PNG plots (`markdown`), verify.md of a task other than
+classification (`tasks`), and `bnpipe layers`' record (`layers`).
 
 May import: `store` and `core`.
 """

@@ -93,6 +93,10 @@ def _a_failed_gate(skipped: dict, failures: list[str]) -> bool:
 
 def verify_markdown(record: dict, plots: list[Path]) -> str:
     """verify.md: the verdict, failed gates, reference and gates, the table, what did not run."""
+    if record.get("tasks"):  # an output that is not a classifier's (report/tasks.py)
+        from pipeline.report.tasks import task_markdown
+
+        return task_markdown(record, md_table)
     rec = jsonable(record)
     verdict = "PASS — fit to ship" if rec["passed"] else "FAIL — not fit to ship"
     ref = rec["reference"]
@@ -170,7 +174,7 @@ def verify_plots(record: dict, out: Path) -> list[Path]:
     verify_disagreement.png (which reference classes each candidate disagrees on)."""
     rec = jsonable(record)
     rows = rec["rows"]
-    if not rows:
+    if not rows or rec.get("tasks"):  # another task's measures are verify.md's table
         return []
     plt = _pyplot()
     paths = []

@@ -133,9 +133,8 @@ def summarize(out: Path, outcomes: list[StageOutcome]) -> str:
     by_model: dict[str, list[str]] = {}
     for r in v["rows"]:
         mark = "" if not r["failures"] else "✗"
-        by_model.setdefault(r["candidate"], []).append(
-            f"{r['target']} {100 * r['accuracy']:.2f}{mark}"
-        )
+        score = f"{100 * r['accuracy']:.2f}" if r.get("accuracy") is not None else r["summary"]
+        by_model.setdefault(r["candidate"], []).append(f"{r['target']} {score}{mark}")
     rows = [
         [
             name,
@@ -157,9 +156,14 @@ def summarize(out: Path, outcomes: list[StageOutcome]) -> str:
         f"throughput ÷ float32 (batch {bmax})",
         "accuracy % per target",
     ]
+    ref = v["reference"]
+    said = ref.get("summary") or f"{100 * ref['accuracy']:.2f} %"
+    if ref.get("summary"):
+        headers[-1] = f"{ref['task']} of {ref['output']} per target"
     return (
-        f"original {files.MODEL}: {100 * v['reference']['accuracy']:.2f} % on {v['n']} test "
-        "samples\n" + md_table(headers, rows, "lrrrl") + f"\nverdict: {verdict}\nstages: {stages}\n"
+        f"original {files.MODEL}: {said} on {v['n']} test samples\n"
+        + md_table(headers, rows, "lrrrl")
+        + f"\nverdict: {verdict}\nstages: {stages}\n"
     )
 
 

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analysis.tasks import CLASSIFICATION
 from pipeline.core.config import AUTO, AUTO_ORDER, INTEGER_MODES, MIXED, ExportConfig
 from pipeline.core.errors import ModelError
 from pipeline.core.tfenv import native_noise_filtered
-from pipeline.models.door import classify
+from pipeline.models.door import classify, predict
 from pipeline.store import artifacts, files
 from pipeline.store.files import tflite_name
 from pipeline.tflite.convert import convert, qat_fine_tune
@@ -57,6 +58,10 @@ class ModeResult:
     kept_batch_norms: dict[str, list[str]] = field(default_factory=dict)
     # --c-array: the source and header written beside the file, and the TFLM arena they carry.
     c_array: dict[str, Any] | None = None
+    # A task other than classification (analysis/tasks.py): the accuracies above are None and
+    # the file's output SQNR against the folded float model on the test split says it instead.
+    task: str = CLASSIFICATION
+    sqnr_db: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -123,6 +128,8 @@ class _Job:
     allowed_ops: set[str]  # operators the model's layers imply (opset.implied_ops)
     kept: list  # SkippedBN: the BNs fold had to keep
     verbose: int = 0
+    task: str = CLASSIFICATION  # the output's task (analysis/tasks.py)
+    float_out: np.ndarray | None = None  # another task's: the folded model's test outputs
 
 
 def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
@@ -140,8 +147,9 @@ def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
     history: dict = {}
     with native_noise_filtered():
         if mode == "int8":
-            keras_model, history = qat_fine_tune(folded, ds, config, verbose)
-            keras_acc, _ = _keras_accuracy(keras_model, ds.x_test, ds.y_test)
+            scores = job.task == CLASSIFICATION
+            keras_model, history = qat_fine_tune(folded, ds, config, verbose, scores=scores)
+            keras_acc = _keras_accuracy(keras_model, ds.x_test, ds.y_test)[0] if scores else None
         else:
             keras_model, keras_acc = folded, float_acc
         blob = converted or convert(keras_model, mode, ds.x_train, config)
@@ -156,8 +164,11 @@ def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
         "preprocessing": preprocessing,
         **io,
         "num_classes": int(info.output_tensor().shape[-1]),
+        "task": job.task,
     }
     blob = with_metadata(blob, meta)
+    if job.task != CLASSIFICATION:
+        return _task_mode(mode, job, blob, info, io, keras_acc, history, t1)
     with native_noise_filtered():
         pred = _tflite_predict(blob, ds.x_test, info)
     result = ModeResult(
@@ -174,6 +185,34 @@ def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
         seconds=time.perf_counter() - t1,
         qat_history=history,
         kept_batch_norms={k.bn: operators_of(info, k.bn) for k in job.kept},
+    )
+    return result, blob
+
+
+def _task_mode(mode: str, job: _Job, blob: bytes, info, io: dict, keras_acc, history, t1):
+    """_export_mode's result for an output that is not a classifier's: its SQNR against the
+    folded float model's outputs on the test split, LiteRT's reference kernels."""
+    from pipeline.analysis.taskmetrics import recorded, sqnr_db
+    from pipeline.analysis.taskrun import tflite_outputs
+
+    with native_noise_filtered():
+        out = tflite_outputs(blob, job.ds.x_test, info)
+    result = ModeResult(
+        mode,
+        tflite_name(mode),
+        len(blob),
+        artifacts.sha256_bytes(blob),
+        info.op_counts(),
+        io["input"],
+        io["output"],
+        keras_acc,
+        None,
+        None,
+        time.perf_counter() - t1,
+        history,
+        {k.bn: operators_of(info, k.bn) for k in job.kept},
+        task=job.task,
+        sqnr_db=recorded(sqnr_db(job.float_out, out)),
     )
     return result, blob
 
@@ -203,8 +242,8 @@ def choose(job: _Job, model_path: Path, say) -> tuple[list[tuple[ModeResult, byt
     val = _validation(job, model_path)
     trials, tried = [], {}
     for mode in AUTO_ORDER:
-        if mode == MIXED and "ptq-int8" not in tried:
-            continue
+        if mode == MIXED and ("ptq-int8" not in tried or job.task != CLASSIFICATION):
+            continue  # mixed-int8 keeps the layer that costs top-1 agreement, a classifier's
         say(f"auto: {mode}")
         try:
             if mode == MIXED:
@@ -224,7 +263,7 @@ def choose(job: _Job, model_path: Path, say) -> tuple[list[tuple[ModeResult, byt
             )
             say(f"auto: {mode}: {trials[-1].reason}")
             continue
-        trials.append(_score(mode, tried[mode][1], val, job.config, keep))
+        trials.append(_score(mode, tried[mode][1], val, job, keep))
         say(f"auto: {mode}: {trials[-1].reason}")
         if trials[-1].passed:
             break
@@ -261,12 +300,17 @@ def _validation(job: _Job, model_path: Path):
     original = model_path.parent / files.MODEL
     model = load_reference(original) if original.is_file() else job.folded
     flat = x.reshape(len(x), -1)
+    if job.task != CLASSIFICATION:  # the original's outputs, which the task's measure compares
+        return x, y, predict(model, shaped(flat, model_input_shape(model))), None
     pred = classify(model, shaped(flat, model_input_shape(model)))
     return x, y, pred, float(np.mean(pred == y))
 
 
-def _score(mode: str, blob: bytes, val, config: ExportConfig, keep: list[str]) -> Trial:
+def _score(mode: str, blob: bytes, val, job: _Job, keep: list[str]) -> Trial:
     x, y, ref_pred, ref_acc = val
+    config = job.config
+    if job.task != CLASSIFICATION:
+        return _task_score(mode, blob, val, job, keep)
     with native_noise_filtered():
         pred = _tflite_predict(blob, x, parse_tflite(blob, tflite_name(mode)))
     accuracy, agreement = float(np.mean(pred == y)), float(np.mean(pred == ref_pred))
@@ -289,6 +333,20 @@ def _score(mode: str, blob: bytes, val, config: ExportConfig, keep: list[str]) -
         reason=reason,
         keep_float=keep,
     )
+
+
+def _task_score(mode: str, blob: bytes, val, job: _Job, keep: list[str]) -> Trial:
+    """An output that is not a classifier's is ranked by its task's own measure (taskrun)."""
+    from pipeline.analysis.taskmetrics import TaskGates
+    from pipeline.analysis.taskrun import auto_trial, tflite_outputs
+    from pipeline.core.config import MAX_AUC_DROP, MAX_RMSE_INCREASE, MIN_SQNR_DB
+
+    x, y, ref_out, _ = val
+    with native_noise_filtered():
+        out = tflite_outputs(blob, x, parse_tflite(blob, tflite_name(mode)))
+    gates = TaskGates(MAX_RMSE_INCREASE, MAX_AUC_DROP, MIN_SQNR_DB)
+    t = auto_trial(job.task, out, ref_out.reshape(len(x), -1), y, gates)
+    return Trial(mode, t.passed, t.measure, 0.0, 0.0, t.reason, keep)
 
 
 def _mixed(job: _Job, val, ptq_int8: bytes, tried: dict):
@@ -401,6 +459,35 @@ def _export_modes(job: _Job, model_path: Path, say):
     return results, blobs, auto
 
 
+def _new_job(folded, ds, preprocessing, config, kept, verbose, task) -> _Job:
+    """The _Job of one export: a classifier's accuracy and top-1 on the test split, or another
+    task's float outputs there."""
+    float_acc, float_pred, float_out = None, None, None
+    if task == CLASSIFICATION:
+        float_acc, float_pred = _keras_accuracy(folded, ds.x_test, ds.y_test)
+    else:
+        float_out = predict(folded, ds.x_test).reshape(len(ds.x_test), -1)
+    ops = implied_ops(folded)
+    job = _Job(folded, ds, preprocessing, float_acc, float_pred, config, ops, kept, verbose)
+    job.task, job.float_out = task, float_out
+    return job
+
+
+def _task(folded, ds, say) -> str:
+    """The output's task as analysis/tasks.py infers it; where it cannot, `output` (judged by
+    SQNR against the float model): verify, which takes --task, then decides or asks."""
+    from pipeline.analysis.tasks import OUTPUT, model_tasks, only_task
+
+    try:
+        task = only_task(model_tasks(folded, ds))
+    except ModelError:
+        say("task: not inferred; exported as an output judged by SQNR (verify takes --task)")
+        return OUTPUT
+    if task.task != CLASSIFICATION:
+        say(f"task: {task.describe()}")
+    return task.task
+
+
 @artifacts.transactional
 def run_export(
     model_path: Path,
@@ -417,18 +504,17 @@ def run_export(
     is renamed into place, so a failing mode leaves the previous files as they were.
     """
     from pipeline.data.dataset import as_model_input, model_input_shape, recorded_dataset
-    from pipeline.models.door import classifier, load_model
+    from pipeline.models.door import load_model, one_output
 
     t0 = time.perf_counter()
-    folded = classifier(load_model(model_path), model_path)
+    folded = one_output(load_model(model_path), model_path)
     kept = check_keras_model(folded)
     ds, preprocessing = recorded_dataset(model_path.parent, data, folded)
     fingerprint, summary = ds.fingerprint(), ds.summary()
+    task = _task(folded, ds, progress or (lambda m: None))
     ds = as_model_input(ds, model_input_shape(folded))
-    float_acc, float_pred = _keras_accuracy(folded, ds.x_test, ds.y_test)
-    job = _Job(
-        folded, ds, preprocessing, float_acc, float_pred, config, implied_ops(folded), kept, verbose
-    )
+    job = _new_job(folded, ds, preprocessing, config, kept, verbose, task)
+    float_acc = job.float_acc
     results, blobs, auto = _export_modes(job, model_path, progress or (lambda m: None))
     out = artifacts.ensure_dir(artifacts_dir)
     for mode, blob in blobs.items():

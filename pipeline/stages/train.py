@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import TrainConfig
-from pipeline.core.errors import BnpipeError
+from pipeline.core.errors import BnpipeError, DataError
 from pipeline.data.dataset import load_dataset
 from pipeline.data.splits import epoch_order
 from pipeline.models.door import classify
@@ -70,6 +70,11 @@ def train(
         test_fraction=config.test_fraction,
     )
     t_data = time.perf_counter() - t0
+    if ds.num_classes == 0:
+        raise DataError(
+            f"{config.data} holds float regression targets; train builds classifiers: build "
+            "your regressor in Keras and bring it with `bnpipe run --model M.keras`"
+        )
 
     from pipeline.core.tfenv import set_determinism
 
@@ -233,15 +238,15 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     it. Refused before anything is written if bnpipe cannot take it (a layer it cannot export, a
     Keras 3 translation that does not hold, data that does not fit its input)."""
 
-    from pipeline.data.dataset import check_fits, model_input_shape, shaped
-    from pipeline.models.door import ModelFile, classifier
+    from pipeline.data.dataset import check_fits, model_input_shape, output_width
+    from pipeline.models.door import ModelFile, one_output
 
     t0 = time.perf_counter()
     src = Path(config.model)
     mf = ModelFile.open(src)  # the file's one read: checked, fingerprinted, copied
     kind = mf.kind
     # The tf_keras form fold and export will use: translated and checked now.
-    classifier(mf.tf_keras(), src)
+    translated = one_output(mf.tf_keras(), src)
     reference = mf.reference()
     ds = load_dataset(
         config.data,
@@ -250,10 +255,9 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
     )
-    check_fits(ds, model_input_shape(reference), int(reference.outputs[0].shape[-1]))
-    pred = classify(reference, shaped(ds.x_test, model_input_shape(reference)))
-    accuracy = float(np.mean(pred == ds.y_test))
-    say(f"imported {src} (saved by {kind}): test accuracy {accuracy:.4f}")
+    check_fits(ds, model_input_shape(reference), output_width(reference))
+    accuracy, line = _imported_score(translated, reference, ds, say)
+    say(f"imported {src} (saved by {kind}): {line}")
     out = artifacts.ensure_dir(artifacts_dir)
     model_path = artifacts.write_bytes(out / files.MODEL, mf.bytes())
     imported = {"path": str(src), "sha256": mf.sha256, "saved_by": kind}
@@ -270,6 +274,28 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
         imported=imported,
         parameters=int(reference.count_params()),
     )
+
+
+def _imported_score(translated, reference, ds, say) -> tuple[float | None, str]:
+    """(test accuracy or None, a line) for an imported model: a classifier's accuracy as ever;
+    the task's own measure for another output (analysis/tasks.py), whose task is said."""
+    from pipeline.analysis.taskrun import summary
+    from pipeline.analysis.tasks import CLASSIFICATION, model_tasks, only_task
+    from pipeline.core.errors import ModelError
+    from pipeline.data.dataset import model_input_shape, shaped
+    from pipeline.models.door import predict
+
+    try:
+        task = only_task(model_tasks(translated, ds))
+    except ModelError as exc:  # verify asks for --task; training data alone cannot decide
+        say(f"task: not inferred here ({exc})")
+        return None, "task to be set for verify"
+    say(f"task: {task.describe()}")
+    out = predict(reference, shaped(ds.x_test, model_input_shape(reference)))
+    if task.task != CLASSIFICATION:
+        return None, summary(task.task, out, ds.x_test, ds.y_test)
+    accuracy = float(np.mean(out.argmax(axis=1) == ds.y_test))
+    return accuracy, f"test accuracy {accuracy:.4f}"
 
 
 def _train_distributed(

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.analysis.softmax import softmax_gain, softmax_slack
 from pipeline.analysis.stats import compare
+from pipeline.analysis.tasks import CLASSIFICATION
 from pipeline.core.config import VerifyConfig
 from pipeline.core.errors import ArtifactError, DataError, GateFailed, ModelError
 from pipeline.core.interrupts import raise_pending
 from pipeline.core.quantize import to_input
 from pipeline.core.safeio import regular_file
-from pipeline.models.door import classify
+from pipeline.models.door import classify, predict
 from pipeline.store import artifacts, files
 from pipeline.tflite.file import check_io, quant_params
 
@@ -123,9 +125,13 @@ class Reference:
     dataset: dict  # Dataset.summary()
     preprocessing: dict
     fingerprint: str  # the test data's (Dataset.fingerprint)
+    task: Any = None  # the output's Task (analysis/tasks.py)
+    raw: Any = None  # float (N, …): the original's outputs
 
     @property
-    def accuracy(self) -> float:
+    def accuracy(self) -> float | None:
+        if self.task is not None and self.task.task != CLASSIFICATION:
+            return None  # another task's measures are in its rows (analysis/taskverify.py)
         return float(np.mean(self.pred == self.y))
 
 
@@ -190,8 +196,7 @@ def run_verify(
     """Verify every candidate on every target; write verify.json, verify.md and plots.
 
     Raises GateFailed (after writing the reports) when a gate fails; ModelError / DataError /
-    TargetUnavailable for bad input, before anything is written.
-    """
+    TargetUnavailable for bad input, before anything is written."""
     from pipeline.runtimes.registry import close_all
 
     t0 = time.perf_counter()
@@ -205,7 +210,8 @@ def run_verify(
     candidates = _candidate_files(out, tflite)
     infos, runtimes, unavailable = _prepare(candidates, config)
     ref = _reference(ref_path, out, data, config, say)
-    _check_fit(infos, ref)
+    if _check_fit(infos, ref) != CLASSIFICATION:  # measured by the output's own task
+        return _verify_outputs(out, ref, ref_path, candidates, (infos, runtimes), config, say, t0)
     rows: list[Row] = []
     skipped = [Skipped(candidate="*", target=name, reason=reason) for name, reason in unavailable]
     folded_path = out / files.FOLDED
@@ -250,6 +256,45 @@ def _conclude(out, record, ref, ref_path, rows, skipped, failures, t0) -> Verify
     return result
 
 
+def _verify_outputs(out: Path, ref: Reference, ref_path, candidates, prepared, config, say, t0):
+    """run_verify for an output that is not a classifier's: the same candidates and targets,
+    measured and gated by its task (analysis/taskverify.py)."""
+    from pipeline.analysis import taskverify as tv
+    from pipeline.runtimes.registry import close_all
+
+    (infos, runtimes), folded_path = prepared, out / files.FOLDED
+    task_ref = tv.task_reference(ref.task.output, ref.task.task, ref.x, ref.y, ref.raw)
+    folded = (
+        _folded_outputs(_folded_model(folded_path, ref), ref) if folded_path.is_file() else None
+    )
+    _refuse_none(candidates, runtimes, out)
+    lanes = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
+    try:
+        done = _in_lanes(lanes, lambda rt: _lane(rt, infos, ref, say))
+    finally:
+        close_all(runtimes)
+    rows, skipped, failures = tv.rows_and_gates(task_ref, folded, infos, done, lanes, config)
+    skipped = [Skipped(*s) for s in skipped]
+    failures += _run_failures(infos, rows, skipped)
+    record = _record(config, ref, rows, skipped, failures, candidates, t0)
+    record.update(tasks=[ref.task], reference={**record["reference"], **tv.described(task_ref)})
+    inputs = {files.MODEL: artifacts.sha256_file(ref_path), "data": ref.fingerprint}
+    paths = _write_reports(out, record, {**inputs, **record["models"]})
+    elapsed = time.perf_counter() - t0
+    result = VerifyResult(rows, skipped, None, len(ref.y), not failures, failures, *paths, elapsed)
+    if failures:
+        raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
+    return result
+
+
+def _folded_outputs(model, ref: Reference):
+    """(folded.keras's float outputs on the test inputs, the seconds they took)."""
+    from pipeline.data.dataset import model_input_shape, shaped
+
+    t1 = time.perf_counter()
+    return predict(model, shaped(ref.x, model_input_shape(model))), time.perf_counter() - t1
+
+
 def _refuse_none(candidates: list[Path], runtimes, out: Path) -> None:
     """No .tflite to verify: a verdict on folded.keras alone would call nothing deployable fit
     to ship. The runtimes' children are stopped first."""
@@ -281,6 +326,7 @@ def _prepare(candidates: list[Path], config: VerifyConfig):
 
 def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig, say) -> Reference:
     """The test split (the one training held out, or `data`'s) and the original's predictions."""
+    from pipeline.analysis.tasks import model_tasks, only_task
     from pipeline.core.tfenv import muted_stderr
     from pipeline.data.dataset import model_input_shape, recorded_dataset, shaped
     from pipeline.models.door import load_reference
@@ -292,8 +338,12 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
         x, y = x[: config.max_samples], y[: config.max_samples]
         codes = None if codes is None else codes[: config.max_samples]
     say(f"reference: {files.MODEL} on TensorFlow (host)")
+    task = only_task(model_tasks(model, ds, config.tasks))
+    if task.task != CLASSIFICATION:
+        say(f"task: {task.describe()}")
     with muted_stderr():
-        pred = classify(model, shaped(x, model_input_shape(model)))
+        raw = predict(model, shaped(x, model_input_shape(model)))
+    pred = raw.reshape(len(raw), -1).argmax(axis=1)
     values = None if codes is None else ds.preprocessing.code_values()
     return Reference(
         x=x,
@@ -304,13 +354,15 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
         dataset=ds.summary(),
         preprocessing=preprocessing,
         fingerprint=ds.fingerprint(),
+        task=task,
+        raw=raw,
     )
 
 
-def _check_fit(infos: dict, ref: Reference) -> None:
+def _check_fit(infos: dict, ref: Reference) -> str:
     """Every candidate takes the data's samples (reshaped to its input shape), gives the
     reference's classes, and was exported for the data's scaling: DataError / ModelError naming
-    the file otherwise."""
+    the file otherwise. Returns the output's task."""
     for p, info in infos.items():
         _fits(p.name, tuple(info.input_tensor().shape[1:]), info.output_tensor().shape[-1], ref)
         pre = info.metadata.get("preprocessing")
@@ -320,6 +372,7 @@ def _check_fit(infos: dict, ref: Reference) -> None:
                 f"{p.name} was exported for inputs divided by {pre['divisor']} but the "
                 f"data is divided by {divisor}"
             )
+    return ref.task.task
 
 
 def _fits(name: str, input_shape: tuple, classes: int, ref: Reference, hint: str = "") -> None:
@@ -464,52 +517,6 @@ def _write_reports(out: Path, record: dict, inputs: dict) -> tuple[Path, Path, l
             out / files.VERIFY_REPORT, verify_markdown(record, plots)
         )
     return record_path, report_path, plots
-
-
-def _ends_in_softmax(info) -> bool:
-    return bool(info.operators) and info.operators[-1].op == "SOFTMAX"
-
-
-def softmax_gain(info) -> int:
-    """Output steps that one step of the logits can move, when the model ends in SOFTMAX.
-
-    --max-lsb counts steps of the last FULLY_CONNECTED's output (the logits), where kernels differ
-    by their rounding (TFLM requantizes in two roundings, LiteRT's reference in one: ±1 step), and
-    every logit may be off at once. SOFTMAX then magnifies: ∂p_i/∂z_j = p_i(δ_ij − p_j), whose
-    absolute values sum over j to 2·p_i(1 − p_i) ≤ 1/2, so logits each moved by at most δ move a
-    probability by at most δ/2 (mean value theorem, exact, not to first order). In output steps:
-    ceil(s_in / (2·s_out)) (digits, int8: 0.047·256/2 → 7 steps). Without a final SOFTMAX: 1.
-    """
-    if not _ends_in_softmax(info):
-        return 1
-    softmax = info.operators[-1]
-    t_in, t_out = info.tensors[softmax.inputs[0]], info.tensors[softmax.outputs[0]]
-    if not t_in.scale or not t_out.scale:
-        return 1
-    import math
-
-    return max(1, math.ceil(t_in.scale[0] / (2 * t_out.scale[0]) - 1e-9))
-
-
-# Softmax kernels compute exp differently (LiteRT's reference: a float/LUT path; TFLM: fixed-point
-# approximations); they may differ by this much probability on their own: one int8 step.
-SOFTMAX_SLACK_PROBABILITY = 1 / 256
-
-
-def softmax_slack(info) -> int:
-    """Output steps two SOFTMAX kernels may differ by on the same logits (0 without a SOFTMAX).
-
-    int8 output (scale 1/256): 1 step. int16 output (scale ≈ 3.05e-5): 128 steps, still 1/256 in
-    probability — TFLM's int16 softmax interpolates a lookup table, LiteRT's reference does not.
-    """
-    if not _ends_in_softmax(info):
-        return 0
-    t_out = info.tensors[info.operators[-1].outputs[0]]
-    if not t_out.scale:
-        return 0
-    import math
-
-    return max(1, math.floor(SOFTMAX_SLACK_PROBABILITY / t_out.scale[0] + 1e-6))
 
 
 def _row(

@@ -331,8 +331,10 @@ def _check_qat_layers(model) -> None:
         )
 
 
-def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
-    """quantize_model(folded), fine-tuned for config.qat_epochs. Returns (qat_model, history)."""
+def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0, *, scores: bool = True):
+    """quantize_model(folded), fine-tuned for config.qat_epochs. Returns (qat_model, history).
+    `scores`: the output is a classifier's (distilled by KL divergence); False for any other
+    task's output (a regressor's values, an autoencoder's reconstruction: mean squared error)."""
     import tensorflow_model_optimization as tfmot
 
     from pipeline.core.tfenv import keras, set_determinism
@@ -346,16 +348,21 @@ def qat_fine_tune(folded, ds, config: ExportConfig, verbose: int = 0):
         msg = " ".join(str(exc).split())[:300]
         raise ModelError(f"quantization-aware training cannot wrap this model: {msg}") from None
     if config.qat_target == "distill":
-        # The teacher is the folded float model (= the original within 1e-5); its probabilities
-        # (n, classes) are the targets, so QAT learns to reproduce the float model's decisions.
+        # The teacher is the folded float model (= the original within 1e-5); its outputs are the
+        # targets, so QAT learns to reproduce the float model: KL divergence between a
+        # classifier's probabilities, mean squared error for any other output (a regressor's
+        # values, an autoencoder's reconstruction), which KL would take for a distribution.
         y_fit = predict(folded, ds.x_train)
-        loss = k.losses.KLDivergence()
+        loss = k.losses.KLDivergence() if scores else k.losses.MeanSquaredError()
+    elif ds.num_classes == 0:  # float regression targets (data/targets.py)
+        y_fit, loss = ds.y_train, k.losses.MeanSquaredError()
     else:
         y_fit, loss = ds.y_train, "sparse_categorical_crossentropy"
+    labels = config.qat_target != "distill" and ds.num_classes > 0
     qat.compile(
         optimizer=k.optimizers.Adam(config.qat_learning_rate),
         loss=loss,
-        metrics=[] if config.qat_target == "distill" else ["accuracy"],
+        metrics=["accuracy"] if labels else [],
     )
     settle_ranges(qat, ds.x_train, config)
     history = {}

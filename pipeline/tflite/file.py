@@ -95,6 +95,9 @@ class TfliteInfo:
     outputs: list[int]
     metadata: dict[str, Any]  # bnpipe's own entry (decoded JSON), {} if absent
     metadata_names: list[str]
+    # The first signature's tensor maps, {"inputs": {name: tensor index}, "outputs": {…}}: a
+    # Keras model's output names, which pair each output with its tensor (tflite/signature.py).
+    signature: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -227,7 +230,7 @@ class _SignatureDef:
 
 
 class _TensorMap:
-    NAME = 0
+    NAME, TENSOR_INDEX = range(2)
 
 
 class _VariantSubType:
@@ -378,11 +381,7 @@ def _describe(r: _Reader, root: int) -> TfliteInfo:
             raise ModelError(f"{name} is truncated: buffer {i} ends past the end of the file")
         buffers.append((data, bool(data and data[1]) or length > 0))
     r.numbers(model, _Model.METADATA_BUFFER, "i", "the metadata buffer list")
-    for sig in r.tables(model, _Model.SIGNATURE_DEFS, "a signature"):
-        r.text(sig, _SignatureDef.SIGNATURE_KEY, "a signature's key")
-        for slot in (_SignatureDef.INPUTS, _SignatureDef.OUTPUTS):
-            for tmap in r.tables(sig, slot, "a signature's tensor"):
-                r.text(tmap, _TensorMap.NAME, "a signature tensor's name")
+    signature = _signature(r, model)
     r.tables(model, _Model.EXTERNAL_BUFFER_GROUPS, "an external buffer group")
     r.tables(model, _Model.EXTERNAL_BUFFERS, "an external buffer")
 
@@ -412,7 +411,22 @@ def _describe(r: _Reader, root: int) -> TfliteInfo:
         outputs,
         meta,
         meta_names,
+        signature,
     )
+
+
+def _signature(r: _Reader, model) -> dict[str, dict[str, int]]:
+    """The first signature's {"inputs": {name: tensor index}, "outputs": {…}} (the converter
+    writes serving_default alone); every signature is read, so a damaged one is refused."""
+    signature: dict[str, dict[str, int]] = {"inputs": {}, "outputs": {}}
+    for k, sig in enumerate(r.tables(model, _Model.SIGNATURE_DEFS, "a signature")):
+        r.text(sig, _SignatureDef.SIGNATURE_KEY, "a signature's key")
+        for role, slot in (("inputs", _SignatureDef.INPUTS), ("outputs", _SignatureDef.OUTPUTS)):
+            for tmap in r.tables(sig, slot, "a signature's tensor"):
+                key = r.text(tmap, _TensorMap.NAME, "a signature tensor's name")
+                if k == 0:
+                    signature[role][key] = r.scalar(tmap, _TensorMap.TENSOR_INDEX, _U32)
+    return signature
 
 
 def _fits(shape: list[int], signature: list[int]) -> bool:

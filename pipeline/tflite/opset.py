@@ -41,6 +41,12 @@ LAYER_OPS = {
     "GlobalAveragePooling2D": {"MEAN", "AVERAGE_POOL_2D"},
     "GlobalMaxPooling2D": {"REDUCE_MAX", "MAX_POOL_2D"},
     "ZeroPadding2D": {"PAD"},
+    # Decoders: a transposed convolution, whose output shape tf_keras computes from the batch
+    # size at run time (SHAPE → STRIDED_SLICE → PACK, int32) and whose bias (which a BN fold
+    # creates) may be an ADD of its own; nearest or bilinear upsampling; cropping as a slice.
+    "Conv2DTranspose": {"TRANSPOSE_CONV", "ADD", "SHAPE", "STRIDED_SLICE", "PACK"},
+    "UpSampling2D": {"RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"},
+    "Cropping2D": {"STRIDED_SLICE"},
     "Add": {"ADD"},
     "Concatenate": {"CONCATENATION"},
 }
