@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.core.deadline import LOAD_SECONDS, bounded
 from pipeline.core.errors import ModelError
 from pipeline.core.tfenv import keras
 from pipeline.models.article import CUSTOM_BN_NAME, custom_bn_class
@@ -74,7 +75,8 @@ def load_model(path: str | Path):
     k = keras()
     custom_bn_class()  # registers bnpipe>CustomBatchNorm for deserialization
     try:
-        return k.models.load_model(path, compile=False, safe_mode=True)
+        with bounded(LOAD_SECONDS, "Keras's loader"):  # a loader that loops is stopped
+            return k.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a malformed archive
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load {path}: {msg[:300]}") from None
