@@ -13,6 +13,7 @@ from pipeline.core.deadline import LOAD_SECONDS, bounded
 from pipeline.core.errors import ModelError
 from pipeline.core.tfenv import keras
 from pipeline.models.article import CUSTOM_BN_NAME, custom_bn_class
+from pipeline.models.names import loadable, user_names
 
 
 def checked_keras_file(path: str | Path) -> Path:
@@ -71,12 +72,12 @@ def load_model(path: str | Path):
 
     if saved_with(path) == KERAS3:
         return translate_file(path).model2
-    _check_config(Path(path))
+    config = _check_config(Path(path))
     k = keras()
     custom_bn_class()  # registers bnpipe>CustomBatchNorm for deserialization
     try:
-        with bounded(LOAD_SECONDS, "Keras's loader"):  # a loader that loops is stopped
-            return k.models.load_model(path, compile=False, safe_mode=True)
+        with loadable(Path(path), config) as (src, names), bounded(LOAD_SECONDS, "Keras's loader"):
+            return user_names(k.models.load_model(src, compile=False, safe_mode=True), names)
     except Exception as exc:  # Keras raises many types for a malformed archive
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load {path}: {msg[:300]}") from None
@@ -107,13 +108,14 @@ def classifier(model, path: str | Path):
     return model
 
 
-def _check_config(path: Path) -> None:
+def _check_config(path: Path) -> dict:
     from pipeline.models.configcheck import CONFIG_MAX_BYTES, check_config, read_config_member
 
     config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
     # Models inside a model are flattened on the way from Keras 3 (keras3.flatten_nested); a
     # tf_keras file keeps them whole, and a model is not a layer export can convert.
     check_config(config, path, allowed=(CUSTOM_BN_NAME,), nested=False)
+    return config
 
 
 def input_shape(model) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ from typing import Any
 from pipeline.core.deadline import LOAD_SECONDS, bounded
 from pipeline.core.errors import ModelError
 from pipeline.models.configcheck import CONFIG_MAX_BYTES, check_config, read_config_member
+from pipeline.models.names import loadable, user_names
 
 
 @functools.cache
@@ -51,8 +52,10 @@ def load_keras3(path: str | Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras 3 warns about compile state we do not load
-            with bounded(LOAD_SECONDS, "Keras 3's loader"):  # a loader that loops is stopped
-                return keras.models.load_model(path, compile=False, safe_mode=True)
+            with loadable(path, config) as (src, names), bounded(LOAD_SECONDS, "Keras 3's loader"):
+                return user_names(
+                    keras.models.load_model(src, compile=False, safe_mode=True), names
+                )
     except Exception as exc:  # Keras raises many types for a malformed archive
         raise ModelError(f"cannot load {path} with Keras 3: {one_line(exc)}") from None
 

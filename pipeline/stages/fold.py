@@ -293,6 +293,7 @@ def run_fold(
     code they already have."""
     from pipeline.models.configcheck import KERAS3
     from pipeline.models.door import load_model, saved_with
+    from pipeline.models.names import NAMES_ATTR, with_user_names
 
     t0 = time.perf_counter()
     kind = saved_with(model_path)
@@ -324,6 +325,7 @@ def run_fold(
         translation,
         equalized,
     )
+    report = with_user_names(report, getattr(model, NAMES_ATTR, {}))  # the names they wrote
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
     return _write(artifacts_dir, model_path, to_save, kind, config, report, t0)
