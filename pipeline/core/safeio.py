@@ -22,6 +22,7 @@ from pipeline.core.errors import BnpipeError
 # The largest input file bnpipe reads whole: 8 GiB is far above MNIST as CSV (~110 MB) or any
 # small edge classifier's .keras file, and below this machine's memory.
 MAX_INPUT_BYTES = 8 << 30
+READ_CHUNK = 16 << 20  # bytes asked of one read(): a large file is read in pieces of this size
 
 # The deepest JSON bnpipe reads. Its own records nest up to 6 levels and a Keras config.json
 # 8 to 15 (a model nested in a model adds about 6); 64 is far above both and far below Python's
@@ -74,14 +75,21 @@ def read_bytes(
     """The bytes of the regular file `path` (see regular_file), read with a bound even if the
     file grows while it is read."""
     path = regular_file(path, what, error, max_bytes)
+    chunks, size = [], 0
     try:
         with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+            # In chunks: read(n) allocates n bytes first, so one read of the whole bound would
+            # ask for 8 GiB even for a small file, and fail under an address-space limit.
+            while chunk := f.read(min(READ_CHUNK, max_bytes + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise error(
+                        f"{what} {path} is more than {max_bytes:,} bytes, more than bnpipe reads"
+                    )
     except OSError as exc:
         raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise error(f"{what} {path} is more than {max_bytes:,} bytes, more than bnpipe reads")
-    return data
+    return b"".join(chunks)
 
 
 def json_depth(value: Any) -> int:

@@ -283,6 +283,12 @@ def _count_classes(spec: str, parts: list[RawPart]) -> int:
             f"{spec} has the label {top}; bnpipe trains classifiers of at most {MAX_CLASSES} "
             f"classes, numbered 0 to {MAX_CLASSES - 1}"
         )
+    present = np.unique(np.concatenate([p.y.reshape(-1) for p in parts]))
+    if len(present) == 1:  # e.g. every label 3: a 4-class model that never saw classes 0 to 2
+        raise DataError(
+            f"{spec} holds only the label {int(present[0])}; a classifier needs at least 2 "
+            f"classes (it would train {top + 1} outputs, {top} of them never seen)"
+        )
     return top + 1
 
 
