@@ -93,7 +93,16 @@ def main() -> None:
 
     def reference(inputs):
         # y stands in for the original's top-1 classes: the statistics cost the same
-        return Reference(x, y, y, int(ds.num_classes), inputs, {}, {}, "")
+        return Reference(
+            x=x,
+            y=y,
+            pred=y,
+            n_classes=int(ds.num_classes),
+            inputs=inputs,
+            dataset={},
+            preprocessing={},
+            fingerprint="",
+        )
 
     with HostRuntime(reference=True) as host_ref:
         _, raw_ref = run_candidate(

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: what README's quickstart (b) and CI (.ci/run) run.
 #
-#   bash scripts/test.sh [pytest args…]
+#   bash scripts/test.sh [--fast] [pytest args…]
+#
+# --fast: the inner loop (about 2 minutes): lint, types and the tests that neither train, convert,
+# start processes nor use the emulator (pytest -m "not slow and not device"); no system set-up.
 #
 # 1. a virtual environment .venv with bnpipe and its test extras (pip, from pyproject.toml);
 # 2. ruff (lint and format of the whole repo) and mypy (the typed modules listed under
@@ -14,6 +17,12 @@
 #    file's expensive fixtures are made once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+FAST=0
+if [[ "${1:-}" == "--fast" ]]; then
+    FAST=1
+    shift
+fi
 
 PY="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
@@ -29,6 +38,12 @@ echo "== ruff"
 .venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
+
+if [[ "$FAST" == 1 ]]; then
+    echo "== pytest (fast tier)"
+    exec .venv/bin/python -m pytest -n "${BNPIPE_TEST_WORKERS:-2}" --dist loadfile \
+        -m "not slow and not device" "$@"
+fi
 
 echo "== arm64 emulator"
 bash scripts/setup_arm64_emulator.sh
@@ -48,4 +63,4 @@ WORKERS="${BNPIPE_TEST_WORKERS:-2}"
 if [[ "$WORKERS" == 1 ]]; then
     exec .venv/bin/python -m pytest "$@"
 fi
-exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadfile --durations=25 "$@"

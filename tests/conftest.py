@@ -8,12 +8,24 @@ flawed layer) trains the same tiny configuration.
 from __future__ import annotations
 
 import pytest
+from helpers import TINY
 
-# The tiny recipe: Dense(16) → BN → ReLU → Dense(16) → BN → ReLU → Dense(10), 2 epochs of batch 16
-# at learning rate 1e-2. On digits (seed 0) it reaches ≈ 0.94 test accuracy with either BN kind,
-# and the ≈ 160 training steps move the BN's moving statistics (momentum 0.99) most of the way to
-# the data's, so inference-mode outputs are meaningful.
-TINY = dict(hidden=(16, 16), epochs=2, batch_size=16, learning_rate=1e-2, seed=0)
+# Fixtures that train, convert or start processes. A test that uses one, directly or through
+# another fixture, is part of the full suite only (marked slow here): the fast tier
+# (`bash scripts/test.sh --fast`, i.e. -m "not slow and not device") never waits for them.
+HEAVY_FIXTURES = {
+    "trained",
+    "trained_custom",
+    "exported",
+    "outlier_case",
+    "k3",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +94,7 @@ def trained_custom(keras, tmp_path_factory):
 # with 3 epochs. The default learning rate 1e-3 / batch 32 leaves this net at ≈ 0.52 test accuracy
 # after 3 epochs, where so many samples sit near a decision boundary that int8 and float disagree
 # on ≈ 4 % of them: the export and verify tests would then measure underfitting, not bnpipe.
-EXPORTED_TRAIN = dict(hidden=(16, 16), epochs=3, batch_size=16, learning_rate=1e-2, seed=0)
+EXPORTED_TRAIN = {**TINY, "epochs": 3}
 EXPORTED_QAT_EPOCHS = 1  # one distillation epoch: enough to calibrate the fake-quant ranges
 
 

@@ -13,6 +13,21 @@ from pipeline.core.errors import DataError
 RNG = np.random.default_rng(1234)
 
 
+# The tiny recipe: Dense(16) → BN → ReLU → Dense(16) → BN → ReLU → Dense(10), 2 epochs of batch 16
+# at learning rate 1e-2. On digits (seed 0) it reaches ≈ 0.94 test accuracy with either BN kind,
+# and the ≈ 160 training steps move the BN's moving statistics (momentum 0.99) most of the way to
+# the data's, so inference-mode outputs are meaningful.
+TINY = dict(hidden=(16, 16), epochs=2, batch_size=16, learning_rate=1e-2, seed=0)
+
+
+def tiny_cli(epochs: int | None = TINY["epochs"]) -> list[str]:
+    """TINY as `bnpipe train` options, for the tests that go through the CLI (`epochs=None`:
+    the recipe's default number of epochs, for tests that need a training that lasts)."""
+    options = ["--hidden", ",".join(map(str, TINY["hidden"])), "--batch-size"]
+    options += [str(TINY["batch_size"]), "--learning-rate", str(TINY["learning_rate"])]
+    return options + (["--epochs", str(epochs)] if epochs is not None else [])
+
+
 def images(n, rows=4, cols=4, classes=3, seed=0):
     """(n, rows, cols) uint8 pixels and (n,) uint8 labels cycling through every class."""
     rng = np.random.default_rng(seed)

@@ -21,9 +21,7 @@ RNG = np.random.default_rng(1234)
 # --- digits -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+# `digits`: the session fixture of conftest.py (load_dataset("digits") with the defaults).
 
 
 def test_digits_loads_offline_with_every_sample(digits):

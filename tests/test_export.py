@@ -25,7 +25,7 @@ from pipeline.tflite.file import parse_tflite, quant_params, read_tflite
 from pipeline.tflite.opset import graph_check
 
 # The int8 (QAT) model must give the float model's top-1 class on at least 98 % of the 360 digits
-# test samples (≤ 7 disagreements). Measured on this fixture: 99.4 % (2 samples); DESIGN.md
+# test samples (≤ 7 disagreements). Measured on this fixture: 99.4 % (2 samples); the brief
 # reports ≈ 99.9 % for PTQ on MNIST. A wrong scale, zero point or requantization collapses
 # agreement far below this (a broken int8 model predicts one class: ≈ 10 %).
 INT8_MIN_AGREEMENT = 0.98
@@ -470,8 +470,16 @@ def test_c_array_beside_each_integer_model_compiles_to_its_bytes_and_arena(expor
         "bytes": len(data),
         "arena_bytes": arena,
     }
+    from pipeline.tflite.fixed_batch import fixed_batch
+
+    data = fixed_batch(data)  # the array holds the file with its batch axis fixed at 1
     arr = c_array(data, "model_int8.tflite", arena_bytes=arena)
-    assert (out / "model_int8.cc").read_text() == arr.source
+    # Then the firmware kit (tests/test_fit.py): golden vectors of 3 test samples, the ops.
+    assert (out / "model_int8.cc").read_text().startswith(arr.source)
+    assert "model_int8_tflite_golden_outputs[] = {" in (out / "model_int8.cc").read_text()
+    header = (out / "model_int8.h").read_text()
+    assert "#define MODEL_INT8_TFLITE_GOLDEN_COUNT 3\n" in header
+    assert "inline void model_int8_tflite_add_ops(OpResolver& op_resolver) {" in header
     build = tmp_path / "build"
     build.mkdir()
     proc = build_and_run(arr, build)

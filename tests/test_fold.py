@@ -217,16 +217,25 @@ def test_fold_model_sequential(keras, kind, bn_kwargs, use_bias):
     eps = bn_kwargs.get("epsilon", 1e-3)
     assert pairs == [
         FoldedPair(
-            "d1",
-            "bn1",
-            bn_class,
-            eps,
-            bn_kwargs.get("center", True),
-            bn_kwargs.get("scale", True),
-            use_bias,
-            6,
+            layer="d1",
+            bn="bn1",
+            bn_class=bn_class,
+            epsilon=eps,
+            center=bn_kwargs.get("center", True),
+            scale=bn_kwargs.get("scale", True),
+            layer_had_bias=use_bias,
+            units=6,
         ),
-        FoldedPair("d2", "bn2", bn_class, 1e-3, True, True, True, 5),
+        FoldedPair(
+            layer="d2",
+            bn="bn2",
+            bn_class=bn_class,
+            epsilon=1e-3,
+            center=True,
+            scale=True,
+            layer_had_bias=True,
+            units=5,
+        ),
     ]
     # The folded Dense holds exactly fold_params(...) rounded once to float32.
     for dense, bn in (("d1", "bn1"), ("d2", "bn2")):
@@ -572,7 +581,7 @@ def test_fold_model_keeps_bn_it_cannot_fold_exactly(keras, build, kind, reason):
     before = _snapshot(model)
     folded, pairs, skipped = fold_model(model)
     assert pairs == []
-    assert skipped == [SkippedBN("bn", reason)]
+    assert skipped == [SkippedBN(bn="bn", reason=reason)]
     assert [layer.name for layer in folded.layers if is_batch_norm(layer)] == ["bn"]
     # Nothing was folded, so the copy computes exactly what the original does.
     xs = _inputs_for(model)
@@ -610,7 +619,7 @@ def test_fold_model_folds_what_it_can_and_names_what_it_keeps(keras):
         ("d2", "bn_after_relu", "before"),
     ]
     reason = "follows Dense 'd2' which has its own activation 'relu', and feeds the model output"
-    assert skipped == [SkippedBN("bn_after_act", reason)]
+    assert skipped == [SkippedBN(bn="bn_after_act", reason=reason)]
     xs = _inputs_for(model)
     assert _rel_diff(model(xs, training=False), folded(xs, training=False)) <= FOLD_RTOL
     with pytest.raises(ModelError) as info:
@@ -636,7 +645,7 @@ def test_fold_model_names_bn_inside_a_nested_model(keras, outer):
     _randomize(block)
     folded, pairs, skipped = fold_model(model)
     reason = "is inside the nested model 'block'; bnpipe folds only the outer model's own layers"
-    assert pairs == [] and skipped == [SkippedBN("bn", reason)]
+    assert pairs == [] and skipped == [SkippedBN(bn="bn", reason=reason)]
     xs = _inputs_for(model)
     np.testing.assert_array_equal(
         np.asarray(model(xs, training=False)), np.asarray(folded(xs, training=False))
@@ -660,7 +669,7 @@ def test_fold_model_names_a_batch_normalization_subclass(keras):
     )
     _, pairs, skipped = fold_model(model)
     assert pairs == [] and skipped == [
-        SkippedBN("bn", "is a ShiftedBN, which bnpipe does not fold")
+        SkippedBN(bn="bn", reason="is a ShiftedBN, which bnpipe does not fold")
     ]
 
 

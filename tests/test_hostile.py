@@ -1,5 +1,5 @@
 """Hostile inputs end to end through the CLI: exit 2, one `Error: …` line, bounded time and memory,
-and nothing written (DESIGN.md: "a file given by the user is untrusted").
+and nothing written (pipeline/DESIGN.md, "Untrusted input").
 
 One test (or parametrized family) per class of the reliability issue: special files given as data,
 model or config; malformed .npz containers; absurd option values; bnpipe.toml values of the wrong
@@ -27,6 +27,7 @@ from helpers import (
     csv_rows,
     images,
     limited,
+    tiny_cli,
     tree,
     write_csv,
     write_npz,
@@ -38,7 +39,7 @@ from pipeline.cli import cli
 # which none of these commands may reach: reading /dev/zero or a bomb whole fails well inside.
 SMALL_MEMORY = 448 << 20
 DEADLINE = 60  # seconds; each of these commands answers in about one
-TINY_TRAIN = ["--hidden", "16,16", "--epochs", "2", "--batch-size", "16"]
+TINY_TRAIN = tiny_cli()
 TINY_TRAIN += ["--learning-rate", "0.01", "--seed", "0", "-q"]
 
 

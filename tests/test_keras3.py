@@ -69,7 +69,7 @@ def _names(model) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def digits():
+def digits_arrays():
     """scikit-learn's bundled 8×8 digits, scaled to [0, 1] as bnpipe does: (1797, 64) float32."""
     from sklearn.datasets import load_digits
 
@@ -78,7 +78,7 @@ def digits():
 
 
 @pytest.fixture(scope="session")
-def mlp3(k3, digits):
+def mlp3(k3, digits_arrays):
     """The seed article's MLP in Keras 3, trained 2 epochs on digits (≈ 110 steps of batch 32),
     enough for the BN moving statistics (momentum 0.99) to leave their initial values."""
     L = k3.layers
@@ -97,7 +97,7 @@ def mlp3(k3, digits):
         name="bn_mlp",
     )
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    x, y = digits
+    x, y = digits_arrays
     model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
     return model
 
@@ -259,7 +259,7 @@ def test_saved_by_refuses_unreadable_and_contradictory_files(saved, tmp_path):
 # --- translation: same architecture, same weight bits, same outputs ------------------------------
 
 
-def test_the_article_mlp_translates_exactly(mlp3, translated, digits, k3, keras):
+def test_the_article_mlp_translates_exactly(mlp3, translated, digits_arrays, k3, keras):
     bn = mlp3.get_layer("bn_1")
     # Trained: the statistics are the data's, not the initial zeros and ones.
     assert np.max(np.abs(bn.moving_mean.numpy())) > 0.1
@@ -272,7 +272,7 @@ def test_the_article_mlp_translates_exactly(mlp3, translated, digits, k3, keras)
     assert t.check.max_rel_diff <= TRANSLATION_RTOL
     assert set(t.check.layer_rel_diffs) == set(_names(mlp3))
     # On real digits too, and the decision is the same for every sample.
-    x = digits[0][:512]
+    x = digits_arrays[0][:512]
     assert translation_check(t.model3, t.model2, x).max_rel_diff <= TRANSLATION_RTOL
     assert np.array_equal(np.argmax(mlp3(x), 1), np.argmax(t.model2(x), 1))
 
@@ -551,7 +551,7 @@ def _shared_ids(node) -> list[int]:
     return []
 
 
-def test_folded_model_is_written_back_as_keras3(mlp3, digits, k3, tmp_path):
+def test_folded_model_is_written_back_as_keras3(mlp3, digits_arrays, k3, tmp_path):
     """The fold stage's path for a Keras 3 input: translate, fold (tf_keras), write back with
     to_keras3; a Keras 3 user loads the folded file and gets the original's outputs."""
     from pipeline.core.config import FOLD_RTOL
@@ -563,7 +563,7 @@ def test_folded_model_is_written_back_as_keras3(mlp3, digits, k3, tmp_path):
     path = save_keras3(to_keras3(folded2), tmp_path / "folded.keras")
     folded3 = k3.models.load_model(path, safe_mode=True)
     assert _names(folded3) == ["dense_1", "relu_1", "dense_2", "relu_2", "classes"]
-    x = digits[0][:512]
+    x = digits_arrays[0][:512]
     a, b = np.asarray(mlp3(x), np.float64), np.asarray(folded3(x), np.float64)
     assert np.max(np.abs(a - b)) / np.max(np.abs(a)) <= FOLD_RTOL
 
@@ -571,7 +571,7 @@ def test_folded_model_is_written_back_as_keras3(mlp3, digits, k3, tmp_path):
 # --- quantization-aware training accepts the translation ------------------------------------------
 
 
-def test_tfmot_quantizes_the_translation(mlp3, digits):
+def test_tfmot_quantizes_the_translation(mlp3, digits_arrays):
     """tensorflow-model-optimization refuses Keras 3 models; the translation (folded, as export
     gives it) is wrapped layer by layer and runs."""
     import tensorflow_model_optimization as tfmot
@@ -582,7 +582,7 @@ def test_tfmot_quantizes_the_translation(mlp3, digits):
     qat = tfmot.quantization.keras.quantize_model(folded2)
     wrapped = [layer.layer.name for layer in qat.layers if hasattr(layer, "quantize_config")]
     assert wrapped == ["dense_1", "relu_1", "dense_2", "relu_2", "classes"]
-    out = np.asarray(qat(digits[0][:32], training=False))
+    out = np.asarray(qat(digits_arrays[0][:32], training=False))
     assert out.shape == (32, 10) and np.allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
 

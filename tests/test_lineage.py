@@ -21,7 +21,7 @@ STAGE = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from pipeline import artifacts
+    from pipeline.store import artifacts
     from pipeline.store.lineage import recorded_stage
 
     out = Path(sys.argv[1])

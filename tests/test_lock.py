@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from helpers import CliChild as Child
-from helpers import assert_one_line_error, bnpipe_process
+from helpers import assert_one_line_error, bnpipe_process, tiny_cli
 
 from pipeline.cli import cli
 from pipeline.store.artifacts import TMP_PREFIX, sha256_file
@@ -30,7 +30,7 @@ from pipeline.store.lock import writer_lock
 pytestmark = pytest.mark.slow
 
 LOCK = ".bnpipe.lock"
-TINY_TRAIN = ["--hidden", "16,16", "--batch-size", "16", "--learning-rate", "0.01", "-q"]
+TINY_TRAIN = [*tiny_cli(epochs=None), "-q"]
 RUN_CONFIG = """
 [train]
 hidden = [8, 8]
@@ -76,7 +76,7 @@ def temporaries(out: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained_and_folded(tmp_path_factory):
     """An artifacts dir after `bnpipe train` and `bnpipe fold` (read-only: tests copy it)."""
     out = tmp_path_factory.mktemp("lock") / "a"
     for args in (["train", *TINY_TRAIN, "--epochs", "2"], ["fold"]):
@@ -109,9 +109,9 @@ def test_a_second_run_with_other_options_is_refused_naming_the_first(tmp_path):
     assert not (out / LOCK).exists() and temporaries(out) == []
 
 
-def test_wait_waits_for_the_writer_then_reads_what_it_wrote(trained, tmp_path):
+def test_wait_waits_for_the_writer_then_reads_what_it_wrote(trained_and_folded, tmp_path):
     out = tmp_path / "a"
-    shutil.copytree(trained, out)
+    shutil.copytree(trained_and_folded, out)
     writer = Child("train", *TINY_TRAIN, "--epochs", "3", "--seed", "1", "--artifacts", out)
     try:
         until(lambda: holder_pid(out) == writer.pid, writer)
@@ -133,9 +133,9 @@ def test_wait_waits_for_the_writer_then_reads_what_it_wrote(trained, tmp_path):
     assert not (out / LOCK).exists()
 
 
-def test_a_killed_writer_is_taken_over_and_its_temporaries_swept(trained, tmp_path):
+def test_a_killed_writer_is_taken_over_and_its_temporaries_swept(trained_and_folded, tmp_path):
     out = tmp_path / "a"
-    shutil.copytree(trained, out)
+    shutil.copytree(trained_and_folded, out)
     writer = Child("train", *TINY_TRAIN, "--epochs", "500", "--seed", "2", "--artifacts", out)
     try:
         # Mid-training, with a checkpoint on disk: then stand in for what a SIGKILL strands.

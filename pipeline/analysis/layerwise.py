@@ -90,7 +90,7 @@ class Simulation:
     share_differ: float  # share of those codes that differ at all
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerReport:
     """One operator output of the integer file: where it is, its grid, and its statistics."""
 
@@ -107,7 +107,7 @@ class LayerReport:
     alone: LayerCost
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayerAnalysis:
     layers: list[LayerReport]  # graph order
     ranking: Ranking
@@ -258,10 +258,22 @@ def _simulation(twins: _Twins, q_run: dict, s_run: dict, sim: Built) -> Simulati
 
 def _report(twins: _Twins, p: OpPair, ref: dict, q_run: dict, cost: LayerCost) -> LayerReport:
     t = twins.int8.tensors[p.int8_output]
-    stats = tensor_stats(ref[p.float_output], q_run[p.int8_output], t.scale[0], t.zero_point[0],
-                         t.dtype)  # fmt: skip
-    return LayerReport(p.position, p.int8_op, p.float_op, p.op, t.name, list(t.shape), t.dtype,
-                       float(t.scale[0]), int(t.zero_point[0]), stats, cost)  # fmt: skip
+    stats = tensor_stats(
+        ref[p.float_output], q_run[p.int8_output], t.scale[0], t.zero_point[0], t.dtype
+    )
+    return LayerReport(
+        position=p.position,
+        op_index=p.int8_op,
+        float_op_index=p.float_op,
+        op=p.op,
+        tensor=t.name,
+        shape=list(t.shape),
+        dtype=t.dtype,
+        scale=float(t.scale[0]),
+        zero_point=int(t.zero_point[0]),
+        stats=stats,
+        alone=cost,
+    )
 
 
 def _check_fit(twins: _Twins, x: np.ndarray) -> None:

@@ -51,7 +51,7 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PairedComparison:
     n: int
     accuracy: float

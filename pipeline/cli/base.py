@@ -144,7 +144,8 @@ def note(message: str) -> None:
 
 
 def make_request(artifacts: Path | None, quiet: bool = False, say=None, **fields):
-    """A stages.Request for the artifacts dir (resolved as DESIGN.md says) and these fields.
+    """A table.Request for the artifacts dir (resolved as pipeline/DESIGN.md, "The CLI
+    contract", says) and these fields.
 
     `say` defaults to progress lines on stderr, none when quiet."""
     from pipeline.run.table import Request

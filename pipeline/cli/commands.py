@@ -459,6 +459,58 @@ def layers(tflite, reference, data, max_samples, as_json, quiet, artifacts):
     click.echo(f"wrote layers.json, layers.md and layers.png ({result.seconds:.1f} s)")
 
 
+@cli.command()
+@click.option(
+    "--board",
+    "boards",
+    multiple=True,
+    help="A board to fit (repeatable): nrf52840, stm32h743, rp2040, esp32-s3, corstone-300, "
+    "alif-e7, imx93, corstone-320, or one of [fit.profiles] [default: [fit] boards].",
+)
+@click.option(
+    "--tflite",
+    "tflite",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A .tflite file (repeatable) [default: the integer model_*.tflite in the artifacts dir].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A bnpipe.toml whose [fit] table gives boards, firmware allowances and profiles.",
+)
+@quiet_option
+@artifacts_option
+def fit(boards, tflite, config_path, quiet, artifacts):
+    """Check that every integer model fits each board's flash and RAM, and how fast it runs on
+    an Ethos-U NPU (Vela's estimate).
+
+    Exit 0 when every model fits every board, 1 when one does not (saying by how much), 2 on
+    bad input or an unknown board. Writes fit.json, fit.md and fit.png.
+
+    Example: bnpipe fit --board nrf52840 --board corstone-300
+    """
+    import dataclasses
+
+    from pipeline.core.config import load_run_config
+    from pipeline.store.files import FIT_REPORT
+
+    config = load_run_config(config_path).fit
+    if boards:
+        config = dataclasses.replace(config, boards=tuple(boards))
+    request = make_request(artifacts, quiet, tflite=tuple(tflite))
+    try:
+        result = execute("fit", config, request)
+    except GateFailed:
+        report = request.out / FIT_REPORT
+        click.echo(report.read_text() if report.is_file() else "")
+        raise
+    click.echo(result.report_path.read_text())
+    click.echo(f"PASS: every model fits ({result.seconds:.1f} s); wrote fit.json, fit.md, fit.png")
+
+
 class _progress_bar:
     """A click progress bar on stderr, or nothing; `step(label, n)` advances it."""
 
@@ -511,12 +563,12 @@ class _progress_bar:
 @quiet_option
 @artifacts_option
 def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifacts):
-    """Run train → fold → export → verify → bench; skip stages whose inputs and options are
-    unchanged.
+    """Run train → fold → export → verify → bench (→ fit, with [fit] boards); skip stages whose
+    inputs and options are unchanged.
 
     With --model, your own model (saved by Keras 3 or tf_keras) takes the place of training and
     is the reference every accuracy is measured against. Prints one summary table and exits with
-    verify's code (0 pass, 1 a gate failed).
+    verify's code, or fit's (0 pass, 1 a gate failed).
 
     Example: bnpipe run --model my_model.keras --data mnist
     """
@@ -538,4 +590,4 @@ def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifact
     )
     click.echo(result.summary)
     if result.exit_code:
-        raise GateFailed("verification failed: " + "; ".join(result.failures), result.failures)
+        raise GateFailed("a gate failed: " + "; ".join(result.failures), result.failures)

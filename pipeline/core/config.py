@@ -409,6 +409,31 @@ class BenchConfig:
         _names(self, "targets")
 
 
+MAX_FIRMWARE_KIB = 1 << 20  # a gigabyte: more than any firmware; a larger value is a typo
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """`bnpipe fit`: which boards each integer model must fit (pipeline/fit/boards.toml)."""
+
+    boards: tuple[str, ...] = ()  # none: `bnpipe run` skips fit; `bnpipe fit` needs --board
+    # What your firmware needs beside the model. bnpipe cannot know it; 0 reports the model's
+    # own needs, and the headroom left is then what the rest of your firmware may use.
+    firmware_flash_kib: int = 0
+    firmware_ram_kib: int = 0
+    # Your own boards, [fit.profiles.NAME] tables with boards.toml's keys (checked when fit runs).
+    profiles: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        _names(self, "boards")
+        _int_in(self.firmware_flash_kib, "firmware_flash_kib", 0, MAX_FIRMWARE_KIB, flag=False)
+        _int_in(self.firmware_ram_kib, "firmware_ram_kib", 0, MAX_FIRMWARE_KIB, flag=False)
+        ok = isinstance(self.profiles, dict) and all(
+            isinstance(v, dict) for v in self.profiles.values()
+        )
+        _check(ok, "profiles", f"must be tables of board keys, got {self.profiles!r}", flag=False)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One config per stage: what `bnpipe run` runs."""
@@ -420,6 +445,7 @@ class RunConfig:
     export: ExportConfig = ExportConfig(modes=("auto",))
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
+    fit: FitConfig = FitConfig()  # run only when [fit] boards names some
 
 
 # Each stage's config class by its table name (the annotations resolved: with postponed

@@ -10,6 +10,7 @@ also nest deeper than any recursive reader survives: `loads_json` bounds the dep
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -22,7 +23,8 @@ from pipeline.core.errors import BnpipeError
 # The largest input file bnpipe reads whole: 8 GiB is far above MNIST as CSV (~110 MB) or any
 # small edge classifier's .keras file, and below this machine's memory.
 MAX_INPUT_BYTES = 8 << 30
-READ_CHUNK = 16 << 20  # bytes asked of one read(): a large file is read in pieces of this size
+
+READ_CHUNK_BYTES = 16 << 20  # what read_bytes asks of read() at a time
 
 # The deepest JSON bnpipe reads. Its own records nest up to 6 levels and a Keras config.json
 # 8 to 15 (a model nested in a model adds about 6); 64 is far above both and far below Python's
@@ -75,20 +77,20 @@ def read_bytes(
     """The bytes of the regular file `path` (see regular_file), read with a bound even if the
     file grows while it is read."""
     path = regular_file(path, what, error, max_bytes)
-    chunks, size = [], 0
+    chunks, total = [], 0
     try:
         with open(path, "rb") as f:
-            # In chunks: read(n) allocates n bytes first, so one read of the whole bound would
-            # ask for 8 GiB even for a small file, and fail under an address-space limit.
-            while chunk := f.read(min(READ_CHUNK, max_bytes + 1 - size)):
+            # In chunks: one read() of the whole bound would ask for max_bytes of memory at once,
+            # which an address-space limit (a container, `ulimit -v`) refuses for any file.
+            while chunk := f.read(min(READ_CHUNK_BYTES, max_bytes + 1 - total)):
                 chunks.append(chunk)
-                size += len(chunk)
-                if size > max_bytes:
-                    raise error(
-                        f"{what} {path} is more than {max_bytes:,} bytes, more than bnpipe reads"
-                    )
+                total += len(chunk)
+                if total > max_bytes:
+                    break
     except OSError as exc:
         raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    if total > max_bytes:
+        raise error(f"{what} {path} is more than {max_bytes:,} bytes, more than bnpipe reads")
     return b"".join(chunks)
 
 
@@ -122,13 +124,18 @@ def loads_json(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 
 def zip_json(
-    path: str | os.PathLike, member: str, max_bytes: int, error: type[BnpipeError] = BnpipeError
+    path: str | os.PathLike,
+    member: str,
+    max_bytes: int,
+    error: type[BnpipeError] = BnpipeError,
+    data: bytes | None = None,
 ) -> Any:
     """The JSON value of member `member` of the zip file at `path` (loads_json), None if the zip
     has no such member. The member is read in at most `max_bytes` whatever its header claims
-    (a header may lie); `error` (one line naming the file and the member) for anything else."""
+    (a header may lie); `error` (one line naming the file and the member) for anything else.
+    `data`: the file's bytes, already read (the file is then not opened; `path` names it)."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(data) if data is not None else path) as zf:
             try:
                 info = zf.getinfo(member)
             except KeyError:

@@ -1,6 +1,6 @@
 """Data sets: checked, scaled and split; the preprocessing every later stage repeats.
 
-`load_dataset(spec)` accepts the forms of DESIGN.md's `--data` contract:
+`load_dataset(spec)` accepts the forms of pipeline/DESIGN.md's "Data" contract:
 
     digits          scikit-learn's bundled 8x8 digits (pixels 0-16, divisor 16); offline
     mnist           Keras's MNIST: the cached `mnist.npz`, else a download through tf_keras

@@ -46,7 +46,7 @@ CHANNELWISE = (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EqualizedPair:
     first: str
     second: str
@@ -129,8 +129,19 @@ def equalize(
     records = []
     for a, b, via in pairs:
         (r1, r2), (q1, q2) = before[(a, b)], _ranges(weights, a, b, classes)
-        records.append(EqualizedPair(a, b, list(via), _ratio(r1), _ratio(q1), r1.tolist(),
-                                     r2.tolist(), q1.tolist(), q2.tolist()))  # fmt: skip
+        records.append(
+            EqualizedPair(
+                first=a,
+                second=b,
+                via=list(via),
+                range_ratio_before=_ratio(r1),
+                range_ratio_after=_ratio(q1),
+                r1_before=r1.tolist(),
+                r2_before=r2.tolist(),
+                r1_after=q1.tolist(),
+                r2_after=q2.tolist(),
+            )
+        )
     return records
 
 

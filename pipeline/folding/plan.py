@@ -36,7 +36,7 @@ PASS_THROUGH = (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SkippedBN:
     bn: str
     reason: str
@@ -76,7 +76,7 @@ def plan_fold(model) -> tuple[list[Plan], list[SkippedBN]]:
                 plan, why_before = _plan_before(graph, node, taken, objects)
                 reason = None if plan else f"{why_after}, and {why_before}"
         if plan is None:
-            skipped.append(SkippedBN(node.name, reason or "no layer to fold into"))
+            skipped.append(SkippedBN(bn=node.name, reason=reason or "no layer to fold into"))
         else:
             plans.append(plan)
             taken.add((plan.layer, plan.direction))
@@ -161,13 +161,15 @@ def _other_bns(model, nested_in: str | None) -> list[SkippedBN]:
         elif nested_in is not None and is_batch_norm(layer):
             found.append(
                 SkippedBN(
-                    layer.name,
-                    f"is inside the nested model {nested_in!r}; bnpipe folds only the outer "
+                    bn=layer.name,
+                    reason=f"is inside the nested model {nested_in!r}; bnpipe folds only the outer "
                     "model's own layers",
                 )
             )
         elif is_batch_norm(layer) and type(layer).__name__ not in BN_CLASSES:
             found.append(
-                SkippedBN(layer.name, f"is a {type(layer).__name__}, which bnpipe does not fold")
+                SkippedBN(
+                    bn=layer.name, reason=f"is a {type(layer).__name__}, which bnpipe does not fold"
+                )
             )
     return found

@@ -6,6 +6,7 @@ Nothing here imports TensorFlow or Keras: the checks read config.json as JSON.
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -63,17 +64,22 @@ KERAS3, KERAS2 = "keras3", "keras2"
 # --- which Keras saved a file, and reading it safely ---------------------------------------------
 
 
-def saved_by(path: str | Path) -> str:
+def saved_by(path: str | Path, data: bytes | None = None) -> str:
     """ "keras3" or "keras2": which Keras wrote the `.keras` zip at `path`. Reads only the zip's
-    metadata.json and config.json (no TensorFlow import).
+    metadata.json and config.json (no TensorFlow import); from `data` when the bytes are read.
 
     The evidence: metadata.json's `keras_version` major, and config.json's own form (an InputLayer
     with `batch_shape` vs `batch_input_shape`; Functional nodes as `args`/`kwargs` dicts vs lists).
     A file with no evidence, or whose metadata and config disagree, is a ModelError.
     """
     path = Path(path)
-    meta = read_config_member(path, "metadata.json", METADATA_MAX_BYTES, required=False)
-    config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
+    meta = read_config_member(path, "metadata.json", METADATA_MAX_BYTES, False, data)
+    config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, True, data)
+    return kind_of(path, meta, config)
+
+
+def kind_of(path: Path, meta, config) -> str:
+    """saved_by's verdict from metadata.json's and config.json's values."""
     votes = {}
     version = meta.get("keras_version") if isinstance(meta, dict) else None
     if isinstance(version, str) and version.split(".")[0] in ("2", "3"):
@@ -118,18 +124,21 @@ def _layer_entries(config) -> list:
     return [e for e in layers if isinstance(e, dict)] if isinstance(layers, list) else []
 
 
-def read_config_member(path: Path, member: str, limit: int, required: bool):
+def read_config_member(
+    path: Path, member: str, limit: int, required: bool, data: bytes | None = None
+):
     """The JSON in zip member `member`, read in at most `limit` bytes and nested at most
     safeio.MAX_JSON_DEPTH levels; {} if absent and optional. Either Keras's files
-    (metadata.json, config.json); ModelError for anything malformed."""
-    if not path.is_file():
+    (metadata.json, config.json); ModelError for anything malformed. `data`: the file's bytes,
+    already read (the file is not opened again)."""
+    if data is None and not path.is_file():
         raise ModelError(f"model file {path} does not exist or is not a file")
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(io.BytesIO(data) if data is not None else path):
         raise ModelError(
             f"{path} is not a Keras .keras file (expected a zip archive holding config.json and "
             "model.weights.h5)"
         )
-    value = zip_json(path, member, limit, ModelError)
+    value = zip_json(path, member, limit, ModelError, data)
     if value is None:
         if required:
             raise ModelError(f"{path} has no {member}; it is not a Keras .keras file")
@@ -144,7 +153,7 @@ def _is_keras_module(module) -> bool:
     )
 
 
-def unsupported(path: Path | None, items: list[str]) -> ModelError:
+def unsupported_layers(path: Path | None, items: list[str]) -> ModelError:
     """One line naming every unsupported layer, e.g. "layer 'lstm_1' (LSTM) cannot be exported"."""
     where = f"{path}: " if path is not None else ""
     noun = "layer" if len(items) == 1 else "layers"
@@ -190,7 +199,7 @@ def check_config(
         else:
             custom += [f"layer {label} ({cls}) holds {obj}" for obj in _custom_objects(cfg)]
     if unsupported:
-        raise unsupported(path, unsupported)
+        raise unsupported_layers(path, unsupported)
     check_graph(config, path)  # a cycle or dangling call would hang tf_keras's loader
     oversized = [why for entry in entries for why in _oversized(entry)]
     if oversized:

@@ -38,7 +38,7 @@ from pipeline.models.configcheck import (
     KERAS2,
     KERAS3,
     SUPPORTED_LAYERS,
-    unsupported,
+    unsupported_layers,
 )
 from pipeline.models.keras3_file import flatten_nested, keras3, one_line
 
@@ -317,7 +317,7 @@ def _check_layer_classes(model, graph: _Graph, lib) -> None:
         elif kind.__name__ not in SUPPORTED_LAYERS:
             bad.append(f"{layer.name!r} ({kind.__name__})")
     if bad:
-        raise unsupported(None, bad)
+        raise unsupported_layers(None, bad)
 
 
 def _model_kind(model, lib) -> bool:

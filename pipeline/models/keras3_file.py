@@ -4,6 +4,7 @@ models inside it (a pretrained base called as a layer) flattened into their laye
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ def one_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def load_keras3(path: str | Path):
+def load_keras3(path: str | Path, checked: bool = False):
     """A new, uncompiled Keras 3 model from the `.keras` file at `path`, in safe mode.
 
     Refuses (ModelError) before deserializing anything: names not ending in `.keras` (Keras 3
@@ -44,15 +45,18 @@ def load_keras3(path: str | Path):
     path = Path(path)
     if not path.name.endswith(".keras"):
         raise ModelError(f"{path} does not end in .keras; bnpipe loads only .keras files")
-    config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
-    check_config(config, path)
+    renaming = contextlib.nullcontext((path, {}))  # the door renamed a checked file's names
+    if not checked:  # the door (door.ModelFile) has checked this file's config already
+        config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
+        check_config(config, path)
+        renaming = loadable(path, config)
     keras = keras3()
     import warnings
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras 3 warns about compile state we do not load
-            with loadable(path, config) as (src, names), bounded(LOAD_SECONDS, "Keras 3's loader"):
+            with renaming as (src, names), bounded(LOAD_SECONDS, "Keras 3's loader"):
                 return user_names(
                     keras.models.load_model(src, compile=False, safe_mode=True), names
                 )

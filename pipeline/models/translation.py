@@ -40,7 +40,7 @@ KERAS_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # --- the numerical proof ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TranslationCheck:
     """How far a translation's outputs are from the original's, over `samples` inputs (all within
     `rtol`: translation_check raises otherwise).
@@ -141,7 +141,13 @@ def translation_check(original, translation, x, rtol: float = TRANSLATION_RTOL):
     n = len(x[0]) if isinstance(x, (list, tuple)) else len(x)
     if failures:
         raise ModelError("translation differs from the original: " + "; ".join(failures))
-    return TranslationCheck(n, rtol, max(outputs, default=0.0), outputs, layers)
+    return TranslationCheck(
+        samples=n,
+        rtol=rtol,
+        max_rel_diff=max(outputs, default=0.0),
+        output_rel_diffs=outputs,
+        layer_rel_diffs=layers,
+    )
 
 
 def probe_inputs(model, n: int = PROBE_SAMPLES, seed: int = 0):
@@ -158,7 +164,7 @@ def probe_inputs(model, n: int = PROBE_SAMPLES, seed: int = 0):
     return xs[0] if len(xs) == 1 else xs
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Translation:
     model3: Any  # the Keras 3 model as loaded (safe mode)
     model2: Any  # its tf_keras translation
@@ -173,7 +179,7 @@ def translate_file(path: str | Path, x=None, rtol: float = TRANSLATION_RTOL) -> 
     model3 = load_keras3(path)
     model2 = user_names(to_tf_keras(model3), getattr(model3, NAMES_ATTR, {}))
     check = translation_check(model3, model2, probe_inputs(model3) if x is None else x, rtol)
-    return Translation(model3, model2, check, time.perf_counter() - t0)
+    return Translation(model3=model3, model2=model2, check=check, seconds=time.perf_counter() - t0)
 
 
 # --- writing Keras 3 files ----------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""`bnpipe run`: train → fold → export → verify → bench, skipping what is already up to date.
+"""`bnpipe run`: train → fold → export → verify → bench (→ fit, when [fit] boards names some),
+skipping what is already up to date.
 
 Each stage's inputs (sha256 of the files it reads, or the data source's fingerprint),
 parameters and outputs are recorded in manifest.json; a stage reruns only when one of them
 changed (or with `force`). The stages run through the same table and transaction as the single
-stage commands (stages.execute). The exit code is verify's: 0 every gate holds, 1 a gate failed.
+stage commands (stages.execute). The exit code is 0 when every gate holds (verify's, and fit's
+when it runs), 1 when a gate failed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipeline.store.lock import writer_lock
 from pipeline.store.manifest import Manifest
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StageOutcome:
     stage: str
     ran: bool
@@ -30,7 +32,7 @@ class StageOutcome:
     note: str = ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunResult:
     stages: list[StageOutcome]
     exit_code: int
@@ -62,31 +64,47 @@ def _run_locked(
         Manifest(out).check_outputs()  # a file a stage wrote and someone changed since: refuse
     for target in (*(config.verify.targets or ()), *config.bench.targets):
         check_name(target)  # a typo in [verify] or [bench] is refused before train runs
+    if config.fit.boards:
+        from pipeline.fit.boards import resolve
+
+        resolve(config.fit.boards, config.fit.profiles)  # so is an unknown board
     # resume="auto": a run interrupted in training continues from its last epoch (same weights).
     request = Request(out=out, resume="auto", quiet=quiet, say=say)
     outcomes: list[StageOutcome] = []
     failures: list[str] = []
+    fit_failed = False
     for name, stage in STAGES.items():
         stage_config = getattr(config, name)
+        if name == "fit" and not stage_config.boards:
+            continue  # no board to fit: the run ends with bench
         inputs = stage.inputs(stage_config, out)
-        if not force and Manifest(out).up_to_date(name, inputs, stage_config):
-            outcomes.append(StageOutcome(name, False, 0.0, "up to date"))
+        why = "--force" if force else Manifest(out).why_stale(name, inputs, stage_config)
+        if why is None:
+            outcomes.append(StageOutcome(stage=name, ran=False, seconds=0.0, note="up to date"))
             say(f"{name}: up to date, skipped")
             continue
         _refuse_multi_worker(name, stage_config)
-        say(f"{name}: running")
+        say(f"{name}: running ({why})")
         t0 = time.time()
         try:
             execute(name, stage_config, request)
             note = "passed" if name == "verify" else ""
         except GateFailed as exc:  # the reports landed; bench still runs
             failures.extend(exc.failures)
+            fit_failed = fit_failed or name == "fit"
             note = "gate failed"
-        outcomes.append(StageOutcome(name, True, time.time() - t0, note))
+        outcomes.append(StageOutcome(stage=name, ran=True, seconds=time.time() - t0, note=note))
     record = artifacts.read_json(out / files.VERIFY_RECORD)
     failures = failures or record.get("failures", [])
-    code = 0 if record.get("passed") else 1
-    return RunResult(outcomes, code, summarize(out, outcomes), failures)
+    code = 0 if record.get("passed") and not fit_failed else 1
+    summary = summarize(out, outcomes)
+    if config.fit.boards:
+        from pipeline.fit.report import fit_table
+
+        summary += "\nwill it fit (fit.md):\n" + fit_table(
+            artifacts.read_json(out / files.FIT_RECORD)
+        )
+    return RunResult(stages=outcomes, exit_code=code, summary=summary, failures=failures)
 
 
 def _refuse_multi_worker(name: str, config) -> None:

@@ -1,6 +1,6 @@
 """The table of stages: what each one is configured by, reads, writes and calls.
 
-    train ─▶ fold ─▶ export ─▶ verify ─▶ bench
+    train ─▶ fold ─▶ export ─▶ verify ─▶ bench ─▶ fit
 
 The CLI's stage commands and `bnpipe run` both go through `execute`, so a stage is checked,
 run and recorded the same way whichever asked for it (lineage.recorded_stage). A `Request`
@@ -38,7 +38,7 @@ class Request:
     out: Path  # the artifacts dir
     model: Path | None = None  # fold, export: the .keras model to read
     data: str | None = None  # fold, export, verify: the data set (train's is in its config)
-    tflite: tuple[Path, ...] = ()  # verify, bench: the .tflite files to read
+    tflite: tuple[Path, ...] = ()  # verify, bench, fit: the .tflite files to read
     resume: bool | str = False  # train: True (--resume), False, or "auto" (bnpipe run)
     quiet: bool = False
     wait: bool = False  # another process writing `out`: wait for it (else ArtifactError)
@@ -115,6 +115,7 @@ STAGES: dict[str, Stage] = {
     "export": Stage("export", "pipeline.run.table:_export"),
     "verify": Stage("verify", "pipeline.run.table:_verify"),
     "bench": Stage("bench", "pipeline.run.table:_bench"),
+    "fit": Stage("fit", "pipeline.run.table:_fit"),
 }
 assert tuple(STAGES) == files.STAGES
 
@@ -196,3 +197,9 @@ def _bench(config, request: Request):
     return run_bench(
         request.out, config=config, tflite=list(request.tflite) or None, progress=request.tick
     )
+
+
+def _fit(config, request: Request):
+    from pipeline.stages.fit import run_fit
+
+    return run_fit(request.out, config=config, tflite=list(request.tflite) or None, say=request.say)

@@ -47,7 +47,7 @@ class Config:
     latencies_s: list[float] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchResult:
     record: dict[str, Any]
     record_path: Path
@@ -188,7 +188,13 @@ def _write(out: Path, record: dict, paths: list[Path], t0: float) -> BenchResult
     inputs_sha = {p.name: record["models"][p.name]["sha256"] for p in paths}
     record_path = artifacts.write_json(out / files.BENCH_RECORD, record, inputs=inputs_sha)
     report_path = artifacts.write_text(out / files.BENCH_REPORT, bench_markdown(record, plots))
-    return BenchResult(record, record_path, report_path, plots, time.perf_counter() - t0)
+    return BenchResult(
+        record=record,
+        record_path=record_path,
+        report_path=report_path,
+        plots=plots,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _macs(info) -> int | None:

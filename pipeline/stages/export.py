@@ -37,7 +37,7 @@ from pipeline.tflite.opset import (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModeResult:
     mode: str
     file: str
@@ -59,7 +59,7 @@ class ModeResult:
     c_array: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportResult:
     modes: list[ModeResult]
     record_path: Path
@@ -161,19 +161,19 @@ def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
     with native_noise_filtered():
         pred = _tflite_predict(blob, ds.x_test, info)
     result = ModeResult(
-        mode,
-        tflite_name(mode),
-        len(blob),
-        artifacts.sha256_bytes(blob),
-        info.op_counts(),
-        io["input"],
-        io["output"],
-        keras_acc,
-        float(np.mean(pred == ds.y_test)),
-        float(np.mean(pred == float_pred)),
-        time.perf_counter() - t1,
-        history,
-        {k.bn: operators_of(info, k.bn) for k in job.kept},
+        mode=mode,
+        file=tflite_name(mode),
+        size_bytes=len(blob),
+        sha256=artifacts.sha256_bytes(blob),
+        operators=info.op_counts(),
+        input=io["input"],
+        output=io["output"],
+        keras_accuracy=keras_acc,
+        tflite_accuracy=float(np.mean(pred == ds.y_test)),
+        agreement_with_float=float(np.mean(pred == float_pred)),
+        seconds=time.perf_counter() - t1,
+        qat_history=history,
+        kept_batch_norms={k.bn: operators_of(info, k.bn) for k in job.kept},
     )
     return result, blob
 
@@ -181,7 +181,7 @@ def _export_mode(mode: str, job: _Job, converted: bytes | None = None):
 # --- --mode auto: the first mode that keeps the model's accuracy ------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trial:
     """One candidate of --mode auto, scored on the validation split with verify's gates."""
 
@@ -212,7 +212,16 @@ def choose(job: _Job, model_path: Path, say) -> tuple[list[tuple[ModeResult, byt
             else:
                 tried[mode], keep = _export_mode(mode, job), []
         except ModelError as exc:  # e.g. QAT cannot wrap a Conv1D: the next mode may do
-            trials.append(Trial(mode, False, 0.0, 0.0, 0.0, f"cannot be made: {exc}"))
+            trials.append(
+                Trial(
+                    mode=mode,
+                    passed=False,
+                    accuracy=0.0,
+                    drop_pp=0.0,
+                    agreement=0.0,
+                    reason=f"cannot be made: {exc}",
+                )
+            )
             say(f"auto: {mode}: {trials[-1].reason}")
             continue
         trials.append(_score(mode, tried[mode][1], val, job.config, keep))
@@ -271,7 +280,15 @@ def _score(mode: str, blob: bytes, val, config: ExportConfig, keep: list[str]) -
         f"accuracy {accuracy:.2%} (the original's {ref_acc:.2%}), agreement {agreement:.2%} "
         f"on {len(y)} validation samples"
     )
-    return Trial(mode, not failed, accuracy, drop, agreement, reason, keep)
+    return Trial(
+        mode=mode,
+        passed=not failed,
+        accuracy=accuracy,
+        drop_pp=drop,
+        agreement=agreement,
+        reason=reason,
+        keep_float=keep,
+    )
 
 
 def _mixed(job: _Job, val, ptq_int8: bytes, tried: dict):
@@ -301,34 +318,46 @@ def _keep_earlier_modes(out: Path, record: dict) -> None:
             record["outputs"][r["file"]] = r.get("sha256")
 
 
-def _tflm_arena(path: Path, x: np.ndarray, tensor: dict) -> tuple[int | None, str]:
-    """(the tensor arena TFLM needed to run one sample of the file, "") or (None, why not)."""
+GOLDEN_SAMPLES = 3  # test samples whose TFLM outputs a C array's header carries (firmware.py)
+
+
+def _tflm_arena(path: Path, x: np.ndarray, tensor: dict) -> tuple[int | None, str, tuple]:
+    """(the tensor arena TFLM needed to run the file's first test samples, "", (their quantized
+    inputs, TFLM's outputs)), or (None, why not, ())."""
     from pipeline.core.errors import BnpipeError
     from pipeline.core.quantize import to_input
 
     try:
         from pipeline.runtimes.tflm import TflmRuntime
 
+        inputs = to_input(x[:GOLDEN_SAMPLES], tensor)
         with TflmRuntime() as rt:  # its own child process, closed here
-            result = rt.run(str(path), to_input(x[:1], tensor))
+            result = rt.run(str(path), inputs)
     except (ImportError, BnpipeError) as exc:
-        return None, " ".join(str(exc).split())[:300]
+        return None, " ".join(str(exc).split())[:300], ()
     used = result.info.get("arena_bytes_used")
-    return (int(used), "") if used else (None, "TFLM did not report the arena it used")
+    if not used:
+        return None, "TFLM did not report the arena it used", ()
+    return int(used), "", (inputs, result.outputs)
 
 
 def _write_c_arrays(out: Path, results: list[ModeResult], blobs: dict, job: _Job, say) -> list:
     """Beside each integer model, its C/C++ source and header (carray.py) with the TFLM arena
-    measured on one test sample; the names written. Each result's c_array says what it got."""
+    and golden vectors of its first test samples (firmware.py), its batch axis fixed at 1
+    (fixed_batch.py); the names written. Each result's c_array says what it got."""
     from pipeline.tflite.carray import c_array
+    from pipeline.tflite.firmware import firmware_kit
+    from pipeline.tflite.fixed_batch import fixed_batch
 
     written = []
     for r in results:
         if r.mode not in INTEGER_MODES:
             continue
         say(f"C array of {r.file}")
-        arena, why = _tflm_arena(artifacts.current(out / r.file), job.ds.x_test, r.input)
-        arr = c_array(blobs[r.mode], r.file, arena_bytes=arena, language=job.config.c_array)
+        arena, why, golden = _tflm_arena(artifacts.current(out / r.file), job.ds.x_test, r.input)
+        data = fixed_batch(blobs[r.mode])  # firmware runs one sample: no dynamic batch axis
+        kit = firmware_kit(data, *golden)
+        arr = c_array(data, r.file, arena_bytes=arena, language=job.config.c_array, kit=kit)
         artifacts.write_text(out / arr.header_name, arr.header)
         artifacts.write_text(out / arr.source_name, arr.source)
         r.c_array = {
@@ -428,4 +457,4 @@ def run_export(
         record,
         inputs={"model": artifacts.sha256_file(model_path), "data": fingerprint},
     )
-    return ExportResult(results, record_path, time.perf_counter() - t0)
+    return ExportResult(modes=results, record_path=record_path, seconds=time.perf_counter() - t0)

@@ -39,7 +39,7 @@ from pipeline.models.graph import LayerGraph, node_refs
 from pipeline.store import artifacts, files
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldedPair:
     layer: str  # the layer the BN went into
     bn: str
@@ -56,7 +56,7 @@ class FoldedPair:
     max_rel_diff: float | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldReport:
     pairs: list[FoldedPair]
     skipped: list[SkippedBN]
@@ -72,7 +72,7 @@ class FoldReport:
     equalized: list = field(default_factory=list)  # EqualizedPair: cross-layer equalization
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldResult:
     folded_path: Path
     record_path: Path
@@ -134,17 +134,17 @@ def _fold_one(model, plan: Plan, weights: list[np.ndarray]):
         else:
             new = fold_before_layer(cls, weights, *_tiled(plan, s, t, weights[0], cls))
     pair = FoldedPair(
-        plan.layer,
-        plan.bn,
-        type(bn).__name__,
-        float(bn.epsilon),
-        bool(bn.center),
-        bool(bn.scale),
-        bool(layer.use_bias),
-        channels,
-        plan.direction,
-        cls,
-        list(plan.via),
+        layer=plan.layer,
+        bn=plan.bn,
+        bn_class=type(bn).__name__,
+        epsilon=float(bn.epsilon),
+        center=bool(bn.center),
+        scale=bool(bn.scale),
+        layer_had_bias=bool(layer.use_bias),
+        units=channels,
+        direction=plan.direction,
+        layer_class=cls,
+        via=list(plan.via),
     )
     return new, pair
 
@@ -292,16 +292,17 @@ def run_fold(
     folded.keras is written in the Keras that saved the input, so its user loads it with the
     code they already have."""
     from pipeline.models.configcheck import KERAS3
-    from pipeline.models.door import load_model, saved_with
+    from pipeline.models.door import ModelFile
     from pipeline.models.names import NAMES_ATTR, with_user_names
 
     t0 = time.perf_counter()
-    kind = saved_with(model_path)
-    model = load_model(model_path)  # tf_keras (a Keras 3 model translated and checked)
+    mf = ModelFile.open(model_path)  # the file's one read: checked, fingerprinted, copied
+    kind = mf.kind
+    x, source = check_inputs(mf.reference(), data, model_path, config)
+    model = mf.tf_keras(x)  # tf_keras (a Keras 3 model translated and proved on x)
     folded, pairs, skipped = fold_model(model, strict=config.strict)
     for s in skipped:
         warn(f"Warning: BatchNormalization {s.bn!r} stays in the model: it {s.reason}")
-    x, source = check_inputs(model, data, model_path, config)
     d, rel, failures = check_fold(model, folded, pairs, x, config.rtol)
     equalized = []
     if config.equalize and not failures:
@@ -309,26 +310,26 @@ def run_fold(
         failures += more
     translation, to_save = {}, folded
     if kind == KERAS3 and not failures:
-        to_save, translation, (d, rel, more) = _back_to_keras3(model_path, folded, x, config)
+        to_save, translation, (d, rel, more) = _back_to_keras3(mf, folded, x, config)
         failures += more
     report = FoldReport(
-        pairs,
-        skipped,
-        len(x),
-        source,
-        d,
-        rel,
-        config.rtol,
-        not failures,
-        failures,
-        kind,
-        translation,
-        equalized,
+        pairs=pairs,
+        skipped=skipped,
+        samples=len(x),
+        sample_source=source,
+        output_max_abs_diff=d,
+        output_max_rel_diff=rel,
+        rtol=config.rtol,
+        passed=not failures,
+        failures=failures,
+        saved_by=kind,
+        translation=translation,
+        equalized=equalized,
     )
     report = with_user_names(report, getattr(model, NAMES_ATTR, {}))  # the names they wrote
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
-    return _write(artifacts_dir, model_path, to_save, kind, config, report, t0)
+    return _write(artifacts_dir, mf, to_save, config, report, t0)
 
 
 def _pairs_to_equalize(folded, config: FoldConfig):
@@ -389,17 +390,16 @@ def _listed(outputs):
     return outputs if isinstance(outputs, list) else [outputs]
 
 
-def _back_to_keras3(model_path: Path, folded, x, config: FoldConfig):
+def _back_to_keras3(mf, folded, x, config: FoldConfig):
     """(the folded model in Keras 3, the translation checks, (abs, rel, failures) of the Keras 3
     folded model against the original Keras 3 model): the fold proved in the user's own Keras."""
-    from pipeline.models.keras3 import to_keras3, to_tf_keras
-    from pipeline.models.keras3_file import load_keras3
+    from pipeline.models.keras3 import to_keras3
     from pipeline.models.translation import translation_check
 
-    original = load_keras3(model_path)
+    original = mf.reference()
     folded3 = to_keras3(folded)
     back = translation_check(folded, folded3, x)
-    there = translation_check(original, to_tf_keras(original), x)
+    there = mf.translation(x).check  # made and proved on x when fold took the tf_keras model
     d, rel, each = compare_outputs(predict(original, x), predict(folded3, x))
     failures = [
         f"model output {i} (Keras 3): relative difference {r:.3g} > {config.rtol:g}"
@@ -409,24 +409,31 @@ def _back_to_keras3(model_path: Path, folded, x, config: FoldConfig):
     return folded3, {"to_tf_keras": there, "to_keras3": back}, (d, rel, failures)
 
 
-def _write(out, model_path, to_save, kind, config, report, t0) -> FoldResult:
+def _write(out, mf, to_save, config, report, t0) -> FoldResult:
     from pipeline.models.configcheck import KERAS3
     from pipeline.models.door import save_model
     from pipeline.models.translation import save_keras3
 
     out = artifacts.ensure_dir(out)
-    save = save_keras3 if kind == KERAS3 else save_model
+    save = save_keras3 if mf.kind == KERAS3 else save_model
     folded_path = save(to_save, out / files.FOLDED)
     record = {
         "stage": "fold",
         "config": dataclasses.asdict(config),
         "report": report,
-        "model": str(model_path),
-        "saved_by": kind,
+        "model": str(mf.path),
+        "saved_by": mf.kind,
         "outputs": {files.FOLDED: artifacts.sha256_file(folded_path)},
         "timings": {"total_s": time.perf_counter() - t0},
     }
     record_path = artifacts.write_json(
-        out / files.FOLD_RECORD, record, inputs={"model": artifacts.sha256_file(model_path)}
+        out / files.FOLD_RECORD,
+        record,
+        inputs={"model": mf.sha256},  # the bytes loaded, not a fresh read
     )
-    return FoldResult(folded_path, record_path, report, time.perf_counter() - t0)
+    return FoldResult(
+        folded_path=folded_path,
+        record_path=record_path,
+        report=report,
+        seconds=time.perf_counter() - t0,
+    )

@@ -31,7 +31,7 @@ from pipeline.store.lock import writer_lock
 from pipeline.tflite.file import TfliteInfo, read_tflite
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LayersResult:
     analysis: LayerAnalysis
     record_path: Path
@@ -87,8 +87,14 @@ def _run_layers(artifacts_dir, config, tflite, reference, data, progress) -> Lay
     record = _record(analysis, config, int8_path, float_path, ds, t0)
     inputs = {"model": artifacts.sha256_file(int8_path),
               "reference": artifacts.sha256_file(float_path), "data": ds.fingerprint()}  # fmt: skip
-    paths = _write(out, record, inputs)
-    return LayersResult(analysis, *paths, time.perf_counter() - t0)
+    record_path, report_path, plot_path = _write(out, record, inputs)
+    return LayersResult(
+        analysis=analysis,
+        record_path=record_path,
+        report_path=report_path,
+        plot_path=plot_path,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _test_data(out: Path, int8_path: Path, data: str | None, info: TfliteInfo, say):

@@ -28,7 +28,7 @@ from pipeline.store import artifacts, files
 from pipeline.training import checkpoints
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     model_path: Path
     record_path: Path
@@ -234,14 +234,15 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     Keras 3 translation that does not hold, data that does not fit its input)."""
 
     from pipeline.data.dataset import check_fits, model_input_shape, shaped
-    from pipeline.models.door import classifier, load_model, load_reference, saved_with
+    from pipeline.models.door import ModelFile, classifier
 
     t0 = time.perf_counter()
     src = Path(config.model)
-    kind = saved_with(src)
+    mf = ModelFile.open(src)  # the file's one read: checked, fingerprinted, copied
+    kind = mf.kind
     # The tf_keras form fold and export will use: translated and checked now.
-    classifier(load_model(src), src)
-    reference = load_reference(src)
+    classifier(mf.tf_keras(), src)
+    reference = mf.reference()
     ds = load_dataset(
         config.data,
         config.test_data,
@@ -254,9 +255,8 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     accuracy = float(np.mean(pred == ds.y_test))
     say(f"imported {src} (saved by {kind}): test accuracy {accuracy:.4f}")
     out = artifacts.ensure_dir(artifacts_dir)
-    data = src.read_bytes()
-    model_path = artifacts.write_bytes(out / files.MODEL, data)
-    imported = {"path": str(src), "sha256": artifacts.sha256_bytes(data), "saved_by": kind}
+    model_path = artifacts.write_bytes(out / files.MODEL, mf.bytes())
+    imported = {"path": str(src), "sha256": mf.sha256, "saved_by": kind}
     return _write_record(
         out,
         model_path,
@@ -364,12 +364,12 @@ def _write_record(
         out / files.TRAIN_RECORD, record, inputs={"data": dataset["fingerprint"]}
     )
     return TrainResult(
-        model_path,
-        record_path,
-        test_acc,
-        record["val_accuracy"],
-        config.epochs,
-        time.perf_counter() - t0,
-        dataset,
-        resumed_from,
+        model_path=model_path,
+        record_path=record_path,
+        test_accuracy=test_acc,
+        val_accuracy=record["val_accuracy"],
+        epochs=config.epochs,
+        seconds=time.perf_counter() - t0,
+        dataset=dataset,
+        resumed_from=resumed_from,
     )

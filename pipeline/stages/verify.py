@@ -31,7 +31,7 @@ from pipeline.tflite.file import check_io, quant_params
 REFERENCE_TARGET = "host-ref"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Row:
     candidate: str
     target: str
@@ -54,14 +54,14 @@ class Row:
     failures: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Skipped:
     candidate: str
     target: str
     reason: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VerifyResult:
     rows: list[Row]
     skipped: list[Skipped]
@@ -111,7 +111,7 @@ class ModelInputs:
         return self._made[key]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Reference:
     """The test split and what the original model (TensorFlow, host) says on it."""
 
@@ -207,7 +207,7 @@ def run_verify(
     ref = _reference(ref_path, out, data, config, say)
     _check_fit(infos, ref)
     rows: list[Row] = []
-    skipped = [Skipped("*", name, reason) for name, reason in unavailable]
+    skipped = [Skipped(candidate="*", target=name, reason=reason) for name, reason in unavailable]
     folded_path = out / files.FOLDED
     if folded_path.is_file() and not tflite:
         rows.append(_folded_row(_folded_model(folded_path, ref), ref, say))
@@ -221,20 +221,29 @@ def run_verify(
 
     failures = _apply_gates(rows, config) + _run_failures(infos, rows, skipped)
     record = _record(config, ref, rows, skipped, failures, candidates, t0)
+    return _conclude(out, record, ref, ref_path, rows, skipped, failures, t0)
+
+
+def _conclude(out, record, ref, ref_path, rows, skipped, failures, t0) -> VerifyResult:
+    """Write the reports (their inputs: the reference, the data, every candidate and the folded
+    model), then the result; GateFailed after the reports landed when a gate failed."""
     inputs = {files.MODEL: artifacts.sha256_file(ref_path), "data": ref.fingerprint}
     inputs.update(record["models"])
+    folded_path = out / files.FOLDED
     if folded_path.is_file():
         inputs[files.FOLDED] = artifacts.sha256_file(folded_path)
-    paths = _write_reports(out, record, inputs)
+    record_path, report_path, plots = _write_reports(out, record, inputs)
     result = VerifyResult(
-        rows,
-        skipped,
-        ref.accuracy,
-        len(ref.y),
-        not failures,
-        failures,
-        *paths,
-        time.perf_counter() - t0,
+        rows=rows,
+        skipped=skipped,
+        reference_accuracy=ref.accuracy,
+        n=len(ref.y),
+        passed=not failures,
+        failures=failures,
+        record_path=record_path,
+        report_path=report_path,
+        plots=plots,
+        seconds=time.perf_counter() - t0,
     )
     if failures:
         raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
@@ -287,14 +296,14 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
         pred = classify(model, shaped(x, model_input_shape(model)))
     values = None if codes is None else ds.preprocessing.code_values()
     return Reference(
-        x,
-        y,
-        pred,
-        int(model.outputs[0].shape[-1]),
-        ModelInputs(x, codes, values),
-        ds.summary(),
-        preprocessing,
-        ds.fingerprint(),
+        x=x,
+        y=y,
+        pred=pred,
+        n_classes=int(model.outputs[0].shape[-1]),
+        inputs=ModelInputs(x, codes, values),
+        dataset=ds.summary(),
+        preprocessing=preprocessing,
+        fingerprint=ds.fingerprint(),
     )
 
 
@@ -374,7 +383,9 @@ def _run_everywhere(infos: dict, runtimes, ref: Reference, config: VerifyConfig,
         for rt in lanes:
             res = done[rt.name][path]
             if isinstance(res, ModelError):
-                skipped.append(Skipped(path.name, rt.name, f"failed: {res}"))
+                skipped.append(
+                    Skipped(candidate=path.name, target=rt.name, reason=f"failed: {res}")
+                )
                 continue
             row, raw = score(rt.name, path, info, ref, res, raw_ref, config)
             if rt.name == REFERENCE_TARGET:
@@ -507,17 +518,17 @@ def _row(
     c = compare(pred, ref.pred, ref.y)
     dis = np.bincount(ref.pred[pred != ref.pred], minlength=ref.n_classes)
     return Row(
-        candidate,
-        target,
-        c.n,
-        c.accuracy,
-        c.accuracy_ci,
-        c.diff_pp,
-        c.diff_ci_pp,
-        c.mcnemar_p,
-        c.agreement,
-        c.only_candidate_right,
-        c.only_reference_right,
+        candidate=candidate,
+        target=target,
+        n=c.n,
+        accuracy=c.accuracy,
+        accuracy_ci=c.accuracy_ci,
+        diff_pp=c.diff_pp,
+        diff_ci_pp=c.diff_ci_pp,
+        mcnemar_p=c.mcnemar_p,
+        agreement=c.agreement,
+        only_candidate_right=c.only_candidate_right,
+        only_reference_right=c.only_reference_right,
         seconds=float(seconds),
         info=info,
         disagreement_by_class=[int(v) for v in dis],

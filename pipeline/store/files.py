@@ -7,11 +7,13 @@
                                            writes verify.json, verify.md, verify_*.png
     bench   reads model.keras and every .tflite
                                            writes bench.json, bench.md, bench_*.png
+    fit     reads every .tflite (uses the integer ones)
+                                           writes fit.json, fit.md, fit.png
     layers  (not a stage) reads model_int8.tflite and model_float32.tflite
                                            writes layers.json, layers.md, layers.png
 
-Every module that names an artifact takes the name from here (DESIGN.md fixes them: other tools
-read them). Only the standard library is imported.
+Every module that names an artifact takes the name from here (pipeline/DESIGN.md, "The CLI
+contract", fixes them: other tools read them). Only the standard library is imported.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ BENCH_RECORD = "bench.json"
 BENCH_REPORT = "bench.md"
 BENCH_LATENCY_PLOT = "bench_latency.png"
 BENCH_THROUGHPUT_PLOT = "bench_throughput.png"
+FIT_RECORD = "fit.json"
+FIT_REPORT = "fit.md"
+FIT_PLOT = "fit.png"
 LAYERS_RECORD = "layers.json"  # bnpipe layers (a diagnosis, not a stage: no manifest entry)
 LAYERS_REPORT = "layers.md"
 LAYERS_PLOT = "layers.png"
@@ -40,7 +45,14 @@ RESUME_DIR = Path(".resume") / "train"  # per-epoch checkpoints of an unfinished
 TFLITE_PREFIX, TFLITE_SUFFIX = "model_", ".tflite"
 FLOAT_BASELINE = "model_float32.tflite"  # what bench's ratios divide by
 
-STAGES = ("train", "fold", "export", "verify", "bench")  # in the order `bnpipe run` runs them
+STAGES = (
+    "train",
+    "fold",
+    "export",
+    "verify",
+    "bench",
+    "fit",
+)  # in the order `bnpipe run` runs them
 
 
 def tflite_name(mode: str) -> str:
@@ -61,6 +73,7 @@ def stage_reads(stage: str, out: Path) -> list[str]:
         "export": [FOLDED],
         "verify": [MODEL, FOLDED, *tflite_files(out)],
         "bench": [MODEL, *tflite_files(out)],
+        "fit": tflite_files(out),
     }[stage]
 
 
@@ -73,4 +86,5 @@ def stage_outputs(stage: str, modes: tuple[str, ...] = ()) -> list[str]:
         "fold": [FOLDED, FOLD_RECORD],
         "verify": [VERIFY_RECORD, VERIFY_REPORT, VERIFY_ACCURACY_PLOT, VERIFY_DISAGREEMENT_PLOT],
         "bench": [BENCH_RECORD, BENCH_REPORT, BENCH_LATENCY_PLOT, BENCH_THROUGHPUT_PLOT],
+        "fit": [FIT_RECORD, FIT_REPORT, FIT_PLOT],
     }[stage]

@@ -70,14 +70,34 @@ class Manifest:
                     self.check_input(file)
 
     def up_to_date(self, stage: str, inputs: dict[str, str], params: dict[str, Any]) -> bool:
+        return self.why_stale(stage, inputs, params) is None
+
+    def why_stale(self, stage: str, inputs: dict[str, str], params: dict[str, Any]) -> str | None:
+        """None if `stage` ran here with these inputs and parameters and its outputs are as it
+        wrote them; else why it must run again, in a few words a person reads (which input or
+        option changed, from what to what)."""
         entry = self.stages.get(stage)
-        if not entry or entry.get("inputs") != inputs or entry.get("params") != _plain(params):
-            return False
+        if not entry:
+            return "it has not run in this artifacts dir"
+        before = entry.get("inputs") or {}
+        changed = [k for k in sorted({*before, *inputs}) if before.get(k) != inputs.get(k)]
+        if changed:
+            return "its input changed: " + ", ".join(
+                f"{k} {_short(before.get(k))} → {_short(inputs.get(k))}" for k in changed
+            )
+        old, new = entry.get("params") or {}, _plain(params)
+        options = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+        if options:
+            return "its options changed: " + ", ".join(
+                f"{k} {_shown(old.get(k))} → {_shown(new.get(k))}" for k in options
+            )
         for file, sha in entry.get("outputs", {}).items():
             p = self.out / file
-            if not p.is_file() or artifacts.sha256_file(p) != sha:
-                return False
-        return True
+            if not p.is_file():
+                return f"its output {file} is missing"
+            if artifacts.sha256_file(p) != sha:
+                return f"its output {file} changed since it ran"
+        return None
 
     def record(
         self,
@@ -144,3 +164,13 @@ def checked_stages(data: dict[str, Any], path: Path) -> dict[str, dict[str, Any]
         if not isinstance(entry.get("params", {}), dict):
             raise refuse(f"the params of stage {name[:40]!r} are not an object")
     return stages
+
+
+def _short(sha: str | None) -> str:
+    """A sha256 as a person compares it (its first 8 hex digits), or "none"."""
+    return sha[:8] if isinstance(sha, str) else "none"
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if value is not None else "unset"
+    return text if len(text) <= 40 else text[:37] + "…"

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.tflite.firmware import FirmwareKit
+
 ALIGNMENT = 16
 BYTES_PER_LINE = 12  # as `xxd -i` writes them
 LANGUAGES = {"c++": ".cc", "c": ".c"}
@@ -44,7 +46,7 @@ volatile wchar_t while xor xor_eq
 KEYWORDS = frozenset(_KEYWORDS.split())
 
 
-@dataclass(frozen=True)
+@dataclass(kw_only=True, frozen=True)
 class CArray:
     name: str  # the array's identifier; also the prefix of _len and _arena_bytes
     source_name: str  # e.g. model_int8.cc
@@ -101,9 +103,11 @@ def c_array(
     arena_bytes: int | None = None,
     language: str = "c++",
     name: str | None = None,
+    kit: FirmwareKit | None = None,
 ) -> CArray:
     """The source and header holding `data`, the bytes of the file `file_name` (only its last
-    part is used: it names the files and, unless `name` is given, the array). Pure: writes
+    part is used: it names the files and, unless `name` is given, the array); with `kit`
+    (firmware.py) also its quantization, op registration and golden vectors. Pure: writes
     nothing."""
     import hashlib
 
@@ -123,18 +127,20 @@ def c_array(
     if arena_bytes is not None:
         about.append(f"// TFLM tensor arena: {arena_bytes} bytes as TFLM reported on the host.")
     return CArray(
-        name,
-        source_name,
-        header_name,
-        _source(data, name, header_name, about, arena_bytes, language),
-        _header(name, about, arena_bytes),
-        len(data),
-        sha,
-        arena_bytes,
+        name=name,
+        source_name=source_name,
+        header_name=header_name,
+        source=_source(data, name, header_name, about, arena_bytes, language, kit),
+        header=_header(name, about, arena_bytes, kit),
+        length=len(data),
+        sha256=sha,
+        arena_bytes=arena_bytes,
     )
 
 
-def _header(name: str, about: list[str], arena_bytes: int | None) -> str:
+def _header(name: str, about: list[str], arena_bytes: int | None, kit=None) -> str:
+    from pipeline.tflite import firmware
+
     guard = f"BNPIPE_{name.upper()}_H_"
     lines = [*about, f"#ifndef {guard}", f"#define {guard}", ""]
     lines += ["#ifdef __cplusplus", 'extern "C" {', "#endif", ""]
@@ -149,11 +155,16 @@ def _header(name: str, about: list[str], arena_bytes: int | None) -> str:
             f"extern const unsigned int {name}_arena_bytes;",
             f"#define {name.upper()}_ARENA_BYTES {arena_bytes}u",
         ]
-    lines += ["", "#ifdef __cplusplus", "}", "#endif", "", f"#endif  // {guard}", ""]
+    lines += firmware.header_lines(kit, name) if kit else []
+    lines += ["", "#ifdef __cplusplus", "}", "#endif", ""]
+    lines += firmware.cplusplus_lines(kit, name) if kit else []
+    lines += [f"#endif  // {guard}", ""]
     return "\n".join(lines)
 
 
-def _source(data, name, header_name, about, arena_bytes, language) -> str:
+def _source(data, name, header_name, about, arena_bytes, language, kit=None) -> str:
+    from pipeline.tflite.firmware import source_lines
+
     lines = [*about, f'#include "{header_name}"', ""]
     if language == "c":
         lines[-1:-1] = ["#include <stdalign.h>"]  # alignas is a macro before C23
@@ -162,6 +173,8 @@ def _source(data, name, header_name, about, arena_bytes, language) -> str:
     text += f"const unsigned int {name}_len = {len(data)};\n"
     if arena_bytes is not None:
         text += f"const unsigned int {name}_arena_bytes = {arena_bytes};\n"
+    if kit is not None:
+        text += "".join(line + "\n" for line in source_lines(kit, name))
     return text
 
 

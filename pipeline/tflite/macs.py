@@ -33,7 +33,7 @@ class OpMacs:
     per_output: int  # MACs per output element
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MacCount:
     total: int
     batch: int
@@ -106,4 +106,10 @@ def count_macs(info: TfliteInfo, batch: int = 1) -> MacCount:
             by_op[op.op] = by_op.get(op.op, 0) + counted.macs
         else:
             uncounted[op.op] = uncounted.get(op.op, 0) + 1
-    return MacCount(sum(o.macs for o in per_op), batch, per_op, by_op, uncounted)
+    return MacCount(
+        total=sum(o.macs for o in per_op),
+        batch=batch,
+        per_op=per_op,
+        by_op=by_op,
+        uncounted=uncounted,
+    )

@@ -185,7 +185,7 @@ def replica_batches(strategy, make_global: Callable):
 # Training
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DistributedResult:
     model: object  # build_mlp's model holding the trained weights (compiled)
     history: dict  # loss, accuracy, val_loss, val_accuracy per epoch, as Keras's
@@ -220,13 +220,13 @@ def fit(config, strategy, *, say: Callable[[str], None] | None = None) -> Distri
     run.copy_optimizer_state()
     _, test_acc = run.evaluate(source.eval_batches("test"))
     return DistributedResult(
-        run.plain,
-        run.history,
-        test_acc,
-        source.summary(),
-        source.preprocessing.to_dict(),
-        describe_strategy(strategy),
-        {"load_data_s": t_data, "fit_s": t_fit},
+        model=run.plain,
+        history=run.history,
+        test_accuracy=test_acc,
+        dataset=source.summary(),
+        preprocessing=source.preprocessing.to_dict(),
+        strategy=describe_strategy(strategy),
+        timings={"load_data_s": t_data, "fit_s": t_fit},
     )
 
 
