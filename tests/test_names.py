@@ -22,6 +22,10 @@ modes = ["int8"]
 qat_epochs = 1
 [verify]
 targets = ["host-ref"]
+# The names are under test here, not the accuracy of a 3-epoch model after one QAT epoch: a
+# few of its 360 test samples may change class (0.28 pp each).
+max_drop = 3.0
+min_agreement = 0.95
 [bench]
 batch_sizes = [1]
 threads = [1]
