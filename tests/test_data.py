@@ -418,3 +418,17 @@ def test_samples_of_more_values_than_a_small_classifier_takes_are_refused(tmp_pa
         load_dataset,
         str(path),
     )
+
+
+def test_labels_of_one_class_only_are_refused_naming_it(tmp_path):
+    """Every label 3: the count of classes would be 4 (the largest label + 1), three of them
+    never seen; refused by name rather than trained without a word."""
+    write_npz(
+        tmp_path / "threes.npz", y_train=np.full(30, 3, np.uint8), y_test=np.full(12, 3, np.uint8)
+    )
+    raises_data_error(
+        "holds only the label 3; a classifier needs at least 2 classes (it would train 4 "
+        "outputs, 3 of them never seen)",
+        data.load_dataset,
+        str(tmp_path / "threes.npz"),
+    )

@@ -38,3 +38,26 @@ def test_zip_json_reads_a_member_within_its_bound(tmp_path):
     assert zip_json(path, "absent.json", 100, ModelError) is None
     with pytest.raises(ModelError, match=r"big\.json is 2,002 bytes \(limit 1,000\)$"):
         zip_json(path, "big.json", 1000, ModelError)
+
+
+def test_read_bytes_reads_in_chunks_under_an_address_space_limit(tmp_path):
+    """Under `ulimit -v` (containers), a small file is read whole although the bound is 8 GiB:
+    read() is never asked for the whole bound at once (it would allocate it first)."""
+    import subprocess
+    import sys
+
+    small = tmp_path / "small.csv"
+    small.write_bytes(b"0,1,2\n" * 1000)
+    code = (
+        "import resource, sys\n"
+        "from pipeline.core.safeio import MAX_INPUT_BYTES, read_bytes\n"
+        "limit = 1 << 30\n"
+        "assert MAX_INPUT_BYTES > limit\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        "sys.stdout.write(str(len(read_bytes(sys.argv[1], 'data file'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(small)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == str(small.stat().st_size)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.analysis.consistency import check_computed_shapes, check_constants
 from pipeline.analysis.fakequant import Built, FakeQuant, OpPair, match_operators
 from pipeline.analysis.layerstats import TensorStats, sqnr_db, tensor_stats
 from pipeline.core.errors import DataError, ModelError
@@ -141,6 +142,8 @@ def _load_twins(int8_model: Model, float_model: Model) -> _Twins:
     f_bytes, float_path = _read(float_model, "the float twin")
     qi = check_io(parse_tflite(q_bytes, int8_path))
     fi = check_io(parse_tflite(f_bytes, float_path))
+    check_constants(q_bytes, int8_path)  # weights are read out of them: sizes must agree
+    check_constants(f_bytes, float_path)
     if fi.input_tensor().dtype != "float32":
         raise ModelError(f"the reference {float_path} takes {fi.input_tensor().dtype} input; "
                          "it must be the float twin (model_float32.tflite)")  # fmt: skip
@@ -323,6 +326,7 @@ def analyse_layers(
     jobs = [_float_job(twins, x), _int8_job(twins, xq), *_alone_jobs(twins, x, built),
             _built_job(twins, x, sim, last, "every operator and the input")]  # fmt: skip
     runs = runner.run(jobs) if runner is not None else run_jobs(jobs)
+    check_computed_shapes(jobs, runs)  # a file whose operators compute other shapes than it says
     ref, q_run, alone, s_run = runs[0], runs[1], runs[2:-1], runs[-1]
     costs = rank(_costs(twins, ref, alone, built, y))
     q_pred, ref_pred = _top1(q_run[twins.int8.outputs[0]]), _top1(ref[twins.float_.outputs[0]])
@@ -351,6 +355,8 @@ def rank_layers(
     twins, fq = _prepare(int8_path, float_path, x)
     built = [fq.model([p.position]) for p in twins.pairs]
     say(f"LiteRT: {len(built) + 1} models on {len(x):,} samples, in a child process")
-    runs = run_jobs([_float_job(twins, x), *_alone_jobs(twins, x, built)])
+    jobs = [_float_job(twins, x), *_alone_jobs(twins, x, built)]
+    runs = run_jobs(jobs)
+    check_computed_shapes(jobs, runs)
     costs = rank(_costs(twins, runs[0], runs[1:], built, y))
     return Ranking(costs, _accuracy(_top1(runs[0][twins.float_.outputs[0]]), y), len(x))

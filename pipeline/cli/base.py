@@ -42,6 +42,8 @@ class BnpipeGroup(click.Group):
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:  # anywhere a path the user gave is looked at
                 raise Fail(name_too_long(exc.filename), 2) from None
+            if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename is not None:
+                raise Fail(permission_denied(exc.filename), 2) from None  # a path under 0700
             raise internal_error(exc, ctx.params.get("debug", False)) from None
         except Exception as exc:
             raise internal_error(exc, ctx.params.get("debug", False)) from None
@@ -63,6 +65,14 @@ def name_too_long(path) -> str:
     return (
         f"the path {shown!r} ({len(str(path)):,} characters) is too long for the file system "
         "(at most 255 a name)"
+    )
+
+
+def permission_denied(path) -> str:
+    shown = repr(str(path)[:120])
+    return (
+        f"permission denied for {shown}; check that you may read it and enter every directory "
+        "above it"
     )
 
 

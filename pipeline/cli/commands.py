@@ -464,6 +464,7 @@ def layers(tflite, reference, data, max_samples, as_json, quiet, artifacts):
         reference=reference,
         data=data,
         progress=None if quiet else progress,
+        wait=click.get_current_context().meta.get("bnpipe.wait", False),
     )
     if as_json:
         click.echo(result.record_path.read_text(), nl=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.core.errors import ModelError
 from pipeline.core.safeio import zip_json
+from pipeline.models.dag import check_graph
 
 # The layer classes translated in both directions. They cover the MLPs bnpipe trains and the
 # small CNNs that come next; everything else (recurrent, embedding, attention, Lambda, custom
@@ -202,6 +203,7 @@ def check_config(
             custom += [f"layer {label} ({cls}) holds {obj}" for obj in _custom_objects(cfg)]
     if unsupported:
         raise unsupported_layers(path, unsupported)
+    check_graph(config, path)  # a cycle or dangling call would hang tf_keras's loader
     oversized = [why for entry in entries for why in _oversized(entry)]
     if oversized:
         where = f"{path}: " if path is not None else ""

@@ -11,9 +11,11 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.deadline import LOAD_SECONDS, bounded
 from pipeline.core.errors import ModelError
 from pipeline.core.tfenv import keras
 from pipeline.models.article import CUSTOM_BN_NAME, custom_bn_class
+from pipeline.models.names import NAMES_ATTR, loadable, user_names
 
 
 def one_output(model, path: str | Path):
@@ -197,12 +199,14 @@ class ModelFile:
             from pipeline.models.configcheck import KERAS3
             from pipeline.models.keras3_file import load_keras3
 
-            with _private_copy(self.path.name, self._data) as copy:
+            # Names TensorFlow refuses as scopes are safe ones in the copy (names.py).
+            private = _private_copy(self.path.name, self._data)
+            with private as copy, loadable(copy, self.config) as (src, names):
                 if self.kind == KERAS3:
-                    model = load_keras3(copy, checked=True)
+                    model = load_keras3(src, checked=True)
                 else:
-                    model = _load_tf_keras(copy, self.path)
-            self._made["reference"] = model
+                    model = _load_tf_keras(src, self.path)
+            self._made["reference"] = user_names(model, names)
         return self._made["reference"]
 
     def tf_keras(self, x=None):
@@ -225,7 +229,7 @@ class ModelFile:
 
             t0 = time.perf_counter()
             model3 = self.reference()
-            model2 = to_tf_keras(model3)
+            model2 = user_names(to_tf_keras(model3), getattr(model3, NAMES_ATTR, {}))
             check = translation_check(model3, model2, probe_inputs(model3) if x is None else x)
             self._made["translation"] = Translation(
                 model3=model3, model2=model2, check=check, seconds=time.perf_counter() - t0
@@ -291,7 +295,8 @@ def _load_tf_keras(copy: Path, shown: Path):
     k = keras()
     custom_bn_class()  # registers bnpipe>CustomBatchNorm for deserialization
     try:
-        return k.models.load_model(copy, compile=False, safe_mode=True)
+        with bounded(LOAD_SECONDS, "Keras's loader"):  # a loader that loops is stopped
+            return k.models.load_model(copy, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a malformed archive
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load {shown}: {msg[:300]}") from None

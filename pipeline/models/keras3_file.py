@@ -4,13 +4,16 @@ models inside it (a pretrained base called as a layer) flattened into their laye
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.deadline import LOAD_SECONDS, bounded
 from pipeline.core.errors import ModelError
 from pipeline.models.configcheck import CONFIG_MAX_BYTES, check_config, read_config_member
+from pipeline.models.names import loadable, user_names
 
 
 @functools.cache
@@ -42,16 +45,21 @@ def load_keras3(path: str | Path, checked: bool = False):
     path = Path(path)
     if not path.name.endswith(".keras"):
         raise ModelError(f"{path} does not end in .keras; bnpipe loads only .keras files")
+    renaming = contextlib.nullcontext((path, {}))  # the door renamed a checked file's names
     if not checked:  # the door (door.ModelFile) has checked this file's config already
         config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
         check_config(config, path)
+        renaming = loadable(path, config)
     keras = keras3()
     import warnings
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras 3 warns about compile state we do not load
-            return keras.models.load_model(path, compile=False, safe_mode=True)
+            with renaming as (src, names), bounded(LOAD_SECONDS, "Keras 3's loader"):
+                return user_names(
+                    keras.models.load_model(src, compile=False, safe_mode=True), names
+                )
     except Exception as exc:  # Keras raises many types for a malformed archive
         raise ModelError(f"cannot load {path} with Keras 3: {one_line(exc)}") from None
 

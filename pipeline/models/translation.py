@@ -17,6 +17,7 @@ from pipeline.core.errors import ModelError
 from pipeline.models.configcheck import KERAS2, KERAS3
 from pipeline.models.keras3 import parse_graph, to_tf_keras
 from pipeline.models.keras3_file import flatten_nested, keras3, load_keras3
+from pipeline.models.names import NAMES_ATTR, user_names
 from pipeline.models.roundoff import roundoff_bounds
 
 # The translation must compute what the original computes up to float32 round-off. Both Keras run
@@ -199,7 +200,7 @@ def translate_file(path: str | Path, x=None, rtol: float = TRANSLATION_RTOL) -> 
     translation on x (default: probe_inputs). ModelError for anything refused or a failed proof."""
     t0 = time.perf_counter()
     model3 = load_keras3(path)
-    model2 = to_tf_keras(model3)
+    model2 = user_names(to_tf_keras(model3), getattr(model3, NAMES_ATTR, {}))
     check = translation_check(model3, model2, probe_inputs(model3) if x is None else x, rtol)
     return Translation(model3=model3, model2=model2, check=check, seconds=time.perf_counter() - t0)
 

@@ -77,7 +77,7 @@ class Stage:
         (`run --model`) as its file's sha256."""
         if self.name != "train":
             return {}
-        from pipeline.data.dataset import source_fingerprint
+        from pipeline.data.fingerprint import source_fingerprint
 
         inputs = {"data": source_fingerprint(config.data, config.test_data)}
         if config.model is not None:

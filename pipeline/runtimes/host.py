@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.children import die_with_parent
 from pipeline.core.errors import ModelCrashed, ModelError, TargetUnavailable
 from pipeline.runtimes import RunResult, check_outputs
 from pipeline.runtimes.served import ServedRunner, how_it_ended, last_error_line
@@ -338,6 +339,7 @@ def cold_start(model_path, sample: np.ndarray, memory_limit: int = MEMORY_LIMIT)
                 text=True,
                 timeout=TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(),  # killed with bnpipe, even by kill -9
             )
         except subprocess.TimeoutExpired:
             raise ModelError(

@@ -29,6 +29,7 @@ import time
 import weakref
 from collections.abc import Callable
 
+from pipeline.core.children import die_with_parent
 from pipeline.core.errors import ModelCrashed, ModelError, TargetUnavailable
 
 # device_runner.py's exit codes (kept in step with EXIT_INTERNAL / EXIT_BAD_INPUT / EXIT_NO_LITERT).
@@ -74,6 +75,7 @@ class _Process:
             stderr=subprocess.PIPE,
             env=env,
             cwd=cwd,
+            preexec_fn=die_with_parent(),  # killed with bnpipe, even by kill -9 (qemu too)
         )
         self.ready = False  # its ready line was read
         self.answers: queue.Queue[str | None] = queue.Queue()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.children import die_with_parent
 from pipeline.core.errors import ModelError, TargetUnavailable
 
 RUNNER = Path(__file__).resolve().parent / "tensor_runner.py"
@@ -48,6 +49,7 @@ class TensorRunner:
             stderr=subprocess.PIPE,
             stdin=subprocess.PIPE,
             text=True,
+            preexec_fn=die_with_parent(),  # killed with bnpipe, even by kill -9
         )
         self._waited = False
 

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.children import die_with_parent
 from pipeline.core.errors import ModelCrashed, ModelError, TargetUnavailable
 from pipeline.runtimes import RunResult, check_outputs
 from pipeline.runtimes.served import ServedRunner, last_error_line
@@ -80,6 +81,7 @@ def try_arena(model_path: str | os.PathLike, arena_size: int) -> tuple[bool, str
             text=True,
             timeout=TIMEOUT_S,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),  # killed with bnpipe, even by kill -9
         )
     except subprocess.TimeoutExpired:
         return False, f"building the interpreter took more than {TIMEOUT_S} s"

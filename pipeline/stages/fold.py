@@ -312,6 +312,7 @@ def run_fold(
     code they already have."""
     from pipeline.models.configcheck import KERAS3
     from pipeline.models.door import ModelFile
+    from pipeline.models.names import NAMES_ATTR, with_user_names
 
     t0 = time.perf_counter()
     mf = ModelFile.open(model_path)  # the file's one read: checked, fingerprinted, copied
@@ -345,6 +346,7 @@ def run_fold(
         equalized=equalized,
         equalization=verdict,
     )
+    report = with_user_names(report, getattr(model, NAMES_ATTR, {}))  # the names they wrote
     if failures:
         raise ModelError("folded model differs from the original: " + "; ".join(failures))
     return _write(artifacts_dir, mf, to_save, config, report, t0)

@@ -27,6 +27,7 @@ from pipeline.core.errors import DataError
 from pipeline.report.layers import pyplot_loading
 from pipeline.runtimes.tensors import TensorRunner
 from pipeline.store import artifacts, files
+from pipeline.store.lock import writer_lock
 from pipeline.tflite.file import TfliteInfo, read_tflite
 
 
@@ -47,10 +48,18 @@ def run_layers(
     reference: Path | None = None,
     data: str | None = None,
     progress=None,
+    wait: bool = False,
 ) -> LayersResult:
     """Analyse the integer file against its float twin; write layers.json, layers.md, layers.png.
 
-    ModelError / DataError / ArtifactError for bad input, before anything is written."""
+    ModelError / DataError / ArtifactError for bad input, before anything is written. Holds the
+    artifacts dir's writer lock throughout, like every stage (`wait`: wait for another writer
+    instead of ArtifactError)."""
+    with writer_lock(Path(artifacts_dir), wait=wait, say=progress or (lambda m: None)):
+        return _run_layers(artifacts_dir, config, tflite, reference, data, progress)
+
+
+def _run_layers(artifacts_dir, config, tflite, reference, data, progress) -> LayersResult:
     t0 = time.perf_counter()
     config = config or LayersConfig()
     say = progress or (lambda m: None)
