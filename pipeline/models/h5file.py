@@ -109,7 +109,6 @@ def without_rejected_keys(config: dict, path: Path) -> dict:
 def load_h5(path: Path, kind: str, config: dict, data: bytes):
     """The model built from the checked `config` by the Keras that saved it (`kind`), with the
     weights of the HDF5 bytes `data` (loaded from a private temporary copy)."""
-    import json
     import warnings
 
     from pipeline.models.keras3_file import keras3, one_line
@@ -124,7 +123,7 @@ def load_h5(path: Path, kind: str, config: dict, data: bytes):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = k.models.model_from_json(json.dumps(config))
+            model = _from_config(k, kind, config)
             with tempfile.TemporaryDirectory(prefix="bnpipe-model-") as folder:
                 weights = Path(folder) / "model.h5"
                 weights.write_bytes(data)
@@ -132,3 +131,27 @@ def load_h5(path: Path, kind: str, config: dict, data: bytes):
     except Exception as exc:  # Keras raises many types for a config or weights it cannot take
         raise ModelError(f"cannot load {path}: {one_line(exc)[:300]}") from None
     return model
+
+
+def _from_config(k, kind: str, config: dict):
+    """The model of `config` (checked: a Sequential or Functional of Keras's own layers) without
+    custom objects. Keras 3 cannot read the legacy form through model_from_json (it looks for the
+    model class by module); its model classes read their own config."""
+    import json
+
+    if kind != KERAS3:
+        return k.models.model_from_json(json.dumps(config))
+    model_class = k.Sequential if config["class_name"] == "Sequential" else k.Model
+    return model_class.from_config(config["config"])
+
+
+def save_keras(model, kind: str, dest: Path) -> Path:
+    """`model` (loaded from an `.h5`) saved deterministically as a `.keras` file of the Keras that
+    saved the `.h5` (`kind`), atomically."""
+    if kind == KERAS3:
+        from pipeline.models.translation import save_keras3
+
+        return save_keras3(model, dest)
+    from pipeline.models.door import save_model
+
+    return save_model(model, dest)

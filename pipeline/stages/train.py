@@ -235,6 +235,7 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
 
     from pipeline.data.dataset import check_fits, model_input_shape, shaped
     from pipeline.models.door import ModelFile, classifier
+    from pipeline.models.h5file import is_h5_name, save_keras
 
     t0 = time.perf_counter()
     src = Path(config.model)
@@ -255,7 +256,10 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     accuracy = float(np.mean(pred == ds.y_test))
     say(f"imported {src} (saved by {kind}): test accuracy {accuracy:.4f}")
     out = artifacts.ensure_dir(artifacts_dir)
-    model_path = artifacts.write_bytes(out / files.MODEL, mf.bytes())
+    if is_h5_name(src):  # the model built from the .h5, saved as .keras (the source: its sha256)
+        model_path = save_keras(reference, kind, out / files.MODEL)
+    else:
+        model_path = artifacts.write_bytes(out / files.MODEL, mf.bytes())
     imported = {"path": str(src), "sha256": mf.sha256, "saved_by": kind}
     return _write_record(
         out,
