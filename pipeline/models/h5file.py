@@ -70,8 +70,8 @@ def read_h5(path: Path, data: bytes) -> tuple[str, dict]:
 def _as_keras_own(config):
     """A copy of `config` in which every serialized object without a `module` key (the legacy
     form of Keras's own classes) says module "keras"; objects that name a module keep it."""
-    config, stack = copy.deepcopy(config), []
-    stack.append(config)
+    config = copy.deepcopy(config)
+    stack = [config]
     while stack:  # iterative: a crafted config may nest deeper than Python's recursion limit
         node = stack.pop()
         if isinstance(node, dict):
@@ -85,7 +85,8 @@ def _as_keras_own(config):
 
 def without_rejected_keys(config: dict, path: Path) -> dict:
     """`config` without the DROPPED_KEYS Keras 3 rejects, each drop said in one warning line."""
-    config, dropped, stack = copy.deepcopy(config), [], [config]
+    config, dropped = copy.deepcopy(config), []
+    stack = [config]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
