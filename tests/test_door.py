@@ -92,7 +92,7 @@ def test_the_models_come_from_the_bytes_read_not_from_a_later_state_of_the_file(
 @pytest.mark.parametrize(
     "name, content, says",
     [
-        ("model.h5", b"\x89HDF\r\n\x1a\n" + bytes(64), "legacy HDF5"),
+        ("model.h5", b"\x89HDF\r\n\x1a\n" + bytes(64), "is not an HDF5 file"),
         ("model.bin", b"PK", "does not end in .keras"),
         ("model.keras", bytes(512) + b"\x89HDF\r\n\x1a\n", "legacy HDF5"),
         ("model.keras", b"not a zip", "not a Keras .keras file"),

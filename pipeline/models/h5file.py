@@ -144,15 +144,3 @@ def _from_config(k, kind: str, config: dict):
         return k.models.model_from_json(json.dumps(config))
     model_class = k.Sequential if config["class_name"] == "Sequential" else k.Model
     return model_class.from_config(config["config"])
-
-
-def save_keras(model, kind: str, dest: Path) -> Path:
-    """`model` (loaded from an `.h5`) saved deterministically as a `.keras` file of the Keras that
-    saved the `.h5` (`kind`), atomically."""
-    if kind == KERAS3:
-        from pipeline.models.translation import save_keras3
-
-        return save_keras3(model, dest)
-    from pipeline.models.door import save_model
-
-    return save_model(model, dest)
