@@ -185,3 +185,25 @@ def test_bytes_that_are_not_hdf5_under_an_h5_name_are_refused(tmp_path):
     with pytest.raises(ModelError) as info:
         ModelFile.open(path)
     assert str(info.value) == f"{path} is not an HDF5 file; bnpipe loads .keras and .h5 models"
+
+
+def test_serialized_code_in_a_legacy_config_is_refused(saved, tmp_path):
+    import shutil
+
+    import h5py
+
+    from pipeline.models.door import ModelFile
+
+    path = tmp_path / "code.h5"
+    shutil.copy(saved["keras3"][1], path)
+    with h5py.File(path, "r+") as h5:  # an activation that is code, in the legacy form (no module)
+        config = json.loads(h5.attrs["model_config"])
+        dense = next(e for e in config["config"]["layers"] if e["class_name"] == "Dense")
+        dense["config"]["activation"] = {"class_name": "__lambda__", "config": {"code": "x"}}
+        h5.attrs["model_config"] = json.dumps(config)
+    with pytest.raises(ModelError) as info:
+        ModelFile.open(path)
+    assert str(info.value) == (
+        f"{path}: layer 'dense' (Dense) holds the custom object __lambda__, a custom class; "
+        "bnpipe loads only Keras's own objects (no custom code)"
+    )

@@ -25,6 +25,10 @@ H5_SUFFIXES = (".h5", ".hdf5")
 DROPPED_KEYS = {"DepthwiseConv2D": {"groups": 1}}
 
 
+# Serialized code (a Python function by name, Keras 3's lambda) is never taken as Keras's own.
+CODE_CLASSES = ("function", "__lambda__")
+
+
 def is_h5_name(path: Path) -> bool:
     return path.suffix.lower() in H5_SUFFIXES
 
@@ -69,13 +73,15 @@ def read_h5(path: Path, data: bytes) -> tuple[str, dict]:
 
 def _as_keras_own(config):
     """A copy of `config` in which every serialized object without a `module` key (the legacy
-    form of Keras's own classes) says module "keras"; objects that name a module keep it."""
+    form of Keras's own classes) says module "keras"; objects that name a module keep it, and
+    serialized code (CODE_CLASSES) stays foreign, so check_config refuses it."""
     config = copy.deepcopy(config)
     stack = [config]
     while stack:  # iterative: a crafted config may nest deeper than Python's recursion limit
         node = stack.pop()
         if isinstance(node, dict):
-            if "class_name" in node and "module" not in node:
+            code = node.get("class_name") in CODE_CLASSES
+            if "class_name" in node and "module" not in node and not code:
                 node["module"] = "keras"
             stack.extend(node.values())
         elif isinstance(node, list):
