@@ -36,9 +36,27 @@ def is_h5_name(path: Path) -> bool:
 def read_h5(path: Path, data: bytes) -> tuple[str, dict]:
     """(which Keras saved it, its model config checked) from the HDF5 bytes `data`; ModelError
     (one line) for a file that is not HDF5, holds weights only, or holds what bnpipe refuses."""
-    import h5py
-
     from pipeline.core.safeio import loads_json
+
+    raw, version = _model_attrs(path, data)
+    if not isinstance(raw, (bytes, str)) or len(raw) > CONFIG_MAX_BYTES:
+        raise ModelError(f"{path}: model_config is not one string of at most 32 MiB")
+    try:
+        config = loads_json(raw)
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{path}: model_config is not JSON ({exc})") from None
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    kind = kind_of(path, {"keras_version": version} if isinstance(version, str) else {}, config)
+    # HDF5 configs name Keras's layers by class alone (legacy form, no `module`): the loader looks
+    # the name up among Keras's own classes. So the check reads them as Keras's own.
+    check_config(_as_keras_own(config), path, nested=kind == KERAS3)
+    return kind, config
+
+
+def _model_attrs(path: Path, data: bytes):
+    """(the root attributes model_config and keras_version) of the HDF5 bytes `data`."""
+    import h5py
 
     try:
         h5 = h5py.File(io.BytesIO(data), "r")
@@ -52,23 +70,15 @@ def read_h5(path: Path, data: bytes) -> tuple[str, dict]:
                 f"{path} holds weights only (no model_config); bnpipe needs the whole model "
                 "(model.save, not model.save_weights)"
             )
-        size = h5.attrs.get_id("model_config").get_storage_size()
-        if size > CONFIG_MAX_BYTES:
-            raise ModelError(
-                f"{path}: model_config is {size:,} bytes (at most {CONFIG_MAX_BYTES:,})"
-            )
-        raw, version = h5.attrs["model_config"], h5.attrs.get("keras_version")
-    try:
-        config = loads_json(raw if isinstance(raw, (bytes, str)) else bytes(raw))
-    except (ValueError, TypeError) as exc:
-        raise ModelError(f"{path}: model_config is not JSON ({exc})") from None
-    if isinstance(version, bytes):
-        version = version.decode("utf-8", "replace")
-    kind = kind_of(path, {"keras_version": version} if isinstance(version, str) else {}, config)
-    # HDF5 configs name Keras's layers by class alone (legacy form, no `module`): the loader looks
-    # the name up among Keras's own classes. So the check reads them as Keras's own.
-    check_config(_as_keras_own(config), path, nested=kind == KERAS3)
-    return kind, config
+        try:
+            attr = h5.attrs.get_id("model_config")
+            # A string of fixed length is stored in the attribute; one of variable length (as
+            # Keras writes it) in the file's heap: no longer than the file, which is bounded.
+            if attr.shape == () and attr.get_storage_size() <= CONFIG_MAX_BYTES:
+                return h5.attrs["model_config"], h5.attrs.get("keras_version")
+        except Exception:  # a damaged attribute: h5py raises OSError, KeyError …
+            pass
+    raise ModelError(f"{path}: model_config is not one string of at most 32 MiB")
 
 
 def _as_keras_own(config):
