@@ -508,17 +508,16 @@ def test_load_model_refuses_directory(tmp_path):
     )
 
 
-@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
-def test_load_model_refuses_h5(keras, tmp_path):
+def test_load_model_refuses_a_weights_only_h5(keras, tmp_path):
     from pipeline.models.door import load_model
 
-    path = tmp_path / "legacy.h5"
-    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(path)
+    path = tmp_path / "weights.h5"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(path)
     with pytest.raises(ModelError) as info:
         load_model(path)
     assert str(info.value) == (
-        f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save "
-        "the model as .keras (model.save('model.keras'))"
+        f"{path} holds weights only (no model_config); bnpipe needs the whole model "
+        "(model.save, not model.save_weights)"
     )
 
 

@@ -136,7 +136,7 @@ def train(
     "model_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="A .keras model [default: model.keras in the artifacts dir].",
+    help="A .keras or .h5 model [default: model.keras in the artifacts dir].",
 )
 @click.option(
     "--data",
@@ -543,7 +543,7 @@ def fit(boards, tflite, config_path, quiet, artifacts):
     "model_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="A .keras model trained elsewhere (either Keras): imported instead of trained.",
+    help="A .keras or .h5 model trained elsewhere (either Keras): imported, not trained.",
 )
 @c_array_option
 @click.option("--force", is_flag=True, help="Rerun every stage, even those that are up to date.")

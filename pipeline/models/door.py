@@ -1,8 +1,9 @@
-"""The one door a user's model file comes through: checked (a `.keras` zip, no HDF5 or SavedModel,
-no device or oversized file), its config refused before anything is deserialized when it holds
-what bnpipe cannot take, loaded in safe mode by the Keras that saved it (translated into tf_keras
-where QAT needs it), and saved back deterministically. Also what every stage asks of a loaded
-model: its input shape and its predictions.
+"""The one door a user's model file comes through: checked (a `.keras` zip, or an `.h5` taken
+through h5file's safe path; no other HDF5, SavedModel, device or oversized file), its config
+refused before anything is deserialized when it holds what bnpipe cannot take, loaded in safe
+mode by the Keras that saved it (translated into tf_keras where QAT needs it), and saved back
+deterministically. Also what every stage asks of a loaded model: its input shape and its
+predictions.
 """
 
 from __future__ import annotations
@@ -177,16 +178,22 @@ class ModelFile:
             kind_of,
             read_config_member,
         )
+        from pipeline.models.h5file import is_h5_name, read_h5
 
         path = _checked_name(Path(path))
         data = read_bytes(path, "model file", ModelError, MODEL_MAX_BYTES)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if is_h5_name(path):  # the safe HDF5 path: config checked, model built, weights loaded
+            kind, config = read_h5(path, data)
+            return cls(
+                path=path, sha256=sha256, kind=kind, config=config, size=len(data), _data=data
+            )
         _refuse_hdf5(path, data)  # before the name: HDF5 under any name is named as such
         _keras_name(path)
         meta = read_config_member(path, "metadata.json", METADATA_MAX_BYTES, False, data)
         config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, True, data)
         kind = kind_of(path, meta, config)
         _check_config(config, path, kind)
-        sha256 = hashlib.sha256(data).hexdigest()
         return cls(path=path, sha256=sha256, kind=kind, config=config, size=len(data), _data=data)
 
     def bytes(self) -> bytes:
@@ -197,8 +204,12 @@ class ModelFile:
         """The model in the Keras that saved the file, loaded in safe mode (made once)."""
         if "reference" not in self._made:
             from pipeline.models.configcheck import KERAS3
+            from pipeline.models.h5file import is_h5_name, load_h5
             from pipeline.models.keras3_file import load_keras3
 
+            if is_h5_name(self.path):
+                self._made["reference"] = load_h5(self.path, self.kind, self.config, self._data)
+                return self._made["reference"]
             # Names TensorFlow refuses as scopes are safe ones in the copy (names.py).
             private = _private_copy(self.path.name, self._data)
             with private as copy, loadable(copy, self.config) as (src, names):
@@ -239,7 +250,7 @@ class ModelFile:
 
 def _checked_name(path: Path) -> Path:
     """`path` unless its kind or suffix already says bnpipe may not load it (a stat, no read):
-    a directory (SavedModel), a device, FIFO or oversized file (safeio), legacy HDF5 by name."""
+    a directory (SavedModel), a device, FIFO or oversized file (safeio)."""
     from pipeline.core.safeio import regular_file
 
     if path.is_dir():
@@ -248,11 +259,6 @@ def _checked_name(path: Path) -> Path:
             "which Keras can load in safe mode"
         )
     regular_file(path, "model file", ModelError)
-    if path.suffix.lower() in (".h5", ".hdf5"):
-        raise ModelError(
-            f"{path} is legacy HDF5, which bypasses Keras's safe mode; re-save the "
-            "model as .keras (model.save('model.keras'))"
-        )
     return path
 
 

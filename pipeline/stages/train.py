@@ -239,7 +239,10 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     Keras 3 translation that does not hold, data that does not fit its input)."""
 
     from pipeline.data.dataset import check_fits, model_input_shape, output_width
-    from pipeline.models.door import ModelFile, one_output
+    from pipeline.models.configcheck import KERAS3
+    from pipeline.models.door import ModelFile, one_output, save_model
+    from pipeline.models.h5file import is_h5_name
+    from pipeline.models.translation import save_keras3
 
     t0 = time.perf_counter()
     src = Path(config.model)
@@ -259,7 +262,10 @@ def _import(config: TrainConfig, artifacts_dir: Path, say) -> TrainResult:
     accuracy, line = _imported_score(translated, reference, ds, say)
     say(f"imported {src} (saved by {kind}): {line}")
     out = artifacts.ensure_dir(artifacts_dir)
-    model_path = artifacts.write_bytes(out / files.MODEL, mf.bytes())
+    if is_h5_name(src):  # the model built from the .h5, saved as .keras (the source: its sha256)
+        model_path = (save_keras3 if kind == KERAS3 else save_model)(reference, out / files.MODEL)
+    else:
+        model_path = artifacts.write_bytes(out / files.MODEL, mf.bytes())
     imported = {"path": str(src), "sha256": mf.sha256, "saved_by": kind}
     return _write_record(
         out,
