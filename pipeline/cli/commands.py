@@ -458,6 +458,27 @@ def layers(tflite, reference, data, max_samples, as_json, quiet, artifacts):
     click.echo(f"wrote layers.json, layers.md and layers.png ({result.seconds:.1f} s)")
 
 
+@cli.command()
+@quiet_option
+@artifacts_option
+def report(quiet, artifacts):
+    """Write report.html: one self-contained page from the records in the artifacts dir.
+
+    The verdict (ship or not, and why) first, then lineage, fold, export, verify, layers, bench
+    and fit, each where its record exists. Reads records only: no model runs, nothing is
+    downloaded, the page loads nothing from outside itself. Exit 2 if no record is readable.
+
+    Example: bnpipe report --artifacts artifacts && xdg-open artifacts/report.html
+    """
+    from pipeline.core.config import ReportConfig
+
+    request = make_request(artifacts, quiet)
+    result = execute("report", ReportConfig(), request)
+    for line in result.notes:
+        note(f"note: {line}")
+    click.echo(f"wrote {result.path} ({', '.join(result.sections)}; {result.seconds:.2f} s)")
+
+
 class _progress_bar:
     """A click progress bar on stderr, or nothing; `step(label, n)` advances it."""
 
@@ -510,12 +531,12 @@ class _progress_bar:
 @quiet_option
 @artifacts_option
 def run_cmd(config_path, data, arch, model_path, c_array, force, quiet, artifacts):
-    """Run train → fold → export → verify → bench; skip stages whose inputs and options are
-    unchanged.
+    """Run train → fold → export → verify → bench → report; skip stages whose inputs and options
+    are unchanged.
 
     With --model, your own model (saved by Keras 3 or tf_keras) takes the place of training and
-    is the reference every accuracy is measured against. Prints one summary table and exits with
-    verify's code (0 pass, 1 a gate failed).
+    is the reference every accuracy is measured against. Prints one summary table and the path of
+    report.html, and exits with verify's code (0 pass, 1 a gate failed).
 
     Example: bnpipe run --model my_model.keras --data mnist
     """

@@ -410,6 +410,11 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """`bnpipe report`: nothing to choose; the page shows every record the artifacts dir holds."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One config per stage: what `bnpipe run` runs."""
 
@@ -420,6 +425,7 @@ class RunConfig:
     export: ExportConfig = ExportConfig(modes=("auto",))
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
+    report: ReportConfig = ReportConfig()
 
 
 # Each stage's config class by its table name (the annotations resolved: with postponed

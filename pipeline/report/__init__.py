@@ -1,5 +1,6 @@
-"""What a person reads: Markdown tables and PNG plots (`markdown`), and `bnpipe layers`' record
-(`layers`).
+"""What a person reads: Markdown tables and PNG plots (`markdown`), `bnpipe layers`' record
+(`layers`), and report.html, the one self-contained page drawn from every record (`html`, with
+its `summary`, `sections`, `tags` and inline-SVG `svg` charts).
 
 May import: `store` and `core`.
 """

@@ -1,4 +1,4 @@
-"""`bnpipe run`: train → fold → export → verify → bench, skipping what is already up to date.
+"""`bnpipe run`: train → fold → export → verify → bench → report, skipping what is up to date.
 
 Each stage's inputs (sha256 of the files it reads, or the data source's fingerprint),
 parameters and outputs are recorded in manifest.json; a stage reruns only when one of them
@@ -141,10 +141,11 @@ def summarize(out: Path, outcomes: list[StageOutcome]) -> str:
         f"throughput ÷ float32 (batch {bmax})",
         "accuracy % per target",
     ]
+    report = out / files.REPORT
     return (
         f"original {files.MODEL}: {100 * v['reference']['accuracy']:.2f} % on {v['n']} test "
         "samples\n" + md_table(headers, rows, "lrrrl") + f"\nverdict: {verdict}\nstages: {stages}\n"
-    )
+    ) + (f"report: {report}\n" if report.is_file() else "")
 
 
 def _ratio(row: dict | None, key: str) -> str:

@@ -1,6 +1,6 @@
 """The table of stages: what each one is configured by, reads, writes and calls.
 
-    train ─▶ fold ─▶ export ─▶ verify ─▶ bench
+    train ─▶ fold ─▶ export ─▶ verify ─▶ bench ─▶ report
 
 The CLI's stage commands and `bnpipe run` both go through `execute`, so a stage is checked,
 run and recorded the same way whichever asked for it (lineage.recorded_stage). A `Request`
@@ -72,9 +72,13 @@ class Stage:
             return [*record.get("written", []), files.EXPORT_RECORD]
         return files.stage_outputs(self.name, getattr(config, "modes", ()))
 
-    def extra_inputs(self, config: Any) -> dict[str, str]:
+    def extra_inputs(self, config: Any, out: Path) -> dict[str, str]:
         """Inputs that are not artifacts: the data source train reads, and the model it imports
-        (`run --model`) as its file's sha256."""
+        (`run --model`) as its file's sha256; for report, the records it draws (unchecked)."""
+        if self.name == "report":
+            from pipeline.report.html import record_digests
+
+            return record_digests(out)
         if self.name != "train":
             return {}
         from pipeline.data.dataset import source_fingerprint
@@ -93,7 +97,7 @@ class Stage:
 
     def inputs(self, config: Any, out: Path) -> dict[str, str]:
         """Everything the stage's manifest entry records as read (checked: ArtifactError)."""
-        return current_inputs(out, self.reads(out), self.extra_inputs(config))
+        return current_inputs(out, self.reads(out), self.extra_inputs(config, out))
 
     def function(self) -> Callable[[Any, Request], Any]:
         module, name = self.call.split(":")
@@ -115,6 +119,7 @@ STAGES: dict[str, Stage] = {
     "export": Stage("export", "pipeline.run.table:_export"),
     "verify": Stage("verify", "pipeline.run.table:_verify"),
     "bench": Stage("bench", "pipeline.run.table:_bench"),
+    "report": Stage("report", "pipeline.run.table:_report"),
 }
 assert tuple(STAGES) == files.STAGES
 
@@ -138,7 +143,7 @@ def execute(name: str, config: Any, request: Request) -> Any:
             config,
             lambda: stage.outputs(config, request.out),
             reads=reads,
-            extra_inputs=stage.extra_inputs(config),
+            extra_inputs=stage.extra_inputs(config, request.out),
         ):
             return stage.function()(config, request)
 
@@ -196,3 +201,9 @@ def _bench(config, request: Request):
     return run_bench(
         request.out, config=config, tflite=list(request.tflite) or None, progress=request.tick
     )
+
+
+def _report(config, request: Request):
+    from pipeline.stages.report import run_report
+
+    return run_report(request.out, config)

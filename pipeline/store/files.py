@@ -9,6 +9,7 @@
                                            writes bench.json, bench.md, bench_*.png
     layers  (not a stage) reads model_int8.tflite and model_float32.tflite
                                            writes layers.json, layers.md, layers.png
+    report  reads the records above (not their models)   writes report.html
 
 Every module that names an artifact takes the name from here (pipeline/DESIGN.md, "The CLI
 contract", fixes them: other tools read them). Only the standard library is imported.
@@ -34,13 +35,16 @@ BENCH_THROUGHPUT_PLOT = "bench_throughput.png"
 LAYERS_RECORD = "layers.json"  # bnpipe layers (a diagnosis, not a stage: no manifest entry)
 LAYERS_REPORT = "layers.md"
 LAYERS_PLOT = "layers.png"
+FIT_RECORD = "fit.json"  # bnpipe fit (when that stage ran): which board each model fits
+REPORT = "report.html"  # bnpipe report: one self-contained page from the records above
 MANIFEST = "manifest.json"
 LOCK = ".bnpipe.lock"  # held by the one process writing the artifacts dir (lock.py); then removed
 RESUME_DIR = Path(".resume") / "train"  # per-epoch checkpoints of an unfinished training
 TFLITE_PREFIX, TFLITE_SUFFIX = "model_", ".tflite"
 FLOAT_BASELINE = "model_float32.tflite"  # what bench's ratios divide by
 
-STAGES = ("train", "fold", "export", "verify", "bench")  # in the order `bnpipe run` runs them
+# In the order `bnpipe run` runs them.
+STAGES = ("train", "fold", "export", "verify", "bench", "report")
 
 
 def tflite_name(mode: str) -> str:
@@ -61,6 +65,7 @@ def stage_reads(stage: str, out: Path) -> list[str]:
         "export": [FOLDED],
         "verify": [MODEL, FOLDED, *tflite_files(out)],
         "bench": [MODEL, *tflite_files(out)],
+        "report": [],  # records are read unchecked: an edited one is reported, not refused
     }[stage]
 
 
@@ -73,4 +78,5 @@ def stage_outputs(stage: str, modes: tuple[str, ...] = ()) -> list[str]:
         "fold": [FOLDED, FOLD_RECORD],
         "verify": [VERIFY_RECORD, VERIFY_REPORT, VERIFY_ACCURACY_PLOT, VERIFY_DISAGREEMENT_PLOT],
         "bench": [BENCH_RECORD, BENCH_REPORT, BENCH_LATENCY_PLOT, BENCH_THROUGHPUT_PLOT],
+        "report": [REPORT],
     }[stage]
