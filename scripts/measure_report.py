@@ -38,7 +38,10 @@ MAX_BYTES = 2 * 1024 * 1024  # issue 22: report.html of the MNIST CNN run ≤ 2 
 MAX_RENDER_S = 2.0  # issue 22: opens and finishes rendering in ≤ 2 s
 MAX_REPORT_S = 3.0  # issue 22: `bnpipe report` on an existing dir ≤ 3 s
 # Resolves once two frames were drawn after load: layout and paint are done.
-PAINTED = "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(performance.now()))))"
+PAINTED = (
+    "new Promise(r => requestAnimationFrame("
+    "() => requestAnimationFrame(() => r(performance.now()))))"
+)
 
 
 def time_report(out: Path) -> float:
