@@ -92,6 +92,11 @@ def build_page(out: Path) -> Page:
     drawn.sort(key=lambda d: d[0], reverse=True)  # newest record first
     head = guarded("verify", summary.verdict, records, notes, "banner") or summary.no_verdict()
     lineage = guarded("train", summary.lineage, records, notes, "lineage") or ""
+    if notes:  # on the first screen: an edited verify.json changes what the banner means
+        head += (
+            f'<p class="fail">{len(notes)} record(s) left out or edited since their stage wrote '
+            'them: see <a href="#notes">Left out</a>.</p>'
+        )
     ids = (["lineage"] if lineage else []) + [d[1] for d in drawn]
     body = head + _contents(ids) + lineage + "".join(d[2] for d in drawn) + _notes(notes)
     title = summary.verdict_word(records.get("verify"))

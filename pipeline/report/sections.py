@@ -213,12 +213,18 @@ def layers(rec: dict) -> str:
     )
     if worst:
         alone = worst.get("alone") or {}
-        body += (
-            f"<p><b>Culprit: {esc(worst['op'])} #{esc(culprit)} "
-            f"(<code>{esc(short_name(worst['tensor'], worst['op']))}</code>)</b>: quantized "
-            f"alone it costs {esc(pct(alone.get('agreement_cost')))} agreement and "
-            f"{esc(num(alone.get('accuracy_cost_pp'), '.2f'))} pp accuracy.</p>"
-        )
+        name = f"{worst['op']} #{culprit} ({short_name(worst['tensor'], worst['op'])})"
+        if alone.get("agreement_cost") or alone.get("accuracy_cost_pp"):
+            text = (
+                f"Culprit: {name}: quantized alone it costs {pct(alone.get('agreement_cost'))} "
+                f"agreement and {num(alone.get('accuracy_cost_pp'), '.2f')} pp accuracy."
+            )
+        else:
+            text = (
+                f"No layer alone changes a top-1 class; the one that moves the output most is "
+                f"{name}, marked in red."
+            )
+        body += f"<p><b>{esc(text)}</b></p>"
     names = [f"#{o['op_index']} {o['op']} {short_name(o['tensor'], o['op'])}" for o in ops]
     sqnr = [
         Bar(
