@@ -212,3 +212,52 @@ def test_report_imports_no_tensorflow(runs):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def _leaves(obj, path=()):
+    """Every path to a value inside a JSON document."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from _leaves(value, (*path, i))
+    if path:
+        yield path
+
+
+def _replace(document, path, value) -> None:
+    """document[path…] = value, unless an earlier edit removed the place."""
+    try:
+        for step in path[:-1]:
+            document = document[step]
+        document[path[-1]] = value
+    except (KeyError, IndexError, TypeError):
+        pass
+
+
+def test_records_edited_at_random_never_break_the_page(runs, tmp_path):
+    """Seeded edits of a run's records (a value replaced by another type, a huge number, NaN,
+    markup): the page is built or, with nothing readable, ArtifactError; never another error."""
+    import random
+
+    from pipeline.core.errors import ArtifactError
+    from pipeline.report.html import RECORDS, build_page
+
+    rng = random.Random(0)
+    odd = ["x", None, -1, 1e308, float("nan"), [], {}, "<b>", True, [1, "a"], 10**30]
+    for _ in range(60):
+        out = tmp_path / "edited"
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(runs["mlp"], out)
+        present = [f for f in RECORDS.values() if (out / f).is_file()]
+        for name in rng.sample(present, 3):
+            record = json.loads((out / name).read_text())
+            paths = list(_leaves(record))
+            for path in rng.sample(paths, min(6, len(paths))):
+                _replace(record, path, json.loads(json.dumps(rng.choice(odd))))
+            (out / name).write_text(json.dumps(record))
+        try:
+            assert "<!doctype html>" in build_page(out).html
+        except ArtifactError:
+            pass

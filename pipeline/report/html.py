@@ -39,7 +39,7 @@ RECORDS = {
     "manifest": files.MANIFEST,
 }
 # A record edited into another shape raises one of these while its section is drawn.
-SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError)
+SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError)
 # Allow nothing but the page's own styles and inline images: no script, no font, no request.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -124,7 +124,7 @@ def edited_records(out: Path, manifest: dict | None) -> list[str]:
     notes = []
     for stage, entry in stages.items():
         outputs = entry.get("outputs") if isinstance(entry, dict) else None
-        for file, sha in (outputs or {}).items():
+        for file, sha in (outputs if isinstance(outputs, dict) else {}).items():
             path = Path(out) / file
             if file in RECORDS.values() and path.is_file() and sha256_file(path) != sha:
                 notes.append(
