@@ -12,17 +12,20 @@ from pathlib import Path
 import pytest
 from browser import Browser
 from click.testing import CliRunner
-from helpers import assert_one_line_error
+from helpers import TINY, assert_one_line_error
 
 from pipeline.cli import cli
 
 pytestmark = pytest.mark.slow
 
-# The cheapest run with every stage: 1 epoch, QAT 1 epoch, one verify target, a few bench runs.
-TINY = """
+# The cheapest run with every stage: the tests' tiny recipe, QAT 1 epoch, one verify target, a
+# few bench runs.
+CONFIG = """
 [train]
-epochs = 1
-hidden = [8, 8]
+hidden = {hidden}
+epochs = {epochs}
+batch_size = {batch_size}
+learning_rate = {learning_rate}
 [export]
 modes = ["int8", "float32"]
 qat_epochs = 1
@@ -96,7 +99,7 @@ def _tiny_cnn(path: Path) -> Path:
 
 def _run(tmp: Path, name: str, *extra: str) -> Path:
     cfg = tmp / "bnpipe.toml"
-    cfg.write_text(TINY)
+    cfg.write_text(CONFIG.format(**{**TINY, "hidden": list(TINY["hidden"])}))
     out = tmp / name
     args = ["run", "--config", str(cfg), "--artifacts", str(out), "-q", *extra]
     result = CliRunner().invoke(cli, args)
