@@ -56,7 +56,8 @@ def verdict(records: dict) -> str:
         least = min((float(r["agreement"]) for r in mine), default=1.0)
         targets = ", ".join(str(r["target"]) for r in mine) or "no target"
         why = (
-            f"{ship} keeps the original's accuracy on {targets} — at worst {worst:.2f} pp below "
+            f"{ship} keeps the original's accuracy ({pct(v['reference']['accuracy'])}) on "
+            f"{targets} — at worst {worst:.2f} pp below "
             f"model.keras (allowed {float(config['max_drop']):g}) and agreeing with it on at "
             f"least {pct(least)} of {int(v['n'])} test samples of {data} (required "
             f"{pct(config['min_agreement'], 0)}): every gate holds."
