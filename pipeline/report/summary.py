@@ -11,8 +11,9 @@ from pipeline.report.svg import esc
 from pipeline.report.tags import nbytes, pct, section, sha, table
 from pipeline.store import files
 
-VERSION_KEYS = ("bnpipe", "python", "tensorflow", "tf-keras", "tensorflow-model-optimization")
-VERSION_KEYS += ("ai-edge-litert", "tflite-micro", "numpy", "scikit-learn")
+VERSION_KEYS: tuple[str, ...] = ("bnpipe", "python", "tensorflow", "tf-keras")
+VERSION_KEYS += ("tensorflow-model-optimization", "ai-edge-litert", "tflite-micro", "numpy")
+VERSION_KEYS += ("scikit-learn",)
 
 
 def verdict_word(verify: dict | None) -> str:
@@ -33,7 +34,7 @@ def shipped_file(records: dict, rows: list[dict]) -> str:
     """The .tflite the verdict is about (see the module docstring)."""
     candidates = [r["candidate"] for r in rows]
     chosen = (records.get("export") or {}).get("auto", {}).get("chosen")
-    for name in (files.tflite_name(chosen) if chosen else None, files.tflite_name("int8")):
+    for name in (files.tflite_name(chosen) if chosen else "", files.tflite_name("int8")):
         if name in candidates:
             return name
     integer = [c for c in candidates if "int" in c]
@@ -113,7 +114,7 @@ def _facts(records: dict, v: dict, mine: list[dict], ship: str) -> str:
 
 def lineage(records: dict) -> str:
     """Model, data, versions, machine; then how each artifact was made (manifest.json)."""
-    newest = max(
+    newest: dict = max(
         (r for n, r in records.items() if n != "manifest" and isinstance(r.get("versions"), dict)),
         key=lambda r: str(r.get("created", "")),
         default={},

@@ -70,8 +70,8 @@ def auto_axis(values: list[float], *, unit: str = "", zero: bool = True) -> Axis
 def _ticks(axis: Axis) -> list[float]:
     if axis.log:
         lo, hi = round(math.log10(axis.low)), round(math.log10(axis.high))
-        step = max(1, (hi - lo) // 6)
-        return [10.0**e for e in range(lo, hi + 1, step)]
+        every = max(1, (hi - lo) // 6)
+        return [10.0**e for e in range(lo, hi + 1, every)]
     span = axis.high - axis.low
     raw = span / 5
     mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
