@@ -55,7 +55,8 @@ def table() -> str:
     lines = ["| command | what it does |", "|---|---|"]
     for name, command in cli.commands.items():
         options = " ".join(_option(p, ctx) for p in command.params if p.name not in COMMON_OPTIONS)
-        lines.append(f"| `bnpipe {name} {options}` | {_summary(command)} |".replace("  ", " "))
+        usage = f"bnpipe {name} {options}".rstrip()
+        lines.append(f"| `{usage}` | {_summary(command)} |".replace("  ", " "))
     return "\n".join(lines) + "\n"
 
 

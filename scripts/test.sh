@@ -12,6 +12,7 @@
 # 3. the arm64 emulator (qemu-user + an arm64 Python sysroot + aarch64 LiteRT) in the user's
 #    cache dir — no root needed, idempotent, seconds when already built;
 # 4. openssh-server when `sshd` is missing (apt-get, as root) for the ssh target's loopback tests;
+#    chromium when it is missing (apt-get, as root): the browser report.html's tests open it in;
 # 5. pytest, everything included: nothing is skipped in CI (CI=true), on BNPIPE_TEST_WORKERS
 #    processes (default 2; 1 runs it in this process), each test file whole on one of them so a
 #    file's expensive fixtures are made once.
@@ -55,6 +56,16 @@ if ! command -v sshd >/dev/null 2>&1 && [[ ! -x /usr/sbin/sshd ]]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
     else
         echo "note: sshd is missing and this is not root; install openssh-server for the ssh tests" >&2
+    fi
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]]; then
+        echo "== installing chromium (report.html's tests open it in a headless browser)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "note: chromium is missing and this is not root; install it for the report tests" >&2
     fi
 fi
 

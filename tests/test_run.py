@@ -74,7 +74,7 @@ def test_first_run_writes_every_stage_and_a_summary(first_run):
         assert (out / f).is_file(), f
     assert "verdict: PASS" in result.output
     stages = json.loads((out / "manifest.json").read_text())["stages"]
-    assert list(stages) == ["train", "fold", "export", "verify", "bench"]
+    assert list(stages) == ["train", "fold", "export", "verify", "bench", "report"]
     assert stages["fold"]["inputs"]["model.keras"] == stages["train"]["outputs"]["model.keras"]
     assert not [p for p in out.iterdir() if p.name.startswith(".bnpipe-tmp-")]
 
@@ -89,8 +89,8 @@ def test_unchanged_second_run_rewrites_nothing(first_run):
     changed = sorted(n for n in before if before[n] != after.get(n))
     assert changed == []
     assert (
-        "stages: train skipped, fold skipped, export skipped, verify skipped, bench skipped"
-        in result.output
+        "stages: train skipped, fold skipped, export skipped, verify skipped, bench skipped, "
+        "report skipped" in result.output
     )
 
 

@@ -2,7 +2,8 @@
 
 Nothing here imports TensorFlow at module level: `bnpipe --help` and `bnpipe CMD --help` stay
 fast. Library exceptions become exit codes here and only here (pipeline/core/errors.py): `base`
-holds the group that maps them, `commands` the commands.
+holds the group that maps them, `commands` the stage commands, `checks` the commands that look
+at what they made.
 
 May import: every floor below it (it is the top).
 """
@@ -13,7 +14,7 @@ import os
 import sys
 import warnings
 
-from pipeline.cli import commands  # noqa: F401  (registers the commands on the group)
+from pipeline.cli import checks, commands  # noqa: F401  (they register the commands on the group)
 from pipeline.cli.base import cli
 from pipeline.core.interrupts import install
 

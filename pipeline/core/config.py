@@ -459,6 +459,11 @@ class FitConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """`bnpipe report`: nothing to choose; the page shows every record the artifacts dir holds."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One config per stage: what `bnpipe run` runs."""
 
@@ -470,6 +475,7 @@ class RunConfig:
     verify: VerifyConfig = VerifyConfig()
     bench: BenchConfig = BenchConfig()
     fit: FitConfig = FitConfig()  # run only when [fit] boards names some
+    report: ReportConfig = ReportConfig()
 
 
 # Each stage's config class by its table name (the annotations resolved: with postponed

@@ -1,5 +1,5 @@
-"""`bnpipe run`: train → fold → export → verify → bench (→ fit, when [fit] boards names some),
-skipping what is already up to date.
+"""`bnpipe run`: train → fold → export → verify → bench (→ fit, when [fit] boards names some)
+→ report, skipping what is already up to date.
 
 Each stage's inputs (sha256 of the files it reads, or the data source's fingerprint),
 parameters and outputs are recorded in manifest.json; a stage reruns only when one of them
@@ -160,11 +160,12 @@ def summarize(out: Path, outcomes: list[StageOutcome]) -> str:
     said = ref.get("summary") or f"{100 * ref['accuracy']:.2f} %"
     if ref.get("summary"):
         headers[-1] = f"{ref['task']} of {ref['output']} per target"
+    report = out / files.REPORT
     return (
         f"original {files.MODEL}: {said} on {v['n']} test samples\n"
         + md_table(headers, rows, "lrrrl")
         + f"\nverdict: {verdict}\nstages: {stages}\n"
-    )
+    ) + (f"report: {report}\n" if report.is_file() else "")
 
 
 def _ratio(row: dict | None, key: str) -> str:

@@ -1,6 +1,6 @@
 """The table of stages: what each one is configured by, reads, writes and calls.
 
-    train ─▶ fold ─▶ export ─▶ verify ─▶ bench ─▶ fit
+    train ─▶ fold ─▶ export ─▶ verify ─▶ bench ─▶ fit ─▶ report
 
 The CLI's stage commands and `bnpipe run` both go through `execute`, so a stage is checked,
 run and recorded the same way whichever asked for it (lineage.recorded_stage). A `Request`
@@ -72,9 +72,13 @@ class Stage:
             return [*record.get("written", []), files.EXPORT_RECORD]
         return files.stage_outputs(self.name, getattr(config, "modes", ()))
 
-    def extra_inputs(self, config: Any) -> dict[str, str]:
+    def extra_inputs(self, config: Any, out: Path) -> dict[str, str]:
         """Inputs that are not artifacts: the data source train reads, and the model it imports
-        (`run --model`) as its file's sha256."""
+        (`run --model`) as its file's sha256; for report, the records it draws (unchecked)."""
+        if self.name == "report":
+            from pipeline.report.html import record_digests
+
+            return record_digests(out)
         if self.name != "train":
             return {}
         from pipeline.data.fingerprint import source_fingerprint
@@ -93,7 +97,7 @@ class Stage:
 
     def inputs(self, config: Any, out: Path) -> dict[str, str]:
         """Everything the stage's manifest entry records as read (checked: ArtifactError)."""
-        return current_inputs(out, self.reads(out), self.extra_inputs(config))
+        return current_inputs(out, self.reads(out), self.extra_inputs(config, out))
 
     def function(self) -> Callable[[Any, Request], Any]:
         module, name = self.call.split(":")
@@ -116,6 +120,7 @@ STAGES: dict[str, Stage] = {
     "verify": Stage("verify", "pipeline.run.table:_verify"),
     "bench": Stage("bench", "pipeline.run.table:_bench"),
     "fit": Stage("fit", "pipeline.run.table:_fit"),
+    "report": Stage("report", "pipeline.run.table:_report"),
 }
 assert tuple(STAGES) == files.STAGES
 
@@ -139,7 +144,7 @@ def execute(name: str, config: Any, request: Request) -> Any:
             config,
             lambda: stage.outputs(config, request.out),
             reads=reads,
-            extra_inputs=stage.extra_inputs(config),
+            extra_inputs=stage.extra_inputs(config, request.out),
         ):
             return stage.function()(config, request)
 
@@ -203,3 +208,9 @@ def _fit(config, request: Request):
     from pipeline.stages.fit import run_fit
 
     return run_fit(request.out, config=config, tflite=list(request.tflite) or None, say=request.say)
+
+
+def _report(config, request: Request):
+    from pipeline.stages.report import run_report
+
+    return run_report(request.out, config)

@@ -11,6 +11,7 @@
                                            writes fit.json, fit.md, fit.png
     layers  (not a stage) reads model_int8.tflite and model_float32.tflite
                                            writes layers.json, layers.md, layers.png
+    report  reads the records above (not their models)   writes report.html
 
 Every module that names an artifact takes the name from here (pipeline/DESIGN.md, "The CLI
 contract", fixes them: other tools read them). Only the standard library is imported.
@@ -39,20 +40,15 @@ FIT_PLOT = "fit.png"
 LAYERS_RECORD = "layers.json"  # bnpipe layers (a diagnosis, not a stage: no manifest entry)
 LAYERS_REPORT = "layers.md"
 LAYERS_PLOT = "layers.png"
+REPORT = "report.html"  # bnpipe report: one self-contained page from the records above
 MANIFEST = "manifest.json"
 LOCK = ".bnpipe.lock"  # held by the one process writing the artifacts dir (lock.py); then removed
 RESUME_DIR = Path(".resume") / "train"  # per-epoch checkpoints of an unfinished training
 TFLITE_PREFIX, TFLITE_SUFFIX = "model_", ".tflite"
 FLOAT_BASELINE = "model_float32.tflite"  # what bench's ratios divide by
 
-STAGES = (
-    "train",
-    "fold",
-    "export",
-    "verify",
-    "bench",
-    "fit",
-)  # in the order `bnpipe run` runs them
+# In the order `bnpipe run` runs them.
+STAGES = ("train", "fold", "export", "verify", "bench", "fit", "report")
 
 
 def tflite_name(mode: str) -> str:
@@ -74,6 +70,7 @@ def stage_reads(stage: str, out: Path) -> list[str]:
         "verify": [MODEL, FOLDED, *tflite_files(out)],
         "bench": [MODEL, *tflite_files(out)],
         "fit": tflite_files(out),
+        "report": [],  # records are read unchecked: an edited one is reported, not refused
     }[stage]
 
 
@@ -87,4 +84,5 @@ def stage_outputs(stage: str, modes: tuple[str, ...] = ()) -> list[str]:
         "verify": [VERIFY_RECORD, VERIFY_REPORT, VERIFY_ACCURACY_PLOT, VERIFY_DISAGREEMENT_PLOT],
         "bench": [BENCH_RECORD, BENCH_REPORT, BENCH_LATENCY_PLOT, BENCH_THROUGHPUT_PLOT],
         "fit": [FIT_RECORD, FIT_REPORT, FIT_PLOT],
+        "report": [REPORT],
     }[stage]
