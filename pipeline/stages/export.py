@@ -198,19 +198,19 @@ def _task_mode(mode: str, job: _Job, blob: bytes, info, io: dict, keras_acc, his
     with native_noise_filtered():
         out = tflite_outputs(blob, job.ds.x_test, info)
     result = ModeResult(
-        mode,
-        tflite_name(mode),
-        len(blob),
-        artifacts.sha256_bytes(blob),
-        info.op_counts(),
-        io["input"],
-        io["output"],
-        keras_acc,
-        None,
-        None,
-        time.perf_counter() - t1,
-        history,
-        {k.bn: operators_of(info, k.bn) for k in job.kept},
+        mode=mode,
+        file=tflite_name(mode),
+        size_bytes=len(blob),
+        sha256=artifacts.sha256_bytes(blob),
+        operators=info.op_counts(),
+        input=io["input"],
+        output=io["output"],
+        keras_accuracy=keras_acc,
+        tflite_accuracy=None,
+        agreement_with_float=None,
+        seconds=time.perf_counter() - t1,
+        qat_history=history,
+        kept_batch_norms={k.bn: operators_of(info, k.bn) for k in job.kept},
         task=job.task,
         sqnr_db=recorded(sqnr_db(job.float_out, out)),
     )
@@ -346,7 +346,15 @@ def _task_score(mode: str, blob: bytes, val, job: _Job, keep: list[str]) -> Tria
         out = tflite_outputs(blob, x, parse_tflite(blob, tflite_name(mode)))
     gates = TaskGates(MAX_RMSE_INCREASE, MAX_AUC_DROP, MIN_SQNR_DB)
     t = auto_trial(job.task, out, ref_out.reshape(len(x), -1), y, gates)
-    return Trial(mode, t.passed, t.measure, 0.0, 0.0, t.reason, keep)
+    return Trial(
+        mode=mode,
+        passed=t.passed,
+        accuracy=t.measure,
+        drop_pp=0.0,
+        agreement=0.0,
+        reason=t.reason,
+        keep_float=keep,
+    )
 
 
 def _mixed(job: _Job, val, ptq_int8: bytes, tried: dict):

@@ -274,14 +274,24 @@ def _verify_outputs(out: Path, ref: Reference, ref_path, candidates, prepared, c
     finally:
         close_all(runtimes)
     rows, skipped, failures = tv.rows_and_gates(task_ref, folded, infos, done, lanes, config)
-    skipped = [Skipped(*s) for s in skipped]
+    skipped = [Skipped(candidate=c, target=t, reason=r) for c, t, r in skipped]
     failures += _run_failures(infos, rows, skipped)
     record = _record(config, ref, rows, skipped, failures, candidates, t0)
     record.update(tasks=[ref.task], reference={**record["reference"], **tv.described(task_ref)})
     inputs = {files.MODEL: artifacts.sha256_file(ref_path), "data": ref.fingerprint}
-    paths = _write_reports(out, record, {**inputs, **record["models"]})
-    elapsed = time.perf_counter() - t0
-    result = VerifyResult(rows, skipped, None, len(ref.y), not failures, failures, *paths, elapsed)
+    record_path, report_path, plots = _write_reports(out, record, {**inputs, **record["models"]})
+    result = VerifyResult(
+        rows=rows,
+        skipped=skipped,
+        reference_accuracy=None,
+        n=len(ref.y),
+        passed=not failures,
+        failures=failures,
+        record_path=record_path,
+        report_path=report_path,
+        plots=plots,
+        seconds=time.perf_counter() - t0,
+    )
     if failures:
         raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
     return result
