@@ -211,9 +211,6 @@ def check_config(
         raise ModelError(
             f"{where}{'; '.join(custom)}; bnpipe loads only Keras's own objects (no custom code)"
         )
-    from pipeline.models.cost import check_cost
-
-    check_cost(config, path)  # what building and running it would take, before TensorFlow
 
 
 def _nested_entries(config, depth: int = 0) -> list:

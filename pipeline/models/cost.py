@@ -274,6 +274,9 @@ def _call(entry: dict, ins: list, cost: Cost, depth: int) -> list[tuple[int, ...
             return [ins[0]]
         return [cost.tensor(s, label) for s in _walk_model(entry, cost, depth + 1)]
     cfg = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+    wrapped = cfg.get("layer")  # a wrapper (tfmot's QuantizeWrapper) computes its layer's shape
+    if isinstance(wrapped, dict) and isinstance(wrapped.get("config"), dict):
+        cls, cfg = wrapped.get("class_name"), wrapped["config"]
     built = _built_shape(entry)
     if built is not None and len(ins) == 1:  # weights are built from the declared shape
         _, weights, _ = layer_output(cls, cfg, [built], label)
