@@ -676,3 +676,26 @@ def test_an_unwritable_c_array_changes_nothing(exported, tmp_path):
             assert tree(out) == before, kind
     finally:
         subprocess.run(["chattr", "-i", str(stale)], capture_output=True)
+
+
+def test_verify_refuses_another_models_tflite(exported, keras, tf, tmp_path):
+    """A CNN's file (8, 8, 1) given to verify in an MLP's dir (64,): the same 64 values a sample,
+    but another model, so a mismatch (exit 2), not a failed gate (exit 1)."""
+    L = keras.layers
+    cnn = keras.Sequential(
+        [keras.Input((8, 8, 1)), L.Conv2D(2, 3), L.Flatten(), L.Dense(10, activation="softmax")]
+    )
+    path = tmp_path / "cnn.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(cnn).convert())
+    out = _copy(exported, tmp_path)
+    before = tree(out)
+    result = invoke(
+        "verify", "--tflite", path, "--targets", "host-ref", "--max-samples", 50, "-q",
+        "--artifacts", out,
+    )  # fmt: skip
+    assert_one_line_error(
+        result,
+        "cnn.tflite takes input shape (8, 8, 1) but the reference model takes (64,); it was "
+        "exported from another model",
+    )
+    assert tree(out) == before

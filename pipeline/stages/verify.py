@@ -123,6 +123,7 @@ class Reference:
     dataset: dict  # Dataset.summary()
     preprocessing: dict
     fingerprint: str  # the test data's (Dataset.fingerprint)
+    input_shape: tuple | None = None  # the original model's, without the batch axis
 
     @property
     def accuracy(self) -> float:
@@ -295,6 +296,7 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
         dataset=ds.summary(),
         preprocessing=preprocessing,
         fingerprint=ds.fingerprint(),
+        input_shape=tuple(model_input_shape(model)),
     )
 
 
@@ -304,6 +306,12 @@ def _check_fit(infos: dict, ref: Reference) -> None:
     the file otherwise."""
     for p, info in infos.items():
         _fits(p.name, tuple(info.input_tensor().shape[1:]), info.output_tensor().shape[-1], ref)
+        shape = tuple(int(d) for d in info.input_tensor().shape[1:])
+        if ref.input_shape is not None and shape != ref.input_shape:
+            raise ModelError(  # another model's file: a mismatch, not a failed gate
+                f"{p.name} takes input shape {shape} but the reference model takes "
+                f"{ref.input_shape}; it was exported from another model"
+            )
         pre = info.metadata.get("preprocessing")
         divisor = ref.preprocessing["divisor"]
         if pre and abs(float(pre.get("divisor", 0)) - divisor) > 0:
