@@ -233,3 +233,49 @@ def test_a_hostile_model_is_one_line_in_bounded_memory(base_members, tmp_path, c
         result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="bnpipe")
         assert_one_line_error(result, fragment=fragment)
     assert tree(out) == {}
+
+
+def _sequential_built_from_the_model(config, tmp_path):
+    """No InputLayer: Keras 3 builds the Sequential from its own build_config."""
+    layers = config["config"]["layers"]
+    _mlp(layers, 1, [1024, 10])
+    del layers[0]
+    config["build_config"] = {"input_shape": [None, 1_000_000]}
+
+
+def _functional_orphan_built(config, tmp_path):
+    """A Dense no node calls, built (weights allocated) from its build_config alone."""
+    from pipeline.models.keras3_file import keras3
+
+    k3 = keras3()
+    i = k3.Input((8,))
+    k3.Model(i, k3.layers.Dense(10)(i)).save(tmp_path / "functional.keras")
+    with zipfile.ZipFile(tmp_path / "functional.keras") as zf:
+        functional = json.loads(zf.read("config.json"))
+    orphan = json.loads(json.dumps(functional["config"]["layers"][1]))
+    orphan["config"].update(name="orphan", units=1024)
+    orphan.update(inbound_nodes=[], build_config={"input_shape": [None, 1_000_000]})
+    functional["config"]["layers"].append(orphan)
+    config.clear()
+    config.update(functional)
+
+
+@pytest.mark.parametrize(
+    "build", [_sequential_built_from_the_model, _functional_orphan_built], ids=["seq", "orphan"]
+)
+def test_a_dense_of_a_million_inputs_built_but_never_called(base_members, tmp_path, build):
+    config = json.loads(base_members["config.json"])
+    build(config, tmp_path)
+    path = tmp_path / "unbuilt.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in base_members.items():
+            zf.writestr(name, json.dumps(config) if name == "config.json" else data)
+    out = tmp_path / "a"
+    result = bnpipe_process(
+        "fold", "--model", path, "--artifacts", out,
+        timeout=DEADLINE, preexec_fn=limited(address_space=SMALL_MEMORY),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert "weights (at most" in result.stderr, result.stderr
+    assert tree(out) == {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import ModelError
@@ -44,7 +44,6 @@ class Cost:
     weights: int = 0
     sample_bytes: int = 0
     largest: tuple[int, ...] = (1,)  # the largest per-sample tensor seen (for the fallback)
-    notes: list[str] = field(default_factory=list)
 
     def tensor(self, shape: tuple[int, ...], label: str) -> tuple[int, ...]:
         """Count one per-sample tensor of `shape` (refused if TensorFlow cannot hold it)."""
@@ -105,8 +104,12 @@ def check_cost(config, path: Path | None = None) -> Cost:
 
 def batch_that_fits(model_or_config, want: int) -> int:
     """`want`, or fewer samples if `want` of them would hold more than ACTIVATION_BUDGET bytes
-    of activations in one call of the model (at least 1)."""
-    per_sample = max(1, model_cost(model_or_config).sample_bytes)
+    of activations in one call of the model (at least 1). A sizing helper: the door has refused
+    what cannot be represented, so a model it cannot cost (a wrapper's config) keeps `want`."""
+    try:
+        per_sample = max(1, model_cost(model_or_config).sample_bytes)
+    except ModelError:
+        return max(1, int(want))
     return max(1, min(int(want), ACTIVATION_BUDGET // per_sample))
 
 
@@ -151,9 +154,15 @@ def _walk_model(config: dict, cost: Cost, depth: int) -> list[tuple[int, ...]]:
     inner = config.get("config") if isinstance(config.get("config"), dict) else {}
     if "input_layers" in inner:
         return _walk_functional(entries, inner, cost, depth)
+    # A Sequential without an InputLayer is built from the model's own declared input shape.
+    model_input = _built_shape({"build_config": config.get("build_config"), "config": inner})
+    if model_input is None and isinstance(inner.get("build_input_shape"), list):
+        model_input = _built_shape({"build_config": {"input_shape": inner["build_input_shape"]}})
     shapes = None
-    for entry in entries:
+    for i, entry in enumerate(entries):
         declared = _declared_input(entry)
+        if i == 0 and declared is None and model_input is not None:
+            declared = model_input
         if shapes is None and declared is not None:
             shapes = [cost.tensor(declared, _label(entry))]
         if entry.get("class_name") == "InputLayer":
@@ -172,19 +181,46 @@ def _walk_functional(entries, inner: dict, cost: Cost, depth: int) -> list[tuple
         if declared is not None:
             produced[(_name(entry), 0)] = [cost.tensor(declared, _label(entry))]
             continue
-        for i, refs in enumerate(_inbound(entry)):
+        calls = _inbound(entry)
+        for i, refs in enumerate(calls):
             pending.append((entry, i, refs))
-    while pending:
-        ready = [p for p in pending if all((r[0], r[1]) in produced for r in p[2])]
-        if not ready:  # unresolved: one by one with the fallback
-            ready = pending[:1]
-        for item in ready:
-            entry, i, refs = item
-            ins = [_pick(produced, r, cost) for r in refs] or [_built_shape(entry) or cost.largest]
-            produced[(_name(entry), i)] = _call(entry, ins, cost, depth)
-            pending.remove(item)
+        if not calls and _built_shape(entry) is not None:  # never called, but built: its weights
+            cfg = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+            cost.weights += layer_output(
+                entry.get("class_name"), cfg, [_built_shape(entry)], _label(entry)
+            )[1]
+    _in_order(pending, produced, cost, depth)
     outs = _refs(inner.get("output_layers"))
     return [_pick(produced, r, cost) for r in outs]
+
+
+def _in_order(pending: list, produced: dict, cost: Cost, depth: int) -> None:
+    """Count each call once its inputs are produced (Kahn's order: linear in the graph's size);
+    the calls left (a cycle, a reference to nothing) once each with the fallback."""
+    from collections import defaultdict, deque
+
+    waiting, consumers = {}, defaultdict(list)
+    for n, (_, _, refs) in enumerate(pending):
+        keys = {(r[0], r[1]) for r in refs} - produced.keys()
+        waiting[n] = len(keys)
+        for key in keys:
+            consumers[key].append(n)
+    queue = deque(n for n, count in waiting.items() if count == 0)
+    done, stuck = set(), iter(range(len(pending)))  # stuck: the next call to force
+    while len(done) < len(pending):
+        n = queue.popleft() if queue else next(m for m in stuck if m not in done)
+        if n in done:
+            continue
+        done.add(n)
+        entry, i, refs = pending[n]
+        ins = [_pick(produced, r, cost) for r in refs] or [_built_shape(entry) or cost.largest]
+        key = (_name(entry), i)
+        fresh = key not in produced
+        produced[key] = _call(entry, ins, cost, depth)
+        for m in consumers.pop(key, []) if fresh else []:
+            waiting[m] -= 1
+            if waiting[m] == 0:
+                queue.append(m)
 
 
 def _pick(produced: dict, ref: tuple[str, int, int], cost: Cost) -> tuple[int, ...]:
