@@ -244,7 +244,8 @@ def _sequential_built_from_the_model(config, tmp_path):
 
 
 def _functional_orphan_built(config, tmp_path):
-    """A Dense no node calls, built (weights allocated) from its build_config alone."""
+    """Dense layers no node calls, each built (weights allocated) from its build_config alone:
+    each within the bound on one layer, together over MAX_WEIGHTS."""
     from pipeline.models.keras3_file import keras3
 
     k3 = keras3()
@@ -252,10 +253,11 @@ def _functional_orphan_built(config, tmp_path):
     k3.Model(i, k3.layers.Dense(10)(i)).save(tmp_path / "functional.keras")
     with zipfile.ZipFile(tmp_path / "functional.keras") as zf:
         functional = json.loads(zf.read("config.json"))
-    orphan = json.loads(json.dumps(functional["config"]["layers"][1]))
-    orphan["config"].update(name="orphan", units=1024)
-    orphan.update(inbound_nodes=[], build_config={"input_shape": [None, 1_000_000]})
-    functional["config"]["layers"].append(orphan)
+    for i in range(3):
+        orphan = json.loads(json.dumps(functional["config"]["layers"][1]))
+        orphan["config"].update(name=f"orphan{i}", units=1024)
+        orphan.update(inbound_nodes=[], build_config={"input_shape": [None, 60_000]})
+        functional["config"]["layers"].append(orphan)
     config.clear()
     config.update(functional)
 
@@ -263,7 +265,7 @@ def _functional_orphan_built(config, tmp_path):
 @pytest.mark.parametrize(
     "build", [_sequential_built_from_the_model, _functional_orphan_built], ids=["seq", "orphan"]
 )
-def test_a_dense_of_a_million_inputs_built_but_never_called(base_members, tmp_path, build):
+def test_dense_layers_built_but_never_called(base_members, tmp_path, build):
     config = json.loads(base_members["config.json"])
     build(config, tmp_path)
     path = tmp_path / "unbuilt.keras"
