@@ -638,3 +638,64 @@ def test_a_keras_file_declaring_huge_layers_is_refused_before_keras_builds_them(
     )  # fmt: skip
     assert result.exit_code == 2, result.stderr
     assert fragment in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+# --- C arrays land with the rest or not at all -----------------------------------------------
+
+
+def _unwritable(path: Path) -> str:
+    """Make `path` a file no rename can replace nor unlink remove: chattr +i where the file
+    system allows it (ext4 as root), else a non-empty directory in its place. Which one."""
+    import subprocess
+
+    path.write_text("// an earlier run's array\n")
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+        return "immutable"
+    path.unlink()
+    (path / "keep").mkdir(parents=True)
+    return "directory"
+
+
+@pytest.mark.slow
+def test_an_unwritable_c_array_changes_nothing(exported, tmp_path):
+    """A C++ array that cannot be replaced, then a stale C array that cannot be removed: each is
+    exit 2 in one line, and the dir (models, header, export.json, manifest) is as it was."""
+    import subprocess
+
+    out = _copy(exported, tmp_path)
+    args = ["export", "--mode", "ptq-int8", "-q", "--artifacts", out]
+    stale = out / "model_ptq-int8.cc"
+    kind = _unwritable(stale)
+    try:
+        # C++: the array itself cannot be replaced. C: the stale C++ pair cannot be removed (a
+        # directory is no stale array: export leaves it be, so only the immutable file counts).
+        for language in ("c++", "c") if kind == "immutable" else ("c++",):
+            before = tree(out)
+            result = invoke(*args, "--c-array", language)
+            assert_one_line_error(result, fragment=f"cannot write {stale}: it is")
+            assert tree(out) == before, kind
+    finally:
+        subprocess.run(["chattr", "-i", str(stale)], capture_output=True)
+
+
+def test_verify_refuses_another_models_tflite(exported, keras, tf, tmp_path):
+    """A CNN's file (8, 8, 1) given to verify in an MLP's dir (64,): the same 64 values a sample,
+    but another model, so a mismatch (exit 2), not a failed gate (exit 1)."""
+    L = keras.layers
+    cnn = keras.Sequential(
+        [keras.Input((8, 8, 1)), L.Conv2D(2, 3), L.Flatten(), L.Dense(10, activation="softmax")]
+    )
+    path = tmp_path / "cnn.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(cnn).convert())
+    out = _copy(exported, tmp_path)
+    before = tree(out)
+    result = invoke(
+        "verify", "--tflite", path, "--targets", "host-ref", "--max-samples", 50, "-q",
+        "--artifacts", out,
+    )  # fmt: skip
+    assert_one_line_error(
+        result,
+        "cnn.tflite takes input shape (8, 8, 1) but the reference model takes (64,); it was "
+        "exported from another model",
+    )
+    assert tree(out) == before

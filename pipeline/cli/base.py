@@ -26,15 +26,32 @@ class Fail(click.ClickException):
         self.exit_code = code
 
 
+# `bnpipe` alone shows the help through a UsageError (Click ≥ 8.2): kept as Click shows it.
+NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class BnpipeGroup(click.Group):
     """Maps bnpipe's exceptions to the contract's exit codes: 2 bad input, 1 gate, 130 Ctrl-C,
-    BUG_EXIT_CODE for any other exception (a bug)."""
+    BUG_EXIT_CODE for any other exception (a bug). A usage error is one `Error: …` line too
+    (Click's own would add the usage and a hint: three lines)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:  # the group's own options and the command's name
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except NO_ARGS_IS_HELP:
+            raise  # `bnpipe` alone: the help, as Click shows it
+        except click.UsageError as exc:
+            raise Fail(one_line_usage(exc), exc.exit_code) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (BnpipeError, GateFailed) as exc:
             raise Fail(one_line(exc), exc.exit_code) from None
+        except NO_ARGS_IS_HELP:
+            raise
+        except click.UsageError as exc:  # a command's options and arguments
+            raise Fail(one_line_usage(exc), exc.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # Click's own: usage errors, --help, --version
         except BrokenPipeError:
@@ -57,6 +74,13 @@ class BnpipeGroup(click.Group):
                 err=True,
             )
             raise click.exceptions.Exit(getattr(exc, "exit_code", 130)) from None
+
+
+def one_line_usage(exc: click.UsageError) -> str:
+    """Click's message alone, with the help command to try (`bnpipe fold --help`)."""
+    ctx = exc.ctx
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return one_line(Exception(exc.format_message())) + hint
 
 
 def name_too_long(path) -> str:

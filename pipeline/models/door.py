@@ -16,6 +16,7 @@ from pipeline.core.deadline import LOAD_SECONDS, bounded
 from pipeline.core.errors import ModelError
 from pipeline.core.tfenv import keras
 from pipeline.models.article import CUSTOM_BN_NAME, custom_bn_class
+from pipeline.models.cost import batch_that_fits, check_cost
 from pipeline.models.names import NAMES_ATTR, loadable, user_names
 
 
@@ -50,6 +51,7 @@ def predict(model, x, batch_size: int = 1024):
 
     if len(x) == 0:
         return np.zeros((0, *model.outputs[0].shape[1:]), np.float32)
+    batch_size = batch_that_fits(model, batch_size)  # within the activation budget (cost.py)
     parts = [
         np.asarray(model(x[i : i + batch_size], training=False), np.float32)
         for i in range(0, len(x), batch_size)
@@ -133,6 +135,7 @@ def _check_config(config: dict, path: Path, kind: str) -> None:
         # Models inside a model are flattened on the way from Keras 3 (keras3_file.flatten_nested);
         # a tf_keras file keeps them whole, and a model is not a layer export can convert.
         check_config(config, path, allowed=(CUSTOM_BN_NAME,), nested=False)
+    check_cost(config, path)  # what building and running it would take (cost.py)
 
 
 # --- the one door: a model file opened, checked and fingerprinted once ---------------------------
@@ -204,15 +207,20 @@ class ModelFile:
         """The model in the Keras that saved the file, loaded in safe mode (made once)."""
         if "reference" not in self._made:
             from pipeline.models.configcheck import KERAS3
+            from pipeline.models.guard import refused_at_the_door
             from pipeline.models.h5file import is_h5_name, load_h5
             from pipeline.models.keras3_file import load_keras3
 
             if is_h5_name(self.path):
-                self._made["reference"] = load_h5(self.path, self.kind, self.config, self._data)
-                return self._made["reference"]
+                with refused_at_the_door(self.path):
+                    model = load_h5(self.path, self.kind, self.config, self._data)
+                self._made["reference"] = model
+                return model
             # Names TensorFlow refuses as scopes are safe ones in the copy (names.py).
             private = _private_copy(self.path.name, self._data)
-            with private as copy, loadable(copy, self.config) as (src, names):
+            # refused_at_the_door: what the libraries raise on a bad file is a ModelError.
+            refusing = refused_at_the_door(self.path)
+            with refusing, private as copy, loadable(copy, self.config) as (src, names):
                 if self.kind == KERAS3:
                     model = load_keras3(src, checked=True)
                 else:
@@ -235,13 +243,22 @@ class ModelFile:
         if "translation" not in self._made:
             import time
 
+            from pipeline.models.guard import refused_at_the_door
             from pipeline.models.keras3 import to_tf_keras
-            from pipeline.models.translation import Translation, probe_inputs, translation_check
+            from pipeline.models.translation import (
+                PROBE_SAMPLES,
+                Translation,
+                probe_inputs,
+                translation_check,
+            )
 
             t0 = time.perf_counter()
             model3 = self.reference()
-            model2 = user_names(to_tf_keras(model3), getattr(model3, NAMES_ATTR, {}))
-            check = translation_check(model3, model2, probe_inputs(model3) if x is None else x)
+            with refused_at_the_door(self.path, "translate"):
+                model2 = user_names(to_tf_keras(model3), getattr(model3, NAMES_ATTR, {}))
+                n = batch_that_fits(model3, PROBE_SAMPLES)  # within the activation budget
+                probes = probe_inputs(model3, n) if x is None else x
+                check = translation_check(model3, model2, probes)
             self._made["translation"] = Translation(
                 model3=model3, model2=model2, check=check, seconds=time.perf_counter() - t0
             )

@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.core.deadline import LOAD_SECONDS, bounded
 from pipeline.core.errors import ModelError
 from pipeline.models.configcheck import CONFIG_MAX_BYTES, check_config, read_config_member
+from pipeline.models.cost import check_cost
 from pipeline.models.names import loadable, user_names
 
 
@@ -49,6 +50,7 @@ def load_keras3(path: str | Path, checked: bool = False):
     if not checked:  # the door (door.ModelFile) has checked this file's config already
         config = read_config_member(path, "config.json", CONFIG_MAX_BYTES, required=True)
         check_config(config, path)
+        check_cost(config, path)  # what building and running it would take (cost.py)
         renaming = loadable(path, config)
     keras = keras3()
     import warnings

@@ -15,6 +15,7 @@ import numpy as np
 
 from pipeline.core.errors import ModelError
 from pipeline.models.configcheck import KERAS2, KERAS3
+from pipeline.models.cost import batch_that_fits
 from pipeline.models.keras3 import parse_graph, to_tf_keras
 from pipeline.models.keras3_file import flatten_nested, keras3, load_keras3
 from pipeline.models.names import NAMES_ATTR, user_names
@@ -72,7 +73,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 def _run(model, x, batch: int = 1024) -> list[np.ndarray]:
     """Every output of `model` (either Keras) on x, in inference mode, as NumPy arrays."""
     xs = x if isinstance(x, (list, tuple)) else [x]
-    chunks = []
+    chunks, batch = [], batch_that_fits(model, batch)  # within the activation budget (cost.py)
     for i in range(0, len(xs[0]), batch):
         part = [a[i : i + batch] for a in xs]
         out = model(part if len(part) > 1 else part[0], training=False)
@@ -201,7 +202,8 @@ def translate_file(path: str | Path, x=None, rtol: float = TRANSLATION_RTOL) -> 
     t0 = time.perf_counter()
     model3 = load_keras3(path)
     model2 = user_names(to_tf_keras(model3), getattr(model3, NAMES_ATTR, {}))
-    check = translation_check(model3, model2, probe_inputs(model3) if x is None else x, rtol)
+    probes = probe_inputs(model3, batch_that_fits(model3, PROBE_SAMPLES)) if x is None else x
+    check = translation_check(model3, model2, probes, rtol)
     return Translation(model3=model3, model2=model2, check=check, seconds=time.perf_counter() - t0)
 
 

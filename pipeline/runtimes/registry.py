@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pipeline.core.errors import BnpipeError, TargetUnavailable
+from pipeline.core.interrupts import raise_pending
 
 TARGETS = ("host", "host-ref", "tflm", "arm64")
 DEFAULT_TARGETS = ("host", "host-ref", "tflm", "arm64")  # every target that needs no address
@@ -148,3 +149,26 @@ def resolve(targets: Iterable[str] | str | None, explicit: bool):
         else:
             skipped.append((name, reason))
     return runtimes, skipped
+
+
+def in_lanes(lanes: list, work) -> dict:
+    """{runtime name: work(runtime)}, each in a thread of its own; the first exception (or
+    Ctrl-C here) kills every runtime's child, so the other lanes end at once, and is raised."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(max_workers=max(1, len(lanes)), thread_name_prefix="bnpipe-lane")
+    try:
+        futures = {rt.name: pool.submit(work, rt) for rt in lanes}
+        pending = set(futures.values())
+        while pending:  # short waits: Ctrl-C lands between them
+            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            raise_pending()  # one a finalizer run by this thread swallowed
+            for future in futures.values():
+                if future.done() and future.exception() is not None:
+                    raise future.exception()
+        return {name: future.result() for name, future in futures.items()}
+    except BaseException:
+        abort_all(lanes)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

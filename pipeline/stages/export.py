@@ -449,7 +449,9 @@ def _drop_stale_c_arrays(out: Path, results: list[ModeResult]) -> None:
         for name in {f"{Path(r.file).stem}{s}" for s in (".h", *LANGUAGES.values())}
         - {(r.c_array or {}).get("source"), (r.c_array or {}).get("header")}
     ]
-    artifacts.on_success(lambda: [p.unlink() for p in stale if p.is_file()])
+    for path in stale:
+        if path.is_file():
+            artifacts.remove_at_commit(path)
 
 
 def _export_modes(job: _Job, model_path: Path, say):

@@ -35,6 +35,7 @@ from pipeline.core.config import FoldConfig
 from pipeline.core.errors import ModelError
 from pipeline.folding.maths import bn_affine, fold_after_layer, fold_before_layer, fold_params
 from pipeline.folding.plan import Plan, SkippedBN, plan_fold
+from pipeline.models.cost import batch_that_fits
 from pipeline.models.graph import LayerGraph, node_refs
 from pipeline.store import artifacts, files
 
@@ -206,6 +207,7 @@ def _rel(diff_max: float, ref_max: float) -> float:
 
 def predict(model, x, batch: int = 1024):
     """model(x) in inference mode, in batches; an array, or a list for several outputs."""
+    batch = batch_that_fits(model, batch)  # within the activation budget (models/cost.py)
     outs = [model(x[i : i + batch], training=False) for i in range(0, len(x), batch)]
     if isinstance(outs[0], (list, tuple)):
         return [np.concatenate([np.asarray(o[j]) for o in outs]) for j in range(len(outs[0]))]
@@ -290,8 +292,9 @@ def check_inputs(model, data: str | None, model_path: Path, config: FoldConfig):
     shape = input_shape(model)
     if data is None and not (model_path.parent / files.TRAIN_RECORD).is_file():
         rng = np.random.default_rng(0)
-        x = rng.random((config.random_samples, *shape), dtype=np.float32)
-        return x, f"{config.random_samples} uniform random inputs (no data known)"
+        n = batch_that_fits(model, config.random_samples)  # held whole: within the budget
+        x = rng.random((n, *shape), dtype=np.float32)
+        return x, f"{n} uniform random inputs (no data known)"
     ds, _ = recorded_dataset([model_path.parent], data, model)
     x = shaped(ds.x_test[: config.check_samples], shape)
     return x, f"{len(x)} test samples of {ds.name}"

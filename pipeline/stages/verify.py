@@ -23,10 +23,10 @@ from pipeline.analysis.stats import compare
 from pipeline.analysis.tasks import CLASSIFICATION
 from pipeline.core.config import VerifyConfig
 from pipeline.core.errors import ArtifactError, DataError, GateFailed, ModelError
-from pipeline.core.interrupts import raise_pending
 from pipeline.core.quantize import to_input
 from pipeline.core.safeio import regular_file
 from pipeline.models.door import classify, predict
+from pipeline.runtimes.registry import in_lanes
 from pipeline.store import artifacts, files
 from pipeline.tflite.file import check_io, quant_params
 
@@ -127,6 +127,7 @@ class Reference:
     fingerprint: str  # the test data's (Dataset.fingerprint)
     task: Any = None  # the output's Task (analysis/tasks.py)
     raw: Any = None  # float (N, …): the original's outputs
+    input_shape: tuple | None = None  # the original model's, without the batch axis
 
     @property
     def accuracy(self) -> float | None:
@@ -270,7 +271,7 @@ def _verify_outputs(out: Path, ref: Reference, ref_path, candidates, prepared, c
     _refuse_none(candidates, runtimes, out)
     lanes = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
     try:
-        done = _in_lanes(lanes, lambda rt: _lane(rt, infos, ref, say))
+        done = in_lanes(lanes, lambda rt: _lane(rt, infos, ref, say))
     finally:
         close_all(runtimes)
     rows, skipped, failures = tv.rows_and_gates(task_ref, folded, infos, done, lanes, config)
@@ -366,6 +367,7 @@ def _reference(ref_path: Path, out: Path, data: str | None, config: VerifyConfig
         fingerprint=ds.fingerprint(),
         task=task,
         raw=raw,
+        input_shape=tuple(model_input_shape(model)),
     )
 
 
@@ -375,6 +377,12 @@ def _check_fit(infos: dict, ref: Reference) -> str:
     the file otherwise. Returns the output's task."""
     for p, info in infos.items():
         _fits(p.name, tuple(info.input_tensor().shape[1:]), info.output_tensor().shape[-1], ref)
+        shape = tuple(int(d) for d in info.input_tensor().shape[1:])
+        if ref.input_shape is not None and shape != ref.input_shape:
+            raise ModelError(  # another model's file: a mismatch, not a failed gate
+                f"{p.name} takes input shape {shape} but the reference model takes "
+                f"{ref.input_shape}; it was exported from another model"
+            )
         pre = info.metadata.get("preprocessing")
         divisor = ref.preprocessing["divisor"]
         if pre and abs(float(pre.get("divisor", 0)) - divisor) > 0:
@@ -438,7 +446,7 @@ def _run_everywhere(infos: dict, runtimes, ref: Reference, config: VerifyConfig,
     for info in infos.values():  # the inputs each file takes, made here, not in two lanes at once
         ref.inputs.for_tensor(quant_params(info.input_tensor()))
     lanes = sorted(runtimes, key=lambda r: r.name != REFERENCE_TARGET)
-    done = _in_lanes(lanes, lambda rt: _lane(rt, infos, ref, say))
+    done = in_lanes(lanes, lambda rt: _lane(rt, infos, ref, say))
     rows: list[Row] = []
     skipped: list[Skipped] = []
     for path, info in infos.items():
@@ -467,31 +475,6 @@ def _lane(rt, infos: dict, ref: Reference, say) -> dict:
         except ModelError as exc:
             results[path] = exc
     return results
-
-
-def _in_lanes(lanes: list, work) -> dict:
-    """{runtime name: work(runtime)}, each in a thread of its own; the first exception (or
-    Ctrl-C here) kills every runtime's child, so the other lanes end at once, and is raised."""
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-    from pipeline.runtimes.registry import abort_all
-
-    pool = ThreadPoolExecutor(max_workers=max(1, len(lanes)), thread_name_prefix="bnpipe-lane")
-    try:
-        futures = {rt.name: pool.submit(work, rt) for rt in lanes}
-        pending = set(futures.values())
-        while pending:  # short waits: Ctrl-C lands between them
-            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-            raise_pending()  # one a finalizer run by this thread swallowed
-            for future in futures.values():
-                if future.done() and future.exception() is not None:
-                    raise future.exception()
-        return {name: future.result() for name, future in futures.items()}
-    except BaseException:
-        abort_all(lanes)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _record(config, ref: Reference, rows, skipped, failures, candidates, t0) -> dict:

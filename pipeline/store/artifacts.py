@@ -130,6 +130,7 @@ class _Transaction:
         self.before: list = []  # run before the renames, e.g. mark the stage as not recorded
         self.after: list = []
         self.failed: list = []  # called with the exception when the transaction is discarded
+        self.removals: list[Path] = []  # files to delete once the renames are done
 
     def add(self, dest: Path, tmp: Path) -> None:
         """Rename `tmp` over `dest` at the commit, after every file added before it."""
@@ -157,16 +158,62 @@ class _Transaction:
             for dest in self.pending:  # before anything moves: no half-commit on this
                 if dest.is_dir() and not dest.is_symlink():
                     raise ArtifactError(f"cannot write {dest}: it is a directory")
+            for dest in [*self.pending, *self.removals]:  # nor on a file no rename can replace
+                if unreplaceable(dest):
+                    raise ArtifactError(
+                        f"cannot write {dest}: it is immutable or append-only (chattr +i/+a); "
+                        "nothing was written"
+                    )
             for action in self.before:
                 action()
             for dest, tmp in self.pending.items():
                 _replace(tmp, dest)
             self.pending.clear()
+            for path in self.removals:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             for action in self.after:
                 action()
 
 
 _open_transactions: list[_Transaction] = []
+
+FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h (_IOR('f', 1, long) on 64-bit)
+FS_IMMUTABLE_FL, FS_APPEND_FL = 0x10, 0x20  # a rename cannot replace it, nor unlink remove it
+
+
+def unreplaceable(path: Path) -> bool:
+    """True if `path` is a file the kernel will neither replace by a rename nor remove (chattr
+    +i or +a); False where the flags cannot be read (no such file, another file system or OS)."""
+    import array
+
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except (ImportError, OSError):
+        return False
+    try:
+        flags = array.array("i", [0, 0])  # the kernel writes an int; room for a long
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return bool(flags[0] & (FS_IMMUTABLE_FL | FS_APPEND_FL))
+
+
+def remove_at_commit(path: str | os.PathLike) -> None:
+    """Delete `path` once the open transaction's files are in place (at once if none is open);
+    a file that cannot be deleted stops the commit before anything moves."""
+    path = Path(path).absolute()
+    if not _open_transactions:
+        if unreplaceable(path):
+            raise ArtifactError(f"cannot remove {path}: it is immutable or append-only")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    _open_transactions[-1].removals.append(path)
 
 
 @contextlib.contextmanager
@@ -194,6 +241,7 @@ def transaction() -> Iterator[None]:
         outer.before.extend(tx.before)
         outer.after.extend(tx.after)
         outer.failed.extend(tx.failed)
+        outer.removals.extend(tx.removals)
         return
     try:
         tx.commit()

@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.core.config import MIXED, ExportConfig
 from pipeline.core.errors import ModelError
 from pipeline.core.interrupts import interrupts_deferred, raise_pending
+from pipeline.models.cost import batch_that_fits
 from pipeline.models.door import predict
 
 
@@ -310,7 +311,8 @@ def settle_ranges(qat, x: np.ndarray, config: ExportConfig) -> None:
     """Move every moving-average fake-quant range of `qat` (mutated) to the calibration
     sample's own min and max."""
     rng = np.random.default_rng(config.seed)
-    sample = x[np.sort(rng.permutation(len(x))[: config.calibration_samples])]
+    n = batch_that_fits(qat, config.calibration_samples)  # one training-mode call: in budget
+    sample = x[np.sort(rng.permutation(len(x))[:n])]
     ema = [
         v for v in qat.non_trainable_variables if v.name.split("/")[-1].split(":")[0] in EMA_RANGES
     ]
