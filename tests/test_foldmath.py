@@ -504,7 +504,10 @@ def test_before_fold_blocker_reasons():
     assert before_fold_blocker("Dense", {}) is None
     grouped = before_fold_blocker("Conv2D", dict(kernel_size=(1, 1), groups=2))
     assert grouped == "feeds a Conv2D with groups=2"
-    assert "does not fold into" in before_fold_blocker("Conv2DTranspose", {})
+    assert before_fold_blocker("Conv2DTranspose", {}) == (
+        "feeds a Conv2DTranspose, whose border outputs sum fewer taps than the others"
+    )
+    assert "does not fold into" in before_fold_blocker("Conv3DTranspose", {})
     causal = before_fold_blocker("Conv1D", dict(kernel_size=(3,), padding="causal"))
     assert "pads [2] zeros" in causal
 
@@ -514,7 +517,11 @@ def test_after_fold_blocker_reasons():
     assert after_fold_blocker("Conv2D", {"activation": "relu"}) == (
         "follows a Conv2D with its own activation 'relu'"
     )
-    assert "does not fold into" in after_fold_blocker("Conv2DTranspose", {})
+    assert after_fold_blocker("Conv2DTranspose", {"activation": "linear"}) is None
+    assert after_fold_blocker("Conv2DTranspose", {"activation": "relu"}) == (
+        "follows a Conv2DTranspose with its own activation 'relu'"
+    )
+    assert "does not fold into" in after_fold_blocker("Conv3DTranspose", {})
 
 
 def test_mismatched_weights_are_refused():
@@ -527,8 +534,22 @@ def test_mismatched_weights_are_refused():
         fold_before_layer("Conv2D", [np.ones((3, 3, 2, 8))], s, t)
     with pytest.raises(ModelError, match="got 1 weight arrays"):
         fold_after_layer("SeparableConv2D", [np.ones((3, 3, 4, 1))], s, t)
+    # Conv2DTranspose folds after, on axis 2 of its (k, k, out, in) kernel, never before.
+    with pytest.raises(ModelError, match="3 output channels but the BN has 4"):
+        fold_after_layer("Conv2DTranspose", [np.ones((3, 3, 3, 4))], s, t)
     with pytest.raises(ModelError, match="cannot be folded into a Conv2DTranspose"):
-        fold_after_layer("Conv2DTranspose", [np.ones((3, 3, 4, 4))], s, t)
+        fold_before_layer("Conv2DTranspose", [np.ones((3, 3, 4, 4))], s, t)
+    with pytest.raises(ModelError, match="cannot be folded into a Conv3DTranspose"):
+        fold_after_layer("Conv3DTranspose", [np.ones((3, 3, 3, 4, 4))], s, t)
+
+
+def test_transpose_fold_scales_output_channels_on_axis_2():
+    rng = np.random.default_rng(1)
+    kernel, bias = rng.normal(size=(3, 3, 5, 2)), rng.normal(size=5)
+    s, t = rng.normal(size=5), rng.normal(size=5)
+    w, b = fold_after_layer("Conv2DTranspose", [kernel, bias], s, t)
+    np.testing.assert_allclose(w, np.einsum("hwoi,o->hwoi", kernel, s), rtol=1e-15)
+    np.testing.assert_allclose(b, bias * s + t, rtol=1e-15)
 
 
 def test_folds_copy_and_do_not_mutate():

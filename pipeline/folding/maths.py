@@ -234,6 +234,8 @@ def fold_before_layer(class_name: str, weights, s, t) -> list[np.ndarray]:
     Exact only where before_fold_blocker(class_name, config) is None: check that first.
     float64 arrays in Keras's order, bias included; `weights` is not modified.
     """
+    if class_name in TRANSPOSE_CLASSES:  # folded after only: see before_fold_blocker
+        raise ModelError(f"a BatchNormalization cannot be folded into a {class_name} it feeds")
     kernels, bias = _split_weights(class_name, weights)
     if class_name == "Dense":
         return list(fold_before(kernels[0], bias, s, t))
