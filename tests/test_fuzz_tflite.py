@@ -26,6 +26,12 @@ SUBSET = dict(seed=1, count=40)  # ≈ 1–2 minutes on 2 shared cores
 # The first mutant the fuzzer found, with the `exported` fixture's model_int8.tflite as its only
 # seed, that passed everything the code before this test checked and then killed verify.
 REPRODUCER = dict(seed=0, index=1450)
+# Where the first buffer after bnpipe's metadata began in that model_int8.tflite when both mutants
+# were recorded. Positions are absolute bytes, and bnpipe's metadata (written before the weights)
+# grows with export's fields ("task" made it 24 bytes longer), moving every byte after it: the
+# recorded flips then land elsewhere (239 in a tensor's name, 1450 nowhere harmful) and the tests
+# would pass or fail for nothing. _recorded_layout moves them back onto the bytes they hit.
+RECORDED_AFTER_METADATA = 664
 
 
 def _load_fuzz():
@@ -44,6 +50,20 @@ def fuzz():
 @pytest.fixture(scope="module")
 def seeds(fuzz, exported):
     return fuzz.load_seeds(fuzz.seed_files(exported))
+
+
+def _recorded_layout(original: bytes, mutated: bytes) -> bytes:
+    """`original` with `mutated`'s XORed bytes applied where they fell when the mutants were
+    recorded: positions past bnpipe's metadata buffer move by its growth since then."""
+    text = original.find(b'{"bnpipe_version"')
+    spans = buffer_spans(original)
+    (meta,) = [s for s, n in spans if s <= text < s + n]
+    shift = min(s for s, _ in spans if s > meta) - RECORDED_AFTER_METADATA
+    out = bytearray(original)
+    for i, (a, b) in enumerate(zip(original, mutated, strict=True)):
+        if a != b:
+            out[i + shift if i >= meta else i] ^= a ^ b
+    return bytes(out)
 
 
 def _env():
@@ -152,7 +172,7 @@ def test_a_shape_that_does_not_fit_its_signature_is_exit_2_not_a_traceback(
     assert (m.seed_file, m.kind, m.positions) == ("model_int8.tflite", "flip", [3048])
     out = shutil.copytree(exported, tmp_path / "artifacts")
     path = tmp_path / "mutant239.tflite"
-    path.write_bytes(m.data)
+    path.write_bytes(_recorded_layout((exported / m.seed_file).read_bytes(), m.data))
     result = CliRunner().invoke(
         cli, ["verify", "--tflite", str(path), "--targets", "host,host-ref,tflm", "-q",
               "--artifacts", str(out)],
@@ -177,7 +197,7 @@ def test_the_original_reproducer_is_exit_2_not_a_segfault(fuzz, exported, tmp_pa
     m = fuzz.mutant(fuzz.load_seeds([exported / "model_int8.tflite"]), **REPRODUCER)
     assert m.kind == "flip" and sum(a != b for a, b in zip(m.data, original, strict=True)) == 3
     path = tmp_path / "reproducer.tflite"
-    path.write_bytes(m.data)
+    path.write_bytes(_recorded_layout(original, m.data))
     read_tflite(path)  # the structural check passes
     assert try_arena(path, 16 * 1024) == (True, "")  # TFLM builds it (in a child)
     for reference in (False, True):
