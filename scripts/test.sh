@@ -3,8 +3,8 @@
 #
 #   bash scripts/test.sh [--fast] [pytest args…]
 #
-# --fast: the inner loop (about 2 minutes): lint, types and the tests that neither train, convert,
-# start processes nor use the emulator (pytest -m "not slow and not device"); no system set-up.
+# --fast: the inner loop: lint, types and the tests that neither train, convert, start processes
+# nor use the emulator (pytest -m fast: tests/conftest.py's FAST_FILES); no system set-up.
 #
 # 1. a virtual environment .venv with bnpipe and its test extras (pip, from pyproject.toml);
 # 2. ruff (lint and format of the whole repo) and mypy (the typed modules listed under
@@ -43,7 +43,7 @@ echo "== mypy"
 if [[ "$FAST" == 1 ]]; then
     echo "== pytest (fast tier)"
     exec .venv/bin/python -m pytest -n "${BNPIPE_TEST_WORKERS:-2}" --dist loadfile \
-        -m "not slow and not device" "$@"
+        -m fast "$@"
 fi
 
 echo "== arm64 emulator"

@@ -10,22 +10,38 @@ from __future__ import annotations
 import pytest
 from helpers import TINY
 
-# Fixtures that train, convert or start processes. A test that uses one, directly or through
-# another fixture, is part of the full suite only (marked slow here): the fast tier
-# (`bash scripts/test.sh --fast`, i.e. -m "not slow and not device") never waits for them.
-HEAVY_FIXTURES = {
-    "trained",
-    "trained_custom",
-    "exported",
-    "outlier_case",
-    "k3",
+# The fast tier (`bash scripts/test.sh --fast`, i.e. `pytest -m fast`): the test files that need
+# no trained model, no conversion, no runtime child and no emulator — pure Python over bnpipe's
+# own records, readers, configs, statistics and layout. Each took a few seconds or less in a full
+# run (pytest --durations=0); a file that starts to train or convert leaves this list.
+FAST_FILES = {
+    "test_artifacts.py",
+    "test_cluster.py",
+    "test_config.py",
+    "test_interrupts.py",
+    "test_layer_report.py",
+    "test_layerstats.py",
+    "test_layout.py",
+    "test_lineage.py",
+    "test_manifest.py",
+    "test_readers.py",
+    "test_readme.py",
+    "test_safeio.py",
+    "test_stats.py",
 }
+# Fixtures that train, convert or start processes: a test that uses one, directly or through
+# another fixture, is marked slow (the end-to-end part of the full suite).
+HEAVY_FIXTURES = {"trained", "trained_custom", "exported", "outlier_case"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        heavy = HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if heavy:
             item.add_marker(pytest.mark.slow)
+        marked = {m.name for m in item.iter_markers()}
+        if item.path.name in FAST_FILES and not heavy and not marked & {"slow", "device"}:
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(scope="session")
