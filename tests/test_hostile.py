@@ -137,11 +137,10 @@ def test_a_directory_as_data_or_config_is_refused(tmp_path):
         "y_train, x_test, y_test, a directory holding the four MNIST IDX files, or a .csv file "
         "with the label in the first column",
     )
-    # Click checks --config and --model paths itself: a usage error, whose last line says why.
-    result = invoke("run", "--config", folder, "--artifacts", out)
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.stderr.splitlines()[-1] == (
-        f"Error: Invalid value for '--config': File '{folder}' is a directory."
+    # Click checks --config and --model paths itself: a usage error, in one line (cli/base.py).
+    assert_one_line_error(
+        invoke("run", "--config", folder, "--artifacts", out),
+        f"Invalid value for '--config': File '{folder}' is a directory. (see `bnpipe run --help`)",
     )
     assert not out.exists()
 
