@@ -239,12 +239,18 @@ def _conclude(out, record, ref, ref_path, rows, skipped, failures, t0) -> Verify
     folded_path = out / files.FOLDED
     if folded_path.is_file():
         inputs[files.FOLDED] = artifacts.sha256_file(folded_path)
-    record_path, report_path, plots = _write_reports(out, record, inputs)
+    paths = _write_reports(out, record, inputs)
+    return _result(rows, skipped, ref.accuracy, len(ref.y), failures, paths, t0)
+
+
+def _result(rows, skipped, accuracy, n, failures, paths, t0) -> VerifyResult:
+    """The result once the reports landed; GateFailed instead when a gate failed."""
+    record_path, report_path, plots = paths
     result = VerifyResult(
         rows=rows,
         skipped=skipped,
-        reference_accuracy=ref.accuracy,
-        n=len(ref.y),
+        reference_accuracy=accuracy,
+        n=n,
         passed=not failures,
         failures=failures,
         record_path=record_path,
@@ -280,22 +286,8 @@ def _verify_outputs(out: Path, ref: Reference, ref_path, candidates, prepared, c
     record = _record(config, ref, rows, skipped, failures, candidates, t0)
     record.update(tasks=[ref.task], reference={**record["reference"], **tv.described(task_ref)})
     inputs = {files.MODEL: artifacts.sha256_file(ref_path), "data": ref.fingerprint}
-    record_path, report_path, plots = _write_reports(out, record, {**inputs, **record["models"]})
-    result = VerifyResult(
-        rows=rows,
-        skipped=skipped,
-        reference_accuracy=None,
-        n=len(ref.y),
-        passed=not failures,
-        failures=failures,
-        record_path=record_path,
-        report_path=report_path,
-        plots=plots,
-        seconds=time.perf_counter() - t0,
-    )
-    if failures:
-        raise GateFailed(f"{len(failures)} gate(s) failed: " + "; ".join(failures), failures)
-    return result
+    paths = _write_reports(out, record, {**inputs, **record["models"]})
+    return _result(rows, skipped, None, len(ref.y), failures, paths, t0)
 
 
 def _folded_outputs(model, ref: Reference):
